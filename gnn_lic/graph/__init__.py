@@ -1,0 +1,55 @@
+"""The one graph-construction API of gnn_lic.
+
+Every model variant builds its graphs here: a :class:`CandidateSet` says *where
+to connect* (GLIC Sec. 3.3.1), a :class:`Selector` *how much* (Sec. 3.3.2-3.3.3),
+and :func:`build_graph` returns a PyTorch Geometric ``edge_index``.
+
+>>> import torch
+>>> from gnn_lic.graph import build_graph, LocalWindow, GlobalGrid, WindowPartition, AdaptiveDegree, TopK
+>>> x = torch.randn(1, 32, 16, 16)
+>>> local = build_graph(x, LocalWindow(8), AdaptiveDegree(avg_degree=16, score="rms", iters=5))
+>>> knn = build_graph(x, WindowPartition(8), TopK(9))
+>>> knn.shape
+torch.Size([2, 2304])
+"""
+
+from gnn_lic.graph.build import Candidates, GraphInfo, build_graph, candidate_similarity, candidates, to_data
+from gnn_lic.graph.candidates import AxisLayout, CandidateSet, GlobalGrid, LocalWindow, WindowPartition
+from gnn_lic.graph.scores import (
+    SCORES,
+    complexity_score,
+    degree_quota,
+    local_entropy,
+    rescaling_residual,
+    rms_gradient,
+    sobel_gradients,
+)
+from gnn_lic.graph.selectors import AdaptiveDegree, KeepAll, Selector, TopK, bisection_threshold
+from gnn_lic.graph.sparse import CSRGraph
+
+__all__ = [
+    "build_graph",
+    "to_data",
+    "GraphInfo",
+    "Candidates",
+    "candidates",
+    "candidate_similarity",
+    "CandidateSet",
+    "AxisLayout",
+    "LocalWindow",
+    "GlobalGrid",
+    "WindowPartition",
+    "Selector",
+    "AdaptiveDegree",
+    "TopK",
+    "KeepAll",
+    "bisection_threshold",
+    "SCORES",
+    "rms_gradient",
+    "sobel_gradients",
+    "local_entropy",
+    "rescaling_residual",
+    "complexity_score",
+    "degree_quota",
+    "CSRGraph",
+]

@@ -1,0 +1,171 @@
+"""Complexity scores and degree quotas: *how much to connect* (GLIC Sec. 3.3.2).
+
+All scores are computed without gradient from a feature map ``(B, C, H, W)`` and
+return ``(B, H, W)`` non-negative maps. Borders are handled by replicate padding
+(the papers do not specify a rule; replicate avoids fake edges at the border).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "SCORES",
+    "rms_gradient",
+    "sobel_gradients",
+    "local_entropy",
+    "rescaling_residual",
+    "complexity_score",
+    "degree_quota",
+]
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def _check_map(x: Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected a feature map of shape (B, C, H, W), got {tuple(x.shape)}")
+
+
+def sobel_gradients(x: Tensor) -> Tensor:
+    r"""Per-channel Sobel gradient magnitudes, GLIC eqs. (3)-(4).
+
+    .. math::
+        S_{x,c} = F_c * K_x, \quad S_{y,c} = F_c * K_y, \quad
+        |\nabla F_c| = \sqrt{S_{x,c}^2 + S_{y,c}^2}
+
+    Returns the squared magnitude ``S_x^2 + S_y^2`` of shape ``(B, C, H, W)``
+    (callers take the square root where the equation needs it).
+    """
+    _check_map(x)
+    B, C, H, W = x.shape
+    kx = _SOBEL_X.to(x)
+    weight = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(C, 1, 1, 1)  # (2C, 1, 3, 3)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    g = F.conv2d(xp, weight, groups=C).view(B, C, 2, H, W)
+    return g.square().sum(2)
+
+
+@torch.no_grad()
+def rms_gradient(x: Tensor) -> Tensor:
+    r"""RMS-Gradient (RMS-G) complexity score, GLIC eqs. (3)-(5).
+
+    .. math::
+        s(u, v) = \sqrt{\frac{1}{C} \sum_{c=1}^{C} |\nabla F_c(u, v)|^2}
+
+    No smoothing is applied (the paper's definition).
+
+    Args:
+        x (Tensor): feature map ``(B, C, H, W)``.
+
+    Returns:
+        Tensor: ``(B, H, W)`` scores, ``>= 0``.
+
+    Example:
+        >>> rms_gradient(torch.randn(2, 8, 5, 7)).shape
+        torch.Size([2, 5, 7])
+    """
+    return sobel_gradients(x).mean(1).sqrt()
+
+
+@torch.no_grad()
+def local_entropy(x: Tensor, bins: int = 8, window: int = 3) -> Tensor:
+    r"""Local histogram entropy per channel (the "Local Entropy" row of GLIC Table 4).
+
+    Each channel is quantised into ``bins`` equal bins over its range in the
+    image; the entropy :math:`-\sum_b p_b \log_2 p_b` of the bin histogram of the
+    ``window x window`` neighbourhood is returned per channel, ``(B, C, H, W)``.
+    """
+    _check_map(x)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    q = ((x - lo) / (hi - lo).clamp_min(1e-12) * bins).long().clamp_(0, bins - 1)
+    B, C, H, W = x.shape
+    out = torch.zeros_like(x)
+    pad = window // 2
+    for b in range(bins):  # one bin at a time keeps memory at O(B C H W)
+        onehot = F.pad((q == b).to(x.dtype), (pad, pad, pad, pad), mode="replicate")
+        p = F.avg_pool2d(onehot.view(B * C, 1, H + 2 * pad, W + 2 * pad), window, stride=1).view(B, C, H, W)
+        out -= torch.where(p > 0, p * p.clamp_min(1e-12).log2(), torch.zeros_like(p))
+    return out
+
+
+@torch.no_grad()
+def rescaling_residual(x: Tensor, factor: int = 2) -> Tensor:
+    r"""Down/up-sampling residual :math:`|F - \mathrm{up}(\mathrm{down}(F))|` per channel.
+
+    The "Rescaling Residual" proxy of GLIC Table 4 (IPG, the paper's ref. [66]):
+    average-pool by ``factor`` (ceil mode), bilinear upsampling back to ``(H, W)``.
+    """
+    _check_map(x)
+    H, W = x.shape[-2:]
+    down = F.avg_pool2d(x, factor, ceil_mode=True) if min(H, W) >= 1 else x
+    up = F.interpolate(down, size=(H, W), mode="bilinear", align_corners=False)
+    return (x - up).abs()
+
+
+# name -> (per-channel measure, channel pooling); see GLIC Table 4
+SCORES = {
+    "rms": ("sobel", "rms"),
+    "mean": ("sobel", "mean"),
+    "entropy": ("entropy", "rms"),
+    "residual": ("residual", "rms"),
+    "residual-mean": ("residual", "mean"),
+}
+
+
+@torch.no_grad()
+def complexity_score(x: Tensor, score: Optional[str] = "rms") -> Tensor:
+    """Complexity score map ``(B, H, W)`` for one of :data:`SCORES` or ``None``.
+
+    ``"rms"`` is RMS-G (eqs. 3-5), ``"mean"`` the mean of the Sobel magnitudes over
+    channels, ``"entropy"`` and ``"residual"`` the other proxies of GLIC Table 4
+    with RMS channel pooling; ``None`` gives uniform scores (a fixed-k graph).
+    """
+    _check_map(x)
+    B, C, H, W = x.shape
+    if score is None:
+        return x.new_ones(B, H, W)
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or None")
+    measure, pooling = SCORES[score]
+    if measure == "sobel":
+        if pooling == "rms":
+            return rms_gradient(x)
+        return sobel_gradients(x).sqrt().mean(1)
+    per_channel = local_entropy(x) if measure == "entropy" else rescaling_residual(x)
+    if pooling == "rms":
+        return per_channel.square().mean(1).sqrt()
+    return per_channel.mean(1)
+
+
+@torch.no_grad()
+def degree_quota(scores: Tensor, avg_degree: float, num_candidates: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Per-node quotas and target degrees, GLIC Sec. 3.3.2 and eq. (6).
+
+    .. math::
+        w_i = \frac{s_i}{\sum_{k=1}^{N} s_k}, \quad q_i = N \bar{d}\, w_i, \quad
+        d_i^* = \mathrm{clip}(\mathrm{round}(q_i), 1, n_i)
+
+    The sum runs over the ``N`` nodes of each image. An image whose scores sum to
+    zero (a constant map) gets uniform weights. ``round`` is round-half-to-even.
+
+    Args:
+        scores (Tensor): ``(B, N)`` non-negative scores.
+        avg_degree (float): target average in-degree :math:`\bar{d}`.
+        num_candidates (Tensor): ``(B, N)`` or ``(N,)`` candidate counts ``n_i``.
+
+    Returns:
+        (Tensor, Tensor): real quotas ``q`` ``(B, N)`` and integer targets ``d*`` ``(B, N)``.
+    """
+    B, N = scores.shape
+    total = scores.sum(1, keepdim=True)
+    w = torch.where(total > 0, scores / total.clamp_min(torch.finfo(scores.dtype).tiny), 1.0 / N)
+    q = N * float(avg_degree) * w
+    n = num_candidates.expand(B, N).to(q.dtype)
+    target = torch.minimum(q.round().clamp_min(1.0), n.clamp_min(1.0))
+    return q, target.long()

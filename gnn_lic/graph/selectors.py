@@ -1,0 +1,162 @@
+"""Selectors: which candidates become in-neighbours (GLIC Sec. 3.3.3, GABIC eq. 7).
+
+A selector sees, for every node ``i``, the cosine similarities ``S_ij`` to its
+candidates (a ``(B, N, K)`` tensor with a validity mask) and returns a boolean
+``(B, N, K)`` mask of the kept edges ``j -> i``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from gnn_lic.graph.scores import SCORES, complexity_score, degree_quota
+
+__all__ = ["Selector", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold"]
+
+
+class Selector:
+    """Base class. ``select`` returns ``(keep (B, N, K) bool, info dict)``."""
+
+    #: whether the node itself may be its own neighbour
+    self_loops: bool = True
+
+    def select(self, sim: Tensor, valid: Tensor, x: Tensor, scores: Optional[Tensor] = None):
+        raise NotImplementedError  # pragma: no cover
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{self.__class__.__name__}({args})"
+
+
+@torch.no_grad()
+def bisection_threshold(sim: Tensor, valid: Tensor, target: Tensor, iters: int = 5) -> Tensor:
+    r"""Per-node threshold search by bisection, GLIC Algorithm 1 (eqs. 8-9).
+
+    For every row ``i``: :math:`\ell_i = \min_j S_{ij}`, :math:`u_i = \max_j S_{ij}`,
+    :math:`\theta_i = \frac{1}{n_i}\sum_j S_{ij}`; then ``iters`` times:
+    :math:`m_i = \#\{j : S_{ij} \ge \theta_i\}`; if :math:`m_i > d_i^*` then
+    :math:`\ell_i \leftarrow \theta_i` else :math:`u_i \leftarrow \theta_i`;
+    :math:`\theta_i \leftarrow (\ell_i + u_i)/2`. Minima, maxima, means and counts
+    run over valid candidates only.
+
+    The initial mean is capped at the maximum, which it can exceed only by
+    floating-point rounding; so :math:`\theta_i \le u_i` always holds and every
+    node with a candidate keeps at least its most similar one.
+
+    Args:
+        sim (Tensor): ``(..., K)`` similarities.
+        valid (Tensor): ``(..., K)`` bool, which entries are real candidates.
+        target (Tensor): ``(...)`` target degrees :math:`d_i^*`.
+        iters (int): number of bisection steps ``T``.
+
+    Returns:
+        Tensor: thresholds :math:`\theta_i` of shape ``(...)``.
+    """
+    inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
+    lo = torch.where(valid, sim, inf).amin(-1)
+    hi = torch.where(valid, sim, -inf).amax(-1)
+    n = valid.sum(-1).clamp_min(1)
+    theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
+    sim_masked = torch.where(valid, sim, -inf)  # invalid entries never count
+    for _ in range(iters):
+        m = (sim_masked >= theta.unsqueeze(-1)).sum(-1)
+        over = m > target
+        lo = torch.where(over, theta, lo)
+        hi = torch.where(over, hi, theta)
+        theta = (lo + hi) / 2
+    return theta
+
+
+class AdaptiveDegree(Selector):
+    r"""Complexity-aware adaptive degree, GLIC Sec. 3.3.2-3.3.3.
+
+    Scores :math:`s_i` (``score``, see :func:`gnn_lic.graph.complexity_score`) give
+    quotas :math:`q_i = N\bar{d}\,s_i / \sum_k s_k` and targets
+    :math:`d_i^* = \mathrm{clip}(\mathrm{round}(q_i), 1, n_i)` (eq. 6); a per-node
+    threshold :math:`\theta_i` found by ``iters`` bisection steps (Algorithm 1)
+    keeps :math:`\mathcal{N}_i = \{ j \in \mathcal{C}_i : S_{ij} \ge \theta_i \}`
+    (eq. 9), so the realised degree is close to, not exactly, :math:`d_i^*`.
+
+    Args:
+        avg_degree (float): target average in-degree :math:`\bar{d}`.
+        score (str or None): ``"rms"`` (default, RMS-G), ``"mean"``, ``"entropy"``,
+            ``"residual"``, ``"residual-mean"`` or ``None`` (uniform: a k-NN-like graph).
+        iters (int): bisection steps ``T`` (default 5).
+    """
+
+    def __init__(self, avg_degree: float, score: Optional[str] = "rms", iters: int = 5):
+        if avg_degree <= 0:
+            raise ValueError(f"avg_degree must be > 0, got {avg_degree}")
+        if score is not None and score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or None")
+        if iters < 0:
+            raise ValueError(f"iters must be >= 0, got {iters}")
+        self.avg_degree = avg_degree
+        self.score = score
+        self.iters = int(iters)
+
+    def select(self, sim, valid, x, scores=None):
+        B, N, _ = sim.shape
+        if scores is None:
+            scores = complexity_score(x, self.score)
+        scores = scores.reshape(B, N).to(sim.dtype)
+        n = valid.sum(-1)
+        quota, target = degree_quota(scores, self.avg_degree, n)
+        theta = bisection_threshold(sim, valid, target, self.iters)
+        keep = valid & (sim >= theta.unsqueeze(-1))
+        info: Dict[str, Tensor] = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta}
+        return keep, info
+
+
+class TopK(Selector):
+    r"""k nearest candidates by cosine similarity (GABIC eq. 7).
+
+    Keeps the :math:`\min(k, n_i)` candidates with the largest :math:`S_{ij}`;
+    ties are broken by candidate order. As in the GABIC paper (edges with
+    :math:`i \neq j`) the node itself is not a candidate unless ``loop=True``.
+
+    Args:
+        k (int): number of neighbours.
+        loop (bool): allow the self-loop ``i -> i`` (default ``False``).
+    """
+
+    def __init__(self, k: int, loop: bool = False):
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+        self.loop = bool(loop)
+
+    @property
+    def self_loops(self) -> bool:
+        return self.loop
+
+    def select(self, sim, valid, x, scores=None):
+        K = sim.shape[-1]
+        k = min(self.k, K)
+        masked = torch.where(valid, sim, torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device))
+        # a stable descending sort keeps candidate order among ties (deterministic)
+        order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
+        keep = torch.zeros_like(valid)
+        keep.scatter_(-1, order, True)
+        return keep & valid, {}
+
+
+class KeepAll(Selector):
+    """Keep every candidate (window attention when used with :class:`WindowPartition`).
+
+    Args:
+        loop (bool): keep the self-loop ``i -> i`` (default ``True``).
+    """
+
+    def __init__(self, loop: bool = True):
+        self.loop = bool(loop)
+
+    @property
+    def self_loops(self) -> bool:
+        return self.loop
+
+    def select(self, sim, valid, x, scores=None):
+        return valid.clone(), {}

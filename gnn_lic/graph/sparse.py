@@ -1,0 +1,89 @@
+"""Compressed-sparse-row view of an ``edge_index`` (PyG's ``adj_t``).
+
+Message passing in gnn_lic runs as sparse-matrix products over this structure
+(see :mod:`gnn_lic.nn.functional`). A graph is converted once and shared by all
+the layers (and heads) that use it; the transpose needed by the backward pass
+is built lazily, once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["CSRGraph"]
+
+
+def _crow(sorted_index: Tensor, num_rows: int) -> Tensor:
+    counts = torch.bincount(sorted_index, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class CSRGraph:
+    """Edges ``j -> i`` grouped by target ``i``.
+
+    Attributes:
+        crow (Tensor): ``(N + 1,)`` row pointers (rows = targets).
+        col (Tensor): ``(E,)`` sources, in CSR order.
+        row (Tensor): ``(E,)`` targets, in CSR order.
+        num_nodes (int): ``N``.
+        perm (Tensor or None): CSR position of each edge of the ``edge_index``
+            this graph was built from (``None`` if it was already in CSR order).
+    """
+
+    def __init__(self, crow: Tensor, col: Tensor, row: Tensor, num_nodes: int, perm: Optional[Tensor] = None):
+        self.crow, self.col, self.row = crow, col, row
+        self.num_nodes = int(num_nodes)
+        self.perm = perm
+        self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._pattern: Optional[Tensor] = None
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Tensor, num_nodes: Optional[int] = None) -> "CSRGraph":
+        """Build from a ``(2, E)`` ``edge_index`` (sorted by target or not)."""
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+        src, dst = edge_index[0].long(), edge_index[1].long()
+        if num_nodes is None:
+            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(f"edge_index has node ids outside [0, {num_nodes})")
+        perm = None
+        if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
+            perm = torch.argsort(dst, stable=True)
+            src, dst = src[perm], dst[perm]
+        return cls(_crow(dst, num_nodes), src.contiguous(), dst.contiguous(), num_nodes, perm)
+
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    @property
+    def edge_index(self) -> Tensor:
+        """``(2, E)`` edges in CSR order."""
+        return torch.stack([self.col, self.row])
+
+    def degree(self) -> Tensor:
+        """In-degree of every node."""
+        return self.crow.diff()
+
+    @property
+    def transpose(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(crow_t, col_t, perm_t)``: CSR of the reversed graph (rows = sources);
+        ``perm_t`` maps its edges to positions in this graph's edge order."""
+        if self._transpose is None:
+            perm_t = torch.argsort(self.col, stable=True)
+            self._transpose = (_crow(self.col[perm_t], self.num_nodes), self.row[perm_t].contiguous(), perm_t)
+        return self._transpose
+
+    def pattern(self, dtype=torch.float32) -> Tensor:
+        """The adjacency as a ``torch.sparse_csr`` tensor of ones (``adj_t``)."""
+        if self._pattern is None or self._pattern.dtype != dtype:
+            ones = torch.ones(self.num_edges, dtype=dtype, device=self.col.device)
+            self._pattern = torch.sparse_csr_tensor(self.crow, self.col, ones, (self.num_nodes, self.num_nodes))
+        return self._pattern
+
+    def __repr__(self) -> str:
+        return f"CSRGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges})"

@@ -1,0 +1,17 @@
+"""Message-passing layers and image-domain graph blocks."""
+
+from gnn_lic.nn.attention_base import SparseAttentionConv, as_csr
+from gnn_lic.nn.functional import segment_softmax, sddmm, sparse_attention, spmm
+from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
+from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
+
+__all__ = [
+    "GraphAggregationConv",
+    "GraphAttentionConv",
+    "SparseAttentionConv",
+    "as_csr",
+    "sparse_attention",
+    "sddmm",
+    "spmm",
+    "segment_softmax",
+]
