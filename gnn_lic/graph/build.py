@@ -38,6 +38,13 @@ class Candidates:
     row_of_node: Tensor
 
     @property
+    def full(self) -> bool:
+        """Whether every entry of ``index`` is a real candidate."""
+        if not hasattr(self, "_full"):
+            self._full = bool(self.valid.all())
+        return self._full
+
+    @property
     def num_candidates(self) -> Tensor:
         """``(N,)`` true candidate counts ``n_i``."""
         return self.valid.sum(-1)
@@ -101,14 +108,14 @@ def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
     return hit
 
 
-def candidate_similarity(x: Tensor, cands: Candidates, eps: float = 1e-12) -> Tensor:
+def candidate_similarity(x: Tensor, cands: Candidates, eps: float = 1e-12, mask: bool = True) -> Tensor:
     r"""Cosine similarity to every candidate, GLIC eq. (7), as ``(B, N, K)``.
 
     .. math:: S_{ij} = \frac{\langle x_i, x_j \rangle}{\|x_i\|_2 \|x_j\|_2}
 
     Computed block by block as one batched matrix product of the L2-normalised
     features (a zero vector has similarity 0 to everything). Entries of invalid
-    candidates are 0.
+    candidates are 0 (unspecified with ``mask=False``).
     """
     B, C, H, W = x.shape
     N = H * W
@@ -120,7 +127,7 @@ def candidate_similarity(x: Tensor, cands: Candidates, eps: float = 1e-12) -> Te
     if cands.cand is not None:
         s = s.gather(-1, cands.cand.expand(B, -1, -1, -1))
     s = s.reshape(B, -1, s.shape[-1])[:, cands.row_of_node]
-    return s.masked_fill(~cands.valid, 0)
+    return s.masked_fill_(~cands.valid, 0) if mask else s
 
 
 @dataclass
@@ -195,8 +202,8 @@ def build_graph(
     valid = cands.valid
     if not selector.self_loops:
         valid = valid & (cands.index != torch.arange(N, device=x.device)[:, None])
-    sim = candidate_similarity(x, cands)
-    valid_b = valid.expand(B, -1, -1)
+    sim = candidate_similarity(x, cands, mask=not cands.full)
+    valid_b = None if (cands.full and selector.self_loops) else valid.expand(B, -1, -1)
     keep, sel_info = selector.select(sim, valid_b, x, scores=scores)
     b, i, k = keep.nonzero(as_tuple=True)
     src = cands.index[i, k] + b * N

@@ -18,7 +18,8 @@ __all__ = ["Selector", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold
 
 
 class Selector:
-    """Base class. ``select`` returns ``(keep (B, N, K) bool, info dict)``."""
+    """Base class. ``select(sim, valid, x, scores)`` returns ``(keep (B, N, K) bool, info dict)``;
+    ``valid`` is ``None`` when every candidate is valid."""
 
     #: whether the node itself may be its own neighbour
     self_loops: bool = True
@@ -32,7 +33,7 @@ class Selector:
 
 
 @torch.no_grad()
-def bisection_threshold(sim: Tensor, valid: Tensor, target: Tensor, iters: int = 5) -> Tensor:
+def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int = 5) -> Tensor:
     r"""Per-node threshold search by bisection, GLIC Algorithm 1 (eqs. 8-9).
 
     For every row ``i``: :math:`\ell_i = \min_j S_{ij}`, :math:`u_i = \max_j S_{ij}`,
@@ -48,19 +49,25 @@ def bisection_threshold(sim: Tensor, valid: Tensor, target: Tensor, iters: int =
 
     Args:
         sim (Tensor): ``(..., K)`` similarities.
-        valid (Tensor): ``(..., K)`` bool, which entries are real candidates.
+        valid (Tensor or None): ``(..., K)`` bool, which entries are real
+            candidates (``None``: all of them).
         target (Tensor): ``(...)`` target degrees :math:`d_i^*`.
         iters (int): number of bisection steps ``T``.
 
     Returns:
         Tensor: thresholds :math:`\theta_i` of shape ``(...)``.
     """
-    inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
-    lo = torch.where(valid, sim, inf).amin(-1)
-    hi = torch.where(valid, sim, -inf).amax(-1)
-    n = valid.sum(-1).clamp_min(1)
-    theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
-    sim_masked = torch.where(valid, sim, -inf)  # invalid entries never count
+    if valid is None:
+        lo, hi = sim.amin(-1), sim.amax(-1)
+        theta = torch.minimum(sim.mean(-1), hi)
+        sim_masked = sim
+    else:
+        inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
+        lo = torch.where(valid, sim, inf).amin(-1)
+        sim_masked = torch.where(valid, sim, -inf)  # invalid entries never count
+        hi = sim_masked.amax(-1)
+        n = valid.sum(-1).clamp_min(1)
+        theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
     for _ in range(iters):
         m = (sim_masked >= theta.unsqueeze(-1)).sum(-1)
         over = m > target
@@ -99,14 +106,16 @@ class AdaptiveDegree(Selector):
         self.iters = int(iters)
 
     def select(self, sim, valid, x, scores=None):
-        B, N, _ = sim.shape
+        B, N, K = sim.shape
         if scores is None:
             scores = complexity_score(x, self.score)
         scores = scores.reshape(B, N).to(sim.dtype)
-        n = valid.sum(-1)
+        n = valid.sum(-1) if valid is not None else torch.full((N,), K, device=sim.device)
         quota, target = degree_quota(scores, self.avg_degree, n)
         theta = bisection_threshold(sim, valid, target, self.iters)
-        keep = valid & (sim >= theta.unsqueeze(-1))
+        keep = sim >= theta.unsqueeze(-1)
+        if valid is not None:
+            keep &= valid
         info: Dict[str, Tensor] = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta}
         return keep, info
 
@@ -136,12 +145,13 @@ class TopK(Selector):
     def select(self, sim, valid, x, scores=None):
         K = sim.shape[-1]
         k = min(self.k, K)
-        masked = torch.where(valid, sim, torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device))
+        if valid is not None:
+            sim = torch.where(valid, sim, torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device))
         # a stable descending sort keeps candidate order among ties (deterministic)
-        order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
-        keep = torch.zeros_like(valid)
+        order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :k]
+        keep = torch.zeros(sim.shape, dtype=torch.bool, device=sim.device)
         keep.scatter_(-1, order, True)
-        return keep & valid, {}
+        return (keep & valid if valid is not None else keep), {}
 
 
 class KeepAll(Selector):
@@ -159,4 +169,6 @@ class KeepAll(Selector):
         return self.loop
 
     def select(self, sim, valid, x, scores=None):
+        if valid is None:
+            return torch.ones(sim.shape, dtype=torch.bool, device=sim.device), {}
         return valid.clone(), {}

@@ -15,3 +15,15 @@ __all__ = [
     "spmm",
     "segment_softmax",
 ]
+
+from gnn_lic.nn.blocks import (  # noqa: E402
+    GFA_ORDERS,
+    GatedDWFeedForward,
+    GFABlock,
+    GFALayer,
+    GraphWindowBlock,
+    LayerNorm2d,
+    ResidualUnit,
+)
+
+__all__ += ["GFABlock", "GFALayer", "GraphWindowBlock", "LayerNorm2d", "GatedDWFeedForward", "ResidualUnit", "GFA_ORDERS"]

@@ -51,9 +51,14 @@ class SparseAttentionConv(MessagePassing):
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
         self._graph: Optional[CSRGraph] = None
+        self._bound: Optional[Tensor] = None
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
-        """Attention-weighted sum of ``v`` over in-neighbours -> ``(N, H, d_v)``."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Union[Tensor, CSRGraph], logit_bound: Optional[Tensor] = None) -> Tensor:
+        """Attention-weighted sum of ``v`` over in-neighbours -> ``(N, H, d_v)``.
+
+        ``logit_bound`` (``(H,)``) is an upper bound of ``q_i . k_j`` per head that
+        lets the sparse path skip the per-row maximum (see
+        :func:`gnn_lic.nn.functional.sparse_attention`)."""
         N = q.shape[0]
         if self.impl == "gather":
             ei = edge_index.edge_index if isinstance(edge_index, CSRGraph) else edge_index
@@ -62,11 +67,11 @@ class SparseAttentionConv(MessagePassing):
         # PyG's generated ``propagate`` only forwards the message's arguments, so
         # the graph (with its cached transpose) reaches ``message_and_aggregate``
         # through this attribute, set only for the duration of the call.
-        self._graph = graph
+        self._graph, self._bound = graph, logit_bound
         try:
             return self.propagate(graph.pattern(q.dtype), q=q, k=k, v=v, size=(N, N))
         finally:
-            self._graph = None
+            self._graph, self._bound = None, None
 
     def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
         alpha = softmax((q_i * k_j).sum(-1), index, ptr, size_i)  # (E, H)
@@ -79,4 +84,4 @@ class SparseAttentionConv(MessagePassing):
             row = torch.repeat_interleave(torch.arange(adj_t.shape[0], device=crow.device), crow.diff())
             graph = CSRGraph(crow, col, row, adj_t.shape[0])
         heads_first = [t.transpose(0, 1) for t in (q, k, v)]  # (H, N, d)
-        return sparse_attention(graph, *heads_first).transpose(0, 1)
+        return sparse_attention(graph, *heads_first, logit_bound=self._bound).transpose(0, 1)

@@ -6,12 +6,12 @@ Softmax attention over in-neighbours,
     \mathrm{out}_i = \sum_{j \in \mathcal{N}_i}
     \frac{\exp(q_i^\top k_j)}{\sum_{u \in \mathcal{N}_i} \exp(q_i^\top k_u)} v_j,
 
-is computed as three sparse operations that never materialise one feature
-vector per edge: an SDDMM (``torch.sparse.sampled_addmm``) for the logits, a
-segment softmax over CSR rows, and an SpMM (CSR x dense) for the weighted sum.
-Each has a hand-written backward made of the same three primitives (the SpMM
-backward uses the graph's cached transpose), so training memory stays at
-``O(E * heads + N * C)`` instead of ``O(E * C)``.
+is computed with two sparse operations that never materialise one feature
+vector per edge: an SDDMM (``torch.sparse.sampled_addmm``) for the logits and
+an SpMM (CSR x dense) for the weighted sum (the softmax denominator comes from
+the same SpMM, see :func:`sparse_attention`). Both have hand-written backwards
+made of the same two primitives (using the graph's cached transpose), so
+training memory stays at ``O(E * heads + N * C)`` instead of ``O(E * C)``.
 
 Tensors are head-major: ``q, k`` are ``(H, N, d)``, ``v`` is ``(H, N, d_v)``,
 edge values are ``(H, E)`` in the graph's CSR order.
@@ -20,6 +20,7 @@ edge values are ``(H, E)`` in the graph's CSR order.
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -28,6 +29,8 @@ from torch.autograd import Function
 from gnn_lic.graph.sparse import CSRGraph
 
 __all__ = ["sddmm", "spmm", "segment_softmax", "sparse_attention"]
+
+_UNDERFLOW = 1e-30
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -42,7 +45,7 @@ def _spmm(crow: Tensor, col: Tensor, w: Tensor, v: Tensor) -> Tensor:
     n = crow.numel() - 1
     out = v.new_empty(w.shape[0], n, v.shape[-1])
     for h in range(w.shape[0]):
-        out[h] = _csr(crow, col, w[h], n) @ v[h]
+        torch.mm(_csr(crow, col, w[h], n), v[h], out=out[h])  # no temporary per head
     return out
 
 
@@ -139,6 +142,38 @@ def segment_softmax(graph: CSRGraph, logits: Tensor) -> Tensor:
     return _SegmentSoftmax.apply(graph, logits.contiguous())
 
 
-def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``sum_j softmax_j(q_i . k_j) v_j`` over in-neighbours, ``(H, N, d_v)``."""
-    return spmm(graph, segment_softmax(graph, sddmm(graph, q, k)), v)
+def _row_max(graph: CSRGraph, logits: Tensor) -> Tensor:
+    """Per-edge max of its target's logits, ``(H, E)`` (no gradient needed:
+    softmax is invariant to a per-row shift)."""
+    with torch.no_grad():
+        m = _segment(logits, graph, "max")
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows without edges
+        return m.index_select(1, graph.row)
+
+
+def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor] = None) -> Tensor:
+    r"""``sum_j softmax_j(q_i . k_j) v_j`` over in-neighbours, ``(H, N, d_v)``.
+
+    The softmax is never normalised edge by edge: with :math:`e_{ij} = \exp(l_{ij} - c_i)`,
+    one SpMM of :math:`e` with ``[v, 1]`` yields both :math:`\sum_j e_{ij} v_j` and
+    :math:`\sum_j e_{ij}`, and the division happens per node.
+
+    Args:
+        logit_bound (Tensor, optional): ``(H,)`` upper bounds of the logits of each
+            head (e.g. the temperature for cosine logits). When given, it is the
+            shift :math:`c_i` and no per-row maximum is needed; if a row underflows
+            (all its logits far below the bound) the exact row maximum is used.
+    """
+    logits = sddmm(graph, q, k)
+    H, N = v.shape[0], v.shape[1]
+    v1 = torch.cat([v, v.new_ones(H, N, 1)], -1)
+    if logit_bound is not None:
+        e = (logits - logit_bound.detach().view(-1, 1)).exp()
+        out = spmm(graph, e, v1)
+        num, den = out[..., :-1], out[..., -1:]
+        if not bool(((den < _UNDERFLOW) & (graph.degree() > 0).view(1, -1, 1)).any()):
+            return num / den.clamp_min(_UNDERFLOW)
+    e = (logits - _row_max(graph, logits)).exp()
+    out = spmm(graph, e, v1)
+    num, den = out[..., :-1], out[..., -1:]
+    return num / den.clamp_min(_UNDERFLOW)  # rows without edges: 0 / tiny = 0

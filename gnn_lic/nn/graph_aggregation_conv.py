@@ -80,7 +80,8 @@ class GraphAggregationConv(SparseAttentionConv):
         q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
         k = F.normalize(k, dim=-1)
         v = self.phi(x).view(N, H, -1)
-        return self.out(self.attend(q, k, v, edge_index).reshape(N, -1))
+        # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed
+        return self.out(self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, heads={self.heads}, impl={self.impl!r})"

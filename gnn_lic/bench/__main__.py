@@ -1,0 +1,243 @@
+"""Benchmarks that print numbers: ``python -m gnn_lic.bench graph [--quick]``.
+
+``graph`` measures, for square feature maps of 32x32 to 256x256 nodes, C = 64 and
+192, average degree 16 and 64 (GLIC's local and global graphs, L = 8, G = 16,
+T = 5): graph-construction time, aggregation time (one
+:class:`~gnn_lic.nn.GraphAggregationConv`, forward), peak memory, and the log-log
+slope of time against N. It then compares the aggregation paths (per-edge
+gather/scatter, sparse SDDMM/SpMM, dense grouped attention over candidate
+blocks) side by side, and reports graph construction as a share of a GFA
+block's forward at the paper setting (graphs built once per block and shared by
+its five layers). Each configuration runs in a fresh subprocess so that peak
+memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+
+def _peak_rss_reset() -> int:
+    """Reset the kernel's peak-RSS mark; return the current RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def _status(key: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _timeit(fn, repeat: int = 3) -> float:
+    fn()  # warm-up (candidate caches, allocator)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
+    """Construction + aggregation of one graph; run inside a subprocess."""
+    from gnn_lic.graph import AdaptiveDegree, CSRGraph, GlobalGrid, LocalWindow, build_graph  # noqa: PLC0415
+    from gnn_lic.nn import GraphAggregationConv  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, size, size)
+    cset = LocalWindow(8) if kind == "local" else GlobalGrid(16)
+    sel = AdaptiveDegree(degree, score="rms", iters=5)
+    conv = GraphAggregationConv(channels, heads=8)
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    base = _peak_rss_reset()
+    with torch.no_grad():
+        t_build = _timeit(lambda: build_graph(x, cset, sel))
+        graph = CSRGraph.from_edge_index(build_graph(x, cset, sel), size * size)
+        t_agg = _timeit(lambda: conv(tokens, graph))
+    peak = _status("VmHWM") - base
+    return {"N": size * size, "E": graph.num_edges, "build_s": t_build, "agg_s": t_agg, "peak_mb": peak / 2**20}
+
+
+def _dense_grouped(x: torch.Tensor, cset, keep_fn, heads: int = 8):
+    """Masked dense attention over each candidate block (the 'dense grouped' path)."""
+    from gnn_lic.graph import build_graph, candidates  # noqa: PLC0415
+
+    B, C, H, W = x.shape
+    c = candidates(cset, H, W)
+    ei, info = build_graph(x, cset, keep_fn, return_info=True)
+    # keep mask per (block, query, key)
+    nb, Q = c.query.shape
+    Kb = c.key.shape[1]
+    key_pos = {}
+    mask = torch.zeros(nb, Q, Kb, dtype=torch.bool)
+    # rows of the per-node candidate table in block order
+    rows = c.query.clamp_min(0).flatten()
+    src, dst = ei
+    # map each edge to its (block, query slot, key slot) via the candidate table
+    slot_of_node = torch.empty(H * W, dtype=torch.long)
+    slot_of_node[c.row_of_node.new_tensor(range(H * W))] = c.row_of_node
+    cand = c.cand if c.cand is not None else torch.arange(Kb).expand(nb, Q, Kb)
+    node_cand = c.index  # (N, K) in node order
+    kept = torch.zeros_like(node_cand, dtype=torch.bool)
+    deg = torch.bincount(dst, minlength=H * W)
+    ptr = torch.cat([deg.new_zeros(1), deg.cumsum(0)])
+    # edges are in CSR order: recover the candidate slot k of each edge
+    k_of_edge = (node_cand[dst] == src[:, None]).float().argmax(1)
+    kept[dst, k_of_edge] = True
+    kept_blk = kept[rows].view(nb, Q, -1) & (c.query >= 0).unsqueeze(-1)
+    mask.scatter_(-1, cand, kept_blk)
+    del key_pos, ptr
+    d = C // heads
+    xs = torch.cat([x.reshape(C, -1).t(), x.new_zeros(1, C)])
+    q = xs[c.query].view(nb, Q, heads, d).transpose(1, 2)
+    k = xs[c.key].view(nb, Kb, heads, d).transpose(1, 2)
+    v = k
+
+    def run():
+        logits = (q @ k.transpose(-1, -2)).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        return torch.nan_to_num(logits.softmax(-1)) @ v
+
+    return run
+
+
+def _paths(size: int, channels: int, degree: int) -> Dict:
+    """Aggregation paths side by side on the global graph (fwd and fwd+bwd)."""
+    from gnn_lic.graph import AdaptiveDegree, CSRGraph, GlobalGrid, build_graph  # noqa: PLC0415
+    from gnn_lic.nn import GraphAggregationConv  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, size, size)
+    sel = AdaptiveDegree(degree)
+    graph = CSRGraph.from_edge_index(build_graph(x, GlobalGrid(16), sel), size * size)
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    out = {"N": size * size, "E": graph.num_edges}
+    for impl in ("gather", "sparse"):
+        conv = GraphAggregationConv(channels, heads=8, impl=impl)
+        with torch.no_grad():
+            out[f"{impl}_fwd_s"] = _timeit(lambda: conv(tokens, graph))
+        t = tokens.clone().requires_grad_()
+        out[f"{impl}_fwdbwd_s"] = _timeit(lambda: conv(t, graph).sum().backward())
+    dense = _dense_grouped(x, GlobalGrid(16), sel)
+    with torch.no_grad():
+        out["dense_fwd_s"] = _timeit(dense)
+    return out
+
+
+def _gfa_share(h: int, w: int, ratio: float) -> Dict:
+    from gnn_lic.nn import GFABlock  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    block = GFABlock(192, depth=5, mlp_ratio=ratio, local_window=8, global_grid=16, avg_degree=64, iters=5)
+    x = torch.randn(1, 192, h, w)
+    with torch.no_grad():
+        t_block = _timeit(lambda: block(x), repeat=2)
+        t_graph = _timeit(lambda: block.build_graphs(x), repeat=2)
+    return {"map": f"{h}x{w}", "block_s": t_block, "graphs_s": t_graph, "share": t_graph / t_block}
+
+
+def _slope(ns: List[int], ts: List[float]) -> float:
+    lx = [math.log(n) for n in ns]
+    ly = [math.log(t) for t in ts]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def _child(task: str, args: List) -> Dict:
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "gnn_lic.bench", "_child", task, json.dumps(args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark child {task}{args} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_graph(quick: bool = False, threads: Optional[int] = None) -> Dict:
+    sizes = [32, 64] if quick else [32, 64, 128, 256]
+    configs = [(64, 16), (192, 64)] if quick else [(64, 16), (64, 64), (192, 16), (192, 64)]
+    print(f"torch {torch.__version__}, threads {threads or torch.get_num_threads()}")
+    print("\n== graph construction and aggregation (GraphAggregationConv forward, 8 heads) ==")
+    print(f"{'graph':7} {'C':>4} {'deg':>4} {'nodes':>7} {'edges':>9} {'build s':>9} {'agg s':>8} {'peak MB':>8}")
+    rows = []
+    for kind in ("local", "global"):
+        for channels, degree in configs:
+            ns, tb, ta = [], [], []
+            for size in sizes:
+                r = _child("config", [size, channels, degree, kind])
+                rows.append({"graph": kind, "C": channels, "degree": degree, **r})
+                ns.append(r["N"])
+                tb.append(r["build_s"])
+                ta.append(r["agg_s"])
+                print(f"{kind:7} {channels:4d} {degree:4d} {r['N']:7d} {r['E']:9d} {r['build_s']:9.4f} {r['agg_s']:8.4f} {r['peak_mb']:8.1f}")
+            print(f"{'':7} {'':4} {'':4} log-log slope vs N: construction {_slope(ns, tb):.2f}, aggregation {_slope(ns, ta):.2f} (target <= 1.1)")
+    print("\n== aggregation paths side by side (global graph, C=192, avg degree 64) ==")
+    path_rows = []
+    for size in [32, 64] if quick else [64, 96]:
+        r = _child("paths", [size, 192, 64])
+        path_rows.append(r)
+        print(
+            f"N={r['N']:6d} E={r['E']:8d}  gather fwd {r['gather_fwd_s']:.4f} s, fwd+bwd {r['gather_fwdbwd_s']:.4f} s | "
+            f"sparse fwd {r['sparse_fwd_s']:.4f} s, fwd+bwd {r['sparse_fwdbwd_s']:.4f} s | dense grouped fwd {r['dense_fwd_s']:.4f} s"
+        )
+        print(f"         ratio gather/sparse: fwd {r['gather_fwd_s'] / r['sparse_fwd_s']:.1f}x, fwd+bwd {r['gather_fwdbwd_s'] / r['sparse_fwdbwd_s']:.1f}x; dense/sparse fwd {r['dense_fwd_s'] / r['sparse_fwd_s']:.1f}x")
+    print("\n== graph construction share of a GFA block forward (paper setting: L=8, G=16, deg 64, C=192, T=5, depth 5) ==")
+    shares = []
+    maps = [(32, 48, 2.0)] if quick else [(64, 96, 2.0), (128, 192, 4.0)]
+    for h, w, ratio in maps:
+        r = _child("share", [h, w, ratio])
+        shares.append(r)
+        print(f"map {r['map']:8} (mlp ratio {ratio}): block {r['block_s']:.3f} s, graphs {r['graphs_s']:.3f} s, share {100 * r['share']:.1f}% (target <= 5%)")
+    return {"configs": rows, "paths": path_rows, "gfa_share": shares}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gnn_lic.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("graph", help="graph construction and aggregation benchmark")
+    g.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    g.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    c = sub.add_parser("_child")
+    c.add_argument("task")
+    c.add_argument("args")
+    args = parser.parse_args(argv)
+
+    from gnn_lic.utils import tune_malloc  # noqa: PLC0415
+
+    tune_malloc()
+    if args.command == "_child":
+        if os.environ.get("GNN_LIC_BENCH_THREADS"):
+            torch.set_num_threads(int(os.environ["GNN_LIC_BENCH_THREADS"]))
+        fn = {"config": _one_config, "paths": _paths, "share": _gfa_share}[args.task]
+        print(json.dumps(fn(*json.loads(args.args))))
+        return 0
+    if args.threads:
+        os.environ["GNN_LIC_BENCH_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    result = bench_graph(quick=args.quick, threads=args.threads)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
