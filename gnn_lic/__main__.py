@@ -1,0 +1,341 @@
+"""Command line: ``python -m gnn_lic {compress,decompress,info} ...`` (also ``gnn-lic``).
+
+Examples::
+
+    python -m gnn_lic compress kodim01.png kodim01.glic --model glic --size small
+    python -m gnn_lic compress kodim01.png kodim01.glic --checkpoint runs/glic.pth.tar
+    python -m gnn_lic decompress kodim01.glic kodim01_hat.png [--checkpoint CKPT]
+    python -m gnn_lic info kodim01.glic [--json]
+
+Exit codes
+----------
+``0``
+    success.
+``2``
+    every expected failure: command-line usage errors, missing or unreadable input
+    (including files that are not images), corrupt/truncated/foreign streams, model
+    mismatch, an existing output without ``--force``, no shipped weights, unusable
+    checkpoints, unknown model name or size.  One line ``error: ...`` on stderr, no
+    traceback, and no output file is left behind (outputs are written atomically).
+``1``
+    an unexpected internal error (a bug): one line on stderr; the traceback is shown
+    with ``--debug`` or ``GNN_LIC_DEBUG=1``.
+``130``
+    interrupted (Ctrl-C).
+
+Extending
+---------
+Subcommands live in :data:`COMMANDS` (name -> :class:`Command`).  Add one with
+:func:`register_command` from a module listed in :data:`EXTRA_COMMAND_MODULES` (imported
+when the parser is built, skipped if absent) or from a plugin module named in the
+environment variable ``GNN_LIC_PLUGINS`` (comma-separated module names, imported before
+the command line is parsed; plugins may also register extra models).  Such modules
+should ``import gnn_lic.__main__`` (which is the running module even under ``-m``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+PLUGINS_ENV = "GNN_LIC_PLUGINS"
+DEBUG_ENV = "GNN_LIC_DEBUG"
+DEFAULT_SIZE = "paper"
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: Dict[str, Command] = {}
+
+# Optional modules that provide more subcommands (e.g. {"bench": "gnn_lic.bench.cli"});
+# each is imported when the parser is built and must call register_command(...).
+EXTRA_COMMAND_MODULES: Dict[str, str] = {}
+
+
+def register_command(
+    name: str,
+    help: str,  # noqa: A002 - mirrors argparse
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add (or replace) subcommand ``name``; ``run(args)`` returns the exit code."""
+    COMMANDS[name] = Command(help, add_arguments, run)
+
+
+class UsageError(Exception):
+    """Bad combination of command-line options (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _fail_line(message: Any) -> str:
+    return " ".join(str(message).split())
+
+
+def _read_stream_file(path: str) -> bytes:
+    from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+
+    if not os.path.exists(path):
+        raise CodecError(f"input file '{path}' does not exist")
+    if os.path.isdir(path):
+        raise CodecError(f"input '{path}' is a folder, not a file")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise CodecError(f"cannot read '{path}': {exc.strerror or exc}") from None
+
+
+def _check_output_free(path: str, force: bool) -> None:
+    from gnn_lic.codec.errors import CodecError, OutputExistsError  # noqa: PLC0415
+
+    if os.path.isdir(path):
+        raise CodecError(f"output '{path}' is a folder")
+    if not force and os.path.exists(path):
+        raise OutputExistsError(f"output file '{path}' already exists (use --force to overwrite)")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise CodecError(f"output folder '{folder}' does not exist")
+
+
+def _device(name: str):
+    import torch  # noqa: PLC0415
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def _pretrained_model(name: str, size: str):
+    """``create_model(name, size, pretrained=True)`` with checks done before building."""
+    from gnn_lic.models import SIZES, create_model, list_models  # noqa: PLC0415
+    from gnn_lic.models.pretrained import _no_weights, pretrained_path  # noqa: PLC0415
+
+    if name not in list_models():
+        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models()) or '(none registered)'}")
+    if size not in SIZES:
+        raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
+    if pretrained_path(name, size) is None:
+        raise _no_weights(name, size)
+    return create_model(name, size=size, pretrained=True)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", metavar="CKPT", help="checkpoint written by save_checkpoint (training)")
+    p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
+    p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
+
+
+# ----------------------------------------------------------------------------- compress
+
+
+def _add_compress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="image to compress (PNG, JPEG, ...; converted to 8-bit RGB)")
+    p.add_argument("output", help="compressed file to write")
+    p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
+    p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
+    _add_model_arguments(p)
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from gnn_lic.codec import encode_image, read_image, write_bytes  # noqa: PLC0415
+    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    if not args.checkpoint and not args.model:
+        raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
+    device = _device(args.device)
+    image = read_image(args.input)
+    _check_output_free(args.output, args.force)
+    if args.checkpoint:
+        net, _ = load_checkpoint(args.checkpoint)
+        if args.model and args.model != net.model_name:
+            raise UsageError(f"--model {args.model} does not match the checkpoint's model '{net.model_name}'")
+        if args.size and args.size != net.model_size:
+            raise UsageError(f"--size {args.size} does not match the checkpoint's size '{net.model_size}'")
+    else:
+        net = _pretrained_model(args.model, args.size or DEFAULT_SIZE)
+    net.to(device)
+
+    start = time.perf_counter()
+    data = encode_image(net, image)
+    seconds = time.perf_counter() - start
+    write_bytes(args.output, data, force=args.force)
+    nbytes = os.path.getsize(args.output)
+    h, w = image.shape[:2]
+    bpp = nbytes * 8 / (h * w)
+    print(f"{args.output}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels, encode {seconds:.3f} s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- decompress
+
+
+def _add_decompress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="compressed file")
+    p.add_argument("output", help="PNG file to write")
+    _add_model_arguments(p)
+
+
+def _run_decompress(args: argparse.Namespace) -> int:
+    from gnn_lic.codec import decode_image, inspect_stream, write_image  # noqa: PLC0415
+    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    device = _device(args.device)
+    data = _read_stream_file(args.input)
+    header = inspect_stream(data)
+    _check_output_free(args.output, args.force)
+    if args.checkpoint:
+        net, _ = load_checkpoint(args.checkpoint)
+    else:
+        net = _pretrained_model(header["model_name"], header["model_size"])
+    net.to(device)
+
+    start = time.perf_counter()
+    image = decode_image(net, data)
+    seconds = time.perf_counter() - start
+    write_image(args.output, image, force=args.force)
+    h, w = image.shape[:2]
+    print(f"{args.output}: {w}x{h} pixels, decode {seconds:.3f} s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------- info
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="compressed file")
+    p.add_argument("--json", action="store_true", help="print the fields as JSON")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from gnn_lic.codec import inspect_stream  # noqa: PLC0415
+
+    info = inspect_stream(_read_stream_file(args.input))
+    info["bpp"] = round(info["total_bytes"] * 8 / (info["height"] * info["width"]), 6)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    for key, value in info.items():
+        if isinstance(value, (list, dict)):
+            value = json.dumps(value, separators=(",", ":"))
+        print(f"{key}: {value}")
+    return EXIT_OK
+
+
+register_command("compress", "compress an image to a .glic file", _add_compress, _run_compress)
+register_command("decompress", "decompress a .glic file to PNG", _add_decompress, _run_decompress)
+register_command("info", "print the header of a .glic file (no model needed)", _add_info, _run_info)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _load_plugins() -> None:
+    for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - report any plugin failure in one line
+            raise UsageError(f"cannot import plugin module '{name}' (from {PLUGINS_ENV}): {exc}") from None
+
+
+def _load_extra_commands() -> None:
+    for name, module in EXTRA_COMMAND_MODULES.items():
+        if name in COMMANDS:
+            continue
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue  # the optional module is not there (yet)
+            raise
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit code 2), like every other failure."""
+
+    def error(self, message: str):  # type: ignore[override]
+        _error(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_extra_commands()
+    parser = _Parser(
+        prog="gnn_lic",
+        description="Learned image compression with graph neural networks (GLIC, GABIC).",
+        epilog="exit codes: 0 ok, 2 expected error (bad input, corrupt file, mismatch, ...), 1 internal error",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"error: {_fail_line(message)}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit code (never raises for expected errors)."""
+    if __name__ == "__main__":  # let plugins `import gnn_lic.__main__` and get this module
+        sys.modules.setdefault("gnn_lic.__main__", sys.modules[__name__])
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    with warnings.catch_warnings():
+        # compressai triggers this deprecation warning on import; it is noise for users
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        try:
+            _load_plugins()
+            parser = build_parser()
+        except UsageError as exc:
+            _error(exc)
+            return EXIT_ERROR
+        try:
+            args = parser.parse_args(list(argv) if argv is not None else None)
+        except SystemExit as exc:  # argparse: --help (0) or usage error (2)
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        debug = debug or args.debug
+        if args.command is None:
+            _error("choose a command: " + ", ".join(COMMANDS) + " (see gnn_lic --help)")
+            return EXIT_ERROR
+        from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+
+        try:
+            return int(args._run(args) or EXIT_OK)
+        except (CodecError, UsageError) as exc:
+            _error(exc)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
+            if debug:
+                raise
+            _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+            return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

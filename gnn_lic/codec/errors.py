@@ -1,0 +1,47 @@
+"""Exceptions raised by the file codec, checkpoint I/O and the command line.
+
+Every *expected* failure (bad input file, corrupt stream, wrong model, existing output,
+missing weights, unusable checkpoint) is a :class:`CodecError`, so callers (the command
+line in particular) can report it in one line without a traceback.  This module has no
+dependencies so that it can be imported from anywhere without import cycles.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "ImageReadError",
+    "CorruptStreamError",
+    "ModelMismatchError",
+    "OutputExistsError",
+    "NoPretrainedWeightsError",
+    "CheckpointError",
+]
+
+
+class CodecError(Exception):
+    """Base class of every expected error of the codec, checkpoint I/O and command line."""
+
+
+class ImageReadError(CodecError):
+    """The input file is missing, unreadable or not an image."""
+
+
+class CorruptStreamError(CodecError):
+    """The compressed stream is not ours, truncated, corrupt or has trailing garbage."""
+
+
+class ModelMismatchError(CodecError):
+    """The stream was encoded with another model, configuration or set of weights."""
+
+
+class OutputExistsError(CodecError):
+    """The output file exists and overwriting was not requested (``force=False``)."""
+
+
+class NoPretrainedWeightsError(CodecError):
+    """No trained weights are shipped for the requested model name and size."""
+
+
+class CheckpointError(CodecError):
+    """A checkpoint file is missing, not a torch file, not ours, or does not fit its model."""

@@ -1,0 +1,151 @@
+"""Hashes that identify a model: its configuration and its exact weights.
+
+``config_hash(net)``
+    sha256 of the canonical JSON of ``net.model_config`` (keys sorted, no whitespace,
+    ASCII only, NaN/inf rejected).
+
+``model_fingerprint(net)``
+    sha256 over, in this order: the tag ``b"gnn_lic-fingerprint-v1\\0"``, the canonical
+    configuration JSON, then for every entry of ``net.state_dict()`` (parameters and
+    persistent buffers, including the entropy coders' CDF tables) in sorted key order: the
+    key, the dtype name, the shape and the raw little-endian bytes of the tensor, each
+    piece preceded by its length as an 8-byte big-endian integer so that the encoding is
+    unambiguous.  It does not depend on the device the tensors live on, nor on the
+    process; it changes when any weight changes.  Because the CDF tables are persistent
+    buffers, the fingerprint of a model is only meaningful after ``net.update(force=True)``
+    (which :func:`gnn_lic.models.checkpoint.load_checkpoint` always calls).
+
+Hashing a large model costs a fraction of a second, so the result is cached per model
+object and reused only while every state tensor is the very same tensor (same storage
+pointer, shape, stride, dtype, device) with the same in-place version counter and the
+configuration JSON is unchanged; inference tensors (which have no version counter)
+disable the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+import weakref
+from typing import Any, Tuple
+
+import torch
+
+from gnn_lic.codec.errors import CodecError
+
+__all__ = ["canonical_config_json", "config_hash", "model_fingerprint"]
+
+_TAG = b"gnn_lic-fingerprint-v1\0"
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[bytes, tuple, str]]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _model_config(net: Any) -> Any:
+    cfg = getattr(net, "model_config", None)
+    if not isinstance(cfg, dict):
+        raise CodecError(
+            "the model has no 'model_config' dict; build it with gnn_lic.models.create_model "
+            "or load it with gnn_lic.models.checkpoint.load_checkpoint"
+        )
+    return cfg
+
+
+def canonical_config_json(net_or_config: Any) -> bytes:
+    """Canonical JSON bytes of a model's ``model_config`` (or of a config dict)."""
+    cfg = net_or_config if isinstance(net_or_config, dict) else _model_config(net_or_config)
+    try:
+        text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"model_config is not JSON-serialisable: {exc}") from None
+    return text.encode("ascii")
+
+
+def config_hash(net_or_config: Any) -> str:
+    """sha256 hex digest of :func:`canonical_config_json`."""
+    return hashlib.sha256(canonical_config_json(net_or_config)).hexdigest()
+
+
+def _put(h: "hashlib._Hash", piece: bytes) -> None:
+    h.update(struct.pack(">Q", len(piece)))
+    h.update(piece)
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach()
+    if t.is_quantized or t.is_sparse or t.layout != torch.strided:
+        raise CodecError(f"cannot fingerprint a tensor with layout {t.layout}")
+    flat = t.to("cpu").contiguous().reshape(-1)
+    if flat.is_conj():
+        flat = flat.resolve_conj()
+    if flat.is_neg():
+        flat = flat.resolve_neg()
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _cache_key(state: dict) -> Any:
+    """A key that changes whenever a state tensor is replaced or modified in place.
+
+    Returns None when the state cannot be cached (inference tensors, non-tensors).
+    The detached tensors themselves are kept in the key so that their storage stays
+    alive and its address cannot be reused by another tensor.
+    """
+    key = []
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor) or t.is_inference():
+            return None
+        try:
+            version = t._version
+            ptr = t.data_ptr()
+        except RuntimeError:
+            return None
+        key.append((name, ptr, version, tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t))
+    return tuple(key)
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x[:7] != y[:7]:
+            return False
+    return True
+
+
+def model_fingerprint(net: torch.nn.Module) -> str:
+    """sha256 hex digest identifying the configuration and the exact weights of ``net``."""
+    cfg_json = canonical_config_json(net)
+    state = net.state_dict()
+    key = _cache_key(state)
+    if key is not None:
+        with _LOCK:
+            cached = _CACHE.get(net)
+        if cached is not None and cached[0] == cfg_json and _same_key(cached[1], key):
+            return cached[2]
+    h = hashlib.sha256()
+    h.update(_TAG)
+    _put(h, cfg_json)
+    for name in sorted(state):
+        value = state[name]
+        _put(h, name.encode("utf-8"))
+        if not isinstance(value, torch.Tensor):
+            # extra state from get_extra_state(): only JSON-able values are supported
+            try:
+                blob = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError):
+                raise CodecError(f"cannot fingerprint state entry {name!r} of type {type(value).__name__}") from None
+            _put(h, b"json")
+            _put(h, blob.encode("utf-8"))
+            continue
+        _put(h, str(value.dtype).encode("ascii"))
+        _put(h, b",".join(str(int(s)).encode("ascii") for s in value.shape))
+        data = _tensor_bytes(value)
+        h.update(struct.pack(">Q", data.nbytes))
+        h.update(data)
+    digest = h.hexdigest()
+    if key is not None:
+        with _LOCK:
+            _CACHE[net] = (cfg_json, key, digest)
+    return digest

@@ -1,0 +1,161 @@
+"""Encode an RGB image to a ``.glic`` stream with a model, and decode it back.
+
+The model follows the CompressAI contract (``compress(x) -> {"strings", "shape"}``,
+``decompress(strings, shape) -> {"x_hat"}``) and carries ``model_name``, ``model_size``
+and ``model_config`` (set by :func:`gnn_lic.models.create_model`).  The stream records
+the model identity and the original image size (see :mod:`gnn_lic.codec.container`);
+decoding validates the whole stream and checks that the given model is the one used for
+encoding before anything reaches the entropy decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Tuple
+
+import numpy as np
+import torch
+
+from gnn_lic.codec.container import HASH_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
+from gnn_lic.codec.errors import CodecError, ModelMismatchError
+from gnn_lic.codec.fingerprint import config_hash, model_fingerprint
+
+__all__ = ["encode_image", "decode_image", "model_identity"]
+
+
+def model_identity(net: torch.nn.Module) -> Tuple[str, str, bytes, bytes]:
+    """(name, size, 16-byte config hash, 16-byte weights hash) as stored in a stream."""
+    name = getattr(net, "model_name", None)
+    size = getattr(net, "model_size", None)
+    if not isinstance(name, str) or not isinstance(size, str):
+        raise CodecError(
+            "the model has no 'model_name'/'model_size'; build it with gnn_lic.models.create_model "
+            "or load it with gnn_lic.models.checkpoint.load_checkpoint"
+        )
+    cfg = bytes.fromhex(config_hash(net))[:HASH_BYTES]
+    weights = bytes.fromhex(model_fingerprint(net))[:HASH_BYTES]
+    return name, size, cfg, weights
+
+
+def _check_updated(net: torch.nn.Module) -> None:
+    try:
+        from compressai.entropy_models import EntropyModel  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - compressai is a dependency
+        return
+    for name, module in net.named_modules():
+        if isinstance(module, EntropyModel):
+            offset = getattr(module, "_offset", None)
+            if offset is None or offset.numel() == 0:
+                raise CodecError(
+                    f"entropy model '{name}' has no CDF tables; call net.update(force=True) before coding"
+                )
+
+
+def _device(net: torch.nn.Module) -> torch.device:
+    for p in net.parameters():
+        return p.device
+    for b in net.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            net.train()
+
+
+def _check_image(image: Any) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise CodecError(f"expected a uint8 image array of shape (H, W, 3), got {arr.dtype} {arr.shape}")
+    h, w = arr.shape[:2]
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise CodecError(f"image size {w}x{h} is outside 1..{MAX_IMAGE_SIDE} per side")
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = np.array(arr, copy=True, order="C")  # torch.from_numpy wants a writable array
+    return arr
+
+
+def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
+    """Compress a uint8 (H, W, 3) RGB array to the bytes of a ``.glic`` stream.
+
+    The model must have been updated (``net.update(force=True)``); it is run in eval mode
+    under ``torch.inference_mode()`` (its previous train/eval mode is restored).
+    """
+    arr = _check_image(image)
+    height, width = arr.shape[:2]
+    name, size, cfg_hash, weights_hash = model_identity(net)
+    _check_updated(net)
+    x = torch.from_numpy(arr).to(_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    with _eval_mode(net), torch.inference_mode():
+        out = net.compress(x)
+    if not isinstance(out, dict) or "strings" not in out or "shape" not in out:
+        raise CodecError("net.compress must return a dict with 'strings' and 'shape'")
+    return pack_stream(
+        model_name=name,
+        model_size=size,
+        config_hash=cfg_hash,
+        weights_hash=weights_hash,
+        height=height,
+        width=width,
+        shape=out["shape"],
+        strings=out["strings"],
+    )
+
+
+def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
+    """Raise :class:`ModelMismatchError` saying what differs between ``net`` and the stream."""
+    name, size, cfg_hash, weights_hash = model_identity(net)
+    if parsed.model_name != name:
+        raise ModelMismatchError(
+            f"the stream was encoded with model '{parsed.model_name}', not '{name}'"
+        )
+    if parsed.model_size != size:
+        raise ModelMismatchError(
+            f"the stream was encoded with model '{name}' size '{parsed.model_size}', not size '{size}'"
+        )
+    if parsed.config_hash != cfg_hash:
+        raise ModelMismatchError(
+            f"the model configuration differs from the one used for encoding "
+            f"(stream config hash {parsed.config_hash.hex()}, model {cfg_hash.hex()})"
+        )
+    if parsed.weights_hash != weights_hash:
+        raise ModelMismatchError(
+            f"the model weights differ from the ones used for encoding "
+            f"(stream weights hash {parsed.weights_hash.hex()}, model {weights_hash.hex()}); "
+            "decode with the same checkpoint"
+        )
+
+
+def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
+    """Decode the bytes of a ``.glic`` stream to a uint8 (H, W, 3) RGB array.
+
+    Raises :class:`CorruptStreamError` for an invalid stream and
+    :class:`ModelMismatchError` when ``net`` is not the model the stream was encoded with;
+    both are checked before the model is used.
+    """
+    parsed = parse_stream(data)
+    check_model_matches(net, parsed)
+    _check_updated(net)
+    with _eval_mode(net), torch.inference_mode():
+        out = net.decompress(parsed.strings, parsed.shape)
+        x_hat = out.get("x_hat") if isinstance(out, dict) else None
+        if not isinstance(x_hat, torch.Tensor) or x_hat.dim() != 4 or x_hat.shape[0] != 1 or x_hat.shape[1] != 3:
+            got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+            raise CodecError(f"net.decompress must return 'x_hat' of shape (1, 3, H, W), got {got}")
+        h, w = parsed.height, parsed.width
+        if x_hat.shape[2] < h or x_hat.shape[3] < w:
+            raise CodecError(
+                f"the model reconstructed {x_hat.shape[3]}x{x_hat.shape[2]} pixels, "
+                f"smaller than the stored image size {w}x{h}"
+            )
+        img = x_hat[0, :, :h, :w].float()
+        img = torch.nan_to_num(img, nan=0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
+        arr = img.permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(arr)

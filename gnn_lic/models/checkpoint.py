@@ -1,0 +1,294 @@
+"""Saving and loading model checkpoints.
+
+A checkpoint is a ``torch.save`` file holding one dict::
+
+    {
+        "format": "gnn_lic-checkpoint",
+        "version": 1,
+        "model_config": net.model_config,   # rebuilds the model with create_model
+        "state_dict": net.state_dict(),
+        **extra,                            # e.g. step, optimizer state, metrics
+    }
+
+:func:`save_checkpoint` writes it atomically (temporary file + ``os.replace``), so an
+interrupted save never leaves a half-written checkpoint.  ``extra`` values are converted
+to types that ``torch.load(weights_only=True)`` accepts (numpy scalars -> Python numbers,
+numpy arrays -> tensors, paths -> str, ``argparse.Namespace`` -> dict); anything else is
+refused at save time, so every checkpoint can be loaded without unpickling arbitrary code.
+
+:func:`load_checkpoint` rebuilds the model with
+``create_model(cfg["name"], size=cfg["size"], **other cfg keys)``, loads the state dict
+strictly, calls ``net.update(force=True)`` (on the CPU, so the CDF tables and therefore
+the model fingerprint do not depend on the device) and ``net.eval()``.  Every problem
+raises a one-line :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pickle
+import secrets
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple, Union
+
+import torch
+
+from gnn_lic.codec.errors import CheckpointError
+from gnn_lic.models.registry import create_model, list_models
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "build_model",
+    "load_state_into",
+]
+
+CHECKPOINT_FORMAT = "gnn_lic-checkpoint"
+CHECKPOINT_VERSION = 1
+_RESERVED = ("format", "version", "model_config", "state_dict")
+
+PathLike = Union[str, os.PathLike]
+
+
+# ------------------------------------------------------------------------------ saving
+
+
+def _safe_value(value: Any, where: str) -> Any:
+    """Convert ``value`` to types that torch.load(weights_only=True) accepts, or refuse."""
+    module = type(value).__module__ or ""
+    if module.startswith("numpy"):  # before the float check: np.float64 subclasses float
+        import numpy as np  # noqa: PLC0415
+
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.array(value, copy=True))
+        if isinstance(value, np.generic):
+            return value.item()
+    if value is None or type(value) in (bool, int, float, complex, str, bytes):
+        return value
+    for base in (bool, int, float, complex, str, bytes):  # subclasses (IntEnum, ...) -> base type
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, (torch.Tensor, torch.Size, torch.dtype, torch.device)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, argparse.Namespace):
+        return _safe_value(vars(value), where)
+    if isinstance(value, collections.OrderedDict):
+        return collections.OrderedDict((k, _safe_value(v, f"{where}[{k!r}]")) for k, v in value.items())
+    if isinstance(value, dict):
+        return {_safe_value(k, f"{where} key"): _safe_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_safe_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise CheckpointError(
+        f"cannot store {where} of type {type(value).__name__} in a checkpoint "
+        "(use plain Python numbers, strings, lists, dicts or tensors)"
+    )
+
+
+def save_checkpoint(path: PathLike, net: torch.nn.Module, **extra: Any) -> Path:
+    """Atomically save ``net`` (config + state dict) and ``extra`` to ``path``.
+
+    Any file name works (``.pt``, ``.pth.tar``, ...); missing parent folders are created
+    and an existing file is replaced.  Returns the path.
+    """
+    cfg = getattr(net, "model_config", None)
+    if not isinstance(cfg, dict) or "name" not in cfg or "size" not in cfg:
+        raise CheckpointError(
+            "the model has no 'model_config' with 'name' and 'size'; build it with gnn_lic.models.create_model"
+        )
+    for key in extra:
+        if key in _RESERVED:
+            raise CheckpointError(f"extra checkpoint key {key!r} is reserved")
+    payload: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": _safe_value(dict(cfg), "model_config"),
+        "state_dict": net.state_dict(),
+    }
+    for key, value in extra.items():
+        payload[key] = _safe_value(value, f"extra[{key!r}]")
+
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create folder '{folder}': {exc.strerror or exc}") from None
+    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint '{p}': {exc.strerror or exc}") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return p
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).replace("\x1b[1m", "").replace("\x1b[0m", "").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_unsafe(exc: BaseException) -> str:
+    msg = str(exc)
+    for line in msg.splitlines():
+        if "Unsupported global" in line or "WeightsUnpickler error" in line:
+            return _one_line(line.split("WeightsUnpickler error:")[-1])
+    return _one_line(msg.splitlines()[0] if msg else type(exc).__name__)
+
+
+def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = False) -> Dict[str, Any]:
+    """Load and validate a checkpoint dict without building the model.
+
+    ``torch.load`` runs with ``weights_only=True`` unless ``trusted=True`` (which unpickles
+    arbitrary objects: only for files from a trusted source).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{p}' does not exist")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint '{p}' is a folder, not a file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint '{p}': {exc.strerror or exc}") from None
+    is_zip = head == b"PK\x03\x04"
+    if not (is_zip or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
+        raise CheckpointError(f"'{p}' is not a PyTorch checkpoint file")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        if is_zip and "Weights only load failed" in str(exc) and "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"checkpoint '{p}' contains objects that cannot be loaded safely ({_describe_unsafe(exc)}); "
+                "load it with trusted=True only if you trust its source"
+            ) from None
+        raise CheckpointError(f"'{p}' is not a readable PyTorch checkpoint file") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise CheckpointError(f"'{p}' is not a readable PyTorch checkpoint file ({_one_line(exc, 120)})") from None
+
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"'{p}' holds a {type(obj).__name__}, not a gnn_lic checkpoint")
+    if "format" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(
+                f"'{p}' holds a plain state_dict, not a gnn_lic checkpoint (it has no model configuration); "
+                "save models with gnn_lic.models.checkpoint.save_checkpoint"
+            )
+        if "state_dict" in obj:
+            raise CheckpointError(
+                f"'{p}' is a training checkpoint without a gnn_lic model configuration "
+                "(no 'format'/'model_config' keys); save models with gnn_lic.models.checkpoint.save_checkpoint"
+            )
+        raise CheckpointError(f"'{p}' is not a gnn_lic checkpoint (no 'format' key)")
+    if obj["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{p}' has unknown checkpoint format {obj['format']!r}")
+    if obj.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"'{p}' has checkpoint version {obj.get('version')!r}; this gnn_lic reads version {CHECKPOINT_VERSION}"
+        )
+    cfg = obj.get("model_config")
+    if (
+        not isinstance(cfg, Mapping)
+        or not isinstance(cfg.get("name"), str)
+        or not isinstance(cfg.get("size"), str)
+        or not all(isinstance(k, str) for k in cfg)
+    ):
+        raise CheckpointError(f"'{p}' has no valid 'model_config' (a dict with str 'name' and 'size')")
+    sd = obj.get("state_dict")
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise CheckpointError(f"'{p}' has no valid 'state_dict'")
+    return dict(obj)
+
+
+def build_model(config: Mapping[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """``create_model(cfg["name"], size=cfg["size"], **rest)`` with one-line errors."""
+    cfg = dict(config)
+    name = cfg.pop("name")
+    size = cfg.pop("size")
+    cfg.pop("pretrained", None)
+    if name not in list_models():
+        known = ", ".join(list_models()) or "none"
+        raise CheckpointError(f"{source} holds model '{name}', which is not registered (known models: {known})")
+    try:
+        return create_model(name, size=size, **cfg)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot build model '{name}' size '{size}' from {source}: {_one_line(exc)}") from None
+
+
+def _examples(keys: list, n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (", ..." if len(keys) > n else "")
+
+
+def load_state_into(net: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Strictly load ``state_dict`` into ``net``; one-line :class:`CheckpointError` if it does not fit."""
+    label = f"model '{getattr(net, 'model_name', type(net).__name__)}' size '{getattr(net, 'model_size', '?')}'"
+    own = net.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
+        raise CheckpointError(f"the state dict in {source} does not fit {label}: " + "; ".join(parts))
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        msg = str(exc)
+        mismatches = [line.strip() for line in msg.splitlines() if "size mismatch" in line]
+        detail = f"{len(mismatches)} shape mismatches ({_one_line(mismatches[0], 160)})" if mismatches else _one_line(msg)
+        raise CheckpointError(f"the state dict in {source} does not fit {label}: {detail}") from None
+
+
+def _target_device(map_location: Any):
+    if isinstance(map_location, torch.device):
+        return map_location
+    if isinstance(map_location, str):
+        try:
+            return torch.device(map_location)
+        except RuntimeError:
+            return None
+    return None
+
+
+def load_checkpoint(
+    path: PathLike, map_location: Any = "cpu", trusted: bool = False
+) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the model saved in ``path``; return ``(net, checkpoint_dict)``.
+
+    The model is updated (``update(force=True)``, computed on the CPU), put in eval mode
+    and moved to ``map_location`` when that is a device (string or ``torch.device``).
+    """
+    p = Path(path)
+    ckpt = read_checkpoint(p, map_location=map_location, trusted=trusted)
+    net = build_model(ckpt["model_config"], source=f"checkpoint '{p}'")
+    load_state_into(net, ckpt["state_dict"], source=f"checkpoint '{p}'")
+    if hasattr(net, "update"):
+        net.update(force=True)
+    net.eval()
+    device = _target_device(map_location)
+    if device is not None and device.type != "cpu":
+        net.to(device)
+    return net, ckpt

@@ -1,0 +1,167 @@
+"""save_checkpoint / load_checkpoint and shipped (pretrained) weights."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import codec_testmodels as cm  # noqa: E402
+
+from gnn_lic.codec import CodecError, NoPretrainedWeightsError, decode_image, encode_image, model_fingerprint  # noqa: E402
+from gnn_lic.models import create_model  # noqa: E402
+from gnn_lic.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from gnn_lic.models.pretrained import WEIGHTS_DIR_ENV, available_pretrained, load_pretrained  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A model whose weights differ from a fresh create_model (as after training)."""
+    net = cm.make()
+    net.load_state_dict(cm.make(seed=5).state_dict())
+    net.update(force=True)
+    return net
+
+
+@pytest.mark.parametrize("fname", ["m.pt", "m.pth.tar", "sub/dir/m.ckpt"])
+def test_save_load_roundtrip(tmp_path, trained, fname):
+    img = np.random.RandomState(0).randint(0, 256, (17, 33, 3), dtype=np.uint8)
+    path = tmp_path / fname
+    save_checkpoint(path, trained, step=12, metrics={"bpp": np.float32(0.5), "psnr": 30.0}, lr=np.float64(1e-4),
+                    args=argparse.Namespace(epochs=3, out=tmp_path), hist=np.arange(3), opt={"state": {0: torch.ones(2)}})
+    net, ckpt = load_checkpoint(path)
+    assert not net.training
+    assert net.model_name == cm.HYPER and net.model_size == "tiny" and net.model_config == trained.model_config
+    assert model_fingerprint(net) == model_fingerprint(trained)
+    assert ckpt["format"] == "gnn_lic-checkpoint" and ckpt["version"] == 1 and ckpt["step"] == 12
+    assert ckpt["metrics"] == {"bpp": 0.5, "psnr": 30.0} and type(ckpt["lr"]) is float
+    assert ckpt["args"] == {"epochs": 3, "out": str(tmp_path)}
+    assert torch.equal(ckpt["hist"], torch.arange(3)) and torch.equal(ckpt["opt"]["state"][0], torch.ones(2))
+    assert np.array_equal(decode_image(net, encode_image(trained, img)), decode_image(trained, encode_image(trained, img)))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files
+
+
+def test_save_replaces_atomically_and_refuses_bad_extras(tmp_path, trained):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, trained, step=1)
+    save_checkpoint(path, trained, step=2)
+    assert load_checkpoint(path)[1]["step"] == 2
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="reserved"):
+        save_checkpoint(path, trained, state_dict={})
+    with pytest.raises(CheckpointError, match="object"):
+        save_checkpoint(path, trained, thing=object())
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    bare = cm.TinyHyperprior(N=8, M=8)
+    with pytest.raises(CheckpointError, match="model_config"):
+        save_checkpoint(tmp_path / "b.pt", bare)
+
+
+def _err(path):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "\n" not in msg and isinstance(err.value, CodecError)
+    return msg
+
+
+def _payload(net, **over):
+    base = {"format": "gnn_lic-checkpoint", "version": 1, "model_config": dict(net.model_config),
+            "state_dict": net.state_dict()}
+    base.update(over)
+    return base
+
+
+def test_checkpoint_errors(tmp_path, trained):
+    assert "does not exist" in _err(tmp_path / "missing.pt")
+    (tmp_path / "rand.pt").write_bytes(np.random.RandomState(0).bytes(3000))
+    assert "not a PyTorch checkpoint" in _err(tmp_path / "rand.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert "not a PyTorch checkpoint" in _err(tmp_path / "empty.pt")
+    (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    assert "not a PyTorch checkpoint" in _err(tmp_path / "img.png")
+    cut = tmp_path / "cut.pt"
+    save_checkpoint(cut, trained)
+    cut.write_bytes(cut.read_bytes()[:5000])
+    assert "not a readable PyTorch checkpoint" in _err(cut)
+
+    torch.save(trained.state_dict(), tmp_path / "sd.pt")
+    assert "plain state_dict" in _err(tmp_path / "sd.pt")
+    torch.save({"epoch": 3, "state_dict": trained.state_dict()}, tmp_path / "train.pth.tar")
+    assert "without a gnn_lic model configuration" in _err(tmp_path / "train.pth.tar")
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert "not a gnn_lic checkpoint" in _err(tmp_path / "list.pt")
+    torch.save(_payload(trained, version=2), tmp_path / "v2.pt")
+    assert "version 2" in _err(tmp_path / "v2.pt")
+    torch.save(_payload(trained, model_config={"size": "tiny"}), tmp_path / "nocfg.pt")
+    assert "model_config" in _err(tmp_path / "nocfg.pt")
+    torch.save(_payload(trained, model_config={"name": "no_such_model", "size": "tiny"}), tmp_path / "unk.pt")
+    msg = _err(tmp_path / "unk.pt")
+    assert "no_such_model" in msg and "not registered" in msg and cm.HYPER in msg
+    torch.save(_payload(trained, model_config={"name": cm.HYPER, "size": "huge"}), tmp_path / "size.pt")
+    assert "unknown size" in _err(tmp_path / "size.pt")
+    torch.save(_payload(trained, model_config={"name": cm.HYPER, "size": "tiny", "bogus": 1}), tmp_path / "kw.pt")
+    assert "cannot build" in _err(tmp_path / "kw.pt")
+    # wrong model: the state dict of a tiny hyperprior under other configurations
+    torch.save(_payload(trained, model_config={"name": cm.HYPER, "size": "small"}), tmp_path / "shape.pt")
+    msg = _err(tmp_path / "shape.pt")
+    assert "does not fit" in msg and "shape mismatch" in msg
+    torch.save(_payload(trained, model_config={"name": cm.FACT, "size": "tiny"}), tmp_path / "keys.pt")
+    msg = _err(tmp_path / "keys.pt")
+    assert "does not fit" in msg and "unexpected keys" in msg and "h_a" in msg
+    torch.save({**_payload(trained), "args": argparse.Namespace(a=1)}, tmp_path / "unsafe.pt")
+    assert "cannot be loaded safely" in _err(tmp_path / "unsafe.pt")
+    assert sum(1 for _ in load_checkpoint(tmp_path / "unsafe.pt", trusted=True)) == 2
+
+
+# --------------------------------------------------------------------------- pretrained
+
+
+def test_no_pretrained_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "none"))
+    assert available_pretrained() == []
+    with pytest.raises(NoPretrainedWeightsError) as err:
+        create_model(cm.HYPER, size="small", pretrained=True)
+    assert str(err.value) == (
+        f"no trained weights are shipped for model '{cm.HYPER}' size 'small'; "
+        "pass --checkpoint CKPT (train one with experiments/run.py)"
+    )
+
+
+def test_shipped_weights_are_loaded(tmp_path, monkeypatch, trained):
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    save_checkpoint(tmp_path / "hyper-tiny.pt", trained)
+    (tmp_path / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "hyper-tiny.pt", f"{cm.FACT}-tiny": "gone.pt"}))
+    assert available_pretrained() == [f"{cm.HYPER}-tiny"]
+    net = create_model(cm.HYPER, size="tiny", pretrained=True)
+    assert not net.training and model_fingerprint(net) == model_fingerprint(trained)
+    with pytest.raises(CheckpointError, match="missing"):
+        create_model(cm.FACT, size="tiny", pretrained=True)
+    # shipped weights trained with another configuration
+    odd = create_model(cm.HYPER, size="tiny", seed=3)
+    with pytest.raises(CheckpointError, match="configuration"):
+        load_pretrained(odd)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="index"):
+        available_pretrained()
+    (tmp_path / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "../hyper-tiny.pt"}))
+    with pytest.raises(CheckpointError, match="invalid file name"):
+        available_pretrained()
+
+
+def test_default_weights_folder_is_inside_the_package(monkeypatch):
+    import gnn_lic
+    from gnn_lic.models.pretrained import weights_dir
+
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    assert weights_dir() == Path(gnn_lic.__file__).resolve().parent / "weights"
+    assert isinstance(available_pretrained(), list)
+    assert os.path.basename(str(weights_dir())) == "weights"

@@ -1,0 +1,239 @@
+"""python -m gnn_lic compress / decompress / info, in subprocesses and in-process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import codec_testmodels as cm  # noqa: E402
+
+import gnn_lic.__main__ as cli  # noqa: E402
+from gnn_lic.codec import decode_image, encode_image, inspect_stream, model_fingerprint, read_image  # noqa: E402
+from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from gnn_lic.models.pretrained import WEIGHTS_DIR_ENV  # noqa: E402
+
+H, W = 32, 48
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    net = cm.make()
+    net.load_state_dict(cm.make(seed=3).state_dict())
+    net.update(force=True)
+    save_checkpoint(d / "model.pth.tar", net, step=1)
+    other = cm.make()
+    other.load_state_dict(cm.make(seed=4).state_dict())
+    other.update(force=True)
+    save_checkpoint(d / "other.pt", other)
+    img = np.random.RandomState(0).randint(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(img).save(d / "in.png")
+    (d / "notes.txt").write_text("this is not an image\n")
+    return d
+
+
+def _env(plugins):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("GNN_LIC_PLUGINS", None)
+    if plugins:  # registers the test models in the subprocess (importing compressai takes seconds)
+        env["GNN_LIC_PLUGINS"] = "codec_testmodels"
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("GNN_LIC_DEBUG", None)
+    return env
+
+
+def _run(cwd, *args, plugins=True):
+    return subprocess.run(
+        [sys.executable, "-m", "gnn_lic", *args], cwd=cwd, env=_env(plugins), capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+def _main(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error(err):
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+def test_subprocess_compress_info_and_deterministic_decompress(work):
+    r = _run(work, "compress", "in.png", "out.glic", "--checkpoint", "model.pth.tar")
+    assert r.returncode == 0, r.stderr
+    size = (work / "out.glic").stat().st_size
+    assert r.stdout.count("\n") == 1
+    assert f"{size} bytes" in r.stdout and f"{size * 8 / (H * W):.4f} bpp" in r.stdout and "encode" in r.stdout
+    assert r.stderr == ""
+
+    net, _ = load_checkpoint(work / "model.pth.tar")
+    data = (work / "out.glic").read_bytes()
+    assert data == encode_image(net, read_image(work / "in.png"))  # same bytes as in this process
+
+    r = _run(work, "info", "out.glic", plugins=False)  # needs no model
+    assert r.returncode == 0, r.stderr
+    fields = dict(line.split(": ", 1) for line in r.stdout.splitlines())
+    assert fields["model_name"] == cm.HYPER and fields["model_size"] == "tiny"
+    assert (fields["height"], fields["width"]) == (str(H), str(W))
+    assert fields["weights_hash"] == model_fingerprint(net)[:32]  # fingerprint agrees across processes
+    assert int(fields["total_bytes"]) == size
+
+    outs = []
+    for name in ("a.png", "b.png"):
+        r = _run(work, "decompress", "out.glic", name, "--checkpoint", "model.pth.tar")
+        assert r.returncode == 0, r.stderr
+        assert "decode" in r.stdout and r.stdout.count("\n") == 1
+        outs.append((work / name).read_bytes())
+    assert outs[0] == outs[1]
+    assert np.array_equal(np.asarray(Image.open(work / "a.png")), decode_image(net, data))
+
+
+def test_subprocess_text_file_fails_cleanly(work):
+    r = _run(work, "compress", "notes.txt", "x.glic", "--checkpoint", "model.pth.tar", plugins=False)
+    assert r.returncode == 2
+    _one_error(r.stderr)
+    assert "notes.txt" in r.stderr and r.stdout == ""
+    assert not (work / "x.glic").exists()
+
+
+# ---------------------------------------------------------------------------- in-process
+
+
+def test_inprocess_roundtrip_and_force(work, capsys, tmp_path):
+    ck = str(work / "model.pth.tar")
+    out, png = str(tmp_path / "o.glic"), str(tmp_path / "o.png")
+    code, stdout, _ = _main(capsys, "compress", str(work / "in.png"), out, "-c", ck, "--model", cm.HYPER, "--size", "tiny")
+    assert code == 0 and "bpp" in stdout
+    before = Path(out).read_bytes()
+    code, _, err = _main(capsys, "compress", str(work / "in.png"), out, "-c", ck)
+    assert code == 2 and "already exists" in _one_error(err)
+    assert Path(out).read_bytes() == before
+    code, _, _ = _main(capsys, "compress", str(work / "in.png"), out, "-c", ck, "--force")
+    assert code == 0 and Path(out).read_bytes() == before
+    assert _main(capsys, "decompress", out, png, "-c", ck)[0] == 0
+    code, _, err = _main(capsys, "decompress", out, png, "-c", ck)
+    assert code == 2 and "already exists" in _one_error(err)
+    assert _main(capsys, "decompress", out, png, "-c", ck, "-f")[0] == 0
+    code, stdout, _ = _main(capsys, "info", out, "--json")
+    assert code == 0 and json.loads(stdout)["model_name"] == cm.HYPER
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.glic", "o.png"]  # no temporary files
+
+
+def test_decoding_errors_leave_no_output(work, capsys, tmp_path):
+    ck = str(work / "model.pth.tar")
+    stream = tmp_path / "s.glic"
+    assert _main(capsys, "compress", str(work / "in.png"), str(stream), "-c", ck)[0] == 0
+    data = stream.read_bytes()
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0x10
+    (tmp_path / "bad.glic").write_bytes(bytes(bad))
+    (tmp_path / "cut.glic").write_bytes(data[:-3])
+    (tmp_path / "rand.glic").write_bytes(np.random.RandomState(0).bytes(200))
+    (tmp_path / "empty.glic").write_bytes(b"")
+    for name in ("bad.glic", "cut.glic", "rand.glic", "empty.glic"):
+        code, _, err = _main(capsys, "decompress", str(tmp_path / name), str(tmp_path / "x.png"), "-c", ck)
+        assert code == 2, name
+        _one_error(err)
+        code, _, err = _main(capsys, "info", str(tmp_path / name))
+        assert code == 2, name
+        _one_error(err)
+    code, _, err = _main(capsys, "decompress", str(stream), str(tmp_path / "x.png"), "-c", str(work / "other.pt"))
+    assert code == 2 and "weights differ" in _one_error(err)
+    assert not (tmp_path / "x.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_model_selection_errors(work, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "no_weights"))
+    img, ck, out = str(work / "in.png"), str(work / "model.pth.tar"), str(tmp_path / "o.glic")
+    cases = [
+        (("compress", img, out, "-c", ck, "--model", cm.FACT), "does not match"),
+        (("compress", img, out, "-c", ck, "--size", "small"), "does not match"),
+        (("compress", img, out, "--model", "no_such_model"), "unknown model"),
+        (("compress", img, out, "--model", cm.HYPER, "--size", "huge"), "unknown size"),
+        (("compress", img, out, "--model", cm.HYPER), "no trained weights are shipped for model"),
+        (("compress", img, out), "--checkpoint"),
+        (("compress", str(work / "missing.png"), out, "-c", ck), "does not exist"),
+        (("compress", str(work / "notes.txt"), out, "-c", ck), "notes.txt"),
+        (("compress", img, str(tmp_path / "nodir" / "o.glic"), "-c", ck), "does not exist"),
+        (("compress", img, out, "-c", str(work / "missing.pt")), "does not exist"),
+        (("compress", img, out, "-c", str(work / "notes.txt")), "not a PyTorch checkpoint"),
+        (("compress", img, out, "-c", ck, "--device", "warp"), "device"),
+        (("decompress", str(work / "missing.glic"), str(tmp_path / "o.png")), "does not exist"),
+        (("info", str(work / "in.png")), "bad magic"),
+    ]
+    for args, words in cases:
+        code, stdout, err = _main(capsys, *args)
+        assert code == 2, args
+        assert words in _one_error(err), (args, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plain_state_dict_checkpoint(work, capsys, tmp_path):
+    import torch
+
+    torch.save(cm.make().state_dict(), tmp_path / "sd.pt")
+    code, _, err = _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "o"), "-c", str(tmp_path / "sd.pt"))
+    assert code == 2 and "plain state_dict" in _one_error(err)
+
+
+def test_pretrained_path_and_conversion_notice(work, capsys, tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    net, _ = load_checkpoint(work / "model.pth.tar")
+    save_checkpoint(weights / "h.pt", net)
+    (weights / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "h.pt"}))
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
+    gray = np.random.RandomState(1).randint(0, 256, (7, 9), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(tmp_path / "g.png")
+    code, stdout, err = _main(capsys, "compress", str(tmp_path / "g.png"), str(tmp_path / "g.glic"), "-m", cm.HYPER, "-s", "tiny")
+    assert code == 0 and err.startswith("note: ") and "grayscale" in err and err.count("\n") == 1
+    assert inspect_stream((tmp_path / "g.glic").read_bytes())["weights_hash"] == model_fingerprint(net)[:32]
+    code, _, _ = _main(capsys, "decompress", str(tmp_path / "g.glic"), str(tmp_path / "g2.png"))
+    assert code == 0
+    expected = decode_image(net, (tmp_path / "g.glic").read_bytes())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g2.png")), expected)
+
+
+def test_usage_help_and_command_hook(capsys):
+    for args in [(), ("compress",), ("frobnicate",), ("compress", "a", "b", "--bogus")]:
+        code, _, err = _main(capsys, *args)
+        assert code == 2, args
+        _one_error(err)
+    code, out, _ = _main(capsys, "--help")
+    assert code == 0 and "compress" in out and "decompress" in out and "info" in out
+
+    def add(p):
+        p.add_argument("--fail", action="store_true")
+
+    def run(args):
+        if args.fail:
+            raise RuntimeError("boom\nsecond line")
+        print("hello")
+        return 0
+
+    cli.register_command("hello", "test command", add, run)
+    try:
+        code, out, _ = _main(capsys, "hello")
+        assert code == 0 and out == "hello\n"
+        code, _, err = _main(capsys, "hello", "--fail")
+        assert code == 1 and "internal error" in _one_error(err) and "boom second line" in err
+        with pytest.raises(RuntimeError):
+            cli.main(["--debug", "hello", "--fail"])
+    finally:
+        del cli.COMMANDS["hello"]

@@ -1,0 +1,263 @@
+"""The .glic container: layout, header fields and rejection of every corrupt input."""
+
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import codec_testmodels as cm  # noqa: E402
+
+from gnn_lic.codec import (  # noqa: E402
+    CodecError,
+    CorruptStreamError,
+    decode_image,
+    encode_image,
+    inspect_stream,
+    model_fingerprint,
+)
+from gnn_lic.codec.container import (  # noqa: E402
+    decode_value,
+    encode_value,
+    pack_stream,
+    parse_stream,
+)
+from gnn_lic.codec.fingerprint import config_hash  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def net():
+    return cm.make()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.RandomState(1).randint(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stream(net, image):
+    return encode_image(net, image)
+
+
+class _Spy:
+    """Counts calls to the model's decompress (must stay 0 for corrupt input)."""
+
+    def __init__(self, net):
+        self.calls = 0
+        self.net = net
+        self.orig = net.decompress
+
+    def __enter__(self):
+        def spy(*a, **k):
+            self.calls += 1
+            return self.orig(*a, **k)
+
+        self.net.decompress = spy
+        return self
+
+    def __exit__(self, *exc):
+        del self.net.decompress
+
+
+def _uvarint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _with_crc(body):
+    return body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def _header(name=b"codec_test_hyper", size=b"tiny", h=5, w=7, version=1, kind=1):
+    return (
+        b"GLIC" + bytes([kind, version]) + _uvarint(len(name)) + name + _uvarint(len(size)) + size
+        + b"\x11" * 16 + b"\x22" * 16 + _uvarint(h) + _uvarint(w)
+    )
+
+
+# ------------------------------------------------------------------------------ values
+
+
+def test_tagged_values_roundtrip_and_keep_types():
+    values = [
+        None, True, False, 0, 1, -1, 300, 2**63 - 1, -(2**63), 1.5, -0.0, "", "héllo", b"", b"\x00\xff" * 9,
+        [], (), {}, [1, [2, (3,)], {"a": [b"x", None], "b": (True, 2.5)}],
+    ]
+    for v in values:
+        back = decode_value(encode_value(v))
+        assert back == v and type(back) is type(v), v
+    assert decode_value(encode_value(torch.Size([1, 2, 3]))) == (1, 2, 3)
+    assert decode_value(encode_value(np.int64(-5))) == -5
+    assert type(decode_value(encode_value([(1, 2)]))[0]) is tuple
+    assert encode_value(7) == b"i\x0e"  # zig-zag varint
+    assert encode_value(-1) == b"i\x01"
+    assert encode_value([b"ab"]) == b"l\x01b\x02ab"
+
+
+@pytest.mark.parametrize("bad", [object(), 2**64, {1: 2}, torch.zeros(3), [[[set()]]]])
+def test_unserialisable_values_are_refused(bad):
+    with pytest.raises(CodecError):
+        encode_value(bad)
+
+
+def test_bytes_not_allowed_in_shape():
+    with pytest.raises(CodecError):
+        encode_value([b"x"], allow_bytes=False)
+    with pytest.raises(CorruptStreamError):
+        decode_value(b"l\x01b\x01x", allow_bytes=False)
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+def test_header_fields(net, image, stream):
+    info = inspect_stream(stream)
+    assert info["format"] == "GLIC" and info["version"] == 1 and info["kind"] == "rgb8-image"
+    assert info["model_name"] == cm.HYPER and info["model_size"] == "tiny"
+    assert (info["height"], info["width"]) == image.shape[:2]
+    assert info["config_hash"] == config_hash(net)[:32]
+    assert info["weights_hash"] == model_fingerprint(net)[:32]
+    assert info["total_bytes"] == len(stream)
+    assert info["crc32"] == f"{zlib.crc32(stream[:-4]) & 0xFFFFFFFF:08x}"
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref = net.compress(x)
+    assert info["strings_layout"] == [[len(s) for s in group] for group in ref["strings"]]
+    assert info["payload_bytes"] == sum(len(s) for group in ref["strings"] for s in group)
+    assert info["num_strings"] == 2
+    assert info["shape"] == {"latent": list(ref["shape"]["latent"]), "hw": [5, 7]}
+    assert parse_stream(stream).strings == ref["strings"]
+
+
+def test_layout_byte_by_byte(net, stream):
+    name, size = cm.HYPER.encode(), b"tiny"
+    assert stream[:6] == b"GLIC\x01\x01"
+    pos = 6
+    assert stream[pos] == len(name) and stream[pos + 1 : pos + 1 + len(name)] == name
+    pos += 1 + len(name)
+    assert stream[pos] == len(size) and stream[pos + 1 : pos + 5] == size
+    pos += 1 + len(size)
+    assert stream[pos : pos + 16].hex() == config_hash(net)[:32]
+    pos += 16
+    assert stream[pos : pos + 16].hex() == model_fingerprint(net)[:32]
+    pos += 16
+    assert stream[pos : pos + 2] == b"\x05\x07"  # height, width
+    pos += 2
+    assert inspect_stream(stream)["header_bytes"] == pos
+    assert stream[pos : pos + 1] == b"m"  # the shape dict
+    assert struct.unpack(">I", stream[-4:])[0] == zlib.crc32(stream[:-4]) & 0xFFFFFFFF
+
+
+def test_pack_rejects_bad_fields():
+    ok = dict(model_name="m", model_size="tiny", config_hash=b"\0" * 16, weights_hash=b"\0" * 16,
+              height=1, width=1, shape=[1], strings=[[b"x"]])
+    assert parse_stream(pack_stream(**ok)).strings == [[b"x"]]
+    for key, bad in [("model_name", ""), ("model_name", "a\nb"), ("model_size", "é"), ("config_hash", b"\0"),
+                     ("height", 0), ("width", 2**21), ("strings", b"x"), ("strings", [[1]]), ("shape", [b"x"])]:
+        with pytest.raises(CodecError):
+            pack_stream(**{**ok, key: bad})
+
+
+# -------------------------------------------------------------------------- corruption
+
+
+def test_every_truncation_is_rejected(net, stream):
+    with _Spy(net) as spy:
+        for n in range(len(stream)):
+            with pytest.raises(CorruptStreamError):
+                inspect_stream(stream[:n])
+            with pytest.raises(CorruptStreamError):
+                decode_image(net, stream[:n])
+    assert spy.calls == 0
+
+
+def test_every_byte_flip_is_rejected(net, stream):
+    with _Spy(net) as spy:
+        for i in range(len(stream)):
+            for mask in (0x01, 0x80, 0xFF):
+                bad = bytearray(stream)
+                bad[i] ^= mask
+                with pytest.raises(CorruptStreamError):
+                    decode_image(net, bytes(bad))
+    assert spy.calls == 0
+    assert decode_image(net, stream).shape == (5, 7, 3)  # the intact stream still decodes
+
+
+def test_random_empty_and_foreign_input(net, stream):
+    rng = np.random.RandomState(0)
+    with pytest.raises(CorruptStreamError, match="empty"):
+        inspect_stream(b"")
+    with pytest.raises(CorruptStreamError, match="magic"):
+        inspect_stream(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with _Spy(net) as spy:
+        for n in list(range(1, 80)) + [1000, 5000]:
+            with pytest.raises(CorruptStreamError):
+                decode_image(net, rng.bytes(n))
+            with pytest.raises(CorruptStreamError):  # right magic, kind and version, random rest
+                decode_image(net, stream[:6] + rng.bytes(n))
+    assert spy.calls == 0
+
+
+def test_trailing_garbage(stream):
+    with pytest.raises(CorruptStreamError, match="trailing"):
+        inspect_stream(stream + b"\x00")
+    with pytest.raises(CorruptStreamError):
+        inspect_stream(stream + stream)
+
+
+def test_unknown_version_and_kind(stream):
+    with pytest.raises(CorruptStreamError, match="version 2"):
+        inspect_stream(_with_crc(stream[:5] + b"\x02" + stream[6:-4]))
+    with pytest.raises(CorruptStreamError, match="kind"):
+        inspect_stream(_with_crc(stream[:4] + b"\x07" + stream[5:-4]))
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"l" + _uvarint(2**60),  # huge list length
+        b"m\x00b" + _uvarint(2**62) + b"abc",  # huge byte-string length
+        b"l" * 5000 + b"\x01" * 5000,  # absurd nesting
+        b"m\x00l\x01s\x02\xff\xfe",  # invalid UTF-8
+        b"m\x00l\x01\x99",  # unknown tag
+        b"m\x00l\x01i\x80\x00",  # non-minimal varint
+        b"m\x00l\x01i" + b"\xff" * 11,  # varint too long
+        b"m\x00b\x01x",  # strings must be a list, not bytes
+        b"m\x00l\x01i\x02",  # strings may not contain ints
+        b"m\x02\x01ai\x00\x01ai\x00l\x00",  # duplicate dict key
+        b"b\x01xl\x00",  # bytes in the shape
+    ],
+)
+def test_crafted_payloads_with_valid_checksum_are_rejected(tail):
+    with pytest.raises(CorruptStreamError):
+        inspect_stream(_with_crc(_header() + tail))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        _header(h=0), _header(w=2**20 + 1), _header(name=b""), _header(name=b"a\x00b"), _header(size=b"x" * 40),
+    ],
+)
+def test_crafted_headers_with_valid_checksum_are_rejected(header):
+    with pytest.raises(CorruptStreamError):
+        inspect_stream(_with_crc(header + b"m\x00l\x00"))
+    assert inspect_stream(_with_crc(_header() + b"m\x00l\x00"))["num_strings"] == 0  # control
+
+
+def test_non_bytes_input_is_a_type_error():
+    with pytest.raises(TypeError):
+        inspect_stream("GLIC")
