@@ -196,9 +196,16 @@ def build_graph(
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point feature map, got {x.dtype}")
     B, C, H, W = x.shape
+    if C < 1:
+        raise ValueError(f"feature map has no channels: {tuple(x.shape)}")
     N = H * W
     x = x.detach()
     cands = candidates(candidate_set, H, W, x.device)
+    if B == 0:
+        empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
+        if return_info:
+            raise ValueError("return_info needs a non-empty batch")
+        return empty
     valid = cands.valid
     if not selector.self_loops:
         valid = valid & (cands.index != torch.arange(N, device=x.device)[:, None])
