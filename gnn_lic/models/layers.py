@@ -1,0 +1,166 @@
+"""Convolutional layers of the GLIC transforms and entropy model.
+
+The graph blocks live in :mod:`gnn_lic.nn.blocks`; this module holds the
+lightweight CNN pieces around them (GLIC Fig. 2(c), official-code notes 1.4) and
+the small helpers the entropy models share. Everything here is pointwise or a
+plain convolution: no graph is built.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from compressai.layers import conv3x3, subpel_conv3x3
+from torch import Tensor, nn
+
+from gnn_lic.nn.blocks import LayerNorm2d
+
+__all__ = [
+    "conv1x1",
+    "conv3x3",
+    "subpel_conv3x3",
+    "GatedFFN",
+    "DepthwiseConvBlock",
+    "GatedTransformCNN",
+    "ParameterAggregationBlock",
+    "channel_ramp",
+    "ramp_widths",
+    "conv_stack",
+]
+
+
+def conv1x1(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+    """1x1 convolution."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
+
+
+class GatedFFN(nn.Module):
+    r"""Pointwise gated feed-forward network.
+
+    .. math:: \mathrm{FFN}(x) = W_2\,(\mathrm{GELU}(W_a x) \odot W_b x)
+
+    with 1x1 convolutions :math:`W_a, W_b: C \to eC` (one conv, split in two) and
+    :math:`W_2: eC \to C`, all without bias. Pointwise, so it can sit inside a
+    checkerboard entropy-parameter network.
+
+    Args:
+        channels (int): channels ``C``.
+        expansion (float): hidden expansion ``e`` (default 4).
+    """
+
+    def __init__(self, channels: int, expansion: float = 4):
+        super().__init__()
+        hidden = int(channels * expansion)
+        self.proj_in = conv1x1(channels, 2 * hidden, bias=False)
+        self.proj_out = conv1x1(hidden, channels, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.proj_in(x).chunk(2, dim=1)
+        return self.proj_out(F.gelu(a) * b)
+
+
+class DepthwiseConvBlock(nn.Module):
+    """1x1 conv + LeakyReLU, depthwise 5x5, 1x1 conv, plus a residual path.
+
+    The residual is the identity when ``in_ch == out_ch`` and a 1x1 "adaptor"
+    convolution otherwise (official-code notes 1.4, ``DepthwiseConv``).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 5):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv1x1(in_ch, in_ch),
+            nn.LeakyReLU(0.01),
+            nn.Conv2d(in_ch, in_ch, kernel_size, padding=kernel_size // 2, groups=in_ch),
+            conv1x1(in_ch, out_ch),
+        )
+        self.skip = nn.Identity() if in_ch == out_ch else conv1x1(in_ch, out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class GatedTransformCNN(nn.Module):
+    r"""Lightweight conv block of GLIC (Fig. 2(c)): depthwise conv, then a gated FFN.
+
+    .. math::
+        h = \mathrm{DWConv}(x), \qquad
+        \mathrm{out} = h + \mathrm{FFN}(\mathrm{LN}(h))
+
+    Args:
+        in_ch (int): input channels.
+        out_ch (int or None): output channels (default ``in_ch``).
+        expansion (float): FFN expansion (default 4; 2 inside the hyper transforms).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, expansion: float = 4, **unused):
+        super().__init__()
+        out_ch = in_ch if out_ch is None else out_ch
+        self.dwconv = DepthwiseConvBlock(in_ch, out_ch)
+        self.norm = LayerNorm2d(out_ch)
+        self.ffn = GatedFFN(out_ch, expansion)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dwconv(x)
+        return x + self.ffn(self.norm(x))
+
+
+class ParameterAggregationBlock(nn.Module):
+    """1x1 conv ``in -> out`` then ``x + FFN(LN(x))``: pointwise, for entropy parameters."""
+
+    def __init__(self, in_ch: int, out_ch: int, expansion: float = 4, **unused):
+        super().__init__()
+        self.proj = conv1x1(in_ch, out_ch)
+        self.norm = LayerNorm2d(out_ch)
+        self.ffn = GatedFFN(out_ch, expansion)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)
+        return x + self.ffn(self.norm(x))
+
+
+def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> List[int]:
+    """Channel widths of a linear ramp ``in_ch -> out_ch`` in ``num_layers`` steps.
+
+    Widths are linearly interpolated and floored; hidden widths are clipped to at
+    least ``min_ch`` (ELIC's "channel ramp"; official-code notes 1.10 lists them).
+
+    >>> ramp_widths(128, 384, 3, min_ch=192)
+    [128, 213, 298, 384]
+    >>> ramp_widths(416, 32, 3, min_ch=384)
+    [416, 384, 384, 32]
+    """
+    widths = torch.linspace(in_ch, out_ch, num_layers + 1).floor().int().tolist()
+    widths[1:-1] = [max(w, min_ch) for w in widths[1:-1]]
+    return widths
+
+
+def channel_ramp(
+    in_ch: int,
+    out_ch: int,
+    *,
+    min_ch: int = 0,
+    num_layers: int = 3,
+    make_layer: Callable[[int, int], nn.Module],
+    make_act: Callable[[], nn.Module] | None = None,
+) -> nn.Sequential:
+    """``num_layers`` layers ``make_layer(a, b)`` over :func:`ramp_widths`, activations between."""
+    widths = ramp_widths(in_ch, out_ch, num_layers, min_ch)
+    layers: List[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(make_layer(a, b))
+        if make_act is not None and i < num_layers - 1:
+            layers.append(make_act())
+    return nn.Sequential(*layers)
+
+
+def conv_stack(widths: Sequence[int], kernel_size: int = 3, act: Callable[[], nn.Module] = nn.GELU) -> nn.Sequential:
+    """Stride-1 convolutions through ``widths`` with ``act`` between them (none after the last)."""
+    layers: List[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2))
+        if i < len(widths) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)

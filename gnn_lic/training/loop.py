@@ -1,0 +1,529 @@
+"""The training loop: ``train(config) -> run_dir``.
+
+One call trains one rate point (one lambda) for ``config.steps`` optimizer steps and
+leaves a run folder::
+
+    <run_dir>/
+        config.yaml            resolved TrainConfig
+        env.json               versions, threads, device, world size, seed, git commit
+        log.csv                one row per step: loss terms, grad norm, lr, time, skipped steps
+        eval.csv               periodic evaluations on the test images (entropy-estimation bpp, PSNR)
+        checkpoints/latest.pt  model + both optimizers and schedulers + step + RNG state (every K steps, at the end)
+        checkpoints/best.pt    model with the lowest evaluation loss so far
+        results/               final evaluations (written by experiments/run.py)
+
+**Reproducibility.** The model is initialised after ``torch.manual_seed(seed)``; at each
+step ``s`` the crops come from a generator seeded with ``(seed, s)`` and the global RNG
+(quantisation noise) is reseeded with ``(seed, s, rank)``. Nothing random therefore
+carries over from one step to the next except what ``latest.pt`` stores (weights,
+optimizer moments, scheduler, step counter), which is why ``resume=True`` reproduces an
+uninterrupted run step for step. ``latest.pt`` also stores the RNG states (as tensors)
+for completeness; every checkpoint loads with ``torch.load(weights_only=True)``.
+
+**Non-finite steps.** When the loss (on any process) or the gradient norm is not
+finite, neither optimizer is stepped; the step is counted in the ``skipped`` column
+of ``log.csv`` and the learning-rate schedule still advances.
+
+**Distributed.** Under ``torchrun`` the model is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel` (``quantiles`` excluded: each
+process fits them with its own aux loss, which depends on no data, so they stay
+equal); rank 0 alone evaluates and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from gnn_lic.evaluation import SmallImageWarning, evaluate_model
+from gnn_lic.models import create_model, list_models
+from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
+from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
+from gnn_lic.training.data import RandomCrops, load_images, step_seed
+from gnn_lic.training.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed
+from gnn_lic.training.losses import RateDistortionLoss, has_ortho_loss
+from gnn_lic.training.optim import (
+    LRSchedule,
+    configure_optimizers,
+    grad_norm_and_clip,
+    make_scheduler,
+    split_parameters,
+)
+
+__all__ = ["Trainer", "train", "environment_info", "eval_loss", "default_run_dir", "LATEST", "BEST"]
+
+LATEST = "checkpoints/latest.pt"
+BEST = "checkpoints/best.pt"
+#: options whose change makes a resumed run differ from an uninterrupted one
+_TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "clip_max_norm",
+                    "ortho_weight", "flips", "data_train", "steps")
+#: options that must match to resume at all
+_IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _git_commit() -> Optional[Dict[str, Any]]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=20)
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        mod = __import__(module)
+        return str(getattr(mod, "__version__", "unknown"))
+    except ImportError:
+        return None
+
+
+def environment_info(ctx: Optional[DistContext] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+    """Versions, threads, device, world size, git commit: what ``env.json`` records."""
+    ctx = ctx or DistContext()
+    dev = ctx.device
+    info: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "torch": torch.__version__,
+        "compressai": _version("compressai"),
+        "torch_geometric": _version("torch_geometric"),
+        "numpy": _version("numpy"),
+        "gnn_lic": _version("gnn_lic"),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "device": str(dev),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "world_size": ctx.world_size,
+        "backend": ctx.backend or None,
+        "seed": seed,
+        "argv": list(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": _git_commit(),
+    }
+    return info
+
+
+def eval_loss(result: Mapping[str, Any], lmbda: float, metric: str) -> float:
+    """``bpp + lambda * D`` of an :func:`~gnn_lic.evaluation.evaluate_model` result, D averaged per image.
+
+    ``D = 255^2 * MSE`` (from each image's PSNR on 8-bit values) or ``1 - MS-SSIM``.
+    """
+    per = result["per_image"].values()
+    if metric == "mse":
+        d = [255.0**2 * 10 ** (-r["psnr-rgb"] / 10) for r in per]
+    else:
+        d = [1.0 - r["ms-ssim-rgb"] for r in per]
+    return float(result["bpp"] + lmbda * sum(d) / len(d))
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.out) / f"{cfg.model}-{cfg.size}-{cfg.metric}-lambda{cfg.lmbda:g}-{stamp}"
+
+
+def _rng_state() -> Dict[str, Any]:
+    state: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if isinstance(state.get("torch"), torch.Tensor):
+        torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop the rows of ``path`` logged after ``last_step`` (steps of a killed run past its checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    keep = [r for r in body if r and r[0].isdigit() and int(r[0]) <= last_step]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(keep)
+
+
+class _CSVLog:
+    """Append rows to a CSV file (header written when the file is new), flushed per row."""
+
+    def __init__(self, path: Path, columns: Sequence[str]):
+        self.path = path
+        self.columns = list(columns)
+        new = not path.exists() or path.stat().st_size == 0
+        if not new:
+            with open(path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            if header != self.columns:  # a resumed run with other columns: start a fresh file
+                path.rename(path.with_suffix(".old.csv"))
+                new = True
+        self.fh = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+            self.fh.flush()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Owns the model, the optimizers, the data and the run folder of one training run.
+
+    ``Trainer(config).fit()`` is what :func:`train` does; tests drive :meth:`train_step`
+    directly. ``train_images`` / ``test_images`` (``(name, HxWx3 uint8)`` lists) override
+    the folders of the config.
+    """
+
+    def __init__(
+        self,
+        config: Union[TrainConfig, Mapping[str, Any]],
+        train_images: Optional[List[Tuple[str, Any]]] = None,
+        test_images: Optional[List[Tuple[str, Any]]] = None,
+    ):
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        cfg.validate()
+        if cfg.model not in list_models():
+            raise ConfigError(f"unknown model {cfg.model!r}; choose one of: {', '.join(list_models()) or 'none'}")
+        self.cfg = cfg
+        self.ctx = init_distributed(cfg.device)
+        self.device = self.ctx.device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif self.ctx.distributed and self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, self.ctx.local_world_size)))
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        # run folder (rank 0 names it, everyone agrees)
+        if cfg.run_dir:
+            run_dir = Path(cfg.run_dir)
+        elif cfg.resume:
+            raise ConfigError("resume needs the run folder (run_dir) of the run to continue")
+        else:
+            run_dir = broadcast_object(default_run_dir(cfg) if self.ctx.is_main else None)
+        self.run_dir = Path(run_dir)
+        if not cfg.resume and (self.run_dir / LATEST).exists():
+            raise ConfigError(
+                f"run folder '{self.run_dir}' already holds a checkpoint; resume it or choose another folder"
+            )
+
+        # data: the same images on every process
+        self.train_images = train_images if train_images is not None else load_images(cfg.data_train, "train")
+        self.test_images = test_images if test_images is not None else load_images(cfg.data_test, "test")
+        self.crops = RandomCrops(self.train_images, cfg.patch_size, flips=cfg.flips, seed=cfg.seed)
+
+        # model, loss, optimizers
+        torch.manual_seed(cfg.seed)
+        self.net: nn.Module = create_model(cfg.model, size=cfg.size).to(self.device)
+        self.criterion = RateDistortionLoss(cfg.lmbda, cfg.metric, cfg.ortho_weight)
+        self.optimizer, self.aux_optimizer = configure_optimizers(self.net, cfg.lr, cfg.aux_lr)
+        # one schedule for both learning rates (the official GLIC code drops both to 1e-5)
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop)
+        self.aux_scheduler = make_scheduler(self.aux_optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop)
+        main_names, self.aux_names = split_parameters(self.net)
+        params = dict(self.net.named_parameters())
+        self.main_params = [params[n] for n in main_names]
+
+        self.step = 0  # completed steps
+        self.skipped = 0
+        self.elapsed = 0.0
+        self.best_eval_loss = math.inf
+        self.last_eval: Dict[str, Any] = {}
+        self.resumed_from: Optional[int] = None
+        if cfg.resume:
+            self._load_latest()
+
+        self.model: nn.Module = self.net
+        if self.ctx.distributed:
+            self.model = self._wrap_ddp(self.net)
+
+        self.distortion_key = "mse_loss" if cfg.metric == "mse" else "ms_ssim_loss"
+        self.term_keys = ["loss", "bpp_loss", self.distortion_key] + (
+            ["ortho_loss"] if has_ortho_loss(self.net) else []
+        )
+        self._log: Optional[_CSVLog] = None
+        self._eval_log: Optional[_CSVLog] = None
+
+    # ------------------------------------------------------------------ setup
+    def _wrap_ddp(self, net: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+        # quantiles get no gradient from the main loss and are fitted per process by the aux loss
+        DDP._set_params_and_buffers_to_ignore_for_model(net, list(self.aux_names))
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # no buffer needs syncing in a forward (no batch norm); the keyword changed name in torch 2.1x
+        sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False})
+        # depthwise-conv gradients can come with other strides than DDP's buckets: harmless, silenced
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        # static_graph: the same parameters are used at every step; it also copes with unused ones
+        return DDP(net, device_ids=ids, static_graph=True, **sync)
+
+    def _load_latest(self) -> None:
+        path = self.run_dir / LATEST
+        if not path.exists():
+            if self.ctx.is_main:
+                print(f"no checkpoint in '{self.run_dir}'; starting from step 0", file=sys.stderr)
+            return
+        ckpt = read_checkpoint(path, map_location="cpu")
+        saved = ckpt.get("config") or {}
+        for key in _IDENTITY_KEYS:
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                raise ConfigError(
+                    f"cannot resume '{self.run_dir}': it was trained with {key}={saved[key]!r}, "
+                    f"not {getattr(self.cfg, key)!r}"
+                )
+        changed = [k for k in _TRAJECTORY_KEYS if k in saved and saved[k] != getattr(self.cfg, k)]
+        if changed and self.ctx.is_main:
+            print(f"note: resuming with changed {', '.join(changed)}: the run will differ from an "
+                  "uninterrupted one", file=sys.stderr)
+        load_state_into(self.net, ckpt["state_dict"], source=f"checkpoint '{path}'")
+        self.net.to(self.device)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.aux_scheduler.load_state_dict(ckpt["aux_scheduler"])
+        for sched in (self.scheduler, self.aux_scheduler):
+            if getattr(sched.lr_lambdas[0], "steps", self.cfg.steps) != self.cfg.steps:  # extended run
+                sched.lr_lambdas[0] = LRSchedule(self.cfg.lr_schedule, self.cfg.steps, self.cfg.lr_drop)
+        _set_rng_state(ckpt.get("rng_state") or {})
+        self.step = int(ckpt["step"])
+        self.skipped = int(ckpt.get("skipped", 0))
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        metrics = ckpt.get("metrics") or {}
+        self.best_eval_loss = float(metrics.get("best_eval_loss", math.inf))
+        self.last_eval = dict(metrics.get("last_eval") or {})
+        self.resumed_from = self.step
+
+    def _open_logs(self) -> None:
+        cols = ["step"] + self.term_keys + ["aux_loss", "grad_norm", "lr", "time", "step_time", "skipped",
+                                             "nonfinite"]
+        ecols = ["step", "bpp", "psnr-rgb", "ms-ssim-rgb", "eval_loss", "best"]
+        if self.resumed_from is not None:
+            _truncate_csv(self.run_dir / "log.csv", self.step)
+            _truncate_csv(self.run_dir / "eval.csv", self.step)
+        self._log = _CSVLog(self.run_dir / "log.csv", cols)
+        self._eval_log = _CSVLog(self.run_dir / "eval.csv", ecols)
+
+    def _write_run_files(self) -> None:
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "results").mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg.to_dict()
+        cfg["run_dir"] = str(self.run_dir)
+        dump_yaml(cfg, self.run_dir / "config.yaml")
+        env = environment_info(self.ctx, self.cfg.seed)
+        env["resumed_from_step"] = self.resumed_from
+        with open(self.run_dir / "env.json", "w") as fh:
+            json.dump(env, fh, indent=2)
+            fh.write("\n")
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, x: torch.Tensor) -> Dict[str, Any]:
+        """One optimizer step on the batch ``x``; returns the (process-averaged) loss terms.
+
+        The result has the terms of the loss, ``aux_loss``, ``grad_norm``, ``lr`` and
+        ``skipped`` (True when a non-finite loss or gradient norm prevented the update).
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+
+        out = self.model(x)
+        terms = self.criterion(out, x, self.net)
+        aux = self.net.aux_loss()
+        if not isinstance(aux, torch.Tensor):  # a model without entropy bottleneck
+            aux = torch.zeros((), device=x.device)
+        stats = torch.stack([terms[k].detach().float() for k in self.term_keys] + [aux.detach().float()])
+        all_reduce_sum(stats)  # NaN anywhere -> NaN everywhere: every process takes the same decision
+        stats /= self.ctx.world_size
+        finite = bool(torch.isfinite(stats).all())
+
+        # every process runs backward (DDP's gradient all-reduce needs them all)
+        terms["loss"].backward()
+        grad_norm = grad_norm_and_clip(self.main_params, self.cfg.clip_max_norm)
+        skip = not (finite and math.isfinite(grad_norm))
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+        else:
+            self.optimizer.step()
+            if aux.requires_grad:
+                aux.backward()
+                self.aux_optimizer.step()
+        with warnings.catch_warnings():  # a skipped first step is not the misuse this warns about
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
+            self.aux_scheduler.step()
+
+        result = {k: float(v) for k, v in zip(self.term_keys + ["aux_loss"], stats.tolist())}
+        result.update(grad_norm=grad_norm, lr=lr, skipped=skip)
+        return result
+
+    # ------------------------------------------------------------------ evaluation / checkpoints
+    def evaluate(self) -> Dict[str, Any]:
+        """Entropy-estimation bpp, PSNR and MS-SSIM on the test images, and the evaluation loss."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallImageWarning)
+            res = evaluate_model(self.net, self.test_images, entropy_estimation=True)
+        return {
+            "step": self.step,
+            "bpp": res["bpp"],
+            "psnr-rgb": res["psnr-rgb"],
+            "ms-ssim-rgb": res["ms-ssim-rgb"],
+            "eval_loss": eval_loss(res, self.cfg.lmbda, self.cfg.metric),
+        }
+
+    def _metrics(self) -> Dict[str, Any]:
+        return {"best_eval_loss": self.best_eval_loss, "last_eval": dict(self.last_eval)}
+
+    def save_latest(self) -> Path:
+        return save_checkpoint(
+            self.run_dir / LATEST,
+            self.net,
+            step=self.step,
+            optimizer=self.optimizer.state_dict(),
+            aux_optimizer=self.aux_optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            aux_scheduler=self.aux_scheduler.state_dict(),
+            rng_state=_rng_state(),
+            config=self.cfg.to_dict(),
+            metrics=self._metrics(),
+            skipped=self.skipped,
+            elapsed=self.elapsed,
+        )
+
+    def save_best(self) -> Path:
+        return save_checkpoint(
+            self.run_dir / BEST, self.net, step=self.step, config=self.cfg.to_dict(), metrics=self._metrics()
+        )
+
+    def _eval_and_keep_best(self, bar) -> None:
+        ev = self.evaluate()
+        best = ev["eval_loss"] < self.best_eval_loss
+        self.last_eval = ev
+        if best:
+            self.best_eval_loss = ev["eval_loss"]
+            self.save_best()
+        self._eval_log.write({**ev, "best": int(best)})
+        msg = (f"step {self.step}: test bpp {ev['bpp']:.4f}  PSNR {ev['psnr-rgb']:.2f} dB  "
+               f"MS-SSIM {ev['ms-ssim-rgb']:.4f}  eval loss {ev['eval_loss']:.4f}{'  (best)' if best else ''}")
+        if bar is not None and not bar.disable:
+            bar.write(msg)
+        elif self.cfg.progress:
+            print(msg, file=sys.stderr)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        """Train up to ``config.steps`` (or ``stop_after``) steps; returns the run folder."""
+        from tqdm import tqdm  # noqa: PLC0415
+
+        cfg, main = self.cfg, self.ctx.is_main
+        if main:
+            self._write_run_files()
+            self._open_logs()
+        barrier()
+        stop = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.model} lambda={cfg.lmbda:g}", unit="step",
+                   disable=not (main and cfg.progress), dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+        try:
+            while self.step < stop:
+                s = self.step
+                t0 = time.perf_counter()
+                torch.manual_seed(step_seed(cfg.seed, s, 1, self.ctx.rank))
+                x = self.crops.batch(s, cfg.batch_size, self.ctx.rank, self.ctx.world_size).to(self.device)
+                r = self.train_step(x)
+                self.step = s + 1
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                if main:
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps or r["skipped"]:
+                        self._log.write({**r, "step": self.step, "time": self.elapsed, "step_time": dt,
+                                         "skipped": self.skipped, "nonfinite": int(r["skipped"])})
+                    bar.update(1)
+                    post = {"loss": f"{r['loss']:.4g}", "bpp": f"{r['bpp_loss']:.3f}"}
+                    if cfg.metric == "mse" and r["mse_loss"] > 0 and math.isfinite(r["mse_loss"]):
+                        post["psnr"] = f"{-10 * math.log10(r['mse_loss']):.2f}"
+                    if self.skipped:
+                        post["skipped"] = self.skipped
+                    bar.set_postfix(post, refresh=False)
+                    if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                        self._eval_and_keep_best(bar)
+                    if self.step % cfg.save_interval == 0 or self.step in (cfg.steps, stop):
+                        self.save_latest()
+        except KeyboardInterrupt:
+            if main and not self.ctx.distributed and self.step > 0:
+                self.save_latest()
+                print(f"\ninterrupted: saved step {self.step} to '{self.run_dir / LATEST}'", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            if main:
+                self._log.close()
+                self._eval_log.close()
+        if main and self.step == cfg.steps and not (self.run_dir / LATEST).exists():
+            self.save_latest()  # resumed at the end already: make sure latest.pt exists
+        if main and self.step < cfg.steps:
+            print(f"stopped after step {self.step} of {cfg.steps}; resume to continue", file=sys.stderr)
+        barrier()
+        return self.run_dir
+
+
+def train(config: Union[TrainConfig, Mapping[str, Any]], **overrides: Any) -> Path:
+    """Train one rate point (see the module docstring); returns the run folder.
+
+    ``config`` is a :class:`TrainConfig` or a mapping of its fields; ``overrides`` replace fields.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    return Trainer(cfg).fit()

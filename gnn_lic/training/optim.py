@@ -1,0 +1,102 @@
+"""Optimizers and learning-rate schedules.
+
+Two Adam optimizers, as in CompressAI's training example: the **main** one updates
+every parameter except the entropy bottlenecks' ``quantiles``, which the **aux** one
+fits to ``net.aux_loss()``. :func:`split_parameters` asserts that the two groups are
+disjoint and together cover every trainable parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["split_parameters", "configure_optimizers", "LRSchedule", "make_scheduler", "grad_norm_and_clip"]
+
+AUX_SUFFIX = "quantiles"
+
+
+def split_parameters(net: nn.Module) -> Tuple[List[str], List[str]]:
+    """Names of the main and aux parameters of ``net`` (trainable ones only).
+
+    Aux parameters are those whose name ends with ``quantiles``. Raises ``AssertionError``
+    if the two groups overlap or miss a trainable parameter.
+    """
+    named = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    main = [n for n in named if not n.endswith(AUX_SUFFIX)]
+    aux = [n for n in named if n.endswith(AUX_SUFFIX)]
+    main_set, aux_set = set(main), set(aux)
+    assert not (main_set & aux_set), f"parameters in both groups: {sorted(main_set & aux_set)}"
+    assert main_set | aux_set == set(named), f"parameters in no group: {sorted(set(named) - main_set - aux_set)}"
+    assert len(main) + len(aux) == len(named)
+    return main, aux
+
+
+def configure_optimizers(
+    net: nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3
+) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """``(main Adam, aux Adam)`` over the groups of :func:`split_parameters`.
+
+    A model without ``quantiles`` gets an aux optimizer with no parameters that does nothing.
+    """
+    main, aux = split_parameters(net)
+    params: Dict[str, nn.Parameter] = dict(net.named_parameters())
+    optimizer = torch.optim.Adam([params[n] for n in main], lr=lr)
+    aux_params = [params[n] for n in aux]
+    if not aux_params:  # Adam refuses an empty list; a zero-size placeholder keeps the code uniform
+        aux_params = [nn.Parameter(torch.zeros(0))]
+    aux_optimizer = torch.optim.Adam(aux_params, lr=aux_lr)
+    return optimizer, aux_optimizer
+
+
+class LRSchedule:
+    """Multiplier of the base learning rate at step ``s`` (for :class:`~torch.optim.lr_scheduler.LambdaLR`).
+
+    * ``step``: 1 until ``drop_at * steps``, then ``factor`` (0.1);
+    * ``cosine``: ``min_factor + (1 - min_factor) * (1 + cos(pi * s / steps)) / 2``;
+    * ``constant``: 1.
+
+    A plain object (not a closure): ``LambdaLR.state_dict()`` stores its attributes,
+    so the schedule survives a checkpoint round trip with ``weights_only=True``.
+
+    >>> [LRSchedule("step", 10)(s) for s in (0, 7, 8, 9)]
+    [1.0, 1.0, 0.1, 0.1]
+    """
+
+    def __init__(self, kind: str, steps: int, drop_at: float = 0.8, factor: float = 0.1, min_factor: float = 0.0):
+        if kind not in ("step", "cosine", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.kind = kind
+        self.steps = int(steps)
+        self.drop_step = max(1, int(math.floor(drop_at * steps))) if kind == "step" else 0
+        self.factor = float(factor)
+        self.min_factor = float(min_factor)
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "step":
+            return 1.0 if step < self.drop_step else self.factor
+        if self.kind == "cosine":
+            t = min(step, self.steps) / max(self.steps, 1)
+            return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    def __repr__(self) -> str:
+        return f"LRSchedule(kind={self.kind!r}, steps={self.steps}, drop_step={self.drop_step})"
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, steps: int, drop_at: float = 0.8) -> LambdaLR:
+    """``LambdaLR`` over :class:`LRSchedule`; call ``scheduler.step()`` once per training step."""
+    return LambdaLR(optimizer, LRSchedule(kind, steps, drop_at))
+
+
+def grad_norm_and_clip(params, max_norm: float) -> float:
+    """Total L2 gradient norm (before clipping); clips to ``max_norm`` when it is > 0."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    limit = max_norm if max_norm > 0 else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(params, limit, error_if_nonfinite=False))

@@ -1,0 +1,43 @@
+"""Fixtures for experiments/run.py tests: the script as a module and tiny image folders."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """``experiments/run.py`` imported as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("gnn_lic_experiments_run", REPO / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def data_dirs(tmp_path_factory):
+    """``(train_dir, test_dir)``: two 96x96 training crops and one 64x80 test crop (PNG)."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("run-images")
+    train, test = root / "train", root / "test"
+    train.mkdir()
+    test.mkdir()
+    Image.fromarray(np.ascontiguousarray(data.astronaut()[80:176, 150:246])).save(train / "astronaut.png")
+    Image.fromarray(np.ascontiguousarray(data.rocket()[100:196, 200:296])).save(train / "rocket.png")
+    Image.fromarray(np.ascontiguousarray(data.chelsea()[60:124, 120:200])).save(test / "chelsea.png")
+    return train, test
+
+
+@pytest.fixture
+def tiny_args(tmp_path, data_dirs):
+    """Arguments of a 2-step, 1-lambda job of the tiny GLIC on the tiny folders."""
+    train, test = data_dirs
+    return ["--model", "glic", "--size", "tiny", "--steps", "2", "--batch-size", "2", "--patch-size", "64",
+            "--lambdas", "0.01", "--data-train", str(train), "--data-test", str(test), "--out", str(tmp_path / "runs"),
+            "--no-progress", "--threads", "1"]

@@ -1,0 +1,92 @@
+"""CNN layers and latent codecs of the models (notes 1.4, 1.10, 2.1)."""
+
+import pytest
+import torch
+
+from gnn_lic.models.entropy import ChannelSliceLatentCodec, elic_groups, scctx_latent_codec
+from gnn_lic.models.layers import (
+    DepthwiseConvBlock,
+    GatedFFN,
+    GatedTransformCNN,
+    ParameterAggregationBlock,
+    channel_ramp,
+    ramp_widths,
+)
+
+
+def test_ramp_widths_match_glic_entropy_model():
+    groups = [16, 16, 32, 64, 192]
+    ctx = [ramp_widths(sum(groups[:k]), 2 * groups[k], 3, min_ch=192) for k in range(1, 5)]
+    assert ctx == [[16, 192, 192, 32], [32, 192, 192, 64], [64, 192, 192, 128], [128, 213, 298, 384]]
+    par = [ramp_widths(2 * g + (2 * g if k else 0) + 384, 2 * g, 3, min_ch=384) for k, g in enumerate(groups)]
+    assert par == [
+        [416, 384, 384, 32],
+        [448, 384, 384, 32],
+        [512, 384, 384, 64],
+        [640, 469, 384, 128],
+        [1152, 896, 640, 384],
+    ]
+
+
+def test_channel_ramp_builds_layers():
+    seq = channel_ramp(8, 4, min_ch=16, num_layers=3, make_layer=GatedTransformCNN)
+    assert len(seq) == 3
+    assert seq(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
+
+
+def test_elic_groups():
+    assert elic_groups(320) == [16, 16, 32, 64, 192]
+    assert sum(elic_groups(96)) == 96 and len(elic_groups(96)) == 5
+    with pytest.raises(ValueError):
+        elic_groups(3, 5)
+
+
+def test_conv_blocks_shapes():
+    x = torch.randn(2, 8, 7, 5)
+    assert GatedTransformCNN(8)(x).shape == x.shape
+    assert GatedTransformCNN(8, 16, expansion=2)(x).shape == (2, 16, 7, 5)
+    assert DepthwiseConvBlock(8, 4)(x).shape == (2, 4, 7, 5)
+    assert GatedFFN(8, 2)(x).shape == x.shape
+
+
+def test_parameter_aggregation_is_pointwise():
+    """The checkerboard codec needs pointwise entropy parameters."""
+    torch.manual_seed(0)
+    block = ParameterAggregationBlock(6, 4)
+    x = torch.randn(1, 6, 5, 5)
+    y = block(x)
+    x2 = x.clone()
+    x2[..., 2, 3] += 1.0
+    diff = (block(x2) - y).abs().sum(1)[0]
+    assert diff[2, 3] > 0
+    diff[2, 3] = 0
+    assert torch.all(diff == 0)
+
+
+def test_scctx_latent_codec_structure():
+    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
+                            ctx_min_channels=16, param_min_channels=32)
+    y = torch.randn(1, 32, 4, 8)  # the models pad y to a multiple of 4
+    out = lc(y)
+    assert out["y_hat"].shape == y.shape and out["likelihoods"]["y"].shape == y.shape
+    assert out["likelihoods"]["z"].shape == (1, 16, 1, 2)
+    with pytest.raises(ValueError):
+        scctx_latent_codec(M=32, groups=[2, 2, 4, 8])
+
+
+def test_channel_slices_use_the_first_support_slices():
+    lc = ChannelSliceLatentCodec(M=32, N=16, num_slices=4, max_support_slices=2, cc_hidden=(8, 8, 8, 8))
+    # slice i sees M + 8 * min(i, 2) channels; LRP one slice more
+    assert [t[0].in_channels for t in lc.cc_mean_transforms] == [32, 40, 48, 48]
+    assert [t[0].in_channels for t in lc.lrp_transforms] == [40, 48, 56, 56]
+    # the parameters of slice 3 depend on slices 0 and 1 only (the *first* two), not on slice 2
+    torch.manual_seed(0)
+    hyper = torch.randn(1, 32, 4, 4)
+    decoded = [torch.randn(1, 8, 4, 4) for _ in range(3)]
+    other = decoded[:2] + [torch.randn(1, 8, 4, 4)]
+    for a, b in zip(lc._slice_params(3, hyper, hyper, decoded), lc._slice_params(3, hyper, hyper, other)):
+        assert torch.equal(a, b)
+    changed = [decoded[0] + 1.0] + decoded[1:]
+    assert not torch.equal(lc._slice_params(3, hyper, hyper, decoded)[0], lc._slice_params(3, hyper, hyper, changed)[0])
+    with pytest.raises(ValueError):
+        ChannelSliceLatentCodec(M=30, N=16, num_slices=4)
