@@ -83,29 +83,18 @@ def _dense_grouped(x: torch.Tensor, cset, keep_fn, heads: int = 8):
 
     B, C, H, W = x.shape
     c = candidates(cset, H, W)
-    ei, info = build_graph(x, cset, keep_fn, return_info=True)
-    # keep mask per (block, query, key)
+    ei = build_graph(x, cset, keep_fn)
     nb, Q = c.query.shape
     Kb = c.key.shape[1]
-    key_pos = {}
-    mask = torch.zeros(nb, Q, Kb, dtype=torch.bool)
-    # rows of the per-node candidate table in block order
-    rows = c.query.clamp_min(0).flatten()
     src, dst = ei
-    # map each edge to its (block, query slot, key slot) via the candidate table
-    slot_of_node = torch.empty(H * W, dtype=torch.long)
-    slot_of_node[c.row_of_node.new_tensor(range(H * W))] = c.row_of_node
-    cand = c.cand if c.cand is not None else torch.arange(Kb).expand(nb, Q, Kb)
-    node_cand = c.index  # (N, K) in node order
-    kept = torch.zeros_like(node_cand, dtype=torch.bool)
-    deg = torch.bincount(dst, minlength=H * W)
-    ptr = torch.cat([deg.new_zeros(1), deg.cumsum(0)])
-    # edges are in CSR order: recover the candidate slot k of each edge
-    k_of_edge = (node_cand[dst] == src[:, None]).float().argmax(1)
+    # edges are in CSR order: recover each edge's candidate slot k in its target's row
+    k_of_edge = (c.index[dst] == src[:, None]).float().argmax(1)
+    kept = torch.zeros_like(c.index, dtype=torch.bool)
     kept[dst, k_of_edge] = True
-    kept_blk = kept[rows].view(nb, Q, -1) & (c.query >= 0).unsqueeze(-1)
-    mask.scatter_(-1, cand, kept_blk)
-    del key_pos, ptr
+    # keep mask per (block, query, key): node rows in block order, scattered to key slots
+    kept_blk = kept[c.query.clamp_min(0).flatten()].view(nb, Q, -1) & (c.query >= 0).unsqueeze(-1)
+    cand = c.cand if c.cand is not None else torch.arange(Kb).expand(nb, Q, Kb)
+    mask = torch.zeros(nb, Q, Kb, dtype=torch.bool).scatter_(-1, cand, kept_blk)
     d = C // heads
     xs = torch.cat([x.reshape(C, -1).t(), x.new_zeros(1, C)])
     q = xs[c.query].view(nb, Q, heads, d).transpose(1, 2)
