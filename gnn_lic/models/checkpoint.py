@@ -47,6 +47,7 @@ __all__ = [
     "read_checkpoint",
     "build_model",
     "load_state_into",
+    "export_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "gnn_lic-checkpoint"
@@ -292,3 +293,48 @@ def load_checkpoint(
     if device is not None and device.type != "cpu":
         net.to(device)
     return net, ckpt
+
+
+#: largest magnitude float16 holds; parameters beyond it stay float32
+_HALF_MAX = 65504.0
+
+
+def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, **metadata: Any) -> Path:
+    """Write a slim copy of checkpoint ``src`` for shipping: model config, state dict and ``metadata``.
+
+    Optimizer state, step counters and everything else of a training checkpoint are
+    dropped. With ``half``, the model's *parameters* are stored as float16 (halving the
+    file) unless a value exceeds the float16 range; buffers (entropy-model tables, scale
+    tables) keep their dtype. Loading casts the parameters back to float32, and the codec
+    fingerprints the loaded weights, so encoder and decoder agree bit for bit.
+    """
+    ckpt = read_checkpoint(src)
+    net = build_model(ckpt["model_config"], source=f"checkpoint '{src}'")
+    params = {name for name, _ in net.named_parameters()}
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        if (half and key in params and value.is_floating_point()
+                and value.numel() and bool(torch.isfinite(value).all()) and float(value.abs().max()) <= _HALF_MAX):
+            value = value.half()
+        state[key] = value
+    load_state_into(net, state, source=f"checkpoint '{src}'")  # it still fits the model
+    payload: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": ckpt["model_config"],
+        "state_dict": state,
+    }
+    for key, value in metadata.items():
+        if key in _RESERVED:
+            raise CheckpointError(f"metadata key {key!r} is reserved")
+        payload[key] = _safe_value(value, f"metadata[{key!r}]")
+    p = Path(dst)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p

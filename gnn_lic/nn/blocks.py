@@ -207,10 +207,18 @@ class GraphWindowBlock(nn.Module):
         self.attn = GraphAttentionConv(channels, heads=heads, impl=impl)
         self.branch_a = nn.Sequential(*(ResidualUnit(channels) for _ in range(3)))
         self.branch_b = nn.Sequential(*(ResidualUnit(channels) for _ in range(3)), nn.Conv2d(channels, channels, 1))
+        self.last_info: Dict[str, object] = {}
+        self.keep_info = False  # set True to keep the graph and GraphInfo of the last forward (analysis)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        ei = build_graph(x, self.window, self.selector)
+        if self.keep_info:
+            ei, info = build_graph(x, self.window, self.selector, return_info=True)
+        else:
+            ei, info = build_graph(x, self.window, self.selector), None
+        graph = CSRGraph.from_edge_index(ei, B * H * W)
+        if self.keep_info:
+            self.last_info = {"window": (graph, info)}
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
-        g = self.attn(tokens, CSRGraph.from_edge_index(ei, B * H * W)).view(B, H, W, C).permute(0, 3, 1, 2)
+        g = self.attn(tokens, graph).view(B, H, W, C).permute(0, 3, 1, 2)
         return self.branch_a(x) * torch.sigmoid(self.branch_b(g)) + x

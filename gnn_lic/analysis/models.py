@@ -1,0 +1,62 @@
+"""Models and images for the analysis notebooks."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gnn_lic.codec.errors import NoPretrainedWeightsError
+from gnn_lic.models import create_model
+from gnn_lic.models.pretrained import available_pretrained
+from gnn_lic.training.data import load_images
+
+__all__ = ["load_analysis_models", "analysis_images", "to_tensor"]
+
+
+def load_analysis_models(
+    names: Sequence[str], size: str = "small", seed: int = 0, pretrained: bool = True
+) -> Dict[str, Tuple[nn.Module, bool]]:
+    """``{name: (model, trained)}`` in eval mode.
+
+    With ``pretrained``, a model with shipped weights
+    (:func:`gnn_lic.models.pretrained.available_pretrained`) loads them (``trained=True``);
+    the others (all of them without ``pretrained``) are built from seed ``seed`` (the same
+    initial weights every time, ``trained=False``), so that an analysis of untrained
+    models is reproducible and is labelled as such.
+    """
+    shipped = set(available_pretrained()) if pretrained else set()
+    out = {}
+    for name in names:
+        if f"{name}-{size}" in shipped:
+            try:
+                out[name] = (create_model(name, size=size, pretrained=True).eval(), True)
+                continue
+            except NoPretrainedWeightsError:  # pragma: no cover - listed but vanished
+                pass
+        torch.manual_seed(seed)
+        out[name] = (create_model(name, size=size).eval(), False)
+    return out
+
+
+def to_tensor(img: np.ndarray) -> Tensor:
+    """``HxWx3`` uint8 -> ``(1, 3, H, W)`` float in ``[0, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def analysis_images(
+    folder: Union[None, str, os.PathLike] = None, split: str = "test", limit: Optional[int] = None
+) -> List[Tuple[str, Tensor]]:
+    """``[(name, (1, 3, H, W) tensor)]``: a folder of images (e.g. Kodak), or the built-in
+    scikit-image photos of ``split`` (``"test"``, ``"train"`` or ``"all"``) when ``folder`` is None."""
+    if folder in (None, ""):
+        splits = ("train", "test") if split == "all" else (split,)
+        items = [im for s in splits for im in load_images(None, s)]
+    else:
+        items = load_images(folder, split)
+    if limit is not None:
+        items = items[:limit]
+    return [(name, to_tensor(arr)) for name, arr in items]
