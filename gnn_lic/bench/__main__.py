@@ -1,4 +1,12 @@
-"""Benchmarks that print numbers: ``python -m gnn_lic.bench graph [--quick]``.
+"""Benchmarks that print numbers: ``python -m gnn_lic.bench graph|codec``.
+
+``codec`` measures whole models on one image (default: a 768x512 noise image, or
+``--image FILE``): eval forward, encode and decode time (real bitstreams through
+:mod:`gnn_lic.codec`), the share of the forward spent building graphs, peak memory
+(process high-water mark), and one training step (``--train-batch`` crops of
+``--train-patch``), next to the authors' figures on the same kind of machine (GLIC
+paper configuration: forward 42.8 s, encode 24.2 s, decode 24.5 s, 2.7 GB; training
+step on 2 crops of 256x256: 32 s, 10 GB; GABIC: forward 6.6 s, training step 6.8 s).
 
 ``graph`` measures, for square feature maps of 32x32 to 256x256 nodes, C = 64 and
 192, average degree 16 and 64 (GLIC's local and global graphs, L = 8, G = 16,
@@ -143,6 +151,112 @@ def _gfa_share(h: int, w: int, ratio: float) -> Dict:
     return {"map": f"{h}x{w}", "block_s": t_block, "graphs_s": t_graph, "share": t_graph / t_block}
 
 
+#: the authors' code on this 2-core CPU (see the developers' brief): seconds and GB
+AUTHORS = {
+    ("glic", "paper"): {"forward_s": 42.8, "encode_s": 24.2, "decode_s": 24.5, "peak_gb": 2.7,
+                        "train_step_s": 32.0, "train_peak_gb": 10.0, "graph_share": 0.057},
+    ("gabic", "paper"): {"forward_s": 6.6, "train_step_s": 6.8},
+}
+
+
+def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
+               train: bool) -> Dict:
+    import numpy as np  # noqa: PLC0415
+
+    from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
+    from gnn_lic.codec.image_io import read_image  # noqa: PLC0415
+    from gnn_lic.models import create_model  # noqa: PLC0415
+    from gnn_lic.nn import blocks  # noqa: PLC0415
+    from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    if image:
+        img = read_image(image)
+    else:
+        img = (np.random.default_rng(0).random((512, 768, 3)) * 255).astype(np.uint8)
+    net = create_model(name, size=size).eval()
+    net.update(force=True)
+    params = sum(p.numel() for p in net.parameters())
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    graph_time = [0.0]
+    real_build = blocks.build_graph
+
+    def timed_build(*a, **k):
+        t = time.perf_counter()
+        out = real_build(*a, **k)
+        graph_time[0] += time.perf_counter() - t
+        return out
+
+    blocks.build_graph = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
+    base = _status("VmRSS")
+    with torch.no_grad():
+        fwd, share = [], []
+        for _ in range(runs + 1):
+            graph_time[0] = 0.0
+            t = time.perf_counter()
+            net(x)
+            fwd.append(time.perf_counter() - t)
+            share.append(graph_time[0] / fwd[-1])
+    blocks.build_graph = real_build
+    enc, dec = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        blob = encode_image(net, img)
+        enc.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        out = decode_image(net, blob)
+        dec.append(time.perf_counter() - t)
+    assert out.shape == img.shape
+    peak_eval = _status("VmHWM")
+    r = {"model": name, "size": size, "params_M": params / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
+         "forward_s": min(fwd[1:]), "first_forward_s": fwd[0], "graph_share": share[-1],
+         "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * len(blob) / (img.shape[0] * img.shape[1]),
+         "peak_gb": peak_eval / 1e9, "baseline_gb": base / 1e9}
+    if train:
+        net.train()
+        crit = RateDistortionLoss(lmbda=0.013)
+        opt = torch.optim.Adam(net.parameters(), 1e-5)
+        xs = torch.rand(train_batch, 3, train_patch, train_patch)
+        _peak_rss_reset()
+        steps = []
+        for _ in range(2):
+            t = time.perf_counter()
+            out = net(xs)
+            loss = crit(out, xs)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps.append(time.perf_counter() - t)
+        r.update(train_step_s=min(steps), train_batch=f"{train_batch}x{train_patch}x{train_patch}",
+                 train_peak_gb=_status("VmHWM") / 1e9)
+    return r
+
+
+def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs: int, train_batch: Dict[str, int],
+                train_patch: Dict[str, int], train: bool) -> List[Dict]:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image or '768x512 noise'}")
+    print(f"{'model':6} {'size':6} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
+          f"{'peak GB':>8} {'train s':>8} {'train GB':>9}  batch")
+    rows = []
+    for size in sizes:
+        for name in models:
+            r = _child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
+            rows.append(r)
+            print(f"{name:6} {size:6} {r['params_M']:9.2f} {r['forward_s']:7.2f} {100 * r['graph_share']:8.1f} "
+                  f"{r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
+                  f"{r.get('train_step_s', float('nan')):8.2f} {r.get('train_peak_gb', float('nan')):9.2f}  "
+                  f"{r.get('train_batch', '-')}")
+            ref = AUTHORS.get((name, size))
+            if ref:
+                ratios = ", ".join(f"{k[:-2]} {r[k] / v:.2f}x" for k, v in ref.items()
+                                   if k in r and k.endswith("_s"))
+                mem = ", ".join(f"{k} {r[k]:.2f} vs {v}" for k, v in ref.items() if k.endswith("_gb") and k in r)
+                print(f"{'':14} vs authors: {ratios}; memory GB {mem}; graph share {100 * r['graph_share']:.1f}% "
+                      f"vs {100 * ref['graph_share']:.1f}%" if "graph_share" in ref else
+                      f"{'':14} vs authors: {ratios}")
+    return rows
+
+
 def _slope(ns: List[int], ts: List[float]) -> float:
     lx = [math.log(n) for n in ns]
     ly = [math.log(t) for t in ts]
@@ -204,6 +318,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     g.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    k = sub.add_parser("codec", help="whole-model forward/encode/decode/training-step benchmark")
+    k.add_argument("--models", nargs="+", default=["glic", "gabic"])
+    k.add_argument("--sizes", nargs="+", default=["small", "paper"])
+    k.add_argument("--image", default=None, help="image file (default: 768x512 noise)")
+    k.add_argument("--runs", type=int, default=1, help="timed runs after one warm-up forward")
+    k.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
+    k.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    k.add_argument("--json", default=None, help="also write the figures to this JSON file")
     c = sub.add_parser("_child")
     c.add_argument("task")
     c.add_argument("args")
@@ -215,13 +337,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "_child":
         if os.environ.get("GNN_LIC_BENCH_THREADS"):
             torch.set_num_threads(int(os.environ["GNN_LIC_BENCH_THREADS"]))
-        fn = {"config": _one_config, "paths": _paths, "share": _gfa_share}[args.task]
+        fn = {"config": _one_config, "paths": _paths, "share": _gfa_share, "codec": _codec_one}[args.task]
         print(json.dumps(fn(*json.loads(args.args))))
         return 0
     if args.threads:
         os.environ["GNN_LIC_BENCH_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
-    result = bench_graph(quick=args.quick, threads=args.threads)
+    if args.command == "codec":
+        # training steps: the main job's batch for small/tiny, the authors' 2 x 256^2 for paper
+        result = bench_codec(args.models, args.sizes, args.image, args.runs,
+                             {"tiny": 8, "small": 8, "paper": 2}, {"tiny": 128, "small": 128, "paper": 256},
+                             args.train)
+    else:
+        result = bench_graph(quick=args.quick, threads=args.threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -44,6 +44,8 @@ __all__ = [
     "bd_psnr",
     "bd_quality",
     "bd_table",
+    "point_rate_difference",
+    "point_quality_difference",
     "format_bd_table",
     "pchip_slopes",
     "pchip_eval",
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 METHODS = ("pchip", "cubic")
-_MIN_POINTS = {"pchip": 2, "cubic": 4}
+_MIN_POINTS = {"pchip": 2, "cubic": 4, "point": 1}
 
 
 # ---------------------------------------------------------------------------
@@ -243,6 +245,35 @@ def bd_psnr(
     return bd_quality(anchor_rates, anchor_psnr, test_rates, test_psnr, method)
 
 
+def point_rate_difference(
+    anchor_rates: Sequence[float], anchor_quality: Sequence[float], rate: float, quality: float
+) -> float:
+    """Rate difference of one test point against the anchor at equal quality, in percent.
+
+    The single-point limit of the BD-rate: the anchor's log-rate is interpolated (pchip)
+    at the test point's quality, and ``(rate / R_anchor(quality) - 1) * 100`` is returned
+    (negative = the test point needs fewer bits). The quality must lie inside the anchor's
+    range (no extrapolation).
+    """
+    la, qa = _prepare(anchor_rates, anchor_quality, "anchor", "pchip")
+    _prepare([rate], [quality], "test", "point")
+    if not qa[0] <= quality <= qa[-1]:
+        raise ValueError(f"quality {quality:.4g} outside the anchor's range [{qa[0]:.4g}, {qa[-1]:.4g}]")
+    return (math.exp(math.log(rate) - float(pchip_eval(qa, la, np.array([quality]))[0])) - 1.0) * 100.0
+
+
+def point_quality_difference(
+    anchor_rates: Sequence[float], anchor_quality: Sequence[float], rate: float, quality: float
+) -> float:
+    """Quality difference of one test point against the anchor at equal rate (pchip in log-rate)."""
+    la, qa = _prepare(anchor_rates, anchor_quality, "anchor", "pchip")
+    _prepare([rate], [quality], "test", "point")
+    lr = math.log(rate)
+    if not la[0] <= lr <= la[-1]:
+        raise ValueError(f"rate {rate:.4g} outside the anchor's range [{math.exp(la[0]):.4g}, {math.exp(la[-1]):.4g}]")
+    return quality - float(pchip_eval(la, qa, np.array([lr]))[0])
+
+
 # ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
@@ -259,7 +290,10 @@ def bd_table(
     each name returns ``{"bd_rate": %, "bd_quality": <metric units>, "n_points": n,
     "error": None or message}``; a curve that cannot be compared (missing metric, too
     few points, no overlap, ...) gets NaNs and the reason in ``error``. The anchor
-    itself is listed with zeros.
+    itself is listed with zeros. A curve of a single point (one trained rate) gets the
+    single-point limits instead, :func:`point_rate_difference` and
+    :func:`point_quality_difference` (rate difference at equal quality, quality difference
+    at equal rate), and ``"single_point": True``.
     """
     _check_method(method)
     if anchor_name not in curves:
@@ -274,8 +308,13 @@ def bd_table(
             tr = np.asarray(results_of(doc)[rate_key], dtype=np.float64)
             row["n_points"] = int(tr.size)
             tq = get_metric(doc, metric)
-            row["bd_rate"] = bd_rate(ar, aq, tr, tq, method)
-            row["bd_quality"] = bd_quality(ar, aq, tr, tq, method)
+            if tr.size == 1 and name != anchor_name:
+                row["single_point"] = True
+                row["bd_rate"] = point_rate_difference(ar, aq, float(tr[0]), float(tq[0]))
+                row["bd_quality"] = point_quality_difference(ar, aq, float(tr[0]), float(tq[0]))
+            else:
+                row["bd_rate"] = bd_rate(ar, aq, tr, tq, method)
+                row["bd_quality"] = bd_quality(ar, aq, tr, tq, method)
         except (KeyError, ValueError) as e:
             row["error"] = str(e).strip("'\"")
         out[name] = row
@@ -300,5 +339,6 @@ def format_bd_table(
         else:
             lines.append(
                 f"{name:<{width}}  {row['bd_rate']:>12.2f}  {row['bd_quality']:>16.3f}  {row['n_points']:>6}"
+                + ("  (one point: difference at equal quality / rate)" if row.get("single_point") else "")
             )
     return "\n".join(lines)

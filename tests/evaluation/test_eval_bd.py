@@ -172,3 +172,32 @@ def test_glic_vs_vtm_kodak_matches_paper(kodak_reference_dir):
     assert table["glic"]["bd_rate"] == pytest.approx(pchip)
     assert table["glic"]["bd_quality"] > 0.5  # GLIC beats VTM by ~0.9 dB
     assert table["jpeg"]["bd_rate"] > 100  # sanity: JPEG is far worse than VTM
+
+
+def test_point_rate_difference_matches_the_bd_rate_of_a_shifted_curve():
+    """A test point on the anchor curve scaled by 0.8 in rate saves exactly 20%."""
+    from gnn_lic.evaluation.bd import point_quality_difference, point_rate_difference
+
+    rates = [0.1, 0.2, 0.4, 0.8]
+    psnr = [27.0, 29.5, 32.0, 34.0]
+    # at a knot the pchip interpolant is exact
+    assert point_rate_difference(rates, psnr, 0.8 * 0.4, 32.0) == pytest.approx(-20.0)
+    assert point_quality_difference(rates, psnr, 0.2, 30.0) == pytest.approx(0.5)
+    # between knots: against a brute-force evaluation of the same interpolant
+    from gnn_lic.evaluation.bd import pchip_eval
+
+    q = 30.7
+    ref = np.exp(pchip_eval(np.array(psnr), np.log(rates), np.array([q]))[0])
+    assert point_rate_difference(rates, psnr, 0.3, q) == pytest.approx((0.3 / ref - 1) * 100)
+    with pytest.raises(ValueError, match="outside"):
+        point_rate_difference(rates, psnr, 0.3, 40.0)
+
+
+def test_bd_table_single_point_curve():
+    from gnn_lic.evaluation import bd_table
+
+    anchor = {"name": "a", "results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [27.0, 29.5, 32.0, 34.0]}}
+    one = {"name": "m", "results": {"bpp": [0.32], "psnr-rgb": [32.0]}}
+    t = bd_table({"a": anchor, "m": one}, "a")
+    assert t["m"]["single_point"] and t["m"]["bd_rate"] == pytest.approx(-20.0)
+    assert t["a"]["bd_rate"] == pytest.approx(0.0)
