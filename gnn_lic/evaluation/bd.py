@@ -196,6 +196,20 @@ def _overlap(a: np.ndarray, b: np.ndarray, what: str) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _mean_gap(anchor_rates, anchor_quality, test_rates, test_quality, method: str, over: str) -> float:
+    """Mean of ``test - anchor`` over the common interval: of log-rate as a function of
+    quality (``over="quality"``, BD-rate) or of quality over log-rate (``"rate"``, BD-quality)."""
+    _check_method(method)
+    la, qa = _prepare(anchor_rates, anchor_quality, "anchor", method)
+    lt, qt = _prepare(test_rates, test_quality, "test", method)
+    if over == "quality":
+        (xa, ya), (xt, yt) = (qa, la), (qt, lt)
+    else:
+        (xa, ya), (xt, yt) = (la, qa), (lt, qt)
+    lo, hi = _overlap(xa, xt, over)
+    return (_integral(xt, yt, lo, hi, method) - _integral(xa, ya, lo, hi, method)) / (hi - lo)
+
+
 def bd_rate(
     anchor_rates: Sequence[float],
     anchor_psnr: Sequence[float],
@@ -207,14 +221,7 @@ def bd_rate(
 
     Works for any quality metric (PSNR, MS-SSIM dB, ...) passed as ``*_psnr``.
     """
-    _check_method(method)
-    la, qa = _prepare(anchor_rates, anchor_psnr, "anchor", method)
-    lt, qt = _prepare(test_rates, test_psnr, "test", method)
-    lo, hi = _overlap(qa, qt, "quality")
-    ia = _integral(qa, la, lo, hi, method)
-    it = _integral(qt, lt, lo, hi, method)
-    avg = (it - ia) / (hi - lo)
-    return (math.exp(avg) - 1.0) * 100.0
+    return (math.exp(_mean_gap(anchor_rates, anchor_psnr, test_rates, test_psnr, method, "quality")) - 1.0) * 100.0
 
 
 def bd_quality(
@@ -225,13 +232,7 @@ def bd_quality(
     method: str = "pchip",
 ) -> float:
     """Average quality gain of the test curve over the common log-rate interval."""
-    _check_method(method)
-    la, qa = _prepare(anchor_rates, anchor_quality, "anchor", method)
-    lt, qt = _prepare(test_rates, test_quality, "test", method)
-    lo, hi = _overlap(la, lt, "rate")
-    ia = _integral(la, qa, lo, hi, method)
-    it = _integral(lt, qt, lo, hi, method)
-    return (it - ia) / (hi - lo)
+    return _mean_gap(anchor_rates, anchor_quality, test_rates, test_quality, method, "rate")
 
 
 def bd_psnr(

@@ -68,8 +68,12 @@ def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, it
         hi = sim_masked.amax(-1)
         n = valid.sum(-1).clamp_min(1)
         theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
+    # counts m_i: the comparison is written as 0/1 floats into one reused buffer and
+    # summed (exact below 2^24), about 2x faster on a CPU than summing a bool tensor,
+    # which converts it to int64 first
+    hits = torch.empty_like(sim_masked)
     for _ in range(iters):
-        m = (sim_masked >= theta.unsqueeze(-1)).sum(-1)
+        m = torch.ge(sim_masked, theta.unsqueeze(-1), out=hits).sum(-1)
         over = m > target
         lo = torch.where(over, theta, lo)
         hi = torch.where(over, hi, theta)

@@ -70,7 +70,24 @@ def _stage_blocks(kind: str, channels: int, depth: int, mlp_ratio: float, gfa: D
     raise ValueError(f"block must be one of {BLOCK_KINDS}, got {kind!r}")
 
 
-class GLICAnalysis(nn.Module):
+class _StagedTransform(nn.Module):
+    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``aux``."""
+
+    resample: nn.ModuleList
+    blocks: nn.ModuleList
+    aux: Optional[nn.ModuleList]
+
+    def forward(self, x: Tensor) -> Tensor:
+        aux = x
+        for i, (resample, blocks) in enumerate(zip(self.resample, self.blocks)):
+            x = blocks(resample(x))
+            if self.aux is not None:
+                aux = self.aux[i](aux)
+                x = x + aux
+        return x
+
+
+class GLICAnalysis(_StagedTransform):
     """GLIC analysis transform ``g_a``: ``(B, 3, H, W) -> (B, C4, H/16, W/16)``.
 
     Stage ``i`` = stride-2 conv, then its blocks, then (with ``wavelet``) the
@@ -101,17 +118,12 @@ class GLICAnalysis(nn.Module):
         )
         self.aux = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        aux = x
-        for i in range(4):
-            x = self.blocks[i](self.down[i](x))
-            if self.aux is not None:
-                aux = self.aux[i](aux)
-                x = x + aux
-        return x
+    @property
+    def resample(self) -> nn.ModuleList:
+        return self.down
 
 
-class GLICSynthesis(nn.Module):
+class GLICSynthesis(_StagedTransform):
     """GLIC synthesis transform ``g_s``: ``(B, C4, h, w) -> (B, 3, 16h, 16w)``, mirror of :class:`GLICAnalysis`.
 
     Up-sampling is CompressAI's ``subpel_conv3x3`` (3x3 conv + PixelShuffle(2));
@@ -141,14 +153,9 @@ class GLICSynthesis(nn.Module):
         )
         self.aux = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        aux = x
-        for i in range(4):
-            x = self.blocks[i](self.up[i](x))
-            if self.aux is not None:
-                aux = self.aux[i](aux)
-                x = x + aux
-        return x
+    @property
+    def resample(self) -> nn.ModuleList:
+        return self.up
 
 
 class GLIC(PaddedCompressionModel):
