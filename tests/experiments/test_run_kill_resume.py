@@ -1,0 +1,97 @@
+"""A training job killed with SIGKILL mid-run resumes to the same weights as an uninterrupted one.
+
+Unlike ``--stop-after`` (a clean stop), the killed process may have logged steps past its
+last checkpoint and may be killed while writing; ``--resume`` must still continue exactly.
+"""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 24
+
+
+def _cmd(train, test, out, *extra):
+    return [sys.executable, str(REPO / "experiments" / "run.py"), "--model", "glic", "--size", "tiny",
+            "--steps", str(STEPS), "--batch-size", "1", "--patch-size", "64", "--lambdas", "0.01",
+            "--data-train", str(train), "--data-test", str(test), "--out", str(out), "--no-progress",
+            "--threads", "1", "--device", "cpu", "--save-every", "3", "--eval-every", "100", *extra]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _latest(job):
+    return job / "lambda-0.01" / "checkpoints" / "latest.pt"
+
+
+def _saved_step(path):
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except Exception:  # not there yet (atomic writes: never a partial file)
+        return 0
+
+
+def _logged(run):
+    """Last step in ``run/log.csv`` (0 when none)."""
+    try:
+        with open(run / "log.csv") as fh:
+            steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("step", "").isdigit()]
+    except OSError:
+        return 0
+    return steps[-1] if steps else 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs):
+    train, test = data_dirs
+    straight = subprocess.run(_cmd(train, test, tmp_path / "a"), env=_env(), capture_output=True, text=True,
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    job_a = Path(re.search(r"run folder: (.+)$", straight.stdout, re.M).group(1).strip())
+
+    proc = subprocess.Popen(_cmd(train, test, tmp_path / "b"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            jobs = list((tmp_path / "b").glob("*/lambda-0.01"))
+            # kill between two checkpoints, once steps past the last one are logged
+            if jobs and _logged(jobs[0]) % 3 and _saved_step(_latest(jobs[0].parent)) >= 3:
+                break
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    job_b = jobs[0].parent
+    killed_at = _saved_step(_latest(job_b))
+    assert 3 <= killed_at < _logged(job_b / "lambda-0.01") < STEPS  # the log ran ahead of the checkpoint
+
+    resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--resume", str(job_b),
+                              "--no-progress", "--threads", "1"], env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(_latest(job_a), weights_only=True)
+    b = torch.load(_latest(job_b), weights_only=True)
+    assert a["step"] == b["step"] == STEPS
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    with open(job_b / "lambda-0.01" / "log.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, STEPS + 1))
+    assert (job_b / "results" / "glic-tiny.json").is_file()
