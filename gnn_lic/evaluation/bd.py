@@ -294,7 +294,9 @@ def bd_table(
     itself is listed with zeros. A curve of a single point (one trained rate) gets the
     single-point limits instead, :func:`point_rate_difference` and
     :func:`point_quality_difference` (rate difference at equal quality, quality difference
-    at equal rate), and ``"single_point": True``.
+    at equal rate), and ``"single_point": True``; when only one of the two exists (the
+    point's quality or its rate lies outside the anchor's range), the other is NaN and
+    ``"note"`` says why.
     """
     _check_method(method)
     if anchor_name not in curves:
@@ -311,8 +313,16 @@ def bd_table(
             tq = get_metric(doc, metric)
             if tr.size == 1 and name != anchor_name:
                 row["single_point"] = True
-                row["bd_rate"] = point_rate_difference(ar, aq, float(tr[0]), float(tq[0]))
-                row["bd_quality"] = point_quality_difference(ar, aq, float(tr[0]), float(tq[0]))
+                missing = []  # either limit may exist alone: the point's rate or its quality
+                for key, point_difference in (("bd_rate", point_rate_difference),
+                                              ("bd_quality", point_quality_difference)):
+                    try:
+                        row[key] = point_difference(ar, aq, float(tr[0]), float(tq[0]))
+                    except ValueError as e:
+                        missing.append(str(e))
+                if len(missing) == 2:
+                    raise ValueError("; ".join(missing))
+                row["note"] = missing[0] if missing else None
             else:
                 row["bd_rate"] = bd_rate(ar, aq, tr, tq, method)
                 row["bd_quality"] = bd_quality(ar, aq, tr, tq, method)
@@ -338,8 +348,11 @@ def format_bd_table(
         if row.get("error"):
             lines.append(f"{name:<{width}}  {'n/a':>12}  {'n/a':>16}  {row['n_points']:>6}  ({row['error']})")
         else:
-            lines.append(
-                f"{name:<{width}}  {row['bd_rate']:>12.2f}  {row['bd_quality']:>16.3f}  {row['n_points']:>6}"
-                + ("  (one point: difference at equal quality / rate)" if row.get("single_point") else "")
-            )
+            rate = f"{row['bd_rate']:.2f}" if math.isfinite(row["bd_rate"]) else "n/a"
+            quality = f"{row['bd_quality']:.3f}" if math.isfinite(row["bd_quality"]) else "n/a"
+            note = ""
+            if row.get("single_point"):
+                note = "  (one point: difference at equal quality / rate" + (
+                    f"; {row['note']})" if row.get("note") else ")")
+            lines.append(f"{name:<{width}}  {rate:>12}  {quality:>16}  {row['n_points']:>6}{note}")
     return "\n".join(lines)

@@ -201,3 +201,21 @@ def test_bd_table_single_point_curve():
     t = bd_table({"a": anchor, "m": one}, "a")
     assert t["m"]["single_point"] and t["m"]["bd_rate"] == pytest.approx(-20.0)
     assert t["a"]["bd_rate"] == pytest.approx(0.0)
+
+
+def test_bd_table_single_point_with_only_one_limit():
+    from gnn_lic.evaluation import bd_table, format_bd_table
+    from gnn_lic.evaluation.bd import point_quality_difference
+
+    anchor = {"name": "a", "results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [27.0, 29.5, 32.0, 34.0]}}
+    low = {"name": "m", "results": {"bpp": [0.3], "psnr-rgb": [25.0]}}  # rate inside, quality below
+    far = {"name": "f", "results": {"bpp": [5.0], "psnr-rgb": [20.0]}}  # neither inside
+    t = bd_table({"a": anchor, "m": low, "f": far}, "a")
+    assert np.isnan(t["m"]["bd_rate"]) and t["m"]["error"] is None and "quality" in t["m"]["note"]
+    assert t["m"]["bd_quality"] == pytest.approx(point_quality_difference([0.1, 0.2, 0.4, 0.8],
+                                                                          [27.0, 29.5, 32.0, 34.0], 0.3, 25.0))
+    assert t["m"]["bd_quality"] < -5
+    assert t["f"]["error"] and "rate" in t["f"]["error"] and "quality" in t["f"]["error"]
+    text = format_bd_table(t, "a")
+    row = next(line for line in text.splitlines() if line.startswith("m "))
+    assert "n/a" in row and f"{t['m']['bd_quality']:.3f}" in row
