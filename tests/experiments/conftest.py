@@ -1,6 +1,7 @@
 """Fixtures for experiments/run.py tests: the script as a module and tiny image folders."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,12 @@ def tiny_args(tmp_path, data_dirs):
     return ["--model", "glic", "--size", "tiny", "--steps", "2", "--batch-size", "2", "--patch-size", "64",
             "--lambdas", "0.01", "--data-train", str(train), "--data-test", str(test), "--out", str(tmp_path / "runs"),
             "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture
+def job_env():
+    """Environment for an ``experiments/run.py`` subprocess: 1 thread, no inherited torchrun variables."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env

@@ -5,7 +5,6 @@ last checkpoint and may be killed while writing; ``--resume`` must still continu
 """
 
 import csv
-import os
 import re
 import signal
 import subprocess
@@ -25,13 +24,6 @@ def _cmd(train, test, out, *extra):
             "--steps", str(STEPS), "--batch-size", "1", "--patch-size", "64", "--lambdas", "0.01",
             "--data-train", str(train), "--data-test", str(test), "--out", str(out), "--no-progress",
             "--threads", "1", "--device", "cpu", "--save-every", "3", "--eval-every", "100", *extra]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def _latest(job):
@@ -56,15 +48,15 @@ def _logged(run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs, job_env):
     train, test = data_dirs
-    straight = subprocess.run(_cmd(train, test, tmp_path / "a"), env=_env(), capture_output=True, text=True,
+    straight = subprocess.run(_cmd(train, test, tmp_path / "a"), env=job_env, capture_output=True, text=True,
                               timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
     job_a = Path(re.search(r"run folder: (.+)$", straight.stdout, re.M).group(1).strip())
 
-    proc = subprocess.Popen(_cmd(train, test, tmp_path / "b"), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(_cmd(train, test, tmp_path / "b"), env=job_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     try:
         while True:
@@ -84,7 +76,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs):
     assert 3 <= killed_at < _logged(job_b / "lambda-0.01") < STEPS  # the log ran ahead of the checkpoint
 
     resumed = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "--resume", str(job_b),
-                              "--no-progress", "--threads", "1"], env=_env(), capture_output=True, text=True,
+                              "--no-progress", "--threads", "1"], env=job_env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(_latest(job_a), weights_only=True)

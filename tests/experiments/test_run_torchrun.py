@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,16 +13,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path, data_dirs):
+def test_torchrun_two_processes(tmp_path, data_dirs, job_env):
     train, test = data_dirs
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "experiments" / "run.py"), "--model", "glic", "--size", "tiny", "--steps", "2",
            "--batch-size", "1", "--patch-size", "64", "--lambdas", "0.01", "--data-train", str(train),
            "--data-test", str(test), "--out", str(tmp_path / "runs"), "--no-progress", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=job_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folders = re.findall(r"run folder: (.+)$", proc.stdout, re.M)
     assert len(folders) == 1, proc.stdout  # rank 0 alone reports

@@ -10,11 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import gnn_lic.__main__ as cli
 from gnn_lic.codec import inspect_stream, model_fingerprint, read_image
+from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model
 from gnn_lic.models.pretrained import available_pretrained, weights_dir
 from gnn_lic.training.data import skimage_data_dir
@@ -43,11 +43,6 @@ def test_record_matches_file(key):
     assert len(res["bpp"]) == len(res["psnr-rgb"]) >= 1 and res["psnr-rgb"][0] > 20
 
 
-def _psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255**2 / mse)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("key", SHIPPED)
 def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
@@ -64,4 +59,4 @@ def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
     assert rec.shape == img.shape
     bpp = 8 * stream.stat().st_size / (img.shape[0] * img.shape[1])
     # trained at lambda = 0.013: untrained small models give 7-8 dB on kodim23, the shipped ones 21.96 (glic) and more
-    assert 0.05 < bpp < 2.0 and _psnr(rec, img) > 18.0, (bpp, _psnr(rec, img))
+    assert 0.05 < bpp < 2.0 and psnr(rec, img) > 18.0, (bpp, psnr(rec, img))
