@@ -16,8 +16,9 @@ slope of time against N. It then compares the aggregation paths (per-edge
 gather/scatter, sparse SDDMM/SpMM, dense grouped attention over candidate
 blocks) side by side, and reports graph construction as a share of a GFA
 block's forward at the paper setting (graphs built once per block and shared by
-its five layers). Each configuration runs in a fresh subprocess so that peak
-memory is its own.
+its five layers), with and without the compiled row loops of
+:mod:`gnn_lic.graph._rowkernels`. Each configuration runs in a fresh subprocess
+so that peak memory is its own.
 """
 
 from __future__ import annotations
@@ -140,15 +141,22 @@ def _paths(size: int, channels: int, degree: int) -> Dict:
 
 
 def _gfa_share(h: int, w: int, ratio: float) -> Dict:
+    from gnn_lic.graph import _rowkernels  # noqa: PLC0415
     from gnn_lic.nn import GFABlock  # noqa: PLC0415
 
     torch.manual_seed(0)
     block = GFABlock(192, depth=5, mlp_ratio=ratio, local_window=8, global_grid=16, avg_degree=64, iters=5)
     x = torch.randn(1, 192, h, w)
+    compiled = _rowkernels.enabled(x)
     with torch.no_grad():
         t_block = _timeit(lambda: block(x), repeat=2)
-        t_graph = _timeit(lambda: block.build_graphs(x), repeat=2)
-    return {"map": f"{h}x{w}", "block_s": t_block, "graphs_s": t_graph, "share": t_graph / t_block}
+        t_graph = _timeit(lambda: block.build_graphs(x), repeat=3)
+        # the same graphs without the compiled row loops (pure PyTorch), side by side
+        previous = _rowkernels.set_enabled(False)
+        t_torch = _timeit(lambda: block.build_graphs(x), repeat=3)
+        _rowkernels.set_enabled(previous)
+    return {"map": f"{h}x{w}", "block_s": t_block, "graphs_s": t_graph, "share": t_graph / t_block,
+            "compiled": compiled, "graphs_torch_s": t_torch, "share_torch": t_torch / t_block}
 
 
 #: the authors' code on this 2-core CPU (see the developers' brief): seconds and GB
@@ -179,7 +187,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
     params = sum(p.numel() for p in net.parameters())
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     graph_time = [0.0]
-    real_build = blocks.build_graph
+    real_build = blocks.build_graphs
 
     def timed_build(*a, **k):
         t = time.perf_counter()
@@ -187,7 +195,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
         graph_time[0] += time.perf_counter() - t
         return out
 
-    blocks.build_graph = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
+    blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
     base = _status("VmRSS")
     with torch.no_grad():
         fwd, share = [], []
@@ -197,7 +205,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
             net(x)
             fwd.append(time.perf_counter() - t)
             share.append(graph_time[0] / fwd[-1])
-    blocks.build_graph = real_build
+    blocks.build_graphs = real_build
     enc, dec = [], []
     for _ in range(runs):
         t = time.perf_counter()
@@ -307,7 +315,10 @@ def bench_graph(quick: bool = False, threads: Optional[int] = None) -> Dict:
     for h, w, ratio in maps:
         r = _child("share", [h, w, ratio])
         shares.append(r)
-        print(f"map {r['map']:8} (mlp ratio {ratio}): block {r['block_s']:.3f} s, graphs {r['graphs_s']:.3f} s, share {100 * r['share']:.1f}% (target <= 5%)")
+        path = "compiled row loops" if r["compiled"] else "pure PyTorch (numba missing or off)"
+        print(f"map {r['map']:8} (mlp ratio {ratio}): block {r['block_s']:.3f} s, graphs {r['graphs_s']:.3f} s, "
+              f"share {100 * r['share']:.1f}% (target <= 5%; {path})")
+        print(f"{'':14} pure PyTorch construction: graphs {r['graphs_torch_s']:.3f} s, share {100 * r['share_torch']:.1f}%")
     return {"configs": rows, "paths": path_rows, "gfa_share": shares}
 
 

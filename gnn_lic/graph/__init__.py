@@ -2,7 +2,9 @@
 
 Every model variant builds its graphs here: a :class:`CandidateSet` says *where
 to connect* (GLIC Sec. 3.3.1), a :class:`Selector` *how much* (Sec. 3.3.2-3.3.3),
-and :func:`build_graph` returns a PyTorch Geometric ``edge_index``.
+and :func:`build_graph` returns a PyTorch Geometric ``edge_index``
+(:func:`build_graphs`: several graphs of one map as :class:`CSRGraph` s, sharing
+the normalised features and scores).
 
 >>> import torch
 >>> from gnn_lic.graph import build_graph, LocalWindow, GlobalGrid, WindowPartition, AdaptiveDegree, TopK
@@ -13,7 +15,17 @@ and :func:`build_graph` returns a PyTorch Geometric ``edge_index``.
 torch.Size([2, 2304])
 """
 
-from gnn_lic.graph.build import Candidates, GraphInfo, build_graph, candidate_similarity, candidates, to_data
+from gnn_lic.graph.build import (
+    Candidates,
+    GraphInfo,
+    build_graph,
+    build_graphs,
+    candidate_similarity,
+    candidates,
+    row_similarity,
+    to_data,
+    unit_features,
+)
 from gnn_lic.graph.candidates import AxisLayout, CandidateSet, GlobalGrid, LocalWindow, WindowPartition
 from gnn_lic.graph.scores import (
     SCORES,
@@ -24,22 +36,26 @@ from gnn_lic.graph.scores import (
     rms_gradient,
     sobel_gradients,
 )
-from gnn_lic.graph.selectors import AdaptiveDegree, KeepAll, Selector, TopK, bisection_threshold
+from gnn_lic.graph.selectors import AdaptiveDegree, KeepAll, Selection, Selector, TopK, bisection_threshold
 from gnn_lic.graph.sparse import CSRGraph
 
 __all__ = [
     "build_graph",
+    "build_graphs",
     "to_data",
     "GraphInfo",
     "Candidates",
     "candidates",
     "candidate_similarity",
+    "unit_features",
+    "row_similarity",
     "CandidateSet",
     "AxisLayout",
     "LocalWindow",
     "GlobalGrid",
     "WindowPartition",
     "Selector",
+    "Selection",
     "AdaptiveDegree",
     "TopK",
     "KeepAll",

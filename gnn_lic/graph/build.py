@@ -2,52 +2,105 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections import OrderedDict
-from typing import Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from gnn_lic.graph import _rowkernels
 from gnn_lic.graph.candidates import AxisLayout, CandidateSet
 from gnn_lic.graph.selectors import Selector
+from gnn_lic.graph.sparse import CSRGraph
 
-__all__ = ["build_graph", "GraphInfo", "Candidates", "candidates", "candidate_similarity", "to_data"]
+__all__ = [
+    "build_graph",
+    "build_graphs",
+    "GraphInfo",
+    "Candidates",
+    "candidates",
+    "unit_features",
+    "row_similarity",
+    "candidate_similarity",
+    "to_data",
+]
 
 
 @dataclass
 class Candidates:
-    """Per-node candidate sets of one ``H x W`` map (node ids local to an image).
+    """Candidate sets of every node of an ``H x W`` map (node ids local to an image).
+
+    Similarities are computed block by block (one matrix product per block of
+    the candidate layout), so rows come in *block order*: row ``r`` belongs to
+    node ``rows[r]`` (``-1`` for the padding rows of partial blocks).
 
     Attributes:
-        index: ``(N, K)`` candidate node ids ``u*W + v``, rows in node order.
-        valid: ``(N, K)`` bool, which entries are real candidates.
         query: ``(num_blocks, Q)`` node ids of each block's members (``-1`` = padding).
         key: ``(num_blocks, Kb)`` node ids of each block's keys (``-1`` = padding).
         cand: ``(num_blocks, Q, K)`` index of each member's candidates in ``key``,
             or ``None`` (all keys).
-        row_of_node: ``(N,)`` position of each node in ``query.flatten()``.
+        rows: ``(R,)`` node id of each similarity row, ``R = num_blocks * Q``.
+        row_of_node: ``(N,)`` row of each node.
+        valid_rows: ``(R, K)`` bool, which entries are real candidates (padding
+            rows have none).
+
+    The ``(R, K)`` and ``(N, K)`` id tables (:attr:`index_rows`, :attr:`index`)
+    are made on first use only: the compiled construction path reads ids from
+    ``key`` and ``cand`` and never needs them.
     """
 
-    index: Tensor
-    valid: Tensor
     query: Tensor
     key: Tensor
     cand: Optional[Tensor]
+    rows: Tensor
     row_of_node: Tensor
+    valid_rows: Tensor
+
+    def __post_init__(self):
+        real = self.rows >= 0
+        #: every real row has all ``K`` candidates
+        self.full = bool(self.valid_rows[real].all())
+        #: queries and keys are the same nodes (one gather serves both)
+        self.shared_keys = self.cand is None and torch.equal(self.query, self.key)
+        # rows of unit_features(): padding ids (-1) point at its zero row N
+        N = self.row_of_node.numel()
+        self.query_rows = torch.where(self.query < 0, N, self.query).flatten()
+        self.key_rows = torch.where(self.key < 0, N, self.key).flatten()
+        self._derived: Dict[str, Tensor] = {}
+
+    def _cached(self, name: str, make) -> Tensor:
+        if name not in self._derived:
+            self._derived[name] = make()
+        return self._derived[name]
 
     @property
-    def full(self) -> bool:
-        """Whether every entry of ``index`` is a real candidate."""
-        if not hasattr(self, "_full"):
-            self._full = bool(self.valid.all())
-        return self._full
+    def index_rows(self) -> Tensor:
+        """``(R, K)`` candidate node ids of each row (``0`` where invalid)."""
+        return self._cached("index_rows", lambda: _candidate_ids(self.key, self.cand, self.query.shape[1]).clamp_min(0))
+
+    @property
+    def index(self) -> Tensor:
+        """``(N, K)`` candidate node ids ``u*W + v`` in node order (``0`` where invalid)."""
+        return self._cached("index", lambda: self.index_rows[self.row_of_node])
+
+    @property
+    def valid(self) -> Tensor:
+        """``(N, K)`` bool, which entries of :attr:`index` are real candidates."""
+        return self._cached("valid", lambda: self.valid_rows[self.row_of_node])
 
     @property
     def num_candidates(self) -> Tensor:
         """``(N,)`` true candidate counts ``n_i``."""
-        return self.valid.sum(-1)
+        return self._cached("n", lambda: self.valid_rows.sum(-1)[self.row_of_node])
+
+    def without_self_loops(self) -> Tuple[Tensor, Tensor]:
+        """``valid_rows`` without the entries ``j = i``, and the node-order counts."""
+        if "valid_noloop" not in self._derived:
+            valid = self.valid_rows & (self.index_rows != self.rows[:, None])
+            self._derived["valid_noloop"] = valid
+            self._derived["n_noloop"] = valid[self.row_of_node].sum(-1)
+        return self._derived["valid_noloop"], self._derived["n_noloop"]
 
 
 def _combine(rows: AxisLayout, cols: AxisLayout, W: int):
@@ -83,13 +136,15 @@ def _make_candidates(cset: CandidateSet, H: int, W: int, device) -> Candidates:
     real = flat >= 0
     row_of_node = torch.empty(H * W, dtype=torch.long, device=query.device)
     row_of_node[flat[real]] = torch.nonzero(real).flatten()
+    valid = (_candidate_ids(key, cand, query.shape[1]) >= 0) & real[:, None]
+    return Candidates(query, key, cand, flat, row_of_node, valid)
+
+
+def _candidate_ids(key: Tensor, cand: Optional[Tensor], Q: int) -> Tensor:
+    """``(R, K)`` candidate node ids of every row (``-1`` = padding key)."""
     if cand is None:
-        index = key.unsqueeze(1).expand(-1, query.shape[1], -1)
-    else:
-        index = key.gather(1, cand.flatten(1)).view_as(cand)
-    index = index.reshape(-1, index.shape[-1])[row_of_node]
-    valid = index >= 0
-    return Candidates(index.clamp_min(0), valid, query, key, cand, row_of_node)
+        return key.unsqueeze(1).expand(-1, Q, -1).reshape(-1, key.shape[1])
+    return key.gather(1, cand.flatten(1)).view(-1, cand.shape[-1])
 
 
 def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
@@ -108,25 +163,68 @@ def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
     return hit
 
 
-def candidate_similarity(x: Tensor, cands: Candidates, eps: float = 1e-12, mask: bool = True) -> Tensor:
-    r"""Cosine similarity to every candidate, GLIC eq. (7), as ``(B, N, K)``.
+def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
+    r"""L2-normalised node features ``(B, N + 1, C)`` of a map, row ``N`` all zero.
 
-    .. math:: S_{ij} = \frac{\langle x_i, x_j \rangle}{\|x_i\|_2 \|x_j\|_2}
-
-    Computed block by block as one batched matrix product of the L2-normalised
-    features (a zero vector has similarity 0 to everything). Entries of invalid
-    candidates are 0 (unspecified with ``mask=False``).
+    Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``); the
+    zero row ``N`` stands for padding ids (``-1``). Computed once per map and
+    shared by every graph built from it (:func:`build_graphs`).
     """
     B, C, H, W = x.shape
     N = H * W
-    xn = F.normalize(x.reshape(B, C, N).transpose(1, 2), dim=-1, eps=eps)  # (B, N, C)
-    xn = torch.cat([xn, xn.new_zeros(B, 1, C)], 1)  # row N = padding (-1 ids)
-    q = xn[:, cands.query]  # (B, nb, Q, C)
-    k = xn[:, cands.key]  # (B, nb, Kb, C)
-    s = q @ k.transpose(-1, -2)  # (B, nb, Q, Kb)
-    if cands.cand is not None:
-        s = s.gather(-1, cands.cand.expand(B, -1, -1, -1))
-    s = s.reshape(B, -1, s.shape[-1])[:, cands.row_of_node]
+    xn = x.new_empty(B, N + 1, C)
+    xn[:, N].zero_()
+    body = xn[:, :N]
+    body.copy_(x.detach().reshape(B, C, N).transpose(1, 2))
+    body.div_(torch.linalg.vector_norm(body, dim=-1, keepdim=True).clamp_min_(eps))
+    return xn
+
+
+#: bytes of temporaries per chunk of blocks in :func:`row_similarity` on a CPU
+#: (cache-sized, so the per-block products never leave the cache)
+SIMILARITY_CHUNK_BYTES = 4 << 20
+
+
+def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
+    r"""Cosine similarities, GLIC eq. (7), as ``(B, R, K)`` rows in block order.
+
+    .. math:: S_{ij} = \frac{\langle x_i, x_j \rangle}{\|x_i\|_2 \|x_j\|_2}
+
+    One matrix product of the normalised features per block of the candidate
+    layout (dense BLAS), run over cache-sized chunks of blocks on a CPU; entries
+    that are not candidates are unspecified. ``xn`` comes from :func:`unit_features`.
+    """
+    B, _, C = xn.shape
+    nb, Q = cands.query.shape
+    Kb = cands.key.shape[1]
+    K = Kb if cands.cand is None else cands.cand.shape[-1]
+    out = xn.new_empty(B, nb * Q, K)
+    qr, kr = cands.query_rows.view(nb, Q), cands.key_rows.view(nb, Kb)
+    step = nb
+    if xn.device.type == "cpu":
+        per_block = (Q * C + (0 if cands.shared_keys else Kb * C) + Q * Kb) * xn.element_size()
+        step = max(1, SIMILARITY_CHUNK_BYTES // per_block)
+    for b in range(B):
+        for s0 in range(0, nb, step):
+            s1 = min(nb, s0 + step)
+            # index_select copies whole rows: about 2x faster than advanced indexing
+            q = xn[b].index_select(0, qr[s0:s1].flatten()).view(s1 - s0, Q, C)
+            k = q if cands.shared_keys else xn[b].index_select(0, kr[s0:s1].flatten()).view(s1 - s0, Kb, C)
+            dst = out[b, s0 * Q : s1 * Q].view(s1 - s0, Q, K)
+            if cands.cand is None:
+                torch.bmm(q, k.transpose(1, 2), out=dst)
+            else:
+                torch.gather(torch.bmm(q, k.transpose(1, 2)), 2, cands.cand[s0:s1], out=dst)
+    return out
+
+
+def candidate_similarity(x: Tensor, cands: Candidates, eps: float = 1e-12, mask: bool = True) -> Tensor:
+    r"""Cosine similarity to every candidate, GLIC eq. (7), as ``(B, N, K)`` in node order.
+
+    A zero vector has similarity 0 to everything. Entries of invalid candidates
+    are 0 (unspecified with ``mask=False``).
+    """
+    s = row_similarity(unit_features(x, eps), cands)[:, cands.row_of_node]
     return s.masked_fill_(~cands.valid, 0) if mask else s
 
 
@@ -151,6 +249,117 @@ class GraphInfo:
     target_degree: Optional[Tensor] = None
     threshold: Optional[Tensor] = None
     candidates: Optional[Candidates] = None
+
+
+def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, scores: Optional[Tensor],
+               return_info: bool) -> Tuple[CSRGraph, Optional[GraphInfo]]:
+    """One graph of a map whose normalised features ``xn`` are already computed."""
+    B, C, H, W = x.shape
+    N = H * W
+    cands = candidates(cset, H, W, x.device)
+    valid, n = cands.valid_rows, cands.num_candidates  # n_i in node order
+    full = cands.full
+    if not selector.self_loops:
+        valid, n = cands.without_self_loops()
+        full = False
+    sim = row_similarity(xn, cands)  # (B, R, K)
+    sel = selector.select(sim, None if full else valid.expand(B, -1, -1), x, cands=cands, num_candidates=n,
+                          scores=scores)
+    K = sim.shape[-1]
+    if sel.keep is None and sel.degree is not None and _rowkernels.enabled(sim):
+        # threshold rule, compiled: columns written straight from the rows
+        degree = sel.degree[:, cands.row_of_node].reshape(-1)
+        crow = _crow(degree)
+        masked = sim if sel.masked_sim is None else sel.masked_sim
+        col, row = _rowkernels.fill_columns(masked.reshape(-1, K), sel.threshold.reshape(-1), cands.key,
+                                            cands.cand, cands.row_of_node, crow)
+    else:
+        keep = sel.keep
+        if keep is None:
+            keep = sim >= sel.threshold.unsqueeze(-1)
+            if not full:
+                keep &= valid
+        keep = keep[:, cands.row_of_node]  # (B, N, K), node order
+        degree = keep.sum(-1).reshape(-1)
+        crow = _crow(degree)
+        flat = keep.reshape(-1).nonzero().squeeze(1)  # in target order, then candidate order
+        if B == 1:
+            col = cands.index.reshape(-1)[flat]
+        else:
+            col = cands.index.reshape(-1)[flat % (N * K)] + flat // (N * K) * N
+        row = torch.repeat_interleave(degree, output_size=col.numel())
+    graph = CSRGraph(crow, col, row, B * N)
+    if not return_info:
+        return graph, None
+
+    def as_map(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.reshape(B, H, W)
+
+    info = GraphInfo(
+        num_candidates=n.expand(B, -1).reshape(B, H, W),
+        degree=degree.reshape(B, H, W),
+        scores=as_map(sel.info.get("scores")),
+        quota=as_map(sel.info.get("quota")),
+        target_degree=as_map(sel.info.get("target_degree")),
+        threshold=as_map(sel.info.get("threshold")),
+        candidates=cands,
+    )
+    return graph, info
+
+
+def _crow(degree: Tensor) -> Tensor:
+    crow = degree.new_zeros(degree.numel() + 1)
+    torch.cumsum(degree, 0, out=crow[1:])
+    return crow
+
+
+def _check_map(x: Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected a feature map of shape (B, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point feature map, got {x.dtype}")
+    if x.shape[1] < 1:
+        raise ValueError(f"feature map has no channels: {tuple(x.shape)}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"feature map must be at least 1x1, got {x.shape[2]}x{x.shape[3]}")
+
+
+@torch.no_grad()
+def build_graphs(
+    x: Tensor,
+    candidate_sets: Mapping[str, CandidateSet],
+    selector: Selector,
+    *,
+    scores: Optional[Tensor] = None,
+    return_info: bool = False,
+) -> Union[Dict[str, CSRGraph], Tuple[Dict[str, CSRGraph], Dict[str, GraphInfo]]]:
+    r"""Several graphs of one feature map, as :class:`CSRGraph` s (what the layers consume).
+
+    The graphs of a GFA block (local and global) share the normalised features
+    and the complexity scores, which are computed once here. Each graph is the
+    one :func:`build_graph` returns for the same arguments, already in CSR form.
+
+    Args:
+        x (Tensor): feature map ``(B, C, H, W)``.
+        candidate_sets (Mapping[str, CandidateSet]): name -> candidate rule.
+        selector (Selector): selection rule shared by all graphs.
+        scores (Tensor, optional): precomputed ``(B, H, W)`` complexity scores.
+        return_info (bool): also return a :class:`GraphInfo` per graph.
+
+    Returns:
+        dict of :class:`CSRGraph` (and dict of :class:`GraphInfo`), keyed by name.
+    """
+    _check_map(x)
+    if x.shape[0] == 0:
+        raise ValueError("build_graphs needs a non-empty batch")
+    x = x.detach()
+    if scores is None:
+        scores = selector.prepare(x)
+    xn = unit_features(x)
+    graphs, infos = {}, {}
+    for name, cset in candidate_sets.items():
+        graphs[name], infos[name] = _build_one(xn, x, cset, selector, scores, return_info)
+    return (graphs, infos) if return_info else graphs
 
 
 @torch.no_grad()
@@ -191,47 +400,15 @@ def build_graph(
         >>> ei.shape[0], int(ei.max()) < 2 * 12 * 12
         (2, True)
     """
-    if x.dim() != 4:
-        raise ValueError(f"expected a feature map of shape (B, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point feature map, got {x.dtype}")
-    B, C, H, W = x.shape
-    if C < 1:
-        raise ValueError(f"feature map has no channels: {tuple(x.shape)}")
-    N = H * W
-    x = x.detach()
-    cands = candidates(candidate_set, H, W, x.device)
-    if B == 0:
-        empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
+    _check_map(x)
+    if x.shape[0] == 0:
         if return_info:
             raise ValueError("return_info needs a non-empty batch")
-        return empty
-    valid = cands.valid
-    if not selector.self_loops:
-        valid = valid & (cands.index != torch.arange(N, device=x.device)[:, None])
-    sim = candidate_similarity(x, cands, mask=not cands.full)
-    valid_b = None if (cands.full and selector.self_loops) else valid.expand(B, -1, -1)
-    keep, sel_info = selector.select(sim, valid_b, x, scores=scores)
-    b, i, k = keep.nonzero(as_tuple=True)
-    src = cands.index[i, k] + b * N
-    dst = i + b * N
-    edge_index = torch.stack([src, dst])
-    if not return_info:
-        return edge_index
-
-    def as_map(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else t.reshape(B, H, W)
-
-    info = GraphInfo(
-        num_candidates=valid.sum(-1).expand(B, -1).reshape(B, H, W),
-        degree=keep.sum(-1).reshape(B, H, W),
-        scores=as_map(sel_info.get("scores")),
-        quota=as_map(sel_info.get("quota")),
-        target_degree=as_map(sel_info.get("target_degree")),
-        threshold=as_map(sel_info.get("threshold")),
-        candidates=cands,
-    )
-    return edge_index, info
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    out = build_graphs(x, {"graph": candidate_set}, selector, scores=scores, return_info=return_info)
+    if return_info:
+        return out[0]["graph"].edge_index, out[1]["graph"]
+    return out["graph"].edge_index
 
 
 def to_data(x: Tensor, edge_index: Tensor):

@@ -45,10 +45,10 @@ def sobel_gradients(x: Tensor) -> Tensor:
     _check_map(x)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     dx = xp[..., :, 2:] - xp[..., :, :-2]  # horizontal central difference, (H+2, W)
-    sx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
-    sm = xp[..., :, :-2] + 2 * xp[..., :, 1:-1] + xp[..., :, 2:]  # horizontal smoothing
+    sx = torch.add(dx[..., :-2, :], dx[..., 1:-1, :], alpha=2).add_(dx[..., 2:, :])  # vertical [1, 2, 1]
+    sm = torch.add(xp[..., :, :-2], xp[..., :, 1:-1], alpha=2).add_(xp[..., :, 2:])  # horizontal [1, 2, 1]
     sy = sm[..., 2:, :] - sm[..., :-2, :]
-    return sx.square_().add_(sy.square_())
+    return sx.square_().addcmul_(sy, sy)
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def rms_gradient(x: Tensor) -> Tensor:
         >>> rms_gradient(torch.randn(2, 8, 5, 7)).shape
         torch.Size([2, 5, 7])
     """
-    return sobel_gradients(x).mean(1).sqrt()
+    return sobel_gradients(x).mean(1).sqrt_()
 
 
 @torch.no_grad()

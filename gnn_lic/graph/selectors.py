@@ -1,30 +1,67 @@
 """Selectors: which candidates become in-neighbours (GLIC Sec. 3.3.3, GABIC eq. 7).
 
-A selector sees, for every node ``i``, the cosine similarities ``S_ij`` to its
-candidates (a ``(B, N, K)`` tensor with a validity mask) and returns a boolean
-``(B, N, K)`` mask of the kept edges ``j -> i``.
+A selector sees the cosine similarities ``S_ij`` of every node ``i`` to its
+candidates (a ``(B, R, K)`` tensor of rows in the block order of
+:class:`~gnn_lic.graph.Candidates`, with a validity mask) and returns a
+:class:`Selection`: either a boolean mask of the kept edges ``j -> i`` or
+per-row thresholds (keep ``S_ij >= theta_i``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from gnn_lic.graph import _rowkernels
 from gnn_lic.graph.scores import SCORES, complexity_score, degree_quota
 
-__all__ = ["Selector", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold"]
+__all__ = ["Selector", "Selection", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold"]
+
+
+@dataclass
+class Selection:
+    """What a selector decided, for the ``(B, R, K)`` similarity rows it was given.
+
+    Attributes:
+        keep: ``(B, R, K)`` bool mask of kept edges, or ``None`` for a threshold rule.
+        threshold: ``(B, R)`` per-row thresholds: keep ``S_ij >= theta_i`` among
+            valid candidates (when ``keep`` is ``None``).
+        degree: ``(B, R)`` resulting in-degrees, when already counted.
+        masked_sim: the similarities with ``-inf`` at invalid entries, when made.
+        info: node-order ``(B, N)`` maps for :class:`~gnn_lic.graph.GraphInfo`
+            (``scores``, ``quota``, ``target_degree``, ``threshold``).
+    """
+
+    keep: Optional[Tensor] = None
+    threshold: Optional[Tensor] = None
+    degree: Optional[Tensor] = None
+    masked_sim: Optional[Tensor] = None
+    info: Dict[str, Tensor] = field(default_factory=dict)
 
 
 class Selector:
-    """Base class. ``select(sim, valid, x, scores)`` returns ``(keep (B, N, K) bool, info dict)``;
-    ``valid`` is ``None`` when every candidate is valid."""
+    """Base class of the rules deciding *how much to connect*.
+
+    ``select(sim, valid, x, cands=..., num_candidates=..., scores=...)`` gets the
+    similarity rows ``(B, R, K)`` (block order, see
+    :class:`~gnn_lic.graph.Candidates`), their validity mask (``None`` when every
+    candidate is valid), the feature map, the candidates, the node-order
+    candidate counts ``n_i`` ``(N,)`` and optional precomputed scores, and
+    returns a :class:`Selection`.
+    """
 
     #: whether the node itself may be its own neighbour
     self_loops: bool = True
 
-    def select(self, sim: Tensor, valid: Tensor, x: Tensor, scores: Optional[Tensor] = None):
+    def prepare(self, x: Tensor) -> Optional[Tensor]:
+        """Per-map data shared by all graphs built from ``x`` (e.g. complexity scores)."""
+        return None
+
+    def select(self, sim: Tensor, valid: Optional[Tensor], x: Tensor, *, cands, num_candidates: Tensor,
+               scores: Optional[Tensor] = None) -> Selection:
         raise NotImplementedError  # pragma: no cover
 
     def __repr__(self) -> str:
@@ -57,6 +94,13 @@ def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, it
     Returns:
         Tensor: thresholds :math:`\theta_i` of shape ``(...)``.
     """
+    return _bisection(sim, valid, target, iters)[0]
+
+
+def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int
+               ) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    """:func:`bisection_threshold`, also returning the final degrees (when counted)
+    and the similarities with ``-inf`` at invalid entries."""
     if valid is None:
         lo, hi = sim.amin(-1), sim.amax(-1)
         theta = torch.minimum(sim.mean(-1), hi)
@@ -68,6 +112,13 @@ def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, it
         hi = sim_masked.amax(-1)
         n = valid.sum(-1).clamp_min(1)
         theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
+    target = target.expand(theta.shape)
+    if _rowkernels.enabled(sim, target) and sim.numel() > 0:
+        K = sim.shape[-1]
+        theta = theta.contiguous()
+        degree = _rowkernels.bisect_rows(sim_masked.reshape(-1, K), theta.view(-1), lo.reshape(-1), hi.reshape(-1),
+                                         target.reshape(-1), iters)
+        return theta, degree.view(theta.shape), sim_masked
     # counts m_i: the comparison is written as 0/1 floats into one reused buffer and
     # summed (exact below 2^24), about 2x faster on a CPU than summing a bool tensor,
     # which converts it to int64 first
@@ -78,7 +129,7 @@ def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, it
         lo = torch.where(over, theta, lo)
         hi = torch.where(over, hi, theta)
         theta = (lo + hi) / 2
-    return theta
+    return theta, None, sim_masked
 
 
 class AdaptiveDegree(Selector):
@@ -109,19 +160,19 @@ class AdaptiveDegree(Selector):
         self.score = score
         self.iters = int(iters)
 
-    def select(self, sim, valid, x, scores=None):
-        B, N, K = sim.shape
+    def prepare(self, x: Tensor) -> Tensor:
+        return complexity_score(x, self.score)
+
+    def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
+        B = sim.shape[0]
         if scores is None:
-            scores = complexity_score(x, self.score)
-        scores = scores.reshape(B, N).to(sim.dtype)
-        n = valid.sum(-1) if valid is not None else torch.full((N,), K, device=sim.device)
-        quota, target = degree_quota(scores, self.avg_degree, n)
-        theta = bisection_threshold(sim, valid, target, self.iters)
-        keep = sim >= theta.unsqueeze(-1)
-        if valid is not None:
-            keep &= valid
-        info: Dict[str, Tensor] = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta}
-        return keep, info
+            scores = self.prepare(x)
+        scores = scores.reshape(B, -1).to(sim.dtype)
+        quota, target = degree_quota(scores, self.avg_degree, num_candidates)  # node order
+        # rows in block order; padding rows borrow node 0's target and are dropped later
+        theta, degree, masked = _bisection(sim, valid, target[:, cands.rows.clamp_min(0)], self.iters)
+        info = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta[:, cands.row_of_node]}
+        return Selection(threshold=theta, degree=degree, masked_sim=masked, info=info)
 
 
 class TopK(Selector):
@@ -146,7 +197,7 @@ class TopK(Selector):
     def self_loops(self) -> bool:
         return self.loop
 
-    def select(self, sim, valid, x, scores=None):
+    def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
         K = sim.shape[-1]
         k = min(self.k, K)
         if valid is not None:
@@ -155,7 +206,7 @@ class TopK(Selector):
         order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :k]
         keep = torch.zeros(sim.shape, dtype=torch.bool, device=sim.device)
         keep.scatter_(-1, order, True)
-        return (keep & valid if valid is not None else keep), {}
+        return Selection(keep=keep & valid if valid is not None else keep)
 
 
 class KeepAll(Selector):
@@ -172,7 +223,7 @@ class KeepAll(Selector):
     def self_loops(self) -> bool:
         return self.loop
 
-    def select(self, sim, valid, x, scores=None):
+    def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
         if valid is None:
-            return torch.ones(sim.shape, dtype=torch.bool, device=sim.device), {}
-        return valid.clone(), {}
+            return Selection(keep=torch.ones(sim.shape, dtype=torch.bool, device=sim.device))
+        return Selection(keep=valid.clone())

@@ -1,6 +1,6 @@
 """Image-domain graph blocks: ``(B, C, H, W)`` in, graphs built, ``(B, C, H, W)`` out.
 
-Blocks never build graphs their own way: they call :func:`gnn_lic.graph.build_graph`.
+Blocks never build graphs their own way: they call :func:`gnn_lic.graph.build_graphs`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from gnn_lic.graph import (
     LocalWindow,
     TopK,
     WindowPartition,
-    build_graph,
-    complexity_score,
+    build_graphs,
 )
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
@@ -142,16 +141,10 @@ class GFABlock(nn.Module):
 
     def build_graphs(self, x: Tensor, return_info: bool = False) -> Tuple[Dict[str, CSRGraph], Dict[str, object]]:
         """The block's graphs for input ``x`` (shared by all its layers)."""
-        B, C, H, W = x.shape
-        scores = complexity_score(x.detach(), self.selector.score)
-        graphs, infos = {}, {}
-        for kind in sorted(set(self.kinds)):
-            cset = self.local if kind == "local" else self.global_
-            ei, info = build_graph(x, cset, self.selector, scores=scores, return_info=True)
-            graphs[kind] = CSRGraph.from_edge_index(ei, B * H * W)
-            if return_info:
-                infos[kind] = info
-        return graphs, infos
+        csets = {kind: self.local if kind == "local" else self.global_ for kind in sorted(set(self.kinds))}
+        if return_info:
+            return build_graphs(x, csets, self.selector, return_info=True)
+        return build_graphs(x, csets, self.selector), {}
 
     def forward(self, x: Tensor) -> Tensor:
         graphs, infos = self.build_graphs(x, return_info=self.keep_info)
@@ -213,12 +206,11 @@ class GraphWindowBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         if self.keep_info:
-            ei, info = build_graph(x, self.window, self.selector, return_info=True)
+            graphs, infos = build_graphs(x, {"window": self.window}, self.selector, return_info=True)
+            self.last_info = {"window": (graphs["window"], infos["window"])}
         else:
-            ei, info = build_graph(x, self.window, self.selector), None
-        graph = CSRGraph.from_edge_index(ei, B * H * W)
-        if self.keep_info:
-            self.last_info = {"window": (graph, info)}
+            graphs = build_graphs(x, {"window": self.window}, self.selector)
+        graph = graphs["window"]
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
         g = self.attn(tokens, graph).view(B, H, W, C).permute(0, 3, 1, 2)
         return self.branch_a(x) * torch.sigmoid(self.branch_b(g)) + x
