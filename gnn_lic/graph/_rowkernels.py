@@ -94,13 +94,14 @@ if numba is not None:
             fr = b * R + r
             blk, q = r // Q, r % Q
             t = theta[fr]
+            start = p
             for k in range(K):
                 s = sim[fr, k]
                 # branch-free (a kept/dropped branch would be unpredictable): always
-                # write, advance only on a kept edge; col and row have a spare slot
+                # write, advance only on a kept edge; col has a spare slot at the end
                 col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
-                row[p] = target
                 p += (s >= t) & (s != -np.inf)
+            row[start:p] = target
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -140,10 +141,10 @@ def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor]
         ``(col, row)``: sources and targets of the edges, in CSR order.
     """
     num_edges = int(crow[-1])
-    col = torch.empty(num_edges + 1, dtype=torch.long)
-    row = torch.empty_like(col)
+    col = torch.empty(num_edges + 1, dtype=torch.long)  # + the spare slot
+    row = torch.empty(num_edges, dtype=torch.long)
     has_cand = cand is not None
     cand_np = _np(cand) if has_cand else np.zeros((1, 1, 1), np.int64)
     _fill_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(row_of_node), _np(crow), col.numpy(),
                  row.numpy())
-    return col[:num_edges], row[:num_edges]
+    return col[:num_edges], row

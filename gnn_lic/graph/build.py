@@ -63,10 +63,10 @@ class Candidates:
         self.full = bool(self.valid_rows[real].all())
         #: queries and keys are the same nodes (one gather serves both)
         self.shared_keys = self.cand is None and torch.equal(self.query, self.key)
-        # rows of unit_features(): padding ids (-1) point at its zero row N
-        N = self.row_of_node.numel()
-        self.query_rows = torch.where(self.query < 0, N, self.query).flatten()
-        self.key_rows = torch.where(self.key < 0, N, self.key).flatten()
+        # rows of unit_features() to gather; padding ids (-1) read node 0: the rows of
+        # padding queries are never used, similarities to padding keys are masked
+        self.query_rows = self.query.clamp_min(0).flatten()
+        self.key_rows = self.key.clamp_min(0).flatten()
         self._derived: Dict[str, Tensor] = {}
 
     def _cached(self, name: str, make) -> Tensor:
@@ -164,20 +164,15 @@ def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
 
 
 def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
-    r"""L2-normalised node features ``(B, N + 1, C)`` of a map, row ``N`` all zero.
+    r"""L2-normalised node features ``(B, N, C)`` of a map, in node order.
 
-    Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``); the
-    zero row ``N`` stands for padding ids (``-1``). Computed once per map and
-    shared by every graph built from it (:func:`build_graphs`).
+    Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``).
+    Computed once per map and shared by every graph built from it
+    (:func:`build_graphs`).
     """
     B, C, H, W = x.shape
-    N = H * W
-    xn = x.new_empty(B, N + 1, C)
-    xn[:, N].zero_()
-    body = xn[:, :N]
-    body.copy_(x.detach().reshape(B, C, N).transpose(1, 2))
-    body.div_(torch.linalg.vector_norm(body, dim=-1, keepdim=True).clamp_min_(eps))
-    return xn
+    xn = x.detach().reshape(B, C, H * W).transpose(1, 2).contiguous()
+    return xn.div_(torch.linalg.vector_norm(xn, dim=-1, keepdim=True).clamp_min_(eps))
 
 
 #: bytes of temporaries per chunk of blocks in :func:`row_similarity` on a CPU
@@ -192,7 +187,8 @@ def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
 
     One matrix product of the normalised features per block of the candidate
     layout (dense BLAS), run over cache-sized chunks of blocks on a CPU; entries
-    that are not candidates are unspecified. ``xn`` comes from :func:`unit_features`.
+    that are not candidates, and the rows of padding queries, are unspecified.
+    ``xn`` comes from :func:`unit_features`.
     """
     B, _, C = xn.shape
     nb, Q = cands.query.shape
