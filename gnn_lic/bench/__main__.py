@@ -149,11 +149,12 @@ def _gfa_share(h: int, w: int, ratio: float) -> Dict:
     x = torch.randn(1, 192, h, w)
     compiled = _rowkernels.enabled(x)
     with torch.no_grad():
-        t_block = _timeit(lambda: block(x), repeat=2)
-        t_graph = _timeit(lambda: block.build_graphs(x), repeat=3)
+        # best of several runs each; construction is short, so it gets more runs
+        t_block = _timeit(lambda: block(x), repeat=3)
+        t_graph = _timeit(lambda: block.build_graphs(x), repeat=10)
         # the same graphs without the compiled row loops (pure PyTorch), side by side
         previous = _rowkernels.set_enabled(False)
-        t_torch = _timeit(lambda: block.build_graphs(x), repeat=3)
+        t_torch = _timeit(lambda: block.build_graphs(x), repeat=10)
         _rowkernels.set_enabled(previous)
     return {"map": f"{h}x{w}", "block_s": t_block, "graphs_s": t_graph, "share": t_graph / t_block,
             "compiled": compiled, "graphs_torch_s": t_torch, "share_torch": t_torch / t_block}
