@@ -11,6 +11,7 @@ from torch import Tensor
 
 from gnn_lic.graph import _rowkernels
 from gnn_lic.graph.candidates import AxisLayout, CandidateSet
+from gnn_lic.graph.scores import check_feature_map
 from gnn_lic.graph.selectors import Selector
 from gnn_lic.graph.sparse import CSRGraph
 
@@ -96,11 +97,8 @@ class Candidates:
 
     def without_self_loops(self) -> Tuple[Tensor, Tensor]:
         """``valid_rows`` without the entries ``j = i``, and the node-order counts."""
-        if "valid_noloop" not in self._derived:
-            valid = self.valid_rows & (self.index_rows != self.rows[:, None])
-            self._derived["valid_noloop"] = valid
-            self._derived["n_noloop"] = valid[self.row_of_node].sum(-1)
-        return self._derived["valid_noloop"], self._derived["n_noloop"]
+        valid = self._cached("valid_noloop", lambda: self.valid_rows & (self.index_rows != self.rows[:, None]))
+        return valid, self._cached("n_noloop", lambda: valid.sum(-1)[self.row_of_node])
 
 
 def _combine(rows: AxisLayout, cols: AxisLayout, W: int):
@@ -262,8 +260,8 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
     sel = selector.select(sim, None if full else valid.expand(B, -1, -1), x, cands=cands, num_candidates=n,
                           scores=scores)
     K = sim.shape[-1]
-    if sel.keep is None and sel.degree is not None and _rowkernels.enabled(sim):
-        # threshold rule, compiled: columns written straight from the rows
+    if sel.keep is None and sel.degree is not None:
+        # threshold rule whose degrees the compiled loop counted: columns written straight from the rows
         degree = sel.degree[:, cands.row_of_node].reshape(-1)
         crow = _crow(degree)
         masked = sim if sel.masked_sim is None else sel.masked_sim
@@ -310,8 +308,7 @@ def _crow(degree: Tensor) -> Tensor:
 
 
 def _check_map(x: Tensor) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"expected a feature map of shape (B, C, H, W), got {tuple(x.shape)}")
+    check_feature_map(x)
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point feature map, got {x.dtype}")
     if x.shape[1] < 1:

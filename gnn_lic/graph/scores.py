@@ -23,7 +23,8 @@ __all__ = [
     "degree_quota",
 ]
 
-def _check_map(x: Tensor) -> None:
+def check_feature_map(x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` has the shape ``(B, C, H, W)``."""
     if x.dim() != 4:
         raise ValueError(f"expected a feature map of shape (B, C, H, W), got {tuple(x.shape)}")
 
@@ -42,7 +43,7 @@ def sobel_gradients(x: Tensor) -> Tensor:
     Returns the squared magnitude ``S_x^2 + S_y^2`` of shape ``(B, C, H, W)``
     (callers take the square root where the equation needs it).
     """
-    _check_map(x)
+    check_feature_map(x)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     dx = xp[..., :, 2:] - xp[..., :, :-2]  # horizontal central difference, (H+2, W)
     sx = torch.add(dx[..., :-2, :], dx[..., 1:-1, :], alpha=2).add_(dx[..., 2:, :])  # vertical [1, 2, 1]
@@ -81,7 +82,7 @@ def local_entropy(x: Tensor, bins: int = 8, window: int = 3) -> Tensor:
     image; the entropy :math:`-\sum_b p_b \log_2 p_b` of the bin histogram of the
     ``window x window`` neighbourhood is returned per channel, ``(B, C, H, W)``.
     """
-    _check_map(x)
+    check_feature_map(x)
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
     q = ((x - lo) / (hi - lo).clamp_min(1e-12) * bins).long().clamp_(0, bins - 1)
@@ -102,7 +103,7 @@ def rescaling_residual(x: Tensor, factor: int = 2) -> Tensor:
     The "Rescaling Residual" proxy of GLIC Table 4 (IPG, the paper's ref. [66]):
     average-pool by ``factor`` (ceil mode), bilinear upsampling back to ``(H, W)``.
     """
-    _check_map(x)
+    check_feature_map(x)
     H, W = x.shape[-2:]
     down = F.avg_pool2d(x, factor, ceil_mode=True) if min(H, W) >= 1 else x
     up = F.interpolate(down, size=(H, W), mode="bilinear", align_corners=False)
@@ -127,7 +128,7 @@ def complexity_score(x: Tensor, score: Optional[str] = "rms") -> Tensor:
     channels, ``"entropy"`` and ``"residual"`` the other proxies of GLIC Table 4
     with RMS channel pooling; ``None`` gives uniform scores (a fixed-k graph).
     """
-    _check_map(x)
+    check_feature_map(x)
     B, C, H, W = x.shape
     if score is None:
         return x.new_ones(B, H, W)
