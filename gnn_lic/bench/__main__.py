@@ -16,7 +16,7 @@ slope of time against N. It then compares the aggregation paths (per-edge
 gather/scatter, sparse SDDMM/SpMM, dense grouped attention over candidate
 blocks) side by side, and reports graph construction as a share of a GFA
 block's forward at the paper setting (graphs built once per block and shared by
-its five layers), with and without the compiled row loops of
+its five layers), with and without the compiled kernels of
 :mod:`gnn_lic.graph._rowkernels`. Each configuration runs in a fresh subprocess
 so that peak memory is its own.
 """
@@ -152,7 +152,7 @@ def _gfa_share(h: int, w: int, ratio: float) -> Dict:
         # best of several runs each; construction is short, so it gets more runs
         t_block = _timeit(lambda: block(x), repeat=3)
         t_graph = _timeit(lambda: block.build_graphs(x), repeat=10)
-        # the same graphs without the compiled row loops (pure PyTorch), side by side
+        # the same graphs without the compiled kernels (pure PyTorch), side by side
         previous = _rowkernels.set_enabled(False)
         t_torch = _timeit(lambda: block.build_graphs(x), repeat=10)
         _rowkernels.set_enabled(previous)
@@ -316,7 +316,7 @@ def bench_graph(quick: bool = False, threads: Optional[int] = None) -> Dict:
     for h, w, ratio in maps:
         r = _child("share", [h, w, ratio])
         shares.append(r)
-        path = "compiled row loops" if r["compiled"] else "pure PyTorch (numba missing or off)"
+        path = "compiled kernels" if r["compiled"] else "pure PyTorch (numba missing or off)"
         print(f"map {r['map']:8} (mlp ratio {ratio}): block {r['block_s']:.3f} s, graphs {r['graphs_s']:.3f} s, "
               f"share {100 * r['share']:.1f}% (target <= 5%; {path})")
         print(f"{'':14} pure PyTorch construction: graphs {r['graphs_torch_s']:.3f} s, share {100 * r['share_torch']:.1f}%")

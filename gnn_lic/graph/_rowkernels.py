@@ -1,16 +1,29 @@
-"""Compiled per-row loops of graph construction (numba), with a switch to turn them off.
+"""Compiled loops of graph construction (numba), with a switch to turn them off.
 
-Two loops of :func:`gnn_lic.graph.build_graph` touch every similarity ``S_ij``
-several times with little arithmetic each: the ``T`` counting passes of the
-bisection (Algorithm 1) and the final selection ``S_ij >= theta_i`` written out
-as CSR columns. In PyTorch each pass is a separate sweep over the whole
-``(N, K)`` similarity tensor plus temporaries; here one row at a time stays in
-the L1 cache, which is several times faster on a CPU.
+*Row loops.* Two loops of :func:`gnn_lic.graph.build_graph` touch every
+similarity ``S_ij`` several times with little arithmetic each: the ``T``
+counting passes of the bisection (Algorithm 1) and the final selection
+``S_ij >= theta_i`` written out as CSR columns. In PyTorch each pass is a
+separate sweep over the whole ``(N, K)`` similarity tensor plus temporaries;
+here one row at a time stays in the L1 cache, which is several times faster on
+a CPU. They reproduce the PyTorch expressions exactly (same comparisons, same
+float updates ``theta = (lo + hi) / 2``): given the same similarities, both
+paths give identical graphs; the test suite checks this.
 
-The loops reproduce the PyTorch expressions exactly (same comparisons, same
-float updates ``theta = (lo + hi) / 2``), so both paths give identical graphs;
-the test suite checks this. They are used for CPU tensors when numba is
-installed; ``GNN_LIC_NUMBA=0`` (or :func:`set_enabled`) turns them off.
+*Local-window similarities.* The ``L x L`` window of :class:`LocalWindow`
+(shift border) is computed as the ``L^2`` dot products each node needs, instead
+of the dense products of a query tile with its whole halo, which compute about
+3.5x the needed products at ``L = 8``.
+
+*Feature passes.* The RMS-G score (GLIC eqs. 3-5) and the L2-normalised node
+features each take one pass over the ``(B, C, H, W)`` map here instead of
+several PyTorch sweeps with map-sized temporaries. They sum over channels in
+their own order (the score in float64), so they agree with the PyTorch path to
+float rounding, not bit for bit (tested with tolerances); so do the
+local-window dot products, whose sums are vectorised in their own order.
+
+All are used for CPU tensors when numba is installed; ``GNN_LIC_NUMBA=0`` (or
+:func:`set_enabled`) turns them off.
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ try:  # numba is a dependency, but the package must work without it
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
-__all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns"]
+__all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "rms_gradient", "unit_features",
+           "local_window_similarity"]
 
 _enabled = numba is not None and os.environ.get("GNN_LIC_NUMBA", "1") != "0"
 
@@ -49,37 +63,46 @@ def enabled(*tensors: Tensor) -> bool:
     return _enabled and all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in (torch.float32, torch.float64)
 
 
-def _jit(fn):
-    """``numba.njit``, caching the machine code on disk where a cache directory is writable."""
+def _jit(fn, **extra):
+    """``numba.njit``, caching the machine code on disk where a cache directory is writable.
+
+    NumPy's error model: a float division by zero gives ``inf``/``nan`` instead
+    of a Python check in the loop, which would stop the loop from vectorising.
+    """
+    options = dict(nogil=True, error_model="numpy", **extra)
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # no writable cache location: compile once per process instead
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(**options)(fn)
 
 
 if numba is not None:
 
-    @_jit
-    def _bisect_kernel(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no cover - compiled
+    def _bisect_loop(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no cover - compiled
         rows, K = sim.shape
+        # counts are summed as floats of the similarities' dtype (exact: K < 2^24), which
+        # vectorises over 8 lanes; numba would widen integer counts to int64
+        one, zero = half + half, half - half
         for r in range(rows):
             t, a, b, d = theta[r], lo[r], hi[r], target[r]
             for _ in range(iters):
-                m = 0
+                m = zero
                 for k in range(K):
-                    if sim[r, k] >= t:
-                        m += 1
+                    m += one if sim[r, k] >= t else zero
                 if m > d:
                     a = t
                 else:
                     b = t
                 t = (a + b) * half
-            m = 0
+            m = zero
             for k in range(K):
                 s = sim[r, k]
-                m += (s >= t) & (s != -np.inf)
+                m += one if (s >= t) & (s != -np.inf) else zero
             theta[r] = t
-            degree[r] = m
+            degree[r] = np.int64(m)
+
+    # reassociating the count sums changes nothing (sums of 0/1 are exact) and lets them vectorise
+    _bisect_kernel = _jit(_bisect_loop, fastmath={"reassoc"})
 
     @_jit
     def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col, row):  # pragma: no cover - compiled
@@ -102,6 +125,76 @@ if numba is not None:
                 col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
                 p += (s >= t) & (s != -np.inf)
             row[start:p] = target
+
+    @_jit
+    def _sobel_rms_kernel(x, score):  # pragma: no cover - compiled
+        # eqs. (3)-(5) with replicate padding, as scores.sobel_gradients: per channel
+        # sx = dx[u-1] + 2 dx[u] + dx[u+1] (dx: central differences along v),
+        # sy = sm[u+1] - sm[u-1] (sm: [1, 2, 1] along v); summed over channels in float64
+        B, C, H, W = x.shape
+        two = x.dtype.type(2)
+        last = W - 1
+        acc = np.empty((H, W), np.float64)
+        for b in range(B):
+            acc[:] = 0
+            for c in range(C):
+                for u in range(H):
+                    um, up = max(u - 1, 0), min(u + 1, H - 1)
+                    for v in range(1, last):  # interior columns: a branch-free loop that vectorises
+                        sx = ((x[b, c, um, v + 1] - x[b, c, um, v - 1]) + two * (x[b, c, u, v + 1] - x[b, c, u, v - 1])
+                              + (x[b, c, up, v + 1] - x[b, c, up, v - 1]))
+                        sy = ((x[b, c, up, v - 1] + two * x[b, c, up, v] + x[b, c, up, v + 1])
+                              - (x[b, c, um, v - 1] + two * x[b, c, um, v] + x[b, c, um, v + 1]))
+                        acc[u, v] += sx * sx + sy * sy
+                    for v in range(0, W, max(last, 1)):  # first and last column (once when W = 1)
+                        vm, vp = max(v - 1, 0), min(v + 1, last)
+                        sx = ((x[b, c, um, vp] - x[b, c, um, vm]) + two * (x[b, c, u, vp] - x[b, c, u, vm])
+                              + (x[b, c, up, vp] - x[b, c, up, vm]))
+                        sy = ((x[b, c, up, vm] + two * x[b, c, up, v] + x[b, c, up, vp])
+                              - (x[b, c, um, vm] + two * x[b, c, um, v] + x[b, c, um, vp]))
+                        acc[u, v] += sx * sx + sy * sy
+            for u in range(H):
+                for v in range(W):
+                    score[b, u, v] = np.sqrt(acc[u, v] / C)
+
+    def _local_window_loop(xn, H, W, L, row_of_node, out):  # pragma: no cover - compiled
+        # out[b, row_of_node[i], a * lw + c'] = <xn_i, xn_j>, j the (a, c')-th node of i's window
+        # (LocalWindow, border "shift": the window start is clamped inside the map)
+        B, N, C = xn.shape
+        lh, lw = min(L, H), min(L, W)
+        for b in range(B):
+            for u in range(H):
+                su = min(max(u - L // 2, 0), max(H - L, 0))
+                for v in range(W):
+                    sv = min(max(v - L // 2, 0), max(W - L, 0))
+                    i = u * W + v
+                    r = row_of_node[i]
+                    for a in range(lh):
+                        j0 = (su + a) * W + sv
+                        for t in range(lw):
+                            s = xn.dtype.type(0)
+                            for c in range(C):
+                                s += xn[b, i, c] * xn[b, j0 + t, c]
+                            out[b, r, a * lw + t] = s
+
+    # reassociation lets the channel sum vectorise (the only difference from a plain loop)
+    _local_window_kernel = _jit(_local_window_loop, fastmath={"reassoc", "contract"})
+
+    @_jit
+    def _unit_kernel(x, out, eps):  # pragma: no cover - compiled
+        # x (B, C, N) -> out (B, C, Np): out[b, :, i] = x[b, :, i] / max(||x[b, :, i]||, eps)
+        B, C, N = x.shape
+        norm = np.empty(N, x.dtype)
+        for b in range(B):
+            norm[:] = 0
+            for c in range(C):
+                for i in range(N):
+                    norm[i] += x[b, c, i] * x[b, c, i]
+            for i in range(N):
+                norm[i] = max(np.sqrt(norm[i]), eps)
+            for c in range(C):
+                for i in range(N):
+                    out[b, c, i] = x[b, c, i] / norm[i]
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -148,3 +241,48 @@ def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor]
     _fill_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(row_of_node), _np(crow), col.numpy(),
                  row.numpy())
     return col[:num_edges], row
+
+
+def rms_gradient(x: Tensor) -> Tensor:
+    """RMS-G score ``(B, H, W)`` of a CPU map ``(B, C, H, W)`` (see :func:`gnn_lic.graph.rms_gradient`)."""
+    B, C, H, W = x.shape
+    score = x.new_empty(B, H, W)
+    _sobel_rms_kernel(_np(x), score.numpy())
+    return score
+
+
+def unit_features(x: Tensor, eps: float) -> Tensor:
+    """L2-normalised node features ``(B, H*W, C)`` of a CPU map (see :func:`gnn_lic.graph.unit_features`).
+
+    The normalised map is written channel-major into a buffer whose channel
+    stride is an odd number of cache lines, then transposed by PyTorch: a
+    transposed copy whose source rows are a multiple of 4 KiB apart (e.g.
+    ``H*W = 6144`` floats) maps them all to one L1 cache set and runs about 2.5x
+    slower.
+    """
+    B, C, H, W = x.shape
+    N = H * W
+    line = max(1, 64 // x.element_size())  # elements per cache line
+    stride = -(-N // line) * line
+    if (stride // line) % 2 == 0:
+        stride += line
+    buf = x.new_empty(B, C, stride).numpy()
+    _unit_kernel(_np(x.reshape(B, C, N)), buf, buf.dtype.type(eps))
+    out = x.new_empty(B, N, C)
+    out.copy_(torch.from_numpy(buf)[:, :, :N].transpose(1, 2))
+    return out
+
+
+def local_window_similarity(xn: Tensor, size: int, H: int, W: int, row_of_node: Tensor, num_rows: int) -> Tensor:
+    """Cosine similarities ``(B, num_rows, K)`` of every node to its :class:`LocalWindow` candidates.
+
+    ``xn`` are the unit features ``(B, H*W, C)``; rows are in the block order
+    given by ``row_of_node``, candidates in the window's row-major order
+    (``K = min(size, H) * min(size, W)``), as :func:`gnn_lic.graph.row_similarity`
+    gives them for ``LocalWindow(size, border="shift")``. Padding rows are 0.
+    """
+    B, N, _ = xn.shape
+    K = min(size, H) * min(size, W)
+    out = xn.new_empty(B, num_rows, K) if num_rows == N else xn.new_zeros(B, num_rows, K)
+    _local_window_kernel(_np(xn), H, W, size, _np(row_of_node), out.numpy())
+    return out

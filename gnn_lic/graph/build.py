@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gnn_lic.graph import _rowkernels
-from gnn_lic.graph.candidates import AxisLayout, CandidateSet
+from gnn_lic.graph.candidates import AxisLayout, CandidateSet, LocalWindow
 from gnn_lic.graph.scores import check_feature_map
 from gnn_lic.graph.selectors import Selector
 from gnn_lic.graph.sparse import CSRGraph
@@ -45,6 +45,8 @@ class Candidates:
         row_of_node: ``(N,)`` row of each node.
         valid_rows: ``(R, K)`` bool, which entries are real candidates (padding
             rows have none).
+        window: ``(L, H, W)`` when the candidates are a :class:`LocalWindow` with
+            the shift border (computed by a compiled kernel on a CPU), else ``None``.
 
     The ``(R, K)`` and ``(N, K)`` id tables (:attr:`index_rows`, :attr:`index`)
     are made on first use only: the compiled construction path reads ids from
@@ -57,6 +59,7 @@ class Candidates:
     rows: Tensor
     row_of_node: Tensor
     valid_rows: Tensor
+    window: Optional[Tuple[int, int, int]] = None
 
     def __post_init__(self):
         real = self.rows >= 0
@@ -135,7 +138,8 @@ def _make_candidates(cset: CandidateSet, H: int, W: int, device) -> Candidates:
     row_of_node = torch.empty(H * W, dtype=torch.long, device=query.device)
     row_of_node[flat[real]] = torch.nonzero(real).flatten()
     valid = (_candidate_ids(key, cand, query.shape[1]) >= 0) & real[:, None]
-    return Candidates(query, key, cand, flat, row_of_node, valid)
+    window = (cset.size, H, W) if isinstance(cset, LocalWindow) and cset.border == "shift" else None
+    return Candidates(query, key, cand, flat, row_of_node, valid, window)
 
 
 def _candidate_ids(key: Tensor, cand: Optional[Tensor], Q: int) -> Tensor:
@@ -166,8 +170,11 @@ def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
 
     Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``).
     Computed once per map and shared by every graph built from it
-    (:func:`build_graphs`).
+    (:func:`build_graphs`). On a CPU with numba the normalisation is one compiled
+    pass (:mod:`gnn_lic.graph._rowkernels`), equal to this up to float rounding.
     """
+    if _rowkernels.enabled(x) and x.numel() > 0:
+        return _rowkernels.unit_features(x, eps)
     B, C, H, W = x.shape
     xn = x.detach().reshape(B, C, H * W).transpose(1, 2).contiguous()
     return xn.div_(torch.linalg.vector_norm(xn, dim=-1, keepdim=True).clamp_min_(eps))
@@ -186,8 +193,13 @@ def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
     One matrix product of the normalised features per block of the candidate
     layout (dense BLAS), run over cache-sized chunks of blocks on a CPU; entries
     that are not candidates, and the rows of padding queries, are unspecified.
-    ``xn`` comes from :func:`unit_features`.
+    ``xn`` comes from :func:`unit_features`. On a CPU with numba, a shift-border
+    :class:`LocalWindow` is computed as exactly the needed dot products
+    (:func:`gnn_lic.graph._rowkernels.local_window_similarity`).
     """
+    if cands.window is not None and _rowkernels.enabled(xn):
+        L, H, W = cands.window
+        return _rowkernels.local_window_similarity(xn, L, H, W, cands.row_of_node, cands.rows.numel())
     B, _, C = xn.shape
     nb, Q = cands.query.shape
     Kb = cands.key.shape[1]

@@ -113,7 +113,7 @@ def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int
         n = valid.sum(-1).clamp_min(1)
         theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
     target = target.expand(theta.shape)
-    if _rowkernels.enabled(sim, target) and sim.numel() > 0:
+    if _rowkernels.enabled(sim, target) and 0 < sim.numel() and sim.shape[-1] < 2**24:  # float counts exact
         K = sim.shape[-1]
         theta = theta.contiguous()
         degree = _rowkernels.bisect_rows(sim_masked.reshape(-1, K), theta.view(-1), lo.reshape(-1), hi.reshape(-1),

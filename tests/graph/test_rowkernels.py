@@ -1,8 +1,13 @@
-"""The compiled row loops (numba) give exactly the graphs of the pure-PyTorch path.
+"""The compiled kernels (numba) against the pure-PyTorch path.
 
 Every other graph test already runs on both paths (``conftest.py``); these tests
-compare the two paths directly, entry by entry, on inputs where the selection is
-not trivial: batches, padded blocks, invalid candidates, both float types.
+compare the two paths directly, on inputs where the selection is not trivial:
+batches, padded blocks, invalid candidates, both float types.
+
+- The row loops (bisection, CSR output) give exactly the PyTorch graphs from the
+  same similarities and scores: compared entry by entry.
+- The feature passes (RMS-G score, unit features) and the local-window dot
+  products sum in their own order: compared with float tolerances.
 """
 
 import pytest
@@ -18,8 +23,14 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graph,
     build_graphs,
+    candidates,
+    row_similarity,
+    rms_gradient,
+    unit_features,
     _rowkernels,
 )
+
+from gnn_lic.graph import build as build_module
 
 needs_numba = pytest.mark.skipif(_rowkernels.numba is None, reason="numba is not installed")
 
@@ -46,11 +57,32 @@ def _both(fn):
     return out[True], out[False]
 
 
+def _torch_only(fn):
+    """``fn`` run with the compiled kernels off."""
+
+    def wrapped(*args):
+        previous = _rowkernels.set_enabled(False)
+        try:
+            return fn(*args)
+        finally:
+            _rowkernels.set_enabled(previous)
+
+    return wrapped
+
+
+@pytest.fixture
+def torch_features(monkeypatch):
+    """Compiled row loops fed the PyTorch path's features, scores and similarities."""
+    monkeypatch.setattr(_rowkernels, "rms_gradient", _torch_only(rms_gradient))
+    monkeypatch.setattr(_rowkernels, "unit_features", _torch_only(unit_features))
+    monkeypatch.setattr(build_module, "row_similarity", _torch_only(row_similarity))
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cset", CSETS, ids=repr)
-def test_compiled_equals_torch(cset, shape, dtype):
+def test_row_loops_equal_torch(cset, shape, dtype, torch_features):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=dtype)
     for sel in SELECTORS:
         (ei_c, info_c), (ei_t, info_t) = _both(lambda: build_graph(x, cset, sel, return_info=True))
@@ -61,7 +93,7 @@ def test_compiled_equals_torch(cset, shape, dtype):
 
 
 @needs_numba
-def test_compiled_equals_torch_on_ties_and_zero_vectors():
+def test_row_loops_equal_torch_on_ties_and_zero_vectors(torch_features):
     """One-hot features: similarities are exactly 0 or 1, so thresholds hit ties."""
     g = torch.Generator().manual_seed(3)
     label = torch.randint(-1, 4, (2, 1, 9, 10), generator=g)
@@ -150,4 +182,63 @@ def test_jit_falls_back_without_a_cache_directory(monkeypatch):
         return 1
 
     assert _rowkernels._jit(f) is f
-    assert calls == [{"cache": True, "nogil": True}, {"nogil": True}]
+    assert calls == [dict(cache=True, nogil=True, error_model="numpy"), dict(nogil=True, error_model="numpy")]
+
+
+FEATURE_SHAPES = [(1, 192, 16, 24), (2, 5, 7, 9), (1, 3, 1, 6), (2, 4, 5, 1), (1, 1, 1, 1), (3, 2, 2, 2)]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", FEATURE_SHAPES)
+def test_feature_passes_match_torch(shape, dtype):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g, dtype=dtype) * torch.rand(shape[0], 1, shape[2], shape[3], generator=g, dtype=dtype)
+    x[..., 0, 0] = 0  # a zero vector: unit features 0, as F.normalize gives
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for fn in (rms_gradient, unit_features):
+        got, want = _both(lambda: fn(x))
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, **tol)
+    assert torch.equal(unit_features(x)[:, 0], torch.zeros(shape[0], shape[1], dtype=dtype))
+    # any input layout and autograd state: the result is a detached function of the values
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
+    for fn in (rms_gradient, unit_features):
+        torch.testing.assert_close(fn(xt), fn(x), rtol=0, atol=0)
+        assert not fn(xt).requires_grad
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size, block, shape", [(8, None, (1, 192, 20, 27)), (8, None, (2, 5, 13, 11)),
+                                                 (5, None, (1, 3, 3, 17)), (4, 3, (1, 4, 6, 7)),
+                                                 (8, None, (1, 2, 1, 1)), (3, 2, (2, 3, 5, 4))])
+def test_local_window_products_match_torch(size, block, shape, dtype):
+    cset = LocalWindow(size, block=block)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=dtype)
+    xn = unit_features(x)
+    cands = candidates(cset, *shape[2:])
+    assert cands.window == (size, *shape[2:])
+    got, want = _both(lambda: row_similarity(xn, cands))
+    assert got.shape == want.shape
+    real = cands.rows >= 0
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[:, real], want[:, real], **tol)
+    assert not got[:, ~real].any()  # padding rows are 0
+    # the drop border and other rules keep the generic path
+    assert candidates(LocalWindow(size, border="drop"), *shape[2:]).window is None
+    assert candidates(GlobalGrid(4), *shape[2:]).window is None
+
+
+@needs_numba
+def test_compiled_graphs_match_torch_graphs():
+    """End to end, the two paths' features differ only by rounding, so on random maps
+    (no similarity within rounding of a threshold) the graphs are the same."""
+    x = torch.randn(2, 32, 24, 20, generator=torch.Generator().manual_seed(5))
+    csets = {"local": LocalWindow(8), "global": GlobalGrid(8)}
+    got, want = _both(lambda: build_graphs(x, csets, AdaptiveDegree(16), return_info=True))
+    for name in csets:
+        assert torch.equal(got[0][name].edge_index, want[0][name].edge_index)
+        torch.testing.assert_close(got[1][name].threshold, want[1][name].threshold, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[1][name].scores, want[1][name].scores, rtol=1e-5, atol=1e-6)
