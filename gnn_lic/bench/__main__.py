@@ -68,7 +68,7 @@ def _timeit(fn, repeat: int = 3) -> float:
 
 def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
     """Construction + aggregation of one graph; run inside a subprocess."""
-    from gnn_lic.graph import AdaptiveDegree, CSRGraph, GlobalGrid, LocalWindow, build_graph  # noqa: PLC0415
+    from gnn_lic.graph import AdaptiveDegree, GlobalGrid, LocalWindow, build_graph, build_graphs  # noqa: PLC0415
     from gnn_lic.nn import GraphAggregationConv  # noqa: PLC0415
 
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
     base = _peak_rss_reset()
     with torch.no_grad():
         t_build = _timeit(lambda: build_graph(x, cset, sel))
-        graph = CSRGraph.from_edge_index(build_graph(x, cset, sel), size * size)
+        graph = build_graphs(x, {"g": cset}, sel)["g"]  # as the blocks get it (CSR, node order hint)
         t_agg = _timeit(lambda: conv(tokens, graph))
     peak = _status("VmHWM") - base
     return {"N": size * size, "E": graph.num_edges, "build_s": t_build, "agg_s": t_agg, "peak_mb": peak / 2**20}
@@ -119,13 +119,13 @@ def _dense_grouped(x: torch.Tensor, cset, keep_fn, heads: int = 8):
 
 def _paths(size: int, channels: int, degree: int) -> Dict:
     """Aggregation paths side by side on the global graph (fwd and fwd+bwd)."""
-    from gnn_lic.graph import AdaptiveDegree, CSRGraph, GlobalGrid, build_graph  # noqa: PLC0415
+    from gnn_lic.graph import AdaptiveDegree, GlobalGrid, build_graphs  # noqa: PLC0415
     from gnn_lic.nn import GraphAggregationConv  # noqa: PLC0415
 
     torch.manual_seed(0)
     x = torch.randn(1, channels, size, size)
     sel = AdaptiveDegree(degree)
-    graph = CSRGraph.from_edge_index(build_graph(x, GlobalGrid(16), sel), size * size)
+    graph = build_graphs(x, {"g": GlobalGrid(16)}, sel)["g"]
     tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
     out = {"N": size * size, "E": graph.num_edges}
     for impl in ("gather", "sparse"):

@@ -294,7 +294,11 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
         else:
             col = cands.index.reshape(-1)[flat % (N * K)] + flat // (N * K) * N
         row = torch.repeat_interleave(degree, output_size=col.numel())
-    graph = CSRGraph(crow, col, row, B * N)
+    order = None
+    if cset.scattered:  # aggregate in block order (each block's candidates are its keys)
+        real = cands.rows[cands.rows >= 0]
+        order = (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
+    graph = CSRGraph(crow, col, row, B * N, order=order)
     if not return_info:
         return graph, None
 

@@ -47,6 +47,10 @@ def _blocks(n: int, size: int, device) -> Tensor:
 class CandidateSet:
     """Base class: a rule giving every node its candidate set ``C_i``."""
 
+    #: candidates lie far apart in node (raster) order, so aggregation is faster in
+    #: the layout's block order (see :meth:`gnn_lic.graph.CSRGraph.relabelled`)
+    scattered: bool = False
+
     def axis_layout(self, n: int, device=None) -> AxisLayout:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -129,6 +133,8 @@ class GlobalGrid(CandidateSet):
     Args:
         size (int): grid side ``G``.
     """
+
+    scattered = True
 
     def __init__(self, size: int):
         if size < 1:

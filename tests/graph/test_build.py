@@ -12,6 +12,7 @@ from gnn_lic.graph import (
     TopK,
     WindowPartition,
     build_graph,
+    build_graphs,
     to_data,
 )
 
@@ -318,3 +319,41 @@ def test_csr_empty_and_invalid():
         CSRGraph.from_edge_index(torch.tensor([[0, 5], [1, 2]]), 5)  # id 5 out of range
     with pytest.raises(ValueError):
         CSRGraph.from_edge_index(torch.tensor([[0, -1], [1, 2]]), 5)
+
+
+def test_csr_relabelled_is_the_same_graph():
+    g0 = torch.Generator().manual_seed(12)
+    n = 9
+    ei = torch.stack([torch.randint(0, n, (30,), generator=g0), torch.randint(0, n, (30,), generator=g0)])
+    ei[1, ei[1] == 4] = 3  # node 4 has no in-edges
+    order = torch.randperm(n, generator=g0)
+    g = CSRGraph.from_edge_index(ei, n)
+    with pytest.raises(ValueError, match="no node order"):
+        g.relabelled()
+    g = CSRGraph(g.crow, g.col, g.row, n, order=order)
+    o, inv, r = g.relabelled()
+    assert o is order and torch.equal(inv[order], torch.arange(n))
+    # row p of the relabelled graph is row order[p] here, edges in the same order
+    for p in range(n):
+        i = int(order[p])
+        mine = g.col[g.crow[i]:g.crow[i + 1]]
+        theirs = r.col[r.crow[p]:r.crow[p + 1]]
+        assert torch.equal(order[theirs], mine)
+        assert bool((r.row[r.crow[p]:r.crow[p + 1]] == p).all())
+    assert g.relabelled()[2] is r  # built once, cached
+    with pytest.raises(ValueError, match="order must hold"):
+        CSRGraph(g.crow, g.col, g.row, n, order=order[:-1])
+
+
+def test_global_graphs_carry_their_block_order():
+    x = torch.randn(2, 6, 20, 18, generator=torch.Generator().manual_seed(2))
+    graphs = build_graphs(x, {"local": LocalWindow(4), "global": GlobalGrid(4)}, AdaptiveDegree(5))
+    assert graphs["local"].order is None  # a local window is already close together in raster order
+    order = graphs["global"].order
+    N = 20 * 18
+    assert torch.equal(order.sort().values, torch.arange(2 * N))
+    assert bool((order[:N] < N).all())  # each image's nodes stay in that image
+    # consecutive nodes of the order share one lattice (residue class): (u, v) mod (5, 4)
+    u, v = (order[:N] // 18) % 5, (order[:N] % 18) % 4
+    cls = u * 4 + v
+    assert int((cls[1:] != cls[:-1]).sum()) == 5 * 4 - 1
