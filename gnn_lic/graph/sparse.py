@@ -94,8 +94,9 @@ class CSRGraph:
         its edges in the same order, so a row-wise sum over the relabelled graph is
         bit for bit the sum over this one. A global-grid graph in node order sends
         each row's gathers all over the feature matrix; in its block order they stay
-        within one block of rows, which fits in the cache (``python -m gnn_lic.bench
-        graph``: up to 1.9x faster aggregation at 256x256 nodes). Built once, cached.
+        within one block of rows, which fits in the cache. Measured at 256x256 nodes:
+        up to 1.9x faster aggregation while another job shared the cache, the same
+        speed on an idle machine. Built once, cached.
         """
         if self.order is None:
             raise ValueError("this graph has no node order to relabel by")
