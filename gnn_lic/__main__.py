@@ -1,4 +1,4 @@
-"""Command line: ``python -m gnn_lic {compress,decompress,info} ...`` (also ``gnn-lic``).
+"""Command line: ``python -m gnn_lic {compress,decompress,info,convert-official} ...`` (also ``gnn-lic``).
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
     python -m gnn_lic compress kodim01.png kodim01.glic --checkpoint runs/glic.pth.tar
     python -m gnn_lic decompress kodim01.glic kodim01_hat.png [--checkpoint CKPT]
     python -m gnn_lic info kodim01.glic [--json]
+    python -m gnn_lic convert-official glic glic_0.013.pth glic_0013.pt   # the authors' weights
 
 Exit codes
 ----------
@@ -242,9 +243,43 @@ def _run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- convert-official
+
+
+def _add_convert_official(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="model name: glic or gabic")
+    p.add_argument("input", help="the authors' checkpoint (a state dict, {'state_dict': ...} or {'model_state_dict': ...})")
+    p.add_argument("output", help="gnn_lic checkpoint to write (for compress/decompress --checkpoint)")
+    p.add_argument("--model-kwargs", metavar="JSON", default="{}",
+                   help="model widths of an authors' model built with other sizes than the released ones")
+    p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
+
+
+def _run_convert_official(args: argparse.Namespace) -> int:
+    from gnn_lic.models.checkpoint import save_checkpoint  # noqa: PLC0415
+    from gnn_lic.models.official import OFFICIAL_MODELS, load_official  # noqa: PLC0415
+
+    if args.name not in OFFICIAL_MODELS:
+        raise UsageError(f"no authors' checkpoint layout for '{args.name}'; choose one of: {', '.join(OFFICIAL_MODELS)}")
+    try:
+        kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--model-kwargs is not valid JSON ({exc.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise UsageError("--model-kwargs must be a JSON object")
+    _check_output_free(args.output, args.force)
+    net = load_official(args.name, args.input, **kwargs)
+    save_checkpoint(args.output, net, converted_from=os.path.basename(args.input))
+    params = sum(p.numel() for p in net.parameters())
+    print(f"{args.output}: {args.name} (compat='official'), {params:,} parameters")
+    return EXIT_OK
+
+
 register_command("compress", "compress an image to a .glic file", _add_compress, _run_compress)
 register_command("decompress", "decompress a .glic file to PNG", _add_decompress, _run_decompress)
 register_command("info", "print the header of a .glic file (no model needed)", _add_info, _run_info)
+register_command("convert-official", "convert the GLIC/GABIC authors' checkpoint to a gnn_lic checkpoint",
+                 _add_convert_official, _run_convert_official)
 
 
 # --------------------------------------------------------------------------------- main

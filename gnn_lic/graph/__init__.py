@@ -26,9 +26,10 @@ from gnn_lic.graph.build import (
     to_data,
     unit_features,
 )
-from gnn_lic.graph.candidates import AxisLayout, CandidateSet, GlobalGrid, LocalWindow, WindowPartition
+from gnn_lic.graph.candidates import BORDERS, AxisLayout, BlockWindow, CandidateSet, GlobalGrid, LocalWindow, WindowPartition
 from gnn_lic.graph.scores import (
     SCORES,
+    blurred_rms_gradient,
     complexity_score,
     degree_quota,
     local_entropy,
@@ -36,7 +37,7 @@ from gnn_lic.graph.scores import (
     rms_gradient,
     sobel_gradients,
 )
-from gnn_lic.graph.selectors import AdaptiveDegree, KeepAll, Selection, Selector, TopK, bisection_threshold
+from gnn_lic.graph.selectors import BISECTIONS, AdaptiveDegree, KeepAll, Selection, Selector, TopK, bisection_threshold
 from gnn_lic.graph.sparse import CSRGraph
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "CandidateSet",
     "AxisLayout",
     "LocalWindow",
+    "BlockWindow",
+    "BORDERS",
     "GlobalGrid",
     "WindowPartition",
     "Selector",
@@ -60,8 +63,10 @@ __all__ = [
     "TopK",
     "KeepAll",
     "bisection_threshold",
+    "BISECTIONS",
     "SCORES",
     "rms_gradient",
+    "blurred_rms_gradient",
     "sobel_gradients",
     "local_entropy",
     "rescaling_residual",

@@ -47,6 +47,12 @@ class Candidates:
             rows have none).
         window: ``(L, H, W)`` when the candidates are a :class:`LocalWindow` with
             the shift border (computed by a compiled kernel on a CPU), else ``None``.
+        zero: ``(R, K)`` bool, which entries are zero-padding candidates (positions
+            outside the map with zero features, ``border="zero"``), or ``None``.
+        groups: ``(N,)`` quota group of every node, or ``None`` (one group per image).
+        coords: ``(qy, qx, kw)`` for relative positions: ``(N,)`` coordinates of every
+            node in its query group per axis, and the width of the key window
+            (a key's slot ``k`` has window coordinates ``divmod(k, kw)``), or ``None``.
 
     The ``(R, K)`` and ``(N, K)`` id tables (:attr:`index_rows`, :attr:`index`)
     are made on first use only: the compiled construction path reads ids from
@@ -60,6 +66,9 @@ class Candidates:
     row_of_node: Tensor
     valid_rows: Tensor
     window: Optional[Tuple[int, int, int]] = None
+    zero: Optional[Tensor] = None
+    groups: Optional[Tensor] = None
+    coords: Optional[Tuple[Tensor, Tensor, int]] = None
 
     def __post_init__(self):
         real = self.rows >= 0
@@ -137,9 +146,24 @@ def _make_candidates(cset: CandidateSet, H: int, W: int, device) -> Candidates:
     real = flat >= 0
     row_of_node = torch.empty(H * W, dtype=torch.long, device=query.device)
     row_of_node[flat[real]] = torch.nonzero(real).flatten()
-    valid = (_candidate_ids(key, cand, query.shape[1]) >= 0) & real[:, None]
+    ids = _candidate_ids(key, cand, query.shape[1])
+    valid = (ids >= 0) & real[:, None]
+    zero = None
+    if cset.zero_padded:
+        zero = (ids < 0) & real[:, None]
+        valid = valid | zero
+        zero = zero if bool(zero.any()) else None
     window = (cset.size, H, W) if isinstance(cset, LocalWindow) and cset.border == "shift" else None
-    return Candidates(query, key, cand, flat, row_of_node, valid, window)
+    groups = None
+    if rows.group is not None and cols.group is not None:
+        ncols = int(cols.group.max()) + 1
+        groups = (rows.group[:, None] * ncols + cols.group[None, :]).reshape(-1)
+    coords = None
+    if rows.coord is not None and cols.coord is not None and cand is None:
+        qy = rows.coord[:, None].expand(H, W).reshape(-1)
+        qx = cols.coord[None, :].expand(H, W).reshape(-1)
+        coords = (qy, qx, cols.key.shape[1])
+    return Candidates(query, key, cand, flat, row_of_node, valid, window, zero, groups, coords)
 
 
 def _candidate_ids(key: Tensor, cand: Optional[Tensor], Q: int) -> Tensor:
@@ -258,7 +282,7 @@ class GraphInfo:
 
 
 def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, scores: Optional[Tensor],
-               return_info: bool) -> Tuple[CSRGraph, Optional[GraphInfo]]:
+               return_info: bool, positions: bool = False) -> Tuple[CSRGraph, Optional[GraphInfo]]:
     """One graph of a map whose normalised features ``xn`` are already computed."""
     B, C, H, W = x.shape
     N = H * W
@@ -269,10 +293,15 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
         valid, n = cands.without_self_loops()
         full = False
     sim = row_similarity(xn, cands)  # (B, R, K)
+    if cands.zero is not None:  # zero-feature candidates: cosine similarity 0
+        sim.masked_fill_(cands.zero, 0.0)
+    if positions and cands.coords is None:
+        raise ValueError(f"{cset!r} defines no relative positions (see CandidateSet.position_window)")
     sel = selector.select(sim, None if full else valid.expand(B, -1, -1), x, cands=cands, num_candidates=n,
                           scores=scores)
     K = sim.shape[-1]
-    if sel.keep is None and sel.degree is not None:
+    zero_col = rel_index = None
+    if sel.keep is None and sel.degree is not None and cands.zero is None and not positions:
         # threshold rule whose degrees the compiled loop counted: columns written straight from the rows
         degree = sel.degree[:, cands.row_of_node].reshape(-1)
         crow = _crow(degree)
@@ -282,23 +311,34 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
     else:
         keep = sel.keep
         if keep is None:
-            keep = sim >= sel.threshold.unsqueeze(-1)
+            compare = torch.gt if sel.strict else torch.ge
+            keep = compare(sim, sel.threshold.unsqueeze(-1))
             if not full:
                 keep &= valid
         keep = keep[:, cands.row_of_node]  # (B, N, K), node order
         degree = keep.sum(-1).reshape(-1)
         crow = _crow(degree)
         flat = keep.reshape(-1).nonzero().squeeze(1)  # in target order, then candidate order
-        if B == 1:
-            col = cands.index.reshape(-1)[flat]
-        else:
-            col = cands.index.reshape(-1)[flat % (N * K)] + flat // (N * K) * N
+        local = flat % (N * K)
+        col = cands.index.reshape(-1)[local]
+        if B > 1:
+            col = col + flat // (N * K) * N
+        if cands.zero is not None:  # zero-padding candidates -> the zero node B*N
+            zero_col = cands.zero[cands.row_of_node].reshape(-1)[local]
+            col = torch.where(zero_col, torch.full_like(col, B * N), col)
+        if positions:
+            qy, qx, kw = cands.coords
+            node, slot = local // K, local % K
+            rel_index = _relative_index(qy[node], qx[node], slot // kw, slot % kw, *cset.position_window)
         row = torch.repeat_interleave(degree, output_size=col.numel())
     order = None
     if cset.scattered:  # aggregate in block order (each block's candidates are its keys)
         real = cands.rows[cands.rows >= 0]
         order = (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
-    graph = CSRGraph(crow, col, row, B * N, order=order)
+    num_cols = B * N + 1 if zero_col is not None else None
+    if num_cols is not None:
+        order = None  # the zero node has no place in a block order
+    graph = CSRGraph(crow, col, row, B * N, order=order, num_cols=num_cols, rel_index=rel_index)
     if not return_info:
         return graph, None
 
@@ -315,6 +355,19 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
         candidates=cands,
     )
     return graph, info
+
+
+def _relative_index(qy: Tensor, qx: Tensor, ky: Tensor, kx: Tensor, Q: int, S: int) -> Tensor:
+    r"""Index of a query -> key offset in a ``(Q + S - 1)^2`` relative-position table.
+
+    A query at ``(qy, qx)`` in its ``Q x Q`` group and a key at ``(ky, kx)`` in its
+    ``S x S`` window have the offset ``(ky - qy, kx - qx)``; the index is
+    :math:`((k_y - q_y) - (Q - 1))(Q + S - 1) + ((k_x - q_x) - (Q - 1))` taken modulo
+    the table size, the indexing of the GLIC authors' code (a bijection between
+    offsets and table rows).
+    """
+    side = Q + S - 1
+    return (((ky - qy) - (Q - 1)) * side + ((kx - qx) - (Q - 1))).remainder(side * side)
 
 
 def _crow(degree: Tensor) -> Tensor:
@@ -341,6 +394,7 @@ def build_graphs(
     *,
     scores: Optional[Tensor] = None,
     return_info: bool = False,
+    positions: bool = False,
 ) -> Union[Dict[str, CSRGraph], Tuple[Dict[str, CSRGraph], Dict[str, GraphInfo]]]:
     r"""Several graphs of one feature map, as :class:`CSRGraph` s (what the layers consume).
 
@@ -354,6 +408,12 @@ def build_graphs(
         selector (Selector): selection rule shared by all graphs.
         scores (Tensor, optional): precomputed ``(B, H, W)`` complexity scores.
         return_info (bool): also return a :class:`GraphInfo` per graph.
+        positions (bool): give every edge its relative-position index
+            (:attr:`CSRGraph.rel_index`); the candidate sets must define
+            :attr:`~gnn_lic.graph.CandidateSet.position_window`.
+
+    Zero-padding candidates (``border="zero"``) that are selected become edges from
+    one extra node ``B*H*W`` whose features are zero (:attr:`CSRGraph.num_cols`).
 
     Returns:
         dict of :class:`CSRGraph` (and dict of :class:`GraphInfo`), keyed by name.
@@ -367,7 +427,7 @@ def build_graphs(
     xn = unit_features(x)
     graphs, infos = {}, {}
     for name, cset in candidate_sets.items():
-        graphs[name], infos[name] = _build_one(xn, x, cset, selector, scores, return_info)
+        graphs[name], infos[name] = _build_one(xn, x, cset, selector, scores, return_info, positions)
     return (graphs, infos) if return_info else graphs
 
 

@@ -19,7 +19,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["AxisLayout", "CandidateSet", "LocalWindow", "GlobalGrid", "WindowPartition"]
+__all__ = ["AxisLayout", "CandidateSet", "LocalWindow", "BlockWindow", "GlobalGrid", "WindowPartition", "BORDERS"]
+
+#: border rules of the window candidate sets
+BORDERS = ("shift", "drop", "zero")
 
 
 @dataclass
@@ -31,11 +34,17 @@ class AxisLayout:
         key: ``(num_blocks, K)`` positions the members may connect to, ``-1`` = padding.
         cand: ``(num_blocks, Q, C)`` indices into ``key`` of each member's
             candidates, or ``None`` when every member's candidates are all keys.
+        group: ``(n,)`` quota group of every position (quotas normalised within
+            groups, see :class:`~gnn_lic.graph.AdaptiveDegree`), or ``None``.
+        coord: ``(n,)`` coordinate of every position inside its query group, for
+            relative-position terms (the key coordinate is the key's slot), or ``None``.
     """
 
     query: Tensor
     key: Tensor
     cand: Optional[Tensor] = None
+    group: Optional[Tensor] = None
+    coord: Optional[Tensor] = None
 
 
 def _blocks(n: int, size: int, device) -> Tensor:
@@ -50,6 +59,11 @@ class CandidateSet:
     #: candidates lie far apart in node (raster) order, so aggregation is faster in
     #: the layout's block order (see :meth:`gnn_lic.graph.CSRGraph.relabelled`)
     scattered: bool = False
+    #: positions outside the map are candidates with zero features (``border="zero"``)
+    zero_padded: bool = False
+    #: ``(Q, S)``: side of the query groups and of the shared key window, when the
+    #: layout defines relative positions (:attr:`AxisLayout.coord`), else ``None``
+    position_window: Optional[tuple] = None
 
     def axis_layout(self, n: int, device=None) -> AxisLayout:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -116,6 +130,66 @@ class LocalWindow(CandidateSet):
         return AxisLayout(query, key, cand)
 
 
+class BlockWindow(CandidateSet):
+    r"""Query blocks sharing one window: the local candidate rule of the GLIC authors' code.
+
+    The map is tiled by non-overlapping ``Q x Q`` query blocks; every node of a
+    block has the same ``S x S`` candidates, the window centred on its block
+    (rows ``Q a - (S - Q)/2 .. Q a + (S + Q)/2 - 1`` for block row ``a``). GLIC
+    Sec. 4.1.3 states "dense sampling size 8" and "average degree 64"; with a
+    per-node 8x8 window (:class:`LocalWindow`) an average degree of 64 keeps
+    almost every candidate, while the authors' code (``Q = 8``, ``S = 16``) lets
+    each node choose 64 of 256 candidates, as it does in the global graph.
+
+    Args:
+        query (int): query block side ``Q`` (default 8).
+        size (int): window side ``S >= Q`` (default 16).
+        border (str): window positions outside the map:
+            ``"shift"`` (default) moves the window inside the map (every node keeps
+            ``min(S, H) * min(S, W)`` candidates); ``"drop"`` drops them;
+            ``"zero"`` keeps them as candidates with zero features (similarity 0,
+            zero keys and values in aggregation), as the authors' code does.
+        group_quota (bool): quotas are normalised within each query block (the
+            authors' code) instead of over the whole image (default ``False``).
+
+    A node's coordinate for relative positions is its place in its block
+    (``0..Q-1`` per axis) and a candidate's is its slot in the window (``0..S-1``).
+    """
+
+    def __init__(self, query: int = 8, size: int = 16, border: str = "shift", group_quota: bool = False):
+        if query < 1 or size < query:
+            raise ValueError(f"BlockWindow needs 1 <= query <= size, got query={query}, size={size}")
+        if border not in BORDERS:
+            raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+        self.query = int(query)
+        self.size = int(size)
+        self.border = border
+        self.group_quota = bool(group_quota)
+
+    @property
+    def zero_padded(self) -> bool:  # type: ignore[override]
+        return self.border == "zero"
+
+    @property
+    def position_window(self) -> tuple:  # type: ignore[override]
+        return (self.query, self.size)
+
+    def axis_layout(self, n: int, device=None) -> AxisLayout:
+        Q, S = self.query, self.size
+        query = _blocks(n, Q, device)
+        start = torch.arange(query.shape[0], device=device) * Q - (S - Q) // 2
+        if self.border == "shift" and S >= n:
+            key = torch.arange(n, device=device).expand(query.shape[0], n)
+        else:
+            if self.border == "shift":
+                start = start.clamp(0, n - S)
+            key = start[:, None] + torch.arange(S, device=device)
+            key = torch.where((key >= 0) & (key < n), key, torch.full_like(key, -1))
+        pos = torch.arange(n, device=device)
+        group = pos // Q if self.group_quota else None
+        return AxisLayout(query, key.contiguous(), None, group=group, coord=pos % Q)
+
+
 class GlobalGrid(CandidateSet):
     r"""Sparse global sampling, GLIC eq. (2): the stride lattice aligned with the node.
 
@@ -132,14 +206,27 @@ class GlobalGrid(CandidateSet):
 
     Args:
         size (int): grid side ``G``.
+        groups (int, optional): quota groups of the authors' code: nodes with the
+            same residues modulo ``(H // groups, W // groups)`` form one group
+            (``groups x groups`` nodes when ``groups`` divides the map) within which
+            quotas are normalised, and a node's coordinate for relative positions is
+            its place ``u // (H // groups)`` in its group (a candidate's is its lattice
+            slot). ``None`` (default): quotas over the whole image, as in the paper.
     """
 
     scattered = True
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, groups: Optional[int] = None):
         if size < 1:
             raise ValueError(f"GlobalGrid size must be >= 1, got {size}")
+        if groups is not None and groups < 1:
+            raise ValueError(f"GlobalGrid groups must be >= 1, got {groups}")
         self.size = int(size)
+        self.groups = None if groups is None else int(groups)
+
+    @property
+    def position_window(self) -> Optional[tuple]:  # type: ignore[override]
+        return None if self.groups is None else (self.groups, self.size)
 
     def axis_layout(self, n: int, device=None) -> AxisLayout:
         G = self.size
@@ -149,7 +236,12 @@ class GlobalGrid(CandidateSet):
         query = r + omega * torch.arange(members, device=device)
         query = torch.where(query < n, query, torch.full_like(query, -1))
         key = r + omega * torch.arange(min(G, n), device=device)  # inside [0, n) by construction
-        return AxisLayout(query, key, None)
+        group = coord = None
+        if self.groups is not None:
+            stride = max(1, n // self.groups)
+            pos = torch.arange(n, device=device)
+            group, coord = pos % stride, pos // stride
+        return AxisLayout(query, key, None, group=group, coord=coord)
 
 
 class WindowPartition(CandidateSet):

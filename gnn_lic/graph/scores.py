@@ -18,6 +18,7 @@ from gnn_lic.graph import _rowkernels
 __all__ = [
     "SCORES",
     "rms_gradient",
+    "blurred_rms_gradient",
     "sobel_gradients",
     "local_entropy",
     "rescaling_residual",
@@ -117,9 +118,33 @@ def rescaling_residual(x: Tensor, factor: int = 2) -> Tensor:
     return (x - up).abs()
 
 
+@torch.no_grad()
+def blurred_rms_gradient(x: Tensor, pull: float = 1.5, sigma: float = 0.8) -> Tensor:
+    r"""The RMS-G score of the GLIC authors' code (not the paper's eqs. 3-5).
+
+    Per channel, the Sobel magnitude :math:`\sqrt{(S_{x,c}/4)^2 + (S_{y,c}/4)^2 + 10^{-9}}`
+    (replicate padding) is smoothed by a separable 3-tap Gaussian of standard
+    deviation ``sigma`` (replicate padding, rows then columns); the RMS over
+    channels :math:`g` is then pulled towards its image mean :math:`\mu`:
+    :math:`s = \mu + (g - \mu) / \mathrm{pull}`.
+    """
+    check_feature_map(x)
+    g = (sobel_gradients(x) / 16 + 1e-9).sqrt()
+    taps = torch.exp(-0.5 * ((torch.arange(3, dtype=x.dtype, device=x.device) - 1) / sigma) ** 2)
+    taps = taps / taps.sum()
+    g = F.pad(g, (1, 1, 0, 0), mode="replicate")
+    g = g[..., :, :-2] * taps[0] + g[..., :, 1:-1] * taps[1] + g[..., :, 2:] * taps[2]
+    g = F.pad(g, (0, 0, 1, 1), mode="replicate")
+    g = g[..., :-2, :] * taps[0] + g[..., 1:-1, :] * taps[1] + g[..., 2:, :] * taps[2]
+    heat = g.square().mean(1).sqrt()
+    mu = heat.mean(dim=(-2, -1), keepdim=True)
+    return mu + (heat - mu) / pull
+
+
 # name -> (per-channel measure, channel pooling); see GLIC Table 4
 SCORES = {
     "rms": ("sobel", "rms"),
+    "rms-official": ("sobel-blur", "rms"),
     "mean": ("sobel", "mean"),
     "entropy": ("entropy", "rms"),
     "residual": ("residual", "rms"),
@@ -142,6 +167,8 @@ def complexity_score(x: Tensor, score: Optional[str] = "rms") -> Tensor:
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or None")
     measure, pooling = SCORES[score]
+    if measure == "sobel-blur":
+        return blurred_rms_gradient(x)
     if measure == "sobel":
         if pooling == "rms":
             return rms_gradient(x)
@@ -153,28 +180,44 @@ def complexity_score(x: Tensor, score: Optional[str] = "rms") -> Tensor:
 
 
 @torch.no_grad()
-def degree_quota(scores: Tensor, avg_degree: float, num_candidates: Tensor) -> tuple[Tensor, Tensor]:
+def degree_quota(scores: Tensor, avg_degree: float, num_candidates: Tensor, groups: Optional[Tensor] = None,
+                 rounding: bool = True) -> tuple[Tensor, Tensor]:
     r"""Per-node quotas and target degrees, GLIC Sec. 3.3.2 and eq. (6).
 
     .. math::
         w_i = \frac{s_i}{\sum_{k=1}^{N} s_k}, \quad q_i = N \bar{d}\, w_i, \quad
         d_i^* = \mathrm{clip}(\mathrm{round}(q_i), 1, n_i)
 
-    The sum runs over the ``N`` nodes of each image. An image whose scores sum to
-    zero (a constant map) gets uniform weights. ``round`` is round-half-to-even.
+    The sum runs over the ``N`` nodes of each image, or with ``groups`` over the
+    nodes of each node's group, whose ``|g|`` nodes share :math:`|g| \bar{d}` (the
+    GLIC authors' code). A group whose scores sum to zero gets uniform weights.
+    ``round`` is round-half-to-even; ``rounding=False`` keeps the real quota
+    (clipped to ``[1, n_i]``) as the target, as the authors' code does.
 
     Args:
         scores (Tensor): ``(B, N)`` non-negative scores.
         avg_degree (float): target average in-degree :math:`\bar{d}`.
         num_candidates (Tensor): ``(B, N)`` or ``(N,)`` candidate counts ``n_i``.
+        groups (Tensor, optional): ``(N,)`` group id of every node, ``0 .. G-1``.
+        rounding (bool): round the quotas (eq. 6, default) or not.
 
     Returns:
-        (Tensor, Tensor): real quotas ``q`` ``(B, N)`` and integer targets ``d*`` ``(B, N)``.
+        (Tensor, Tensor): real quotas ``q`` ``(B, N)`` and targets ``d*`` ``(B, N)``
+        (``long`` when rounded, else of the scores' dtype).
     """
     B, N = scores.shape
-    total = scores.sum(1, keepdim=True)
-    w = torch.where(total > 0, scores / total.clamp_min(torch.finfo(scores.dtype).tiny), 1.0 / N)
-    q = N * float(avg_degree) * w
+    if groups is None:
+        total = scores.sum(1, keepdim=True)
+        size = torch.full_like(total, float(N))
+    else:
+        G = int(groups.max()) + 1
+        total = scores.new_zeros(B, G).index_add_(1, groups, scores)
+        size = torch.bincount(groups, minlength=G).to(scores.dtype).expand(B, G)
+        total, size = total[:, groups], size[:, groups]
+    w = torch.where(total > 0, scores / total.clamp_min(torch.finfo(scores.dtype).tiny), 1.0 / size)
+    q = size * float(avg_degree) * w
     n = num_candidates.expand(B, N).to(q.dtype)
+    if not rounding:
+        return q, torch.minimum(q.clamp_min(1.0), n.clamp_min(1.0))
     target = torch.minimum(q.round().clamp_min(1.0), n.clamp_min(1.0))
     return q, target.long()

@@ -18,7 +18,7 @@ from torch import Tensor
 from gnn_lic.graph import _rowkernels
 from gnn_lic.graph.scores import SCORES, complexity_score, degree_quota
 
-__all__ = ["Selector", "Selection", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold"]
+__all__ = ["Selector", "Selection", "AdaptiveDegree", "TopK", "KeepAll", "bisection_threshold", "BISECTIONS"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Selection:
         masked_sim: the similarities with ``-inf`` at invalid entries, when made.
         info: node-order ``(B, N)`` maps for :class:`~gnn_lic.graph.GraphInfo`
             (``scores``, ``quota``, ``target_degree``, ``threshold``).
+        strict: keep ``S_ij > theta_i`` instead of ``>=``.
     """
 
     keep: Optional[Tensor] = None
@@ -40,6 +41,7 @@ class Selection:
     degree: Optional[Tensor] = None
     masked_sim: Optional[Tensor] = None
     info: Dict[str, Tensor] = field(default_factory=dict)
+    strict: bool = False
 
 
 class Selector:
@@ -69,8 +71,13 @@ class Selector:
         return f"{self.__class__.__name__}({args})"
 
 
+#: bisection rules: "paper" (Algorithm 1) and "official" (the authors' code)
+BISECTIONS = ("paper", "official")
+
+
 @torch.no_grad()
-def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int = 5) -> Tensor:
+def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int = 5,
+                        rule: str = "paper") -> Tensor:
     r"""Per-node threshold search by bisection, GLIC Algorithm 1 (eqs. 8-9).
 
     For every row ``i``: :math:`\ell_i = \min_j S_{ij}`, :math:`u_i = \max_j S_{ij}`,
@@ -84,26 +91,34 @@ def bisection_threshold(sim: Tensor, valid: Optional[Tensor], target: Tensor, it
     floating-point rounding; so :math:`\theta_i \le u_i` always holds and every
     node with a candidate keeps at least its most similar one.
 
+    ``rule="official"`` is the variant of the GLIC authors' code: counts and the
+    final selection use the strict :math:`S_{ij} > \theta_i`, the upper bound
+    starts at :math:`u_i = 1` (the largest cosine similarity) and the mean is not
+    capped; a node may then keep no candidate.
+
     Args:
         sim (Tensor): ``(..., K)`` similarities.
         valid (Tensor or None): ``(..., K)`` bool, which entries are real
             candidates (``None``: all of them).
         target (Tensor): ``(...)`` target degrees :math:`d_i^*`.
         iters (int): number of bisection steps ``T``.
+        rule (str): one of :data:`BISECTIONS`.
 
     Returns:
         Tensor: thresholds :math:`\theta_i` of shape ``(...)``.
     """
-    return _bisection(sim, valid, target, iters)[0]
+    if rule not in BISECTIONS:
+        raise ValueError(f"rule must be one of {BISECTIONS}, got {rule!r}")
+    return _bisection(sim, valid, target, iters, rule == "official")[0]
 
 
-def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int
+def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int, official: bool = False
                ) -> Tuple[Tensor, Optional[Tensor], Tensor]:
     """:func:`bisection_threshold`, also returning the final degrees (when counted)
     and the similarities with ``-inf`` at invalid entries."""
     if valid is None:
         lo, hi = sim.amin(-1), sim.amax(-1)
-        theta = torch.minimum(sim.mean(-1), hi)
+        mean = sim.mean(-1)
         sim_masked = sim
     else:
         inf = torch.tensor(float("inf"), dtype=sim.dtype, device=sim.device)
@@ -111,8 +126,19 @@ def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int
         sim_masked = torch.where(valid, sim, -inf)  # invalid entries never count
         hi = sim_masked.amax(-1)
         n = valid.sum(-1).clamp_min(1)
-        theta = torch.minimum(torch.where(valid, sim, 0).sum(-1) / n, hi)
-    target = target.expand(theta.shape)
+        mean = torch.where(valid, sim, 0).sum(-1) / n
+    target = target.expand(mean.shape)
+    if official:
+        hi = torch.ones_like(hi)
+        theta = mean
+        for _ in range(iters):
+            m = (sim_masked > theta.unsqueeze(-1)).sum(-1)
+            over = m > target
+            lo = torch.where(over, theta, lo)
+            hi = torch.where(over, hi, theta)
+            theta = (lo + hi) / 2
+        return theta, None, sim_masked
+    theta = torch.minimum(mean, hi)
     if _rowkernels.enabled(sim, target) and 0 < sim.numel() and sim.shape[-1] < 2**24:  # float counts exact
         K = sim.shape[-1]
         theta = theta.contiguous()
@@ -142,23 +168,35 @@ class AdaptiveDegree(Selector):
     keeps :math:`\mathcal{N}_i = \{ j \in \mathcal{C}_i : S_{ij} \ge \theta_i \}`
     (eq. 9), so the realised degree is close to, not exactly, :math:`d_i^*`.
 
+    When the candidate set defines quota groups (``BlockWindow(group_quota=True)``,
+    ``GlobalGrid(groups=...)``), the sum of the weights runs over each node's group
+    and the group of ``|g|`` nodes shares the budget ``|g| \bar{d}`` (the authors'
+    code), instead of the whole image.
+
     Args:
         avg_degree (float): target average in-degree :math:`\bar{d}`.
-        score (str or None): ``"rms"`` (default, RMS-G), ``"mean"``, ``"entropy"``,
-            ``"residual"``, ``"residual-mean"`` or ``None`` (uniform: a k-NN-like graph).
+        score (str or None): a name of :data:`~gnn_lic.graph.SCORES` (default ``"rms"``,
+            RMS-G) or ``None`` (uniform: a k-NN-like graph).
         iters (int): bisection steps ``T`` (default 5).
+        bisection (str): ``"paper"`` (default): eq. (6) rounds the quota and
+            Algorithm 1 runs as printed; ``"official"``: the authors' code, where the
+            real-valued quota clipped to ``[1, n_i]`` is the target and the search is
+            :func:`bisection_threshold` with ``rule="official"``.
     """
 
-    def __init__(self, avg_degree: float, score: Optional[str] = "rms", iters: int = 5):
+    def __init__(self, avg_degree: float, score: Optional[str] = "rms", iters: int = 5, bisection: str = "paper"):
         if avg_degree <= 0:
             raise ValueError(f"avg_degree must be > 0, got {avg_degree}")
         if score is not None and score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose one of {sorted(SCORES)} or None")
         if iters < 0:
             raise ValueError(f"iters must be >= 0, got {iters}")
+        if bisection not in BISECTIONS:
+            raise ValueError(f"bisection must be one of {BISECTIONS}, got {bisection!r}")
         self.avg_degree = avg_degree
         self.score = score
         self.iters = int(iters)
+        self.bisection = bisection
 
     def prepare(self, x: Tensor) -> Tensor:
         return complexity_score(x, self.score)
@@ -168,11 +206,13 @@ class AdaptiveDegree(Selector):
         if scores is None:
             scores = self.prepare(x)
         scores = scores.reshape(B, -1).to(sim.dtype)
-        quota, target = degree_quota(scores, self.avg_degree, num_candidates)  # node order
+        official = self.bisection == "official"
+        quota, target = degree_quota(scores, self.avg_degree, num_candidates, groups=cands.groups,
+                                     rounding=not official)  # node order
         # rows in block order; padding rows borrow node 0's target and are dropped later
-        theta, degree, masked = _bisection(sim, valid, target[:, cands.rows.clamp_min(0)], self.iters)
+        theta, degree, masked = _bisection(sim, valid, target[:, cands.rows.clamp_min(0)], self.iters, official)
         info = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta[:, cands.row_of_node]}
-        return Selection(threshold=theta, degree=degree, masked_sim=masked, info=info)
+        return Selection(threshold=theta, degree=degree, masked_sim=masked, info=info, strict=official)
 
 
 class TopK(Selector):
@@ -182,28 +222,38 @@ class TopK(Selector):
     ties are broken by candidate order. As in the GABIC paper (edges with
     :math:`i \neq j`) the node itself is not a candidate unless ``loop=True``.
 
+    With ``skip_first=True`` (the GABIC authors' code) every candidate, the node
+    itself included, is ranked and the ``k`` after the first are kept: the first is
+    the node itself unless another candidate has exactly its features.
+
     Args:
         k (int): number of neighbours.
         loop (bool): allow the self-loop ``i -> i`` (default ``False``).
+        skip_first (bool): rank ``k + 1`` candidates with the node itself and drop
+            the most similar (default ``False``).
     """
 
-    def __init__(self, k: int, loop: bool = False):
+    def __init__(self, k: int, loop: bool = False, skip_first: bool = False):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if loop and skip_first:
+            raise ValueError("TopK: loop and skip_first exclude each other")
         self.k = int(k)
         self.loop = bool(loop)
+        self.skip_first = bool(skip_first)
 
     @property
     def self_loops(self) -> bool:
-        return self.loop
+        return self.loop or self.skip_first
 
     def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
         K = sim.shape[-1]
-        k = min(self.k, K)
+        first = int(self.skip_first)
+        k = min(self.k + first, K)
         if valid is not None:
             sim = torch.where(valid, sim, torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device))
         # a stable descending sort keeps candidate order among ties (deterministic)
-        order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :k]
+        order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., first:k]
         keep = torch.zeros(sim.shape, dtype=torch.bool, device=sim.device)
         keep.scatter_(-1, order, True)
         return Selection(keep=keep & valid if valid is not None else keep)

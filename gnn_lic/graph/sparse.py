@@ -35,16 +35,29 @@ class CSRGraph:
             together in memory (a permutation of ``0 .. N-1``), or ``None`` when
             node order already is. Aggregation runs in this order
             (:meth:`relabelled`); results do not depend on it.
+        num_cols (int): number of possible sources, ``N`` or ``N + 1``: source
+            ``N`` is a *zero node* (zero-padding candidates, whose keys and values
+            are zero vectors), which is never a target.
+        rel_index (Tensor or None): ``(E,)`` relative-position index of every edge
+            in CSR order (see :func:`gnn_lic.graph.build_graphs`), or ``None``.
     """
 
     def __init__(self, crow: Tensor, col: Tensor, row: Tensor, num_nodes: int, perm: Optional[Tensor] = None,
-                 order: Optional[Tensor] = None):
+                 order: Optional[Tensor] = None, num_cols: Optional[int] = None, rel_index: Optional[Tensor] = None):
         self.crow, self.col, self.row = crow, col, row
         self.num_nodes = int(num_nodes)
+        self.num_cols = self.num_nodes if num_cols is None else int(num_cols)
+        if self.num_cols not in (self.num_nodes, self.num_nodes + 1):
+            raise ValueError(f"num_cols must be num_nodes or num_nodes + 1, got {self.num_cols} for {self.num_nodes}")
         self.perm = perm
         if order is not None and order.shape != (self.num_nodes,):
             raise ValueError(f"order must hold the {self.num_nodes} node ids, got shape {tuple(order.shape)}")
+        if order is not None and self.num_cols != self.num_nodes:
+            raise ValueError("a graph with a zero node has no node order")
+        if rel_index is not None and rel_index.shape != col.shape:
+            raise ValueError(f"rel_index must have one entry per edge, got {tuple(rel_index.shape)}")
         self.order = order
+        self.rel_index = rel_index
         self._transpose: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._pattern: Optional[Tensor] = None
         self._relabelled: Optional[Tuple[Tensor, Tensor, "CSRGraph"]] = None
@@ -84,7 +97,7 @@ class CSRGraph:
         ``perm_t`` maps its edges to positions in this graph's edge order."""
         if self._transpose is None:
             perm_t = torch.argsort(self.col, stable=True)
-            self._transpose = (_crow(self.col[perm_t], self.num_nodes), self.row[perm_t].contiguous(), perm_t)
+            self._transpose = (_crow(self.col[perm_t], self.num_cols), self.row[perm_t].contiguous(), perm_t)
         return self._transpose
 
     def relabelled(self) -> Tuple[Tensor, Tensor, "CSRGraph"]:
@@ -112,15 +125,17 @@ class CSRGraph:
             offset = torch.arange(E, device=order.device) - torch.repeat_interleave(crow[:-1], degree, output_size=E)
             src = torch.repeat_interleave(self.crow[:-1][order], degree, output_size=E) + offset
             row = torch.repeat_interleave(torch.arange(n, device=order.device), degree, output_size=E)
-            self._relabelled = (order, inverse, CSRGraph(crow, inverse[self.col[src]], row, n))
+            rel = None if self.rel_index is None else self.rel_index[src]
+            self._relabelled = (order, inverse, CSRGraph(crow, inverse[self.col[src]], row, n, rel_index=rel))
         return self._relabelled
 
     def pattern(self, dtype=torch.float32) -> Tensor:
         """The adjacency as a ``torch.sparse_csr`` tensor of ones (``adj_t``)."""
         if self._pattern is None or self._pattern.dtype != dtype:
             ones = torch.ones(self.num_edges, dtype=dtype, device=self.col.device)
-            self._pattern = torch.sparse_csr_tensor(self.crow, self.col, ones, (self.num_nodes, self.num_nodes))
+            self._pattern = torch.sparse_csr_tensor(self.crow, self.col, ones, (self.num_nodes, self.num_cols))
         return self._pattern
 
     def __repr__(self) -> str:
-        return f"CSRGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges})"
+        zero = ", zero node" if self.num_cols > self.num_nodes else ""
+        return f"CSRGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}{zero})"

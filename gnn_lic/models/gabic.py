@@ -33,6 +33,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import nn
 
+from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.entropy import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
@@ -55,7 +56,15 @@ class GABIC(PaddedCompressionModel):
         heads (int): attention heads (8).
         windows (pair of int): window sides at 1/4 and 1/16 resolution ((8, 4)).
         cc_hidden (sequence of int): hidden widths of the slice networks ((224, 176, 128, 64)).
+        hyper_widths (sequence of int, optional): widths of the hyper transforms from
+            ``N`` to ``M`` (default: evenly spaced, 192..320), see
+            :class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`.
         impl (str): aggregation path of the graph blocks.
+        compat (str or None): ``"official"`` builds the authors' code's variant of
+            the graph blocks: the ``k + 1`` most similar window nodes, the node itself
+            included, minus the most similar (``TopK(k, skip_first=True)``), and the
+            edge attribute :math:`(\Delta u + \Delta v)^2` through a learned
+            projection (``use_edge_attr`` of the released models).
 
     Images of any size are padded (replicate, bottom/right) to :attr:`pad_multiple` = 64.
     """
@@ -72,14 +81,24 @@ class GABIC(PaddedCompressionModel):
         heads: int = 8,
         windows: Sequence[int] = (8, 4),
         cc_hidden: Sequence[int] = (224, 176, 128, 64),
+        hyper_widths: Optional[Sequence[int]] = None,
         impl: str = "sparse",
+        compat: Optional[str] = None,
     ):
         super().__init__()
+        if compat not in (None, "official"):
+            raise ValueError(f"compat must be None or 'official', got {compat!r}")
+        if compat == "official" and knn is None:
+            raise ValueError("compat='official' needs k-NN graphs (knn >= 1)")
         self.N, self.M = N, M
+        self.compat = compat
         w_hi, w_lo = windows
+        official = compat == "official"
 
         def block(ch: int, window: int) -> GraphWindowBlock:
-            return GraphWindowBlock(ch, window=window, knn=knn, heads=heads, impl=impl)
+            selector = TopK(knn, skip_first=True) if official else None
+            return GraphWindowBlock(ch, window=window, knn=knn, heads=heads, impl=impl, selector=selector,
+                                    edge_attr=official)
 
         self.g_a = nn.Sequential(
             conv(3, N, kernel_size=5, stride=2), GDN(N),
@@ -98,7 +117,8 @@ class GABIC(PaddedCompressionModel):
             deconv(N, 3, kernel_size=5, stride=2),
         )  # fmt: skip
         self.latent_codec = ChannelSliceLatentCodec(
-            M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden
+            M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden,
+            hyper_widths=hyper_widths,
         )
 
 

@@ -44,9 +44,12 @@ Registered names (every one at sizes ``tiny``, ``small`` and ``paper``):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Sequence
 
 from torch import Tensor, nn
+
+from gnn_lic.graph import AdaptiveDegree, BlockWindow, CandidateSet, GlobalGrid, LocalWindow
 
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.entropy import scctx_latent_codec
@@ -58,6 +61,42 @@ from gnn_lic.nn.blocks import GFABlock
 __all__ = ["GLIC", "GLICAnalysis", "GLICSynthesis", "GLIC_PRESETS", "GLIC_VARIANTS", "build_glic"]
 
 BLOCK_KINDS = ("gfa", "cnn")
+#: local candidate rules: "block" (query blocks sharing a window, the authors' code)
+#: and "window" (a window centred on each node, GLIC eq. 1)
+LOCAL_RULES = ("block", "window")
+#: compatibility modes: None (the paper) or "official" (the authors' code)
+COMPAT = (None, "official")
+#: the authors' cap of the logit scale, ``exp(4.6052)``
+OFFICIAL_MAX_TEMPERATURE = math.exp(4.6052)
+
+
+def gfa_options(compat: Optional[str], local_rule: str, local_window: int, local_sample: int, global_grid: int,
+                avg_degree: float, iters: int, score: Optional[str], order: str, impl: str, heads: int) -> Dict[str, Any]:
+    """Keyword arguments of every :class:`~gnn_lic.nn.GFABlock` of a GLIC model.
+
+    ``compat="official"`` configures the same graph API and layers as the authors'
+    code: zero-padded block windows, quotas normalised within 64-query groups, the
+    blurred and mean-pulled RMS-G score, strict bisection with its upper bound at 1,
+    SwinV2 relative-position terms, layer-norm epsilon ``1e-5`` and the logit-scale cap
+    ``exp(4.6052)``.
+    """
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+    if local_rule not in LOCAL_RULES:
+        raise ValueError(f"local_rule must be one of {LOCAL_RULES}, got {local_rule!r}")
+    if compat == "official":
+        if local_rule != "block" or score != "rms":
+            raise ValueError("compat='official' fixes local_rule='block' and score='rms'")
+        return dict(
+            local=BlockWindow(local_window, local_sample, border="zero", group_quota=True),
+            global_=GlobalGrid(global_grid, groups=local_window),
+            selector=AdaptiveDegree(avg_degree, score="rms-official", iters=iters, bisection="official"),
+            order=order, impl=impl, heads=heads, position_bias=True, norm_eps=1e-5,
+            max_temperature=OFFICIAL_MAX_TEMPERATURE,
+        )  # fmt: skip
+    local: CandidateSet = BlockWindow(local_window, local_sample) if local_rule == "block" else LocalWindow(local_window)
+    return dict(local=local, global_=GlobalGrid(global_grid), selector=AdaptiveDegree(avg_degree, score=score, iters=iters),
+                order=order, impl=impl, heads=heads)
 
 
 def _stage_blocks(kind: str, channels: int, depth: int, mlp_ratio: float, gfa: Dict[str, Any]) -> nn.Module:
@@ -169,9 +208,18 @@ class GLIC(PaddedCompressionModel):
         conv_expansion (float): FFN expansion of the conv blocks at 1/2 resolution (4).
         block (str): ``"gfa"`` (default) or ``"cnn"`` (the conv baseline).
         wavelet (bool): add the auxiliary wavelet branch (WLS/iWLS); see :meth:`ortho_loss`.
-        heads, local_window, global_grid, avg_degree, iters, score, order, impl:
-            options of every :class:`~gnn_lic.nn.GFABlock` (defaults 8, 8, 16, 64, 5,
-            ``"rms"``, ``"local-global"``, ``"sparse"``).
+        local_rule (str): ``"block"`` (default): ``local_window x local_window``
+            query blocks share the ``local_sample x local_sample`` window around them
+            (:class:`~gnn_lic.graph.BlockWindow`, the authors' rule: 256 candidates per
+            node); ``"window"``: the ``local_window x local_window`` window centred on
+            each node (:class:`~gnn_lic.graph.LocalWindow`, GLIC eq. 1 read literally).
+        heads, local_window, local_sample, global_grid, avg_degree, iters, score, order, impl:
+            options of every :class:`~gnn_lic.nn.GFABlock` (defaults 8, 8, 16, 16, 64, 5,
+            ``"rms"``, ``"local-global"``, ``"sparse"``), see :func:`gfa_options`.
+        compat (str or None): ``"official"`` builds the authors' code's variant of
+            every graph block (:func:`gfa_options`) and pads images to 128, as its
+            test script does; with the authors' weights
+            (:func:`gnn_lic.models.load_official`) it reproduces their model.
         groups (sequence of int): SCCTX channel groups, summing to :math:`C_4`.
         hyper_channels, side_channels, hyper_depth, ctx_min_channels, param_min_channels:
             entropy-model widths, see :func:`~gnn_lic.models.entropy.scctx_latent_codec`.
@@ -192,7 +240,9 @@ class GLIC(PaddedCompressionModel):
         block: str = "gfa",
         wavelet: bool = True,
         heads: int = 8,
+        local_rule: str = "block",
         local_window: int = 8,
+        local_sample: int = 16,
         global_grid: int = 16,
         avg_degree: float = 64,
         iters: int = 5,
@@ -205,22 +255,18 @@ class GLIC(PaddedCompressionModel):
         hyper_depth: int = 2,
         ctx_min_channels: int = 192,
         param_min_channels: int = 384,
+        compat: Optional[str] = None,
     ):
         super().__init__()
         if len(channels) != 4 or len(depths) != 3 or len(mlp_ratios) != 2:
             raise ValueError("channels needs 4 values, depths 3 and mlp_ratios 2")
         if block not in BLOCK_KINDS:
             raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
-        gfa = dict(
-            heads=heads,
-            local_window=local_window,
-            global_grid=global_grid,
-            avg_degree=avg_degree,
-            iters=iters,
-            score=score,
-            order=order,
-            impl=impl,
-        )
+        gfa = gfa_options(compat, local_rule, local_window, local_sample, global_grid, avg_degree, iters, score,
+                          order, impl, heads)
+        self.compat = compat
+        if compat == "official":
+            self.pad_multiple = 128
         self.wavelet = bool(wavelet)
         self.g_a = GLICAnalysis(channels, depths, mlp_ratios, block, gfa, self.wavelet, conv_expansion)
         self.g_s = GLICSynthesis(channels, depths, mlp_ratios, block, gfa, self.wavelet, conv_expansion)
@@ -247,6 +293,7 @@ GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
         depths=(2, 2, 2),
         conv_expansion=2,
         wavelet=False,
+        local_rule="window",
         local_window=8,
         global_grid=8,
         avg_degree=16,
@@ -261,6 +308,7 @@ GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
         channels=(16, 16, 16, 32),
         depths=(1, 2, 2),
         wavelet=True,
+        local_rule="window",
         local_window=4,
         global_grid=4,
         avg_degree=4,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -52,45 +52,59 @@ class SparseAttentionConv(MessagePassing):
         self.impl = impl
         self._graph: Optional[CSRGraph] = None
         self._bound: Optional[Tensor] = None
+        self._bias: Optional[Tensor] = None
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Union[Tensor, CSRGraph], logit_bound: Optional[Tensor] = None) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Union[Tensor, CSRGraph], logit_bound: Optional[Tensor] = None,
+               edge_bias: Optional[Callable[[CSRGraph], Tensor]] = None) -> Tensor:
         """Attention-weighted sum of ``v`` over in-neighbours -> ``(N, H, d_v)``.
 
-        ``logit_bound`` (``(H,)``) is an upper bound of ``q_i . k_j`` per head that
+        ``logit_bound`` (``(H,)``) is an upper bound of the logits per head that
         lets the sparse path skip the per-row maximum (see
-        :func:`gnn_lic.nn.functional.sparse_attention`)."""
+        :func:`gnn_lic.nn.functional.sparse_attention`). ``edge_bias`` maps the
+        graph the aggregation runs on to ``(E, H)`` additive logit terms in its edge
+        order. A graph with a zero node (``num_cols = N + 1``) gets zero keys and
+        values for it."""
         N = q.shape[0]
-        if self.impl == "gather":
-            ei = edge_index.edge_index if isinstance(edge_index, CSRGraph) else edge_index
-            return self.propagate(ei, q=q, k=k, v=v, size=(N, N))
         graph = as_csr(edge_index, N)
+        if graph.num_cols > N:
+            k, v = (torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (k, v))
+        if self.impl == "gather":
+            bias = None if edge_bias is None else edge_bias(graph)
+            return self.propagate(graph.edge_index, q=q, k=k, v=v, bias=bias, size=(graph.num_cols, N))
         if graph.order is not None:
             # run in the graph's cache-friendly node order; the same sums, bit for bit
             order, inverse, graph = graph.relabelled()
             q, k, v = (t.index_select(0, order) for t in (q, k, v))
-            return self._attend_sparse(graph, q, k, v, logit_bound).index_select(0, inverse)
-        return self._attend_sparse(graph, q, k, v, logit_bound)
+            return self._attend_sparse(graph, q, k, v, logit_bound, edge_bias).index_select(0, inverse)
+        return self._attend_sparse(graph, q, k, v, logit_bound, edge_bias)
 
-    def _attend_sparse(self, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
+    def _attend_sparse(self, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],
+                       edge_bias: Optional[Callable[[CSRGraph], Tensor]] = None) -> Tensor:
         N = q.shape[0]
         # PyG's generated ``propagate`` only forwards the message's arguments, so
         # the graph (with its cached transpose) reaches ``message_and_aggregate``
         # through this attribute, set only for the duration of the call.
         self._graph, self._bound = graph, logit_bound
+        self._bias = None if edge_bias is None else edge_bias(graph).t()
         try:
-            return self.propagate(graph.pattern(q.dtype), q=q, k=k, v=v, size=(N, N))
+            return self.propagate(graph.pattern(q.dtype), q=q, k=k, v=v, bias=None, size=(graph.num_cols, N))
         finally:
-            self._graph, self._bound = None, None
+            self._graph, self._bound, self._bias = None, None, None
 
-    def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, index: Tensor, ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
-        alpha = softmax((q_i * k_j).sum(-1), index, ptr, size_i)  # (E, H)
+    def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, bias: Optional[Tensor], index: Tensor,
+                ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
+        logits = (q_i * k_j).sum(-1)  # (E, H)
+        if bias is not None:
+            logits = logits + bias
+        alpha = softmax(logits, index, ptr, size_i)
         return alpha.unsqueeze(-1) * v_j
 
-    def message_and_aggregate(self, adj_t: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def message_and_aggregate(self, adj_t: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         graph = self._graph
         if graph is None:  # called directly with a sparse adjacency
             crow, col = adj_t.crow_indices(), adj_t.col_indices()
             row = torch.repeat_interleave(torch.arange(adj_t.shape[0], device=crow.device), crow.diff())
-            graph = CSRGraph(crow, col, row, adj_t.shape[0])
+            graph = CSRGraph(crow, col, row, adj_t.shape[0], num_cols=adj_t.shape[1])
         heads_first = [t.transpose(0, 1) for t in (q, k, v)]  # (H, N, d)
-        return sparse_attention(graph, *heads_first, logit_bound=self._bound).transpose(0, 1)
+        bias = self._bias if bias is None else bias.t()
+        return sparse_attention(graph, *heads_first, logit_bound=self._bound, edge_bias=bias).transpose(0, 1)

@@ -5,7 +5,7 @@ Blocks never build graphs their own way: they call :func:`gnn_lic.graph.build_gr
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from gnn_lic.graph import (
     AdaptiveDegree,
+    CandidateSet,
     CSRGraph,
+    BlockWindow,
     GlobalGrid,
     KeepAll,
-    LocalWindow,
+    Selector,
     TopK,
     WindowPartition,
     build_graphs,
@@ -24,7 +26,8 @@ from gnn_lic.graph import (
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
-__all__ = ["LayerNorm2d", "GatedDWFeedForward", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS"]
+__all__ = ["LayerNorm2d", "GatedDWFeedForward", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
+           "window_offset_attr"]
 
 
 class LayerNorm2d(nn.Module):
@@ -60,13 +63,24 @@ class GatedDWFeedForward(nn.Module):
 
 
 class GFALayer(nn.Module):
-    """One GFA layer: ``x + Agg(LN(x))`` on a graph, then ``x + FFN(LN(x))``."""
+    """One GFA layer: ``x + Agg(LN(x))`` on a graph, then ``x + FFN(LN(x))``.
 
-    def __init__(self, channels: int, heads: int = 8, mlp_ratio: float = 2.0, impl: str = "sparse"):
+    Args:
+        channels, heads, mlp_ratio, impl: widths and aggregation path.
+        position_bias (pair of int, optional): relative-position table ``(Q, S)`` of
+            the aggregation (see :class:`GraphAggregationConv`).
+        norm_eps (float): epsilon of the feed-forward's layer norm (default ``1e-6``).
+        max_temperature (float): temperature cap of the aggregation (default ``100``).
+    """
+
+    def __init__(self, channels: int, heads: int = 8, mlp_ratio: float = 2.0, impl: str = "sparse",
+                 position_bias: Optional[Tuple[int, int]] = None, norm_eps: float = 1e-6,
+                 max_temperature: float = 100.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
-        self.conv = GraphAggregationConv(channels, heads=heads, impl=impl)
-        self.norm2 = LayerNorm2d(channels)
+        self.conv = GraphAggregationConv(channels, heads=heads, impl=impl, position_bias=position_bias,
+                                         max_temperature=max_temperature)
+        self.norm2 = LayerNorm2d(channels, eps=norm_eps)
         self.ffn = GatedDWFeedForward(channels, mlp_ratio)
 
     def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
@@ -94,25 +108,30 @@ class GFABlock(nn.Module):
     r"""Graph-based Feature Aggregation block, GLIC (CVPR 2026) Sec. 3.3 and Fig. 2(b).
 
     From the block's input features it builds, once and without gradient, a
-    local graph (:class:`~gnn_lic.graph.LocalWindow` candidates) and a global
-    graph (:class:`~gnn_lic.graph.GlobalGrid` candidates), both with
-    :class:`~gnn_lic.graph.AdaptiveDegree` selection driven by one shared
-    complexity-score map (RMS-G by default); then ``depth`` :class:`GFALayer`
-    s alternate between the two graphs (local first by default: depth 5 gives
-    local, global, local, global, local, as in the authors' code).
+    local graph and a global graph (*where to connect*: two
+    :class:`~gnn_lic.graph.CandidateSet` s) with one
+    :class:`~gnn_lic.graph.Selector` (*how much*: by default
+    :class:`~gnn_lic.graph.AdaptiveDegree`, whose complexity scores are computed
+    once and shared by both graphs); then ``depth`` :class:`GFALayer` s alternate
+    between the two graphs (local first by default: depth 5 gives local, global,
+    local, global, local, as in the authors' code).
 
     Args:
         channels (int): channels ``C``.
         depth (int): number of layers.
         mlp_ratio (float): feed-forward expansion.
         heads (int): attention heads.
-        local_window (int): ``L`` (default 8).
-        global_grid (int): ``G`` (default 16).
-        avg_degree (float): :math:`\bar{d}` (default 64).
-        iters (int): bisection steps ``T`` (default 5).
-        score (str or None): complexity score (default ``"rms"``, GLIC Table 4).
+        local (CandidateSet): local candidates (default
+            :class:`~gnn_lic.graph.BlockWindow` ``(8, 16)``, see the GLIC model notes).
+        global_ (CandidateSet): global candidates (default ``GlobalGrid(16)``).
+        selector (Selector): selection rule (default ``AdaptiveDegree(64)``: RMS-G,
+            5 bisection steps).
         order (str): one of :data:`GFA_ORDERS` (GLIC Table 3 ablations).
         impl (str): aggregation path of the layers.
+        position_bias (bool): relative-position terms in the aggregation (the
+            authors' code); both candidate sets must define
+            :attr:`~gnn_lic.graph.CandidateSet.position_window`, and it must agree.
+        norm_eps (float), max_temperature (float): see :class:`GFALayer`.
     """
 
     def __init__(
@@ -121,30 +140,44 @@ class GFABlock(nn.Module):
         depth: int,
         mlp_ratio: float = 2.0,
         heads: int = 8,
-        local_window: int = 8,
-        global_grid: int = 16,
-        avg_degree: float = 64,
-        iters: int = 5,
-        score: Optional[str] = "rms",
+        local: Optional[CandidateSet] = None,
+        global_: Optional[CandidateSet] = None,
+        selector: Optional[Selector] = None,
         order: str = "local-global",
         impl: str = "sparse",
+        position_bias: bool = False,
+        norm_eps: float = 1e-6,
+        max_temperature: float = 100.0,
     ):
         super().__init__()
         self.kinds = _layer_kinds(order, depth)
         self.order = order
-        self.local = LocalWindow(local_window)
-        self.global_ = GlobalGrid(global_grid)
-        self.selector = AdaptiveDegree(avg_degree, score=score, iters=iters)
-        self.layers = nn.ModuleList(GFALayer(channels, heads, mlp_ratio, impl) for _ in range(depth))
+        self.local = BlockWindow(8, 16) if local is None else local
+        self.global_ = GlobalGrid(16) if global_ is None else global_
+        self.selector = AdaptiveDegree(64) if selector is None else selector
+        window = None
+        if position_bias:
+            windows = {self._cset(kind).position_window for kind in set(self.kinds)}
+            if len(windows) != 1 or None in windows:
+                raise ValueError(f"position_bias needs candidate sets with one position window, got {windows}")
+            window = windows.pop()
+        self.position_bias = bool(position_bias)
+        self.layers = nn.ModuleList(
+            GFALayer(channels, heads, mlp_ratio, impl, position_bias=window, norm_eps=norm_eps,
+                     max_temperature=max_temperature)
+            for _ in range(depth)
+        )
         self.last_info: Dict[str, object] = {}
         self.keep_info = False  # set True to keep GraphInfo of the last forward (analysis)
 
+    def _cset(self, kind: str) -> CandidateSet:
+        return self.local if kind == "local" else self.global_
+
     def build_graphs(self, x: Tensor, return_info: bool = False) -> Tuple[Dict[str, CSRGraph], Dict[str, object]]:
         """The block's graphs for input ``x`` (shared by all its layers)."""
-        csets = {kind: self.local if kind == "local" else self.global_ for kind in sorted(set(self.kinds))}
-        if return_info:
-            return build_graphs(x, csets, self.selector, return_info=True)
-        return build_graphs(x, csets, self.selector), {}
+        csets = {kind: self._cset(kind) for kind in sorted(set(self.kinds))}
+        out = build_graphs(x, csets, self.selector, return_info=return_info, positions=self.position_bias)
+        return out if return_info else (out, {})
 
     def forward(self, x: Tensor) -> Tensor:
         graphs, infos = self.build_graphs(x, return_info=self.keep_info)
@@ -191,13 +224,22 @@ class GraphWindowBlock(nn.Module):
         knn (int or None): neighbours per node (default 9); ``None`` keeps all.
         heads (int): attention heads (default 8).
         impl (str): aggregation path.
+        selector (Selector, optional): overrides ``knn`` (e.g.
+            ``TopK(9, skip_first=True)``, the authors' k+1 rule).
+        edge_attr (bool): the authors' edge attribute :math:`e_{ij} = (\Delta u + \Delta v)^2`
+            of the window offset between ``j`` and ``i``, added to the logits through
+            a learned ``1 -> C`` projection summed per head (default ``False``).
     """
 
-    def __init__(self, channels: int, window: int = 8, knn: Optional[int] = 9, heads: int = 8, impl: str = "sparse"):
+    def __init__(self, channels: int, window: int = 8, knn: Optional[int] = 9, heads: int = 8, impl: str = "sparse",
+                 selector: Optional[Selector] = None, edge_attr: bool = False):
         super().__init__()
         self.window = WindowPartition(window)
-        self.selector = KeepAll() if knn is None else TopK(knn)
-        self.attn = GraphAttentionConv(channels, heads=heads, impl=impl)
+        if selector is None:
+            selector = KeepAll() if knn is None else TopK(knn)
+        self.selector = selector
+        self.edge_attr = bool(edge_attr)
+        self.attn = GraphAttentionConv(channels, heads=heads, impl=impl, edge_dim=1 if edge_attr else None)
         self.branch_a = nn.Sequential(*(ResidualUnit(channels) for _ in range(3)))
         self.branch_b = nn.Sequential(*(ResidualUnit(channels) for _ in range(3)), nn.Conv2d(channels, channels, 1))
         self.last_info: Dict[str, object] = {}
@@ -212,5 +254,15 @@ class GraphWindowBlock(nn.Module):
             graphs = build_graphs(x, {"window": self.window}, self.selector)
         graph = graphs["window"]
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
-        g = self.attn(tokens, graph).view(B, H, W, C).permute(0, 3, 1, 2)
+        attr = window_offset_attr(graph, W).unsqueeze(-1).to(x.dtype) if self.edge_attr else None
+        g = self.attn(tokens, graph, attr).view(B, H, W, C).permute(0, 3, 1, 2)
         return self.branch_a(x) * torch.sigmoid(self.branch_b(g)) + x
+
+
+def window_offset_attr(graph: CSRGraph, width: int) -> Tensor:
+    r"""``(E,)`` edge attribute :math:`(\Delta u + \Delta v)^2` of every edge ``j -> i`` of a
+    map ``width`` nodes wide (node ids ``b*H*W + u*W + v``; GABIC authors' code)."""
+    src, dst = graph.col, graph.row
+    du = src // width - dst // width  # batch offsets cancel: edges stay inside an image
+    dv = src % width - dst % width
+    return (du + dv).square()

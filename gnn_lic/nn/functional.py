@@ -36,8 +36,8 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, n: int) -> Tensor:
-    return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n: int, m: int) -> Tensor:
+    return torch.sparse_csr_tensor(crow, col, values, (n, m), check_invariants=False)
 
 
 def _spmm(crow: Tensor, col: Tensor, w: Tensor, v: Tensor) -> Tensor:
@@ -45,14 +45,13 @@ def _spmm(crow: Tensor, col: Tensor, w: Tensor, v: Tensor) -> Tensor:
     n = crow.numel() - 1
     out = v.new_empty(w.shape[0], n, v.shape[-1])
     for h in range(w.shape[0]):
-        torch.mm(_csr(crow, col, w[h], n), v[h], out=out[h])  # no temporary per head
+        torch.mm(_csr(crow, col, w[h], n, v.shape[1]), v[h], out=out[h])  # no temporary per head
     return out
 
 
 def _sddmm(graph: CSRGraph, a: Tensor, b: Tensor) -> Tensor:
     """``out[h, e] = a[h, row_e] . b[h, col_e]`` for every edge ``e``."""
-    n = graph.num_nodes
-    pattern = _csr(graph.crow, graph.col, a.new_zeros(graph.num_edges), n)
+    pattern = _csr(graph.crow, graph.col, a.new_zeros(graph.num_edges), graph.num_nodes, b.shape[1])
     out = a.new_empty(a.shape[0], graph.num_edges)
     for h in range(a.shape[0]):
         out[h] = torch.sparse.sampled_addmm(pattern, a[h], b[h].t(), beta=0.0).values()
@@ -151,8 +150,11 @@ def _row_max(graph: CSRGraph, logits: Tensor) -> Tensor:
         return m.index_select(1, graph.row)
 
 
-def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor] = None) -> Tensor:
-    r"""``sum_j softmax_j(q_i . k_j) v_j`` over in-neighbours, ``(H, N, d_v)``.
+def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor] = None,
+                     edge_bias: Optional[Tensor] = None) -> Tensor:
+    r"""``sum_j softmax_j(q_i . k_j + b_ij) v_j`` over in-neighbours, ``(H, N, d_v)``.
+
+    ``k`` and ``v`` have ``graph.num_cols`` rows (sources), ``q`` ``graph.num_nodes``.
 
     The softmax is never normalised edge by edge: with :math:`e_{ij} = \exp(l_{ij} - c_i)`,
     one SpMM of :math:`e` with ``[v, 1]`` yields both :math:`\sum_j e_{ij} v_j` and
@@ -163,10 +165,15 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
             head (e.g. the temperature for cosine logits). When given, it is the
             shift :math:`c_i` and no per-row maximum is needed; if a row underflows
             (all its logits far below the bound) the exact row maximum is used.
+            With ``edge_bias`` it must bound the sum.
+        edge_bias (Tensor, optional): ``(H, E)`` additive logit terms :math:`b_{ij}`
+            in the graph's CSR order (relative-position or edge-attribute terms).
     """
     logits = sddmm(graph, q, k)
-    H, N = v.shape[0], v.shape[1]
-    v1 = torch.cat([v, v.new_ones(H, N, 1)], -1)
+    if edge_bias is not None:
+        logits = logits + edge_bias
+    H, M = v.shape[0], v.shape[1]
+    v1 = torch.cat([v, v.new_ones(H, M, 1)], -1)
     if logit_bound is not None:
         e = (logits - logit_bound.detach().view(-1, 1)).exp()
         out = spmm(graph, e, v1)

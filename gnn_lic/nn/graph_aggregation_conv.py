@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from gnn_lic.graph.sparse import CSRGraph
 from gnn_lic.nn.attention_base import SparseAttentionConv
 
-__all__ = ["GraphAggregationConv"]
+__all__ = ["GraphAggregationConv", "position_coords"]
 
 
 class GraphAggregationConv(SparseAttentionConv):
@@ -29,12 +29,21 @@ class GraphAggregationConv(SparseAttentionConv):
     (initialised to ``temperature``); :math:`\phi` is the learnable linear
     projection of eq. (10); :math:`W_o` mixes the heads (as in the authors' code).
 
+    With ``position_bias=(Q, S)`` (the authors' code, not in the paper) each logit
+    gains a relative-position term :math:`b^h_{ij} = 16\,\sigma(\mathrm{MLP}(c_{ij}))_h`,
+    SwinV2's continuous position bias: an MLP ``2 -> 512 -> H`` maps the log-spaced
+    offset :math:`c_{ij}` between a query's place in its ``Q x Q`` group and the
+    candidate's slot in the ``S x S`` window (the graph's
+    :attr:`~gnn_lic.graph.CSRGraph.rel_index`, see :func:`gnn_lic.graph.build_graphs`).
+
     Args:
         channels (int): input and output channels ``C``.
         heads (int): number of heads ``H`` (``C`` must be divisible by ``H``).
         bias (bool): biases in the projections (default ``True``).
         temperature (float): initial temperature (default ``10``).
         max_temperature (float): temperature cap (default ``100``).
+        position_bias (pair of int, optional): ``(Q, S)`` of the relative-position
+            table (default ``None``: no position term).
         impl (str): ``"sparse"`` (default) or ``"gather"``, see
             :class:`~gnn_lic.nn.attention_base.SparseAttentionConv`.
 
@@ -51,6 +60,7 @@ class GraphAggregationConv(SparseAttentionConv):
         bias: bool = True,
         temperature: float = 10.0,
         max_temperature: float = 100.0,
+        position_bias: Optional[Sequence[int]] = None,
         impl: str = "sparse",
         **kwargs,
     ):
@@ -65,6 +75,10 @@ class GraphAggregationConv(SparseAttentionConv):
         self.phi = nn.Linear(channels, channels, bias=bias)
         self.out = nn.Linear(channels, channels, bias=bias)
         self.log_temperature = nn.Parameter(torch.empty(heads))
+        self.position_bias = None if position_bias is None else tuple(int(v) for v in position_bias)
+        if self.position_bias is not None:
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
+            self.register_buffer("position_coords", position_coords(*self.position_bias), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -72,6 +86,14 @@ class GraphAggregationConv(SparseAttentionConv):
         for lin in (self.qk, self.phi, self.out):
             lin.reset_parameters()
         nn.init.constant_(self.log_temperature, math.log(self.temperature))
+        if self.position_bias is not None:
+            for layer in self.cpb_mlp:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+
+    def position_table(self) -> Tensor:
+        r"""``((Q + S - 1)^2, H)`` relative-position terms, :math:`16\,\sigma(\mathrm{MLP}(c))`."""
+        return 16 * torch.sigmoid(self.cpb_mlp(self.position_coords))
 
     def forward(self, x: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
         N, H = x.shape[0], self.heads
@@ -80,8 +102,31 @@ class GraphAggregationConv(SparseAttentionConv):
         q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
         k = F.normalize(k, dim=-1)
         v = self.phi(x).view(N, H, -1)
-        # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed
-        return self.out(self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1))
+        if self.position_bias is None:
+            # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed
+            return self.out(self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1))
+        table = self.position_table()
+
+        def edge_bias(graph: CSRGraph) -> Tensor:
+            if graph.rel_index is None:
+                raise ValueError("position_bias needs graphs built with positions=True (CSRGraph.rel_index)")
+            return table.index_select(0, graph.rel_index)
+
+        bound = tau + table.detach().amax(0)
+        return self.out(self.attend(q, k, v, edge_index, logit_bound=bound, edge_bias=edge_bias).reshape(N, -1))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, heads={self.heads}, impl={self.impl!r})"
+
+
+def position_coords(Q: int, S: int) -> Tensor:
+    r"""``((Q + S - 1)^2, 2)`` log-spaced offsets of a SwinV2 continuous position bias.
+
+    Offsets run over ``-(S - 1) .. Q - 1`` on each axis (row-major table, row offset
+    first), scaled by :math:`8 / (Q - 1)` and mapped by
+    :math:`t \mapsto \mathrm{sign}(t) \log_2(1 + |t|) / \log_2 8`.
+    """
+    r = torch.arange(-(S - 1), Q, dtype=torch.float32)
+    t = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
+    t = t / max(Q - 1, 1) * 8
+    return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8)

@@ -133,5 +133,5 @@ def test_candidate_rules_validate_size():
 
 def test_repr():
     assert repr(LocalWindow(8)) == "LocalWindow(size=8, border='shift', block=8)"
-    assert repr(GlobalGrid(16)) == "GlobalGrid(size=16)"
+    assert repr(GlobalGrid(16)) == "GlobalGrid(size=16, groups=None)"
     assert repr(WindowPartition(4)) == "WindowPartition(size=4)"

@@ -267,5 +267,5 @@ def test_selector_arguments_validated():
 
 
 def test_selector_repr():
-    assert repr(TopK(9)) == "TopK(k=9, loop=False)"
-    assert repr(AdaptiveDegree(16)) == "AdaptiveDegree(avg_degree=16, score='rms', iters=5)"
+    assert repr(TopK(9)) == "TopK(k=9, loop=False, skip_first=False)"
+    assert repr(AdaptiveDegree(16)) == "AdaptiveDegree(avg_degree=16, score='rms', iters=5, bisection='paper')"
