@@ -155,10 +155,16 @@ def window_attention(
     Returns:
         ``(B, nW, h, N, d)``.
     """
-    add = bias.to(q.dtype)[None]  # (1, h, N, N) -> broadcasts over (B, nW)
-    if mask is not None:
-        add = add.masked_fill(mask[:, None], float("-inf"))  # (nW, h, N, N)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=add, scale=scale)
+    B, nW, h, N, d = q.shape
+    # 4-D views (what the fused CUDA kernels take), with the additive mask broadcast over the batch
+    if mask is None:
+        shape, add = (B * nW, h, N, d), bias.to(q.dtype)[None]  # (1, h, N, N)
+    else:
+        shape = (B, nW * h, N, d)
+        add = bias.to(q.dtype)[None].masked_fill(mask[:, None], float("-inf")).reshape(1, nW * h, N, N)
+    out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=add,
+                                         scale=scale)
+    return out.view(B, nW, h, N, d)
 
 
 class WindowAttention(nn.Module):
