@@ -5,6 +5,7 @@ Usage::
     python experiments/run.py --model glic                      # the default job (~6 min on 2 idle CPU cores)
     python experiments/run.py --model gabic --lambdas mse --steps 20000 --size paper --device cuda
     python experiments/run.py --config experiments/configs/smoke.yaml --steps 10
+    python experiments/run.py --config experiments/configs/gabic.yaml --device cuda   # GABIC's recipe
     python experiments/run.py --resume runs/glic-small-mse-20250101-120000   # continue a killed job
     python experiments/run.py --checkpoint a.pt b.pt --anchors               # evaluate only
     torchrun --nproc_per_node=2 experiments/run.py --model glic             # DDP (gloo on CPU, NCCL on GPU)
@@ -118,8 +119,9 @@ OPTIONS: Dict[str, Tuple[Callable[[Any], Any], Any, str, str]] = {
     "model": (_str, None, "value", "registered model name (required unless --resume/--checkpoint)"),
     "size": (_str, _D.size, "value", "model size: tiny, small or paper"),
     "lambdas": (_lambdas, None, "list",
-                "lambdas: numbers and/or presets 'mse' = %s, 'ms-ssim' = %s (default: mse %s / ms-ssim %s)"
-                % (LAMBDA_PRESETS["mse"], LAMBDA_PRESETS["ms-ssim"], DEFAULT_LAMBDAS["mse"],
+                "lambdas: numbers and/or presets 'mse' = %s, 'ms-ssim' = %s, 'gabic' = %s "
+                "(default: mse %s / ms-ssim %s)"
+                % (LAMBDA_PRESETS["mse"], LAMBDA_PRESETS["ms-ssim"], LAMBDA_PRESETS["gabic"], DEFAULT_LAMBDAS["mse"],
                    DEFAULT_LAMBDAS["ms-ssim"])),
     "metric": (_str, _D.metric, "value", "distortion: mse (255^2 MSE) or ms-ssim (1 - MS-SSIM)"),
     "steps": (_pos_int, _D.steps, "value", "optimizer steps per lambda"),
@@ -127,8 +129,13 @@ OPTIONS: Dict[str, Tuple[Callable[[Any], Any], Any, str, str]] = {
     "patch_size": (_pos_int, _D.patch_size, "value", "training crop side in pixels"),
     "lr": (_float, _D.lr, "value", "learning rate of the main Adam"),
     "aux_lr": (_float, _D.aux_lr, "value", "learning rate of the aux Adam (quantiles)"),
-    "lr_schedule": (_str, _D.lr_schedule, "value", "step (x0.1 at --lr-drop of the steps), cosine or constant"),
+    "lr_schedule": (_str, _D.lr_schedule, "value",
+                    "step (x0.1 at --lr-drop of the steps), cosine, constant, or plateau (x --plateau-factor when "
+                    "the evaluation loss has not improved for more than --plateau-patience evaluations)"),
     "lr_drop": (_float, _D.lr_drop, "value", "fraction of the steps after which 'step' divides the lr by 10"),
+    "plateau_factor": (_float, _D.plateau_factor, "value", "learning-rate factor of 'plateau' (GABIC: 0.3)"),
+    "plateau_patience": (_nonneg_int, _D.plateau_patience, "value",
+                         "evaluations without improvement that 'plateau' tolerates (GABIC: 10 epochs)"),
     "clip_max_norm": (_float, _D.clip_max_norm, "value", "gradient-norm clipping (0: off)"),
     "ortho_weight": (_float, _D.ortho_weight, "value", "weight of the wavelet branch's orthogonality loss"),
     "flips": (_bool, _D.flips, "bool", "random flips of the training crops"),
@@ -150,7 +157,8 @@ OPTIONS: Dict[str, Tuple[Callable[[Any], Any], Any, str, str]] = {
     "deterministic": (_bool, _D.deterministic, "bool", "torch.use_deterministic_algorithms(True)"),
     "progress": (_bool, _D.progress, "bool", "tqdm progress bar"),
 }
-_PASSTHROUGH = ("steps", "batch_size", "patch_size", "lr", "aux_lr", "lr_schedule", "lr_drop", "clip_max_norm",
+_PASSTHROUGH = ("steps", "batch_size", "patch_size", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
+                "plateau_patience", "clip_max_norm",
                 "ortho_weight", "flips", "data_train", "data_test", "device", "seed", "threads", "eval_every",
                 "save_every", "log_every", "stop_after", "deterministic", "progress", "model", "size", "metric")
 

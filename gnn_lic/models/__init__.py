@@ -1,14 +1,16 @@
 """Compression models (CompressAI contract) built on the graph core.
 
 Importing this package registers every model: ``glic`` and its ablation variants
-(:mod:`gnn_lic.models.glic`), ``cnn``, ``gabic`` and ``wacnn`` (:mod:`gnn_lic.models.gabic`).
+(:mod:`gnn_lic.models.glic`), ``cnn``, ``gabic`` and ``gabic-keepall`` (:mod:`gnn_lic.models.gabic`),
+``wacnn`` (Zou et al.'s window-attention CNN, :mod:`gnn_lic.models.wacnn`).
 """
 
 from gnn_lic.models.registry import SIZES, create_model, list_models, register_model
 
-from gnn_lic.models import gabic, glic  # noqa: E402,F401,I001 - registers the models
+from gnn_lic.models import gabic, glic, wacnn  # noqa: E402,F401,I001 - registers the models
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.gabic import GABIC
 from gnn_lic.models.glic import GLIC
+from gnn_lic.models.wacnn import WACNN
 
-__all__ = ["create_model", "list_models", "register_model", "SIZES", "GLIC", "GABIC", "PaddedCompressionModel"]
+__all__ = ["create_model", "list_models", "register_model", "SIZES", "GLIC", "GABIC", "WACNN", "PaddedCompressionModel"]

@@ -1,4 +1,4 @@
-r"""GABIC: Graph-based Attention Block for Image Compression (ICIP 2024), and WACNN.
+r"""GABIC: Graph-based Attention Block for Image Compression (ICIP 2024), and its keep-all variant.
 
 Architecture (GABIC Fig. 2(a), Sec. 3.2; official-code notes 2.1): the WACNN
 layout of Zou et al. (CVPR 2022) with its window-attention blocks replaced by
@@ -18,16 +18,22 @@ windows, GABIC Sec. 3.3), and a channel-wise entropy model with LRP.
 ``conv`` = 5x5 stride-2 convolution, ``deconv`` = 5x5 stride-2 transposed
 convolution (CompressAI helpers). Registered names:
 
-=========  ==================================================================
-``gabic``  GABIC, k-NN graphs with ``k = 9`` (no self loop), 8 heads
-``wacnn``  the same code with ``knn=None``: every window node attends to every
-           other (window attention, GABIC eqs. 8-12; the WACNN baseline)
-=========  ==================================================================
+=================  ==========================================================
+``gabic``          GABIC, k-NN graphs with ``k = 9`` (no self loop), 8 heads
+``gabic-keepall``  the same code with ``knn=None``: every window node attends to
+                   every other node of its window (GABIC eqs. 8-12: window
+                   attention written as a graph, without Swin's shift and
+                   relative-position bias)
+=================  ==========================================================
+
+Zou et al.'s own model, with shifted-window attention, is ``wacnn``
+(:mod:`gnn_lic.models.wacnn`); it shares :func:`window_codec_transforms` and the
+entropy model with GABIC.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
@@ -39,7 +45,37 @@ from gnn_lic.models.entropy import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.blocks import GraphWindowBlock
 
-__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic"]
+__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms"]
+
+
+def window_codec_transforms(
+    N: int, M: int, block: Callable[[int, int, str], nn.Module], windows: Sequence[int]
+) -> Tuple[nn.Sequential, nn.Sequential]:
+    """``(g_a, g_s)`` of the WACNN layout (official-code notes 2.1), blocks made by ``block``.
+
+    ``block(channels, window, stage)`` is called for the four block positions, with
+    ``stage`` = ``"high"`` (1/4 resolution, ``windows[0]``) or ``"low"`` (1/16,
+    ``windows[1]``): ``g_a[4]`` (N, high), ``g_a[8]`` (M, low), ``g_s[0]`` (M, low),
+    ``g_s[5]`` (N, high).
+    """
+    w_hi, w_lo = windows
+    g_a = nn.Sequential(
+        conv(3, N, kernel_size=5, stride=2), GDN(N),
+        conv(N, N, kernel_size=5, stride=2), GDN(N),
+        block(N, w_hi, "high"),
+        conv(N, N, kernel_size=5, stride=2), GDN(N),
+        conv(N, M, kernel_size=5, stride=2),
+        block(M, w_lo, "low"),
+    )  # fmt: skip
+    g_s = nn.Sequential(
+        block(M, w_lo, "low"),
+        deconv(M, N, kernel_size=5, stride=2), GDN(N, inverse=True),
+        deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
+        block(N, w_hi, "high"),
+        deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
+        deconv(N, 3, kernel_size=5, stride=2),
+    )  # fmt: skip
+    return g_a, g_s
 
 
 class GABIC(PaddedCompressionModel):
@@ -52,7 +88,7 @@ class GABIC(PaddedCompressionModel):
         max_support_slices (int): how many of the first decoded slices condition
             the later ones (5).
         knn (int or None): neighbours per node in the graph window blocks (9);
-            ``None`` keeps all window nodes (WACNN).
+            ``None`` keeps all window nodes (``gabic-keepall``).
         heads (int): attention heads (8).
         windows (pair of int): window sides at 1/4 and 1/16 resolution ((8, 4)).
         cc_hidden (sequence of int): hidden widths of the slice networks ((224, 176, 128, 64)).
@@ -92,30 +128,14 @@ class GABIC(PaddedCompressionModel):
             raise ValueError("compat='official' needs k-NN graphs (knn >= 1)")
         self.N, self.M = N, M
         self.compat = compat
-        w_hi, w_lo = windows
         official = compat == "official"
 
-        def block(ch: int, window: int) -> GraphWindowBlock:
+        def block(ch: int, window: int, _stage: str) -> GraphWindowBlock:
             selector = TopK(knn, skip_first=True) if official else None
             return GraphWindowBlock(ch, window=window, knn=knn, heads=heads, impl=impl, selector=selector,
                                     edge_attr=official)
 
-        self.g_a = nn.Sequential(
-            conv(3, N, kernel_size=5, stride=2), GDN(N),
-            conv(N, N, kernel_size=5, stride=2), GDN(N),
-            block(N, w_hi),
-            conv(N, N, kernel_size=5, stride=2), GDN(N),
-            conv(N, M, kernel_size=5, stride=2),
-            block(M, w_lo),
-        )  # fmt: skip
-        self.g_s = nn.Sequential(
-            block(M, w_lo),
-            deconv(M, N, kernel_size=5, stride=2), GDN(N, inverse=True),
-            deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
-            block(N, w_hi),
-            deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
-            deconv(N, 3, kernel_size=5, stride=2),
-        )  # fmt: skip
+        self.g_a, self.g_s = window_codec_transforms(N, M, block, windows)
         self.latent_codec = ChannelSliceLatentCodec(
             M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden,
             hyper_widths=hyper_widths,
@@ -145,10 +165,10 @@ def build_gabic_model(size: str = "paper", **kwargs) -> GABIC:
     return build_gabic(size, **kwargs)
 
 
-@register_model("wacnn")
-def build_wacnn(size: str = "paper", **kwargs) -> GABIC:
-    """WACNN: the GABIC code with keep-all windows (``knn=None``) at ``size``."""
+@register_model("gabic-keepall")
+def build_gabic_keepall(size: str = "paper", **kwargs) -> GABIC:
+    """The GABIC code with keep-all windows (``knn=None``, GABIC eqs. 8-12) at ``size``."""
     if kwargs.get("knn") is not None:
-        raise ValueError("model 'wacnn' fixes knn=None; use 'gabic' for k-NN graphs")
+        raise ValueError("model 'gabic-keepall' fixes knn=None; use 'gabic' for k-NN graphs")
     kwargs.pop("knn", None)
     return build_gabic(size, knn=None, **kwargs)

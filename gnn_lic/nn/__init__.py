@@ -1,4 +1,4 @@
-"""Message-passing layers and image-domain graph blocks."""
+"""Message-passing layers, image-domain graph blocks and (shifted) window attention."""
 
 from gnn_lic.nn.attention_base import SparseAttentionConv, as_csr
 from gnn_lic.nn.functional import segment_softmax, sddmm, sparse_attention, spmm
@@ -27,3 +27,13 @@ from gnn_lic.nn.blocks import (  # noqa: E402
 )
 
 __all__ += ["GFABlock", "GFALayer", "GraphWindowBlock", "LayerNorm2d", "GatedDWFeedForward", "ResidualUnit", "GFA_ORDERS"]
+
+from gnn_lic.nn.window_attention import (  # noqa: E402
+    WindowAttention,
+    WindowAttentionBlock,
+    WindowAttentionLayer,
+    relative_position_index,
+    window_mask,
+)
+
+__all__ += ["WindowAttention", "WindowAttentionLayer", "WindowAttentionBlock", "relative_position_index", "window_mask"]

@@ -24,6 +24,11 @@ for completeness; every checkpoint loads with ``torch.load(weights_only=True)``.
 finite, neither optimizer is stepped; the step is counted in the ``skipped`` column
 of ``log.csv`` and the learning-rate schedule still advances.
 
+**Learning rate.** ``step``/``cosine``/``constant`` schedules advance once per step, for
+both optimizers. ``plateau`` (GABIC's recipe) steps ``ReduceLROnPlateau`` on the
+evaluation loss of each periodic evaluation (:meth:`Trainer.step_plateau`, before
+``latest.pt`` is written); the aux rate stays constant.
+
 **Distributed.** Under ``torchrun`` the model is wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel` (``quantiles`` excluded: each
 process fits them with its own aux loss, which depends on no data, so they stay
@@ -49,6 +54,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
 from gnn_lic.models import create_model, list_models
@@ -58,6 +64,7 @@ from gnn_lic.training.data import RandomCrops, load_images, step_seed
 from gnn_lic.training.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, has_ortho_loss
 from gnn_lic.training.optim import (
+    PER_STEP_SCHEDULES,
     LRSchedule,
     configure_optimizers,
     grad_norm_and_clip,
@@ -70,8 +77,8 @@ __all__ = ["Trainer", "train", "environment_info", "eval_loss", "default_run_dir
 LATEST = "checkpoints/latest.pt"
 BEST = "checkpoints/best.pt"
 #: options whose change makes a resumed run differ from an uninterrupted one
-_TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "clip_max_norm",
-                    "ortho_weight", "flips", "data_train", "steps")
+_TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
+                    "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
 #: options that must match to resume at all
 _IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
 
@@ -266,9 +273,13 @@ class Trainer:
         self.net: nn.Module = create_model(cfg.model, size=cfg.size).to(self.device)
         self.criterion = RateDistortionLoss(cfg.lmbda, cfg.metric, cfg.ortho_weight)
         self.optimizer, self.aux_optimizer = configure_optimizers(self.net, cfg.lr, cfg.aux_lr)
-        # one schedule for both learning rates (the official GLIC code drops both to 1e-5)
-        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop)
-        self.aux_scheduler = make_scheduler(self.aux_optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop)
+        # one per-step schedule for both learning rates (the official GLIC code drops both to 1e-5);
+        # "plateau" schedules the main rate only, on evaluation losses, as CompressAI-style code does
+        self.plateau = cfg.lr_schedule not in PER_STEP_SCHEDULES
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop,
+                                        cfg.plateau_factor, cfg.plateau_patience)
+        self.aux_scheduler = make_scheduler(self.aux_optimizer, "constant" if self.plateau else cfg.lr_schedule,
+                                            cfg.steps, cfg.lr_drop)
         main_names, self.aux_names = split_parameters(self.net)
         params = dict(self.net.named_parameters())
         self.main_params = [params[n] for n in main_names]
@@ -333,8 +344,11 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.aux_scheduler.load_state_dict(ckpt["aux_scheduler"])
         for sched in (self.scheduler, self.aux_scheduler):
-            if getattr(sched.lr_lambdas[0], "steps", self.cfg.steps) != self.cfg.steps:  # extended run
-                sched.lr_lambdas[0] = LRSchedule(self.cfg.lr_schedule, self.cfg.steps, self.cfg.lr_drop)
+            if not isinstance(sched, LambdaLR):  # plateau: nothing depends on the number of steps
+                continue
+            old = sched.lr_lambdas[0]
+            if getattr(old, "steps", self.cfg.steps) != self.cfg.steps:  # extended run
+                sched.lr_lambdas[0] = LRSchedule(old.kind, self.cfg.steps, self.cfg.lr_drop)
         _set_rng_state(ckpt.get("rng_state") or {})
         self.step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped", 0))
@@ -402,7 +416,8 @@ class Trainer:
                 self.aux_optimizer.step()
         with warnings.catch_warnings():  # a skipped first step is not the misuse this warns about
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            self.scheduler.step()
+            if not self.plateau:  # a plateau scheduler steps on evaluation losses (step_plateau)
+                self.scheduler.step()
             self.aux_scheduler.step()
 
         result = {k: float(v) for k, v in zip(self.term_keys + ["aux_loss"], stats.tolist())}
@@ -446,6 +461,18 @@ class Trainer:
         return save_checkpoint(
             self.run_dir / BEST, self.net, step=self.step, config=self.cfg.to_dict(), metrics=self._metrics()
         )
+
+    def step_plateau(self, loss: Optional[float] = None) -> float:
+        """Step the ``plateau`` scheduler on an evaluation loss; returns the main learning rate after it.
+
+        Every process calls it after an evaluation; rank 0's ``loss`` (default: the loss of
+        its last evaluation) is broadcast so that all processes keep the same rate.
+        """
+        if loss is None and self.ctx.is_main:
+            loss = self.last_eval["eval_loss"]
+        loss = broadcast_object(loss if self.ctx.is_main else None)
+        self.scheduler.step(float(loss))
+        return self.optimizer.param_groups[0]["lr"]
 
     def _eval_and_keep_best(self, bar) -> None:
         ev = self.evaluate()
@@ -496,10 +523,13 @@ class Trainer:
                     if self.skipped:
                         post["skipped"] = self.skipped
                     bar.set_postfix(post, refresh=False)
-                    if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                    if main:
                         self._eval_and_keep_best(bar)
-                    if self.step % cfg.save_interval == 0 or self.step in (cfg.steps, stop):
-                        self.save_latest()
+                    if self.plateau:  # before saving, so that a resumed run continues the same schedule
+                        self.step_plateau()
+                if main and (self.step % cfg.save_interval == 0 or self.step in (cfg.steps, stop)):
+                    self.save_latest()
         except KeyboardInterrupt:
             if main and not self.ctx.distributed and self.step > 0:
                 self.save_latest()

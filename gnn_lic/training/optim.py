@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules.
+"""Optimizers and learning-rate schedules (per training step, or on a plateau of the evaluation loss).
 
 Two Adam optimizers, as in CompressAI's training example: the **main** one updates
 every parameter except the entropy bottlenecks' ``quantiles``, which the **aux** one
@@ -9,13 +9,17 @@ disjoint and together cover every trainable parameter.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-__all__ = ["split_parameters", "configure_optimizers", "LRSchedule", "make_scheduler", "grad_norm_and_clip"]
+__all__ = ["split_parameters", "configure_optimizers", "LRSchedule", "make_scheduler", "grad_norm_and_clip",
+           "PER_STEP_SCHEDULES"]
+
+#: schedules stepped once per training step; ``plateau`` is stepped on evaluation losses instead
+PER_STEP_SCHEDULES = ("step", "cosine", "constant")
 
 AUX_SUFFIX = "quantiles"
 
@@ -88,8 +92,34 @@ class LRSchedule:
         return f"LRSchedule(kind={self.kind!r}, steps={self.steps}, drop_step={self.drop_step})"
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, steps: int, drop_at: float = 0.8) -> LambdaLR:
-    """``LambdaLR`` over :class:`LRSchedule`; call ``scheduler.step()`` once per training step."""
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    steps: int,
+    drop_at: float = 0.8,
+    plateau_factor: float = 0.3,
+    plateau_patience: int = 10,
+) -> Union[LambdaLR, ReduceLROnPlateau]:
+    """The scheduler of ``kind``.
+
+    ``step``, ``cosine``, ``constant``: ``LambdaLR`` over :class:`LRSchedule`; call
+    ``scheduler.step()`` once per training step.
+
+    ``plateau``: ``ReduceLROnPlateau(mode="min", factor=plateau_factor,
+    patience=plateau_patience)`` (GABIC Sec. 4: factor 0.3, patience 10); call
+    ``scheduler.step(loss)`` once per evaluation. The rate is multiplied by the factor
+    at the evaluation that makes ``patience + 1`` in a row without a (relative 1e-4)
+    improvement of the best loss.
+
+    >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> sched = make_scheduler(opt, "plateau", 0, plateau_factor=0.5, plateau_patience=1)
+    >>> for loss in (3.0, 3.0, 3.0):
+    ...     sched.step(loss)
+    >>> opt.param_groups[0]["lr"]
+    0.5
+    """
+    if kind == "plateau":
+        return ReduceLROnPlateau(optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
     return LambdaLR(optimizer, LRSchedule(kind, steps, drop_at))
 
 

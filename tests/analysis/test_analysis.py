@@ -145,7 +145,7 @@ def test_erf_difference():
     assert erf_difference(d, e) == pytest.approx(ref)
 
 
-@pytest.mark.parametrize("name", ["glic", "gabic", "wacnn"])
+@pytest.mark.parametrize("name", ["glic", "gabic", "gabic-keepall"])
 def test_graph_stages_match_the_graphs(name):
     torch.manual_seed(0)
     net = create_model(name, size="tiny").eval()

@@ -142,3 +142,20 @@ def test_help(run_script, capsys):
                  "--data-train", "--data-test", "--out", "--resume", "--checkpoint", "--device", "--seed",
                  "--threads", "--config", "--entropy-estimation", "--anchors"):
         assert flag in text, flag
+
+
+def test_gabic_recipe_config(run_script):
+    """experiments/configs/gabic.yaml is GABIC's recipe (GABIC Sec. 4) and builds valid TrainConfigs."""
+    from gnn_lic.training import TrainConfig
+
+    path = Path(run_script.__file__).parent / "configs" / "gabic.yaml"
+    opts = run_script.resolve_options(["--config", str(path), "--steps", "3"])
+    run_script._validate(opts)
+    assert opts["model"] == "gabic" and opts["metric"] == "mse" and opts["steps"] == 3
+    assert parse_lambdas(opts["lambdas"], opts["metric"]) == [0.0067, 0.0130, 0.025, 0.0483]
+    assert (opts["lr_schedule"], opts["plateau_factor"], opts["plateau_patience"]) == ("plateau", 0.3, 10)
+    assert (opts["lr"], opts["batch_size"], opts["patch_size"]) == (1e-4, 16, 256)
+    cfg = TrainConfig(**{k: opts[k] for k in run_script._PASSTHROUGH}, lmbda=0.0067)
+    assert cfg.lr_schedule == "plateau" and cfg.plateau_patience == 10
+    flags = run_script.resolve_options(["--model", "gabic", "--lr-schedule", "plateau", "--plateau-patience", "3"])
+    assert flags["plateau_patience"] == 3 and flags["plateau_factor"] == 0.3

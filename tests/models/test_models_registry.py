@@ -19,6 +19,7 @@ EXPECTED = {
     "glic-knn",
     "cnn",
     "gabic",
+    "gabic-keepall",
     "wacnn",
 }
 
@@ -43,7 +44,7 @@ def test_builds_at_every_size(name, size):
 
 
 def test_sizes_grow():
-    for name in ("glic", "gabic"):
+    for name in ("glic", "gabic", "wacnn"):
         counts = [_count(create_model(name, size=s)) for s in ("tiny", "small", "paper")]
         assert counts == sorted(counts)
 
@@ -69,8 +70,39 @@ def test_variants_differ_only_in_their_option():
         assert _count(net) == _count(base)
     assert create_model("glic-knn", size="tiny").g_a.blocks[1].selector.score is None
     assert create_model("glic-score-entropy", size="tiny").g_s.blocks[0].selector.score == "entropy"
-    assert create_model("wacnn", size="tiny").g_a[4].selector.__class__.__name__ == "KeepAll"
+    assert create_model("gabic-keepall", size="tiny").g_a[4].selector.__class__.__name__ == "KeepAll"
     assert create_model("gabic", size="tiny").g_a[4].selector.k == 9
+
+
+def test_wacnn_is_the_gabic_layout_with_shifted_window_blocks():
+    """Zou et al.'s model: window 8 / shift 4 at 1/4 resolution, 4 / 2 at 1/16, same four positions as GABIC."""
+    from gnn_lic.nn import GraphWindowBlock, WindowAttentionBlock
+
+    for size in ("tiny", "paper"):
+        wa, ga = create_model("wacnn", size=size), create_model("gabic", size=size)
+        assert (wa.N, wa.M) == (ga.N, ga.M)
+        for tname in ("g_a", "g_s"):
+            wt, gt = getattr(wa, tname), getattr(ga, tname)
+            assert len(wt) == len(gt)
+            for i, (wm, gm) in enumerate(zip(wt, gt)):
+                if isinstance(gm, GraphWindowBlock):
+                    assert isinstance(wm, WindowAttentionBlock), (tname, i)
+                    assert wm.window == gm.window.size
+                    assert wm.shift == wm.window // 2
+                    (layer,) = wm.attention_layers()
+                    assert layer.shift == wm.shift and layer.mlp is None
+                    heads = layer.attn.heads
+                    assert heads == 8 and layer.attn.relative_position_bias_table.shape == ((2 * wm.window - 1) ** 2, 8)
+                else:
+                    assert type(wm) is type(gm), (tname, i)
+        assert [wa.g_a[4].window, wa.g_a[8].window, wa.g_s[0].window, wa.g_s[5].window] == [8, 4, 4, 8]
+        assert [wa.g_a[4].shift, wa.g_a[8].shift, wa.g_s[0].shift, wa.g_s[5].shift] == [4, 2, 2, 4]
+        # the entropy models are the same network
+        ws = {k: v.shape for k, v in wa.latent_codec.state_dict().items()}
+        gs = {k: v.shape for k, v in ga.latent_codec.state_dict().items()}
+        assert ws == gs
+    pair = create_model("wacnn", size="tiny", swin_pair=True)
+    assert [layer.shift for layer in pair.g_a[4].attention_layers()] == [0, 4]
 
 
 def test_kwargs_override_presets_and_are_recorded():
@@ -93,7 +125,7 @@ def test_variant_options_cannot_be_overridden():
     with pytest.raises(ValueError, match="fixes"):
         create_model("glic-local", size="tiny", order="global")
     with pytest.raises(ValueError, match="fixes"):
-        create_model("wacnn", size="tiny", knn=9)
+        create_model("gabic-keepall", size="tiny", knn=9)
     with pytest.raises(TypeError):
         create_model("glic", size="tiny", no_such_option=1)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gnn_lic.models.checkpoint import load_checkpoint
-from gnn_lic.training import BEST, LATEST, ConfigError, Trainer, TrainConfig, eval_loss, train
+from gnn_lic.training import BEST, LATEST, ConfigError, Trainer, TrainConfig, eval_loss, parse_lambdas, train
 
 
 def _rows(path):
@@ -118,7 +118,8 @@ def test_config_validation_and_dict_round_trip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig.from_dict({"batch-size": 3}).batch_size == 3
     for bad in ({"steps": 0}, {"metric": "psnr"}, {"lr_schedule": "linear"}, {"lmbda": -1.0}, {"nope": 1},
-                {"batch_size": 1.5}, {"threads": 0}):
+                {"batch_size": 1.5}, {"threads": 0}, {"plateau_factor": 1.0}, {"plateau_patience": -1},
+                {"plateau_patience": 2.5}):
         with pytest.raises(ConfigError):
             TrainConfig.from_dict(bad)
     assert cfg.eval_interval == 3 and cfg.replace(eval_every=5).eval_interval == 5
@@ -130,3 +131,39 @@ def test_eval_loss_by_hand():
     mse = (255**2 * 1e-3 + 255**2 * 1e-2) / 2
     assert eval_loss(res, 0.01, "mse") == pytest.approx(0.5 + 0.01 * mse)
     assert eval_loss(res, 10.0, "ms-ssim") == pytest.approx(0.5 + 10.0 * 0.15)
+
+
+def test_gabic_lambda_preset():
+    # GABIC Sec. 4: lambda in {0.0067, 0.0130, 0.025, 0.0483}, MSE
+    assert parse_lambdas(["gabic"]) == [0.0067, 0.0130, 0.025, 0.0483]
+    assert parse_lambdas("0.0035 gabic") == [0.0035, 0.0067, 0.0130, 0.025, 0.0483]
+    cfg = TrainConfig(lr_schedule="plateau")
+    assert (cfg.plateau_factor, cfg.plateau_patience) == (0.3, 10)  # GABIC Sec. 4
+
+
+def test_plateau_steps_on_the_evaluation_loss(tiny_config, monkeypatch, tmp_path):
+    """patience 0: the main lr drops x0.3 at every evaluation that does not improve; aux lr constant."""
+    cfg = tiny_config.replace(steps=4, eval_every=1, lr=1e-3, aux_lr=2e-3, lr_schedule="plateau",
+                              plateau_factor=0.3, plateau_patience=0, save_every=100)
+    losses = iter([3.0, 3.0, 3.0, 2.0])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"step": self.step, "bpp": 0.0, "psnr-rgb": 0.0,
+                                                           "ms-ssim-rgb": 0.0, "eval_loss": next(losses)})
+    run = train(cfg.replace(run_dir=str(tmp_path / "a")))
+    lrs = [float(r["lr"]) for r in _rows(run / "log.csv")]  # the rate each step ran with
+    assert lrs == pytest.approx([1e-3, 1e-3, 3e-4, 9e-5])
+    ckpt = torch.load(run / LATEST, weights_only=True)
+    assert ckpt["scheduler"]["best"] == 2.0 and ckpt["scheduler"]["num_bad_epochs"] == 0
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(9e-5)
+    assert ckpt["aux_optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-3)
+    # stop after step 2 and resume: the schedule continues from the saved state
+    losses = iter([3.0, 3.0, 3.0, 2.0])
+    train(cfg.replace(run_dir=str(tmp_path / "b"), stop_after=2))
+    resumed = train(cfg.replace(run_dir=str(tmp_path / "b"), resume=True))
+    assert [float(r["lr"]) for r in _rows(resumed / "log.csv")] == pytest.approx(lrs)
+
+
+def test_plateau_uses_the_real_evaluation(tiny_config):
+    tr = Trainer(tiny_config.replace(steps=2, eval_every=1, lr_schedule="plateau", plateau_patience=5))
+    run = tr.fit()
+    evals = [float(r["eval_loss"]) for r in _rows(run / "eval.csv")]
+    assert len(evals) == 2 and tr.scheduler.best == pytest.approx(min(evals), rel=1e-4)  # eval.csv rounds

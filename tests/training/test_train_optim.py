@@ -76,3 +76,31 @@ def test_grad_norm_and_clip():
     a.grad = torch.tensor([float("nan"), 0.0])
     assert math.isnan(grad_norm_and_clip([a], 1.0))
     assert grad_norm_and_clip([nn.Parameter(torch.zeros(1))], 1.0) == 0.0  # no gradients at all
+
+
+@pytest.mark.parametrize("patience", [0, 2, 10])
+def test_plateau_reduces_after_patience_plus_one_bad_evaluations(patience):
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-4)
+    sched = make_scheduler(opt, "plateau", steps=100, plateau_factor=0.3, plateau_patience=patience)
+    lrs = []
+    for loss in [5.0, 4.0] + [4.0] * (patience + 1):  # two improvements, then patience + 1 bad evaluations
+        sched.step(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:-1] == [1e-4] * (patience + 2)
+    assert lrs[-1] == pytest.approx(0.3e-4)
+    sched.step(1.0)  # an improvement resets the count
+    sched.step(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.3e-4 * (0.3 if patience == 0 else 1.0))
+    # its state loads with weights_only (checkpoints)
+    buf = io.BytesIO()
+    torch.save({"scheduler": sched.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)["scheduler"]
+    assert state["best"] == 1.0 and state["patience"] == patience and state["factor"] == 0.3
+
+
+def test_per_step_schedules_still_lambda():
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert isinstance(make_scheduler(opt, "cosine", 10), torch.optim.lr_scheduler.LambdaLR)
+    assert isinstance(make_scheduler(opt, "plateau", 10), torch.optim.lr_scheduler.ReduceLROnPlateau)
