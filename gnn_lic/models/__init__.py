@@ -11,6 +11,8 @@ from gnn_lic.models import gabic, glic, wacnn  # noqa: E402,F401,I001 - register
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.gabic import GABIC
 from gnn_lic.models.glic import GLIC
+from gnn_lic.models.official import convert_official, load_official
 from gnn_lic.models.wacnn import WACNN
 
-__all__ = ["create_model", "list_models", "register_model", "SIZES", "GLIC", "GABIC", "WACNN", "PaddedCompressionModel"]
+__all__ = ["create_model", "list_models", "register_model", "SIZES", "GLIC", "GABIC", "WACNN", "PaddedCompressionModel",
+           "load_official", "convert_official"]
