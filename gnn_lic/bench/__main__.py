@@ -3,14 +3,15 @@
 ``codec`` measures whole models on one image (default: a 768x512 noise image, or
 ``--image FILE``): eval forward, encode and decode time (real bitstreams through
 :mod:`gnn_lic.codec`), the share of the forward spent building graphs, peak memory
-(process high-water mark), and one training step (``--train-batch`` crops of
-``--train-patch``), next to the authors' figures on the same kind of machine (GLIC
-paper configuration: forward 42.8 s, encode 24.2 s, decode 24.5 s, 2.7 GB; training
-step on 2 crops of 256x256: 32 s, 10 GB; GABIC: forward 6.6 s, training step 6.8 s).
+(process high-water mark), and one training step (2 crops of 256x256 for the paper
+models). Given a checkout of the authors' code (``--authors-glic DIR``,
+``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
+processes (``--rounds``), and the ratios of the best times are printed: a host's speed
+drifts, so only figures measured side by side compare.
 
 ``graph`` measures, for square feature maps of 32x32 to 256x256 nodes, C = 64 and
-192, average degree 16 and 64 (GLIC's local and global graphs, L = 8, G = 16,
-T = 5): graph-construction time, aggregation time (one
+192, average degree 16 and 64 (the paper preset's local graph, 8x8 query blocks sharing
+a 16x16 window, and its global 16x16 grid, T = 5): graph-construction time, aggregation time (one
 :class:`~gnn_lic.nn.GraphAggregationConv`, forward), peak memory, and the log-log
 slope of time against N. It then compares the aggregation paths (per-edge
 gather/scatter, sparse SDDMM/SpMM, dense grouped attention over candidate
@@ -160,67 +161,44 @@ def _gfa_share(h: int, w: int, ratio: float) -> Dict:
             "compiled": compiled, "graphs_torch_s": t_torch, "share_torch": t_torch / t_block}
 
 
-#: the authors' code on this 2-core CPU (see the developers' brief): seconds and GB
-AUTHORS = {
-    ("glic", "paper"): {"forward_s": 42.8, "encode_s": 24.2, "decode_s": 24.5, "peak_gb": 2.7,
-                        "train_step_s": 32.0, "train_peak_gb": 10.0, "graph_share": 0.057},
-    ("gabic", "paper"): {"forward_s": 6.6, "train_step_s": 6.8},
-}
-
-
-def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
-               train: bool) -> Dict:
+def _bench_image(image: Optional[str]):
     import numpy as np  # noqa: PLC0415
 
-    from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
     from gnn_lic.codec.image_io import read_image  # noqa: PLC0415
-    from gnn_lic.models import create_model  # noqa: PLC0415
-    from gnn_lic.nn import blocks  # noqa: PLC0415
+
+    if image:
+        return read_image(image)
+    return (np.random.default_rng(0).random((512, 768, 3)) * 255).astype(np.uint8)
+
+
+def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: int, train_patch: int,
+                graph_time: Optional[List[float]] = None) -> Dict:
+    """Forward (best of ``runs`` after a warm-up), encode, decode, peak RSS and a training step of ``net``."""
     from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
 
-    torch.manual_seed(0)
-    if image:
-        img = read_image(image)
-    else:
-        img = (np.random.default_rng(0).random((512, 768, 3)) * 255).astype(np.uint8)
-    net = create_model(name, size=size).eval()
-    net.update(force=True)
-    params = sum(p.numel() for p in net.parameters())
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    graph_time = [0.0]
-    real_build = blocks.build_graphs
-
-    def timed_build(*a, **k):
-        t = time.perf_counter()
-        out = real_build(*a, **k)
-        graph_time[0] += time.perf_counter() - t
-        return out
-
-    blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
     base = _status("VmRSS")
     with torch.no_grad():
         fwd, share = [], []
         for _ in range(runs + 1):
-            graph_time[0] = 0.0
+            if graph_time is not None:
+                graph_time[0] = 0.0
             t = time.perf_counter()
             net(x)
             fwd.append(time.perf_counter() - t)
-            share.append(graph_time[0] / fwd[-1])
-    blocks.build_graphs = real_build
+            share.append(graph_time[0] / fwd[-1] if graph_time is not None else float("nan"))
     enc, dec = [], []
     for _ in range(runs):
         t = time.perf_counter()
-        blob = encode_image(net, img)
+        blob, nbytes = encode(img)
         enc.append(time.perf_counter() - t)
         t = time.perf_counter()
-        out = decode_image(net, blob)
+        decode(blob)
         dec.append(time.perf_counter() - t)
-    assert out.shape == img.shape
-    peak_eval = _status("VmHWM")
-    r = {"model": name, "size": size, "params_M": params / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
+    r = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
          "forward_s": min(fwd[1:]), "first_forward_s": fwd[0], "graph_share": share[-1],
-         "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * len(blob) / (img.shape[0] * img.shape[1]),
-         "peak_gb": peak_eval / 1e9, "baseline_gb": base / 1e9}
+         "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * nbytes / (img.shape[0] * img.shape[1]),
+         "peak_gb": _status("VmHWM") / 1e9, "baseline_gb": base / 1e9}
     if train:
         net.train()
         crit = RateDistortionLoss(lmbda=0.013)
@@ -241,28 +219,114 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
     return r
 
 
+def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
+               train: bool) -> Dict:
+    from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
+    from gnn_lic.models import create_model  # noqa: PLC0415
+    from gnn_lic.nn import blocks  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    img = _bench_image(image)
+    net = create_model(name, size=size).eval()
+    net.update(force=True)
+    graph_time = [0.0]
+    real_build = blocks.build_graphs
+
+    def timed_build(*a, **k):
+        t = time.perf_counter()
+        out = real_build(*a, **k)
+        graph_time[0] += time.perf_counter() - t
+        return out
+
+    def encode(im):
+        blob = encode_image(net, im)
+        return blob, len(blob)
+
+    blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
+    try:
+        r = _time_codec(net, img, runs, encode, lambda blob: decode_image(net, blob), train, train_batch,
+                        train_patch, graph_time)
+    finally:
+        blocks.build_graphs = real_build
+    return {"model": name, "size": size, **r}
+
+
+def _authors_model(name: str, code: str):
+    """The authors' paper model from their own checkout ``code`` (GLIC: the repository root with
+    ``glic_model``; GABIC: the repository root, whose ``src`` holds the ``comp`` package)."""
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    if name == "glic":
+        sys.path.insert(0, code)
+        from glic_model import GLICModel  # noqa: PLC0415
+
+        return GLICModel()
+    sys.path.insert(0, os.path.join(code, "src"))
+    from comp.models import WinGraph_WA  # noqa: PLC0415
+
+    with contextlib.redirect_stdout(io.StringIO()):  # their constructor prints its settings
+        return WinGraph_WA(knn=9, graph_conv="transf_custom", heads=8, use_edge_attr=True, dissimilarity=False)
+
+
+def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
+                   train: bool) -> Dict:
+    """:func:`_codec_one` for the authors' model (their forward, compress and decompress)."""
+    torch.manual_seed(0)
+    img = _bench_image(image)
+    net = _authors_model(name, code).eval()
+    net.update(force=True)
+
+    def encode(im):
+        x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            out = net.compress(x)
+        return out, sum(len(s[0]) for s in out["strings"])
+
+    def decode(out):
+        with torch.no_grad():
+            return net.decompress(out["strings"], out["shape"])
+
+    r = _time_codec(net, img, runs, encode, decode, train, train_batch, train_patch)
+    return {"model": name, "size": "authors", **r}
+
+
+def _codec_row(r: Dict) -> str:
+    return (f"{r['model']:6} {r['size']:7} {r['params_M']:9.2f} {r['forward_s']:7.2f} {100 * r['graph_share']:8.1f} "
+            f"{r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
+            f"{r.get('train_step_s', float('nan')):8.2f} {r.get('train_peak_gb', float('nan')):9.2f}  "
+            f"{r.get('train_batch', '-')}")
+
+
 def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs: int, train_batch: Dict[str, int],
-                train_patch: Dict[str, int], train: bool) -> List[Dict]:
+                train_patch: Dict[str, int], train: bool, authors: Optional[Dict[str, str]] = None,
+                rounds: int = 1) -> List[Dict]:
+    """Whole models, each in a fresh process. With ``authors`` (model name -> the authors'
+    checkout), the paper models alternate with the authors' own, process by process, for
+    ``rounds`` rounds, and the ratios of the best times of each side are printed."""
+    authors = authors or {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image or '768x512 noise'}")
-    print(f"{'model':6} {'size':6} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
+    print(f"{'model':6} {'size':7} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
           f"{'peak GB':>8} {'train s':>8} {'train GB':>9}  batch")
     rows = []
     for size in sizes:
         for name in models:
-            r = _child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
-            rows.append(r)
-            print(f"{name:6} {size:6} {r['params_M']:9.2f} {r['forward_s']:7.2f} {100 * r['graph_share']:8.1f} "
-                  f"{r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
-                  f"{r.get('train_step_s', float('nan')):8.2f} {r.get('train_peak_gb', float('nan')):9.2f}  "
-                  f"{r.get('train_batch', '-')}")
-            ref = AUTHORS.get((name, size))
-            if ref:
-                ratios = ", ".join(f"{k[:-2]} {r[k] / v:.2f}x" for k, v in ref.items()
-                                   if k in r and k.endswith("_s"))
-                mem = ", ".join(f"{k} {r[k]:.2f} vs {v}" for k, v in ref.items() if k.endswith("_gb") and k in r)
-                print(f"{'':14} vs authors: {ratios}; memory GB {mem}; graph share {100 * r['graph_share']:.1f}% "
-                      f"vs {100 * ref['graph_share']:.1f}%" if "graph_share" in ref else
-                      f"{'':14} vs authors: {ratios}")
+            side_by_side = size == "paper" and name in authors
+            ours, theirs = [], []
+            for _ in range(rounds if side_by_side else 1):
+                r = _child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
+                ours.append(r)
+                print(_codec_row(r))
+                if side_by_side:
+                    a = _child("authors", [name, authors[name], image, runs, train_batch[size], train_patch[size], train])
+                    theirs.append(a)
+                    print(_codec_row(a))
+            rows += ours + theirs
+            if theirs:
+                keys = ["forward_s", "encode_s", "decode_s", "peak_gb"] + (["train_step_s", "train_peak_gb"] if train else [])
+                best = {k: (min(r[k] for r in ours), min(r[k] for r in theirs)) for k in keys}
+                print(f"{'':14} ours / authors (best of {rounds}): "
+                      + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()))
     return rows
 
 
@@ -338,6 +402,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     k.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     k.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     k.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    k.add_argument("--authors-glic", metavar="DIR", default=None,
+                   help="a checkout of the GLIC authors' code: time their paper model side by side")
+    k.add_argument("--authors-gabic", metavar="DIR", default=None,
+                   help="a checkout of the GABIC authors' code (its src/ holds the comp package)")
+    k.add_argument("--rounds", type=int, default=1, help="alternating rounds with --authors-* (best of each)")
     c = sub.add_parser("_child")
     c.add_argument("task")
     c.add_argument("args")
@@ -349,7 +418,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "_child":
         if os.environ.get("GNN_LIC_BENCH_THREADS"):
             torch.set_num_threads(int(os.environ["GNN_LIC_BENCH_THREADS"]))
-        fn = {"config": _one_config, "paths": _paths, "share": _gfa_share, "codec": _codec_one}[args.task]
+        fn = {"config": _one_config, "paths": _paths, "share": _gfa_share, "codec": _codec_one,
+              "authors": _codec_authors}[args.task]
         print(json.dumps(fn(*json.loads(args.args))))
         return 0
     if args.threads:
@@ -357,9 +427,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     if args.command == "codec":
         # training steps: the main job's batch for small/tiny, the authors' 2 x 256^2 for paper
+        authors = {k: v for k, v in (("glic", args.authors_glic), ("gabic", args.authors_gabic)) if v}
         result = bench_codec(args.models, args.sizes, args.image, args.runs,
                              {"tiny": 8, "small": 8, "paper": 2}, {"tiny": 128, "small": 128, "paper": 256},
-                             args.train)
+                             args.train, authors, args.rounds)
     else:
         result = bench_graph(quick=args.quick, threads=args.threads)
     if args.json:

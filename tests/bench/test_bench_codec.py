@@ -1,0 +1,23 @@
+"""``python -m gnn_lic.bench codec`` plumbing: our models and an authors'-code stand-in."""
+
+import numpy as np
+
+from gnn_lic.bench.__main__ import _codec_authors, _codec_one
+from gnn_lic.codec import write_image
+
+KEYS = {"forward_s", "encode_s", "decode_s", "peak_gb", "bpp", "train_step_s", "train_peak_gb", "params_M"}
+
+
+def test_codec_rows_for_ours_and_an_authors_checkout(tmp_path):
+    image = tmp_path / "img.png"
+    write_image(image, (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8))
+    ours = _codec_one("glic", "tiny", str(image), 1, 1, 64, True)
+    assert KEYS <= ours.keys() and ours["image"] == "96x64" and 0 <= ours["graph_share"] < 1
+    # a stand-in checkout: the authors' package name, exposing the same model interface
+    pkg = tmp_path / "checkout" / "glic_model"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "from gnn_lic.models import create_model\n\ndef GLICModel():\n    return create_model('glic', size='tiny')\n")
+    theirs = _codec_authors("glic", str(tmp_path / "checkout"), str(image), 1, 1, 64, True)
+    assert KEYS <= theirs.keys() and theirs["size"] == "authors"
+    assert theirs["bpp"] > 0 and theirs["params_M"] == ours["params_M"]
