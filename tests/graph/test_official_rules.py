@@ -225,3 +225,30 @@ def test_topk_skip_first_drops_the_most_similar():
         assert sorted(ei[0][ei[1] == i].tolist()) == sorted(order[1:4])
     with pytest.raises(ValueError):
         TopK(3, loop=True, skip_first=True)
+
+
+def official_threshold(row, quota, iters=5):
+    """The authors' search; also whether a wall it counted against equalled a similarity."""
+    wall, lo, hi = sum(row) / len(row), min(row), 1.0
+    tie = False
+    for _ in range(iters):
+        tie |= wall in row
+        if sum(1 for s in row if s > wall) > quota:
+            lo, wall = wall, (wall + hi) / 2
+        else:
+            hi, wall = wall, (wall + lo) / 2
+    return wall, tie
+
+
+@pytest.mark.parametrize("iters", [1, 2, 5])
+def test_official_bisection_with_exact_ties(iters):
+    """Dyadic similarities hit the walls exactly: the counts must use ``>``."""
+    from gnn_lic.graph import bisection_threshold
+
+    g = torch.Generator().manual_seed(3)
+    rows = (torch.randint(-4, 3, (400, 8), generator=g) / 4).double()  # max <= 0.5: the upper bound 1 matters
+    quota = torch.randint(1, 8, (400,), generator=g).double()
+    theta = bisection_threshold(rows, None, quota, iters=iters, rule="official")
+    ref = [official_threshold(r.tolist(), float(q), iters) for r, q in zip(rows, quota)]
+    assert torch.equal(theta, torch.tensor([w for w, _ in ref], dtype=torch.float64))
+    assert sum(t for _, t in ref) > 20  # the ties the rule is about do occur
