@@ -72,7 +72,7 @@ def test_step_seed_streams_differ():
 def test_load_image_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
-    with pytest.raises(DataError, match="no PNG or JPEG"):
+    with pytest.raises(DataError, match="holds no images"):
         load_image_folder(tmp_path)
     (tmp_path / "notes.txt").write_text("x")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "b.png")
