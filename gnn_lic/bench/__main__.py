@@ -3,10 +3,8 @@
 ``codec`` measures whole models on one image (default: a 768x512 noise image, or
 ``--image FILE``): eval forward, encode and decode time (real bitstreams through
 :mod:`gnn_lic.codec`), the share of the forward spent building graphs, peak memory
-(process high-water mark), and one training step (``--train-batch`` crops of
-``--train-patch``), next to the authors' figures on the same kind of machine (GLIC
-paper configuration: forward 42.8 s, encode 24.2 s, decode 24.5 s, 2.7 GB; training
-step on 2 crops of 256x256: 32 s, 10 GB; GABIC: forward 6.6 s, training step 6.8 s).
+(process high-water mark), and one training step, next to the authors' released code
+timed on the same kind of machine (:data:`AUTHORS`, printed as ratios).
 
 ``graph`` measures, for square feature maps of 32x32 to 256x256 nodes, C = 64 and
 192, average degree 16 and 64 (GLIC's local and global graphs, L = 8, G = 16,
@@ -23,7 +21,6 @@ so that peak memory is its own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,36 +31,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-
-def _peak_rss_reset() -> int:
-    """Reset the kernel's peak-RSS mark; return the current RSS in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
+from gnn_lic.cli import ArgumentParser, UsageError, run_main
+from gnn_lic.evaluation.complexity import measure_latency, process_memory, reset_peak_memory
 
 
-def _status(key: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _timeit(fn, repeat: int = 3) -> float:
-    fn()  # warm-up (candidate caches, allocator)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _timeit(fn, repeat: int = 3, grad: bool = False) -> float:
+    """Best of ``repeat`` timed calls after one warm-up (candidate caches, allocator)."""
+    return measure_latency(fn, n_runs=repeat, warmup=1, grad=grad)["min_s"]
 
 
 def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
@@ -77,12 +51,13 @@ def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
     sel = AdaptiveDegree(degree, score="rms", iters=5)
     conv = GraphAggregationConv(channels, heads=8)
     tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
-    base = _peak_rss_reset()
+    reset_peak_memory()
+    base = process_memory("VmRSS")
     with torch.no_grad():
         t_build = _timeit(lambda: build_graph(x, cset, sel))
         graph = build_graphs(x, {"g": cset}, sel)["g"]  # as the blocks get it (CSR, node order hint)
         t_agg = _timeit(lambda: conv(tokens, graph))
-    peak = _status("VmHWM") - base
+    peak = process_memory("VmHWM") - base
     return {"N": size * size, "E": graph.num_edges, "build_s": t_build, "agg_s": t_agg, "peak_mb": peak / 2**20}
 
 
@@ -133,7 +108,7 @@ def _paths(size: int, channels: int, degree: int) -> Dict:
         with torch.no_grad():
             out[f"{impl}_fwd_s"] = _timeit(lambda: conv(tokens, graph))
         t = tokens.clone().requires_grad_()
-        out[f"{impl}_fwdbwd_s"] = _timeit(lambda: conv(t, graph).sum().backward())
+        out[f"{impl}_fwdbwd_s"] = _timeit(lambda: conv(t, graph).sum().backward(), grad=True)
     dense = _dense_grouped(x, GlobalGrid(16), sel)
     with torch.no_grad():
         out["dense_fwd_s"] = _timeit(dense)
@@ -160,7 +135,8 @@ def _gfa_share(h: int, w: int, ratio: float) -> Dict:
             "compiled": compiled, "graphs_torch_s": t_torch, "share_torch": t_torch / t_block}
 
 
-#: the authors' code on this 2-core CPU (see the developers' brief): seconds and GB
+#: the GLIC/GABIC authors' released code timed on a 2-core CPU of the kind this benchmark targets
+#: (seconds and GB, printed next to ours as ratios)
 AUTHORS = {
     ("glic", "paper"): {"forward_s": 42.8, "encode_s": 24.2, "decode_s": 24.5, "peak_gb": 2.7,
                         "train_step_s": 32.0, "train_peak_gb": 10.0, "graph_share": 0.057},
@@ -174,6 +150,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
 
     from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
     from gnn_lic.codec.image_io import read_image  # noqa: PLC0415
+    from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
     from gnn_lic.models import create_model  # noqa: PLC0415
     from gnn_lic.nn import blocks  # noqa: PLC0415
     from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
@@ -186,7 +163,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
     net = create_model(name, size=size).eval()
     net.update(force=True)
     params = sum(p.numel() for p in net.parameters())
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    x = image_to_tensor(img)
     graph_time = [0.0]
     real_build = blocks.build_graphs
 
@@ -197,7 +174,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
         return out
 
     blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
-    base = _status("VmRSS")
+    base = process_memory("VmRSS")
     with torch.no_grad():
         fwd, share = [], []
         for _ in range(runs + 1):
@@ -216,7 +193,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
         out = decode_image(net, blob)
         dec.append(time.perf_counter() - t)
     assert out.shape == img.shape
-    peak_eval = _status("VmHWM")
+    peak_eval = process_memory("VmHWM")
     r = {"model": name, "size": size, "params_M": params / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
          "forward_s": min(fwd[1:]), "first_forward_s": fwd[0], "graph_share": share[-1],
          "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * len(blob) / (img.shape[0] * img.shape[1]),
@@ -226,7 +203,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
         crit = RateDistortionLoss(lmbda=0.013)
         opt = torch.optim.Adam(net.parameters(), 1e-5)
         xs = torch.rand(train_batch, 3, train_patch, train_patch)
-        _peak_rss_reset()
+        reset_peak_memory()
         steps = []
         for _ in range(2):
             t = time.perf_counter()
@@ -237,7 +214,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
             opt.step()
             steps.append(time.perf_counter() - t)
         r.update(train_step_s=min(steps), train_batch=f"{train_batch}x{train_patch}x{train_patch}",
-                 train_peak_gb=_status("VmHWM") / 1e9)
+                 train_peak_gb=process_memory("VmHWM") / 1e9)
     return r
 
 
@@ -323,8 +300,8 @@ def bench_graph(quick: bool = False, threads: Optional[int] = None) -> Dict:
     return {"configs": rows, "paths": path_rows, "gfa_share": shares}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gnn_lic.bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m gnn_lic.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("graph", help="graph construction and aggregation benchmark")
     g.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
@@ -341,8 +318,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("_child")
     c.add_argument("task")
     c.add_argument("args")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _check(args) -> None:
+    """Usage errors found before any benchmark child starts."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.command != "codec":
+        return
+    from gnn_lic.models import SIZES, list_models  # noqa: PLC0415
+
+    for name in args.models:
+        if name not in list_models():
+            raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    for size in args.sizes:
+        if size not in SIZES:
+            raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
+    if args.image and not os.path.isfile(args.image):
+        raise UsageError(f"--image: '{args.image}' is not a file")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    args = build_parser().parse_args(argv)
     from gnn_lic.utils import tune_malloc  # noqa: PLC0415
 
     tune_malloc()
@@ -352,6 +352,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         fn = {"config": _one_config, "paths": _paths, "share": _gfa_share, "codec": _codec_one}[args.task]
         print(json.dumps(fn(*json.loads(args.args))))
         return 0
+    _check(args)
     if args.threads:
         os.environ["GNN_LIC_BENCH_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
@@ -363,9 +364,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         result = bench_graph(quick=args.quick, threads=args.threads)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from gnn_lic.evaluation.results import write_json  # noqa: PLC0415
+
+        write_json(result, args.json)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a benchmark; bad arguments print one line and return 2 (:mod:`gnn_lic.cli`)."""
+    return run_main(lambda: _run(argv), "python -m gnn_lic.bench")
 
 
 if __name__ == "__main__":

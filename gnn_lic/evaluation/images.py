@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import skimage.data
+import torch
 
 from gnn_lic.codec import read_image
 from gnn_lic.codec.errors import ImageReadError
@@ -40,6 +41,7 @@ __all__ = [
     "builtin_images",
     "load_image_folder",
     "load_images",
+    "image_to_tensor",
 ]
 
 SKIMAGE_TRAIN: Tuple[str, ...] = (
@@ -115,3 +117,12 @@ def load_images(folder: Union[None, str, os.PathLike] = None, split: str = "test
         images = builtin_images(split)
         return images if limit is None else images[:limit]
     return load_image_folder(folder, limit)
+
+
+def image_to_tensor(image: np.ndarray, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    """``HxWx3`` uint8 -> float ``(1, 3, H, W)`` in ``[0, 1]`` (the model input of an image)."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {arr.dtype} {arr.shape}")
+    t = torch.from_numpy(np.array(arr, copy=True, order="C")).permute(2, 0, 1)[None]
+    return t.to(device).float().div(255.0)

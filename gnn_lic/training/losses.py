@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
+
+from gnn_lic.evaluation.metrics import likelihood_bits
 
 __all__ = ["RateDistortionLoss", "bpp_from_likelihoods", "has_ortho_loss", "ms_ssim_train"]
 
@@ -27,23 +29,9 @@ _MS_SSIM_WIN = 11
 _WARNED_SIDES: set = set()
 
 
-def _flatten(likelihoods: Any):
-    if isinstance(likelihoods, Tensor):
-        yield likelihoods
-    elif isinstance(likelihoods, Mapping):
-        for v in likelihoods.values():
-            yield from _flatten(v)
-    elif isinstance(likelihoods, (list, tuple)):
-        for v in likelihoods:
-            yield from _flatten(v)
-    else:
-        raise TypeError(f"unexpected likelihoods of type {type(likelihoods).__name__}")
-
-
 def bpp_from_likelihoods(likelihoods: Any, num_pixels: int) -> Tensor:
     """``sum(-log2 p) / num_pixels`` over every tensor of ``likelihoods`` (dict, list or tensor)."""
-    total = sum(torch.log(p).sum() for p in _flatten(likelihoods))
-    return total / (-math.log(2) * num_pixels)
+    return likelihood_bits(likelihoods) / num_pixels
 
 
 def has_ortho_loss(net: nn.Module | None) -> bool:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gnn_lic.evaluation.evaluate import evaluate_model, evaluate_models, image_to_tensor
+from gnn_lic.evaluation.evaluate import evaluate_model, evaluate_models
+from gnn_lic.evaluation.images import image_to_tensor
 from gnn_lic.evaluation.metrics import SmallImageWarning, psnr
 
 
