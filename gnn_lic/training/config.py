@@ -60,6 +60,11 @@ DEFAULT_LAMBDAS: Dict[str, List[float]] = {
 }
 
 METRICS = ("mse", "ms-ssim")
+#: options that must match to resume a run at all
+IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
+#: options whose change makes a resumed run differ from an uninterrupted one
+TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
+                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
 LR_SCHEDULES = ("step", "cosine", "constant", "plateau")
 
 
@@ -181,6 +186,17 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    def resume_changes(self, saved: Mapping[str, Any], where: str) -> List[str]:
+        """The trajectory options that differ from ``saved`` (the config of the run to resume).
+
+        Raises :class:`ConfigError` when an identity option (model, size, metric, lambda) differs.
+        """
+        for key in IDENTITY_KEYS:
+            if key in saved and saved[key] != getattr(self, key):
+                raise ConfigError(f"cannot resume {where}: it was trained with {key}={saved[key]!r}, "
+                                  f"not {getattr(self, key)!r}")
+        return [k for k in TRAJECTORY_KEYS if k in saved and saved[k] != getattr(self, k)]
+
     @property
     def eval_interval(self) -> int:
         return self.eval_every if self.eval_every > 0 else max(1, math.ceil(self.steps / 4))
@@ -191,9 +207,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check types and ranges; raise :class:`ConfigError` with a one-line message."""
+        from gnn_lic.models import SIZES, list_models  # noqa: PLC0415 - the models register on import
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
+
+        need(self.model in list_models(),
+             f"unknown model {self.model!r}; choose one of: {', '.join(list_models()) or 'none'}")
+        need(self.size in SIZES, f"unknown size {self.size!r}; choose one of: {', '.join(SIZES)}")
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

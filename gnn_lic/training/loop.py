@@ -52,12 +52,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
 from gnn_lic.evaluation.results import write_json
-from gnn_lic.models import create_model, list_models
+from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, load_images, step_seed
-from gnn_lic.training.distributed import all_reduce_sum, barrier, broadcast_object, init_distributed
-from gnn_lic.training.losses import RateDistortionLoss, has_ortho_loss
+from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
+from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
@@ -72,27 +72,9 @@ __all__ = ["Trainer", "train", "environment_info", "eval_loss", "default_run_dir
 
 LATEST = "checkpoints/latest.pt"
 BEST = "checkpoints/best.pt"
-#: options whose change makes a resumed run differ from an uninterrupted one
-_TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
-                    "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
-#: options that must match to resume at all
-_IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def eval_loss(result: Mapping[str, Any], lmbda: float, metric: str) -> float:
-    """``bpp + lambda * D`` of an :func:`~gnn_lic.evaluation.evaluate_model` result, D averaged per image.
-
-    ``D = 255^2 * MSE`` (from each image's PSNR on 8-bit values) or ``1 - MS-SSIM``.
-    """
-    per = result["per_image"].values()
-    if metric == "mse":
-        d = [255.0**2 * 10 ** (-r["psnr-rgb"] / 10) for r in per]
-    else:
-        d = [1.0 - r["ms-ssim-rgb"] for r in per]
-    return float(result["bpp"] + lmbda * sum(d) / len(d))
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -119,8 +101,6 @@ class Trainer:
     ):
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         cfg.validate()
-        if cfg.model not in list_models():
-            raise ConfigError(f"unknown model {cfg.model!r}; choose one of: {', '.join(list_models()) or 'none'}")
         self.cfg = cfg
         self.ctx = init_distributed(cfg.device)
         self.device = self.ctx.device
@@ -176,28 +156,16 @@ class Trainer:
 
         self.model: nn.Module = self.net
         if self.ctx.distributed:
-            self.model = self._wrap_ddp(self.net)
+            self.model = wrap_ddp(self.net, self.device, ignore=self.aux_names)
 
         self.distortion_key = "mse_loss" if cfg.metric == "mse" else "ms_ssim_loss"
         self.term_keys = ["loss", "bpp_loss", self.distortion_key] + (
             ["ortho_loss"] if has_ortho_loss(self.net) else []
         )
-        self._log: Optional[_CSVLog] = None
-        self._eval_log: Optional[_CSVLog] = None
+        self._log: Optional[CSVLog] = None
+        self._eval_log: Optional[CSVLog] = None
 
     # ------------------------------------------------------------------ setup
-    def _wrap_ddp(self, net: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-        # quantiles get no gradient from the main loss and are fitted per process by the aux loss
-        DDP._set_params_and_buffers_to_ignore_for_model(net, list(self.aux_names))
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # no buffer needs syncing in a forward (no batch norm)
-        # depthwise-conv gradients can come with other strides than DDP's buckets: harmless, silenced
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        # static_graph: the same parameters are used at every step; it also copes with unused ones
-        return DDP(net, device_ids=ids, static_graph=True, forward_sync_buffers=False)
-
     def _load_latest(self) -> None:
         path = self.run_dir / LATEST
         if not path.exists():
@@ -205,14 +173,7 @@ class Trainer:
                 print(f"no checkpoint in '{self.run_dir}'; starting from step 0", file=sys.stderr)
             return
         ckpt = read_checkpoint(path, map_location="cpu")
-        saved = ckpt.get("config") or {}
-        for key in _IDENTITY_KEYS:
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                raise ConfigError(
-                    f"cannot resume '{self.run_dir}': it was trained with {key}={saved[key]!r}, "
-                    f"not {getattr(self.cfg, key)!r}"
-                )
-        changed = [k for k in _TRAJECTORY_KEYS if k in saved and saved[k] != getattr(self.cfg, k)]
+        changed = self.cfg.resume_changes(ckpt.get("config") or {}, f"'{self.run_dir}'")
         if changed and self.ctx.is_main:
             print(f"note: resuming with changed {', '.join(changed)}: the run will differ from an "
                   "uninterrupted one", file=sys.stderr)

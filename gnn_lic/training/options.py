@@ -175,24 +175,18 @@ def resolve_options(argv: Optional[Sequence[str]] = None, prog: str = "run.py") 
 
 def train_config(opts: Dict[str, Any], **fields: Any) -> TrainConfig:
     """The :class:`TrainConfig` of ``opts`` (its own fields only), with ``fields`` set; validated."""
-    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    own = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]}
     cfg = TrainConfig(**{k: v for k, v in opts.items() if k in own and k not in fields}, **fields)
     cfg.validate()
     return cfg
 
 
 def validate_options(opts: Dict[str, Any]) -> None:
-    """Check what a job needs before it starts: a registered model and size, valid training options, folders."""
-    from gnn_lic.models import SIZES, list_models  # noqa: PLC0415
-
+    """Check what a job needs before it starts: a model, valid training options (TrainConfig.validate), folders."""
     if opts["checkpoint"]:
         return
     if not opts["model"]:
         raise UsageError("--model is required (or --resume DIR / --checkpoint CKPT)")
-    if opts["model"] not in list_models():
-        raise UsageError(f"unknown model {opts['model']!r}; choose one of: {', '.join(list_models())}")
-    if opts["size"] not in SIZES:
-        raise UsageError(f"unknown size {opts['size']!r}; choose one of: {', '.join(SIZES)}")
     train_config(opts)
     for key in ("data_train", "data_test"):
         if opts[key] and not Path(opts[key]).is_dir():
