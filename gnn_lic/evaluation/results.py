@@ -192,17 +192,12 @@ def sort_results(doc: Mapping, key: str = "bpp") -> dict:
 
 
 def shared_root() -> Path | None:
-    """Locate the project's ``shared/`` folder.
-
-    ``$GNN_LIC_SHARED`` wins; otherwise ``<repository root>/../shared`` (the layout
-    of the development checkouts and CI). Returns None if neither exists.
-    """
+    """The folder named by ``$GNN_LIC_SHARED`` (holding ``reference/<dataset>/*.json``), or None."""
     env = os.environ.get("GNN_LIC_SHARED")
     if env:
         p = Path(env)
         return p if p.is_dir() else None
-    p = (Path(__file__).resolve().parents[2] / ".." / "shared").resolve()
-    return p if p.is_dir() else None
+    return None
 
 
 def load_reference(dataset: str = "kodak", root: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -215,9 +210,7 @@ def load_reference(dataset: str = "kodak", root: str | os.PathLike | None = None
     if root is None:
         sr = shared_root()
         if sr is None:
-            raise FileNotFoundError(
-                "shared/ folder not found: set GNN_LIC_SHARED or pass root="
-            )
+            raise FileNotFoundError("no reference folder: set GNN_LIC_SHARED or pass root=")
         root = sr / "reference"
     folder = Path(root) / dataset
     if not folder.is_dir():
