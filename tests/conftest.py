@@ -33,3 +33,18 @@ def module_registry():
     """The model registry as a scoped copy for one test module."""
     with registry_scope() as models:
         yield models
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    """``paper_model(name)``: the paper-size model ``name``, built once per test run (read-only use)."""
+    from gnn_lic.models import create_model
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = create_model(name, size="paper")
+        return built[name]
+
+    return get
