@@ -1,7 +1,7 @@
 """Deterministic random crops of the training images.
 
 The image sets themselves (folders and the built-in scikit-image split) are read by
-:mod:`gnn_lic.evaluation.images`; its names are re-exported here.
+:mod:`gnn_lic.evaluation.images`.
 
 **Crops.** :class:`RandomCrops` draws the crops of step ``s`` from a
 ``torch.Generator`` seeded with ``(seed, s)`` only: the batch of a step never depends
@@ -19,29 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gnn_lic.evaluation.images import (
-    IMAGE_EXTENSIONS,
-    SKIMAGE_TEST,
-    SKIMAGE_TRAIN,
-    DataError,
-    builtin_images,
-    load_image_folder,
-    load_images,
-    skimage_data_dir,
-)
+from gnn_lic.evaluation.images import DataError
 
-__all__ = [
-    "SKIMAGE_TRAIN",
-    "SKIMAGE_TEST",
-    "IMAGE_EXTENSIONS",
-    "DataError",
-    "skimage_data_dir",
-    "builtin_images",
-    "load_image_folder",
-    "load_images",
-    "step_seed",
-    "RandomCrops",
-]
+__all__ = ["step_seed", "RandomCrops"]
 
 
 def step_seed(seed: int, step: int, *stream: int) -> int:

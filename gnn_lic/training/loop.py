@@ -51,11 +51,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
+from gnn_lic.evaluation.images import load_images
 from gnn_lic.evaluation.results import write_json
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
-from gnn_lic.training.data import RandomCrops, load_images, step_seed
+from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from gnn_lic.training import SKIMAGE_TEST, SKIMAGE_TRAIN, DataError, RandomCrops, builtin_images, load_image_folder
-from gnn_lic.training.data import skimage_data_dir, step_seed
+from gnn_lic.evaluation.images import skimage_data_dir
+from gnn_lic.training.data import step_seed
 
 
 def _images(seed=0):
