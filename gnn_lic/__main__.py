@@ -27,11 +27,12 @@ Exit codes
 Extending
 ---------
 Subcommands live in :data:`COMMANDS` (name -> :class:`Command`).  Add one with
-:func:`register_command` from a module listed in :data:`EXTRA_COMMAND_MODULES` (imported
-when the parser is built, skipped if absent) or from a plugin module named in the
-environment variable ``GNN_LIC_PLUGINS`` (comma-separated module names, imported before
-the command line is parsed; plugins may also register extra models).  Such modules
-should ``import gnn_lic.__main__`` (which is the running module even under ``-m``).
+:func:`register_command` from a plugin module named in the environment variable
+``GNN_LIC_PLUGINS`` (comma-separated module names, imported before the command line is
+parsed; plugins may also register extra models).  Such modules should
+``import gnn_lic.__main__`` (which is the running module even under ``-m``).
+The error convention (one line, exit status 2) is :mod:`gnn_lic.cli`'s, shared by every
+entry point.
 """
 
 from __future__ import annotations
@@ -43,12 +44,9 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+from gnn_lic.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, print_error
 
 PLUGINS_ENV = "GNN_LIC_PLUGINS"
 DEBUG_ENV = "GNN_LIC_DEBUG"
@@ -63,10 +61,6 @@ class Command(NamedTuple):
 
 COMMANDS: Dict[str, Command] = {}
 
-# Optional modules that provide more subcommands (e.g. {"bench": "gnn_lic.bench.cli"});
-# each is imported when the parser is built and must call register_command(...).
-EXTRA_COMMAND_MODULES: Dict[str, str] = {}
-
 
 def register_command(
     name: str,
@@ -78,15 +72,7 @@ def register_command(
     COMMANDS[name] = Command(help, add_arguments, run)
 
 
-class UsageError(Exception):
-    """Bad combination of command-line options (exit code 2)."""
-
-
 # ------------------------------------------------------------------------------ helpers
-
-
-def _fail_line(message: Any) -> str:
-    return " ".join(str(message).split())
 
 
 def _read_stream_file(path: str) -> bytes:
@@ -293,29 +279,8 @@ def _load_plugins() -> None:
             raise UsageError(f"cannot import plugin module '{name}' (from {PLUGINS_ENV}): {exc}") from None
 
 
-def _load_extra_commands() -> None:
-    for name, module in EXTRA_COMMAND_MODULES.items():
-        if name in COMMANDS:
-            continue
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue  # the optional module is not there (yet)
-            raise
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit code 2), like every other failure."""
-
-    def error(self, message: str):  # type: ignore[override]
-        _error(f"{self.prog}: {message} (see {self.prog} --help)")
-        raise SystemExit(EXIT_ERROR)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    _load_extra_commands()
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="gnn_lic",
         description="Learned image compression with graph neural networks (GLIC, GABIC).",
         epilog="exit codes: 0 ok, 2 expected error (bad input, corrupt file, mismatch, ...), 1 internal error",
@@ -327,10 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(p)
         p.set_defaults(_run=command.run)
     return parser
-
-
-def _error(message: str) -> None:
-    print(f"error: {_fail_line(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -345,30 +306,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _load_plugins()
             parser = build_parser()
         except UsageError as exc:
-            _error(exc)
+            print_error(exc)
             return EXIT_ERROR
         try:
             args = parser.parse_args(list(argv) if argv is not None else None)
-        except SystemExit as exc:  # argparse: --help (0) or usage error (2)
+        except SystemExit as exc:  # argparse: --help
             return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        except UsageError as exc:
+            print_error(exc)
+            return EXIT_ERROR
         debug = debug or args.debug
         if args.command is None:
-            _error("choose a command: " + ", ".join(COMMANDS) + " (see gnn_lic --help)")
+            print_error("choose a command: " + ", ".join(COMMANDS) + " (see gnn_lic --help)")
             return EXIT_ERROR
         from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
 
         try:
             return int(args._run(args) or EXIT_OK)
         except (CodecError, UsageError) as exc:
-            _error(exc)
+            print_error(exc)
             return EXIT_ERROR
         except KeyboardInterrupt:
-            _error("interrupted")
+            print_error("interrupted")
             return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug:
                 raise
-            _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+            print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
             return EXIT_INTERNAL
 
 

@@ -1,4 +1,4 @@
-"""Small process-level helpers shared by the entry points."""
+"""Small helpers shared by every layer: the device of a module, process-level malloc tuning."""
 
 from __future__ import annotations
 
@@ -7,11 +7,22 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_malloc"]
+import torch
+
+__all__ = ["module_device", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _tuned = False
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (else first buffer); CPU for a module without either."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def tune_malloc() -> bool:
@@ -19,8 +30,8 @@ def tune_malloc() -> bool:
 
     glibc serves large blocks (tensors) with ``mmap`` and unmaps them on free, so
     every large temporary of a forward pass is fresh memory that page-faults on
-    first touch; on a small CPU this costs more than the arithmetic (measured on
-    a GLIC GFA block at 1/4 resolution: about 2.5x slower). This switches
+    first touch; on a small CPU this can cost more than the arithmetic (the
+    README's "Measured figures" has the slowdown measured on a GFA block). This switches
     ``mmap`` off for ``malloc`` and disables heap trimming (``mallopt``), so
     freed tensors are reused. The price: resident memory stays at its peak.
 

@@ -24,7 +24,7 @@ from gnn_lic.analysis.erf import (
     stage_module,
 )
 from gnn_lic.analysis.graphs import GraphStage, graph_blocks, graph_stages, neighbours
-from gnn_lic.analysis.models import analysis_images, load_analysis_models, to_tensor
+from gnn_lic.analysis.models import analysis_images, load_analysis_models
 
 __all__ = [
     "effective_receptive_field",
@@ -42,5 +42,4 @@ __all__ = [
     "bit_allocation_difference",
     "load_analysis_models",
     "analysis_images",
-    "to_tensor",
 ]

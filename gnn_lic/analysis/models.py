@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gnn_lic.codec.errors import NoPretrainedWeightsError
+from gnn_lic.evaluation.images import image_to_tensor, load_images
 from gnn_lic.models import create_model
 from gnn_lic.models.pretrained import available_pretrained
-from gnn_lic.training.data import load_images
 
-__all__ = ["load_analysis_models", "analysis_images", "to_tensor"]
+__all__ = ["load_analysis_models", "analysis_images"]
 
 
 def load_analysis_models(
@@ -42,11 +41,6 @@ def load_analysis_models(
     return out
 
 
-def to_tensor(img: np.ndarray) -> Tensor:
-    """``HxWx3`` uint8 -> ``(1, 3, H, W)`` float in ``[0, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255.0)
-
-
 def analysis_images(
     folder: Union[None, str, os.PathLike] = None, split: str = "test", limit: Optional[int] = None
 ) -> List[Tuple[str, Tensor]]:
@@ -59,4 +53,4 @@ def analysis_images(
         items = load_images(folder, split)
     if limit is not None:
         items = items[:limit]
-    return [(name, to_tensor(arr)) for name, arr in items]
+    return [(name, image_to_tensor(arr)) for name, arr in items]

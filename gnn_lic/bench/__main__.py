@@ -6,7 +6,7 @@
 (process high-water mark), and one training step (2 crops of 256x256 for the paper
 models). Given a checkout of the authors' code (``--authors-glic DIR``,
 ``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
-processes (``--rounds``), and the ratios of the best times are printed: a host's speed
+processes (``--rounds``), and the ratios of the best figures are printed: a host's speed
 drifts, so only figures measured side by side compare.
 
 ``graph`` measures, for square feature maps of 32x32 to 256x256 nodes, C = 64 and
@@ -24,7 +24,6 @@ so that peak memory is its own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,36 +34,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-
-def _peak_rss_reset() -> int:
-    """Reset the kernel's peak-RSS mark; return the current RSS in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
+from gnn_lic.cli import ArgumentParser, UsageError, run_main
+from gnn_lic.evaluation.complexity import measure_latency, process_memory, reset_peak_memory
 
 
-def _status(key: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _timeit(fn, repeat: int = 3) -> float:
-    fn()  # warm-up (candidate caches, allocator)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def _timeit(fn, repeat: int = 3, grad: bool = False) -> float:
+    """Best of ``repeat`` timed calls after one warm-up (candidate caches, allocator)."""
+    return measure_latency(fn, n_runs=repeat, warmup=1, grad=grad)["min_s"]
 
 
 def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
@@ -78,12 +54,13 @@ def _one_config(size: int, channels: int, degree: int, kind: str) -> Dict:
     sel = AdaptiveDegree(degree, score="rms", iters=5)
     conv = GraphAggregationConv(channels, heads=8)
     tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)
-    base = _peak_rss_reset()
+    reset_peak_memory()
+    base = process_memory("VmRSS")
     with torch.no_grad():
         t_build = _timeit(lambda: build_graph(x, cset, sel))
         graph = build_graphs(x, {"g": cset}, sel)["g"]  # as the blocks get it (CSR, node order hint)
         t_agg = _timeit(lambda: conv(tokens, graph))
-    peak = _status("VmHWM") - base
+    peak = process_memory("VmHWM") - base
     return {"N": size * size, "E": graph.num_edges, "build_s": t_build, "agg_s": t_agg, "peak_mb": peak / 2**20}
 
 
@@ -134,7 +111,7 @@ def _paths(size: int, channels: int, degree: int) -> Dict:
         with torch.no_grad():
             out[f"{impl}_fwd_s"] = _timeit(lambda: conv(tokens, graph))
         t = tokens.clone().requires_grad_()
-        out[f"{impl}_fwdbwd_s"] = _timeit(lambda: conv(t, graph).sum().backward())
+        out[f"{impl}_fwdbwd_s"] = _timeit(lambda: conv(t, graph).sum().backward(), grad=True)
     dense = _dense_grouped(x, GlobalGrid(16), sel)
     with torch.no_grad():
         out["dense_fwd_s"] = _timeit(dense)
@@ -174,10 +151,11 @@ def _bench_image(image: Optional[str]):
 def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: int, train_patch: int,
                 graph_time: Optional[List[float]] = None) -> Dict:
     """Forward (best of ``runs`` after a warm-up), encode, decode, peak RSS and a training step of ``net``."""
+    from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
     from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
 
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    base = _status("VmRSS")
+    x = image_to_tensor(img)
+    base = process_memory("VmRSS")
     with torch.no_grad():
         fwd, share = [], []
         for _ in range(runs + 1):
@@ -198,13 +176,13 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
     r = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
          "forward_s": min(fwd[1:]), "first_forward_s": fwd[0], "graph_share": share[-1],
          "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * nbytes / (img.shape[0] * img.shape[1]),
-         "peak_gb": _status("VmHWM") / 1e9, "baseline_gb": base / 1e9}
+         "peak_gb": process_memory("VmHWM") / 1e9, "baseline_gb": base / 1e9}
     if train:
         net.train()
         crit = RateDistortionLoss(lmbda=0.013)
         opt = torch.optim.Adam(net.parameters(), 1e-5)
         xs = torch.rand(train_batch, 3, train_patch, train_patch)
-        _peak_rss_reset()
+        reset_peak_memory()
         steps = []
         for _ in range(2):
             t = time.perf_counter()
@@ -215,7 +193,7 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
             opt.step()
             steps.append(time.perf_counter() - t)
         r.update(train_step_s=min(steps), train_batch=f"{train_batch}x{train_patch}x{train_patch}",
-                 train_peak_gb=_status("VmHWM") / 1e9)
+                 train_peak_gb=process_memory("VmHWM") / 1e9)
     return r
 
 
@@ -272,15 +250,16 @@ def _authors_model(name: str, code: str):
 def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
                    train: bool) -> Dict:
     """:func:`_codec_one` for the authors' model (their forward, compress and decompress)."""
+    from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
+
     torch.manual_seed(0)
     img = _bench_image(image)
     net = _authors_model(name, code).eval()
     net.update(force=True)
 
     def encode(im):
-        x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            out = net.compress(x)
+            out = net.compress(image_to_tensor(im))
         return out, sum(len(s[0]) for s in out["strings"])
 
     def decode(out):
@@ -303,7 +282,7 @@ def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs:
                 rounds: int = 1) -> List[Dict]:
     """Whole models, each in a fresh process. With ``authors`` (model name -> the authors'
     checkout), the paper models alternate with the authors' own, process by process, for
-    ``rounds`` rounds, and the ratios of the best times of each side are printed."""
+    ``rounds`` rounds, and the ratios of the best figures of each side are printed."""
     authors = authors or {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image or '768x512 noise'}")
     print(f"{'model':6} {'size':7} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
@@ -316,17 +295,17 @@ def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs:
             for _ in range(rounds if side_by_side else 1):
                 r = _child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
                 ours.append(r)
-                print(_codec_row(r))
+                print(_codec_row(r), flush=True)
                 if side_by_side:
                     a = _child("authors", [name, authors[name], image, runs, train_batch[size], train_patch[size], train])
                     theirs.append(a)
-                    print(_codec_row(a))
+                    print(_codec_row(a), flush=True)
             rows += ours + theirs
             if theirs:
                 keys = ["forward_s", "encode_s", "decode_s", "peak_gb"] + (["train_step_s", "train_peak_gb"] if train else [])
                 best = {k: (min(r[k] for r in ours), min(r[k] for r in theirs)) for k in keys}
                 print(f"{'':14} ours / authors (best of {rounds}): "
-                      + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()))
+                      + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()), flush=True)
     return rows
 
 
@@ -387,8 +366,8 @@ def bench_graph(quick: bool = False, threads: Optional[int] = None) -> Dict:
     return {"configs": rows, "paths": path_rows, "gfa_share": shares}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gnn_lic.bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m gnn_lic.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("graph", help="graph construction and aggregation benchmark")
     g.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
@@ -410,8 +389,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     c = sub.add_parser("_child")
     c.add_argument("task")
     c.add_argument("args")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _check(args) -> None:
+    """Usage errors found before any benchmark child starts."""
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.command != "codec":
+        return
+    from gnn_lic.models import SIZES, list_models  # noqa: PLC0415
+
+    for name in args.models:
+        if name not in list_models():
+            raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    for size in args.sizes:
+        if size not in SIZES:
+            raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
+    if args.image and not os.path.isfile(args.image):
+        raise UsageError(f"--image: '{args.image}' is not a file")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {args.rounds}")
+    for flag, path, marker in (("--authors-glic", args.authors_glic, "glic_model"),
+                               ("--authors-gabic", args.authors_gabic, os.path.join("src", "comp"))):
+        if path and not os.path.isdir(os.path.join(path, marker)):
+            raise UsageError(f"{flag}: '{path}' has no {marker} folder (expected a checkout of the authors' code)")
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    args = build_parser().parse_args(argv)
     from gnn_lic.utils import tune_malloc  # noqa: PLC0415
 
     tune_malloc()
@@ -422,6 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "authors": _codec_authors}[args.task]
         print(json.dumps(fn(*json.loads(args.args))))
         return 0
+    _check(args)
     if args.threads:
         os.environ["GNN_LIC_BENCH_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
@@ -434,9 +443,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         result = bench_graph(quick=args.quick, threads=args.threads)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from gnn_lic.evaluation.results import write_json  # noqa: PLC0415
+
+        write_json(result, args.json)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a benchmark; bad arguments print one line and return 2 (:mod:`gnn_lic.cli`)."""
+    return run_main(lambda: _run(argv), "python -m gnn_lic.bench")
 
 
 if __name__ == "__main__":

@@ -5,19 +5,24 @@
   ``<out>/<codec>.json`` and ``<out>/rd_psnr.png``, ``<out>/rd_ms-ssim-db.png``.
 * ``bd --anchor vtm.json --test a.json [b.json ...] [--metric psnr-rgb]
   [--method pchip|cubic]``: print a BD-rate / BD-quality table. A ``--anchor`` or
-  ``--test`` argument of the form ``ref:kodak/vtm`` names a file in
-  ``shared/reference``.
+  ``--test`` argument of the form ``ref:kodak/vtm`` names a reference curve
+  (:func:`gnn_lic.evaluation.results.load_reference`).
 * ``plot --out rd.png a.json [b.json ...] [--metric psnr-rgb]``: RD plot of files.
+
+Bad arguments and unreadable inputs print one line and exit with status 2 (:mod:`gnn_lic.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .anchors import DEFAULT_QUALITIES, load_images, measure_anchors
+from gnn_lic.cli import ArgumentParser, UsageError, run_main
+from gnn_lic.codec.errors import ImageReadError
+
+from .anchors import DEFAULT_QUALITIES, measure_anchors
 from .bd import METHODS, bd_table, format_bd_table
+from .images import DataError, load_images
 from .plot import plot_rd
 from .results import load_reference, load_results, save_results
 
@@ -26,10 +31,10 @@ def _load(spec: str) -> tuple[str, dict]:
     if spec.startswith("ref:"):
         dataset, _, name = spec[4:].partition("/")
         if not name:
-            raise SystemExit(f"bad reference spec {spec!r}; use ref:<dataset>/<name>")
+            raise UsageError(f"bad reference spec {spec!r}; use ref:<dataset>/<name>")
         ref = load_reference(dataset)
         if name not in ref:
-            raise SystemExit(f"no reference {name!r} for {dataset}; have {sorted(ref)}")
+            raise UsageError(f"no reference {name!r} for {dataset}; have {sorted(ref)}")
         return name, ref[name]
     doc = load_results(spec)
     return str(doc.get("name") or Path(spec).stem), doc
@@ -82,8 +87,8 @@ def _cmd_plot(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m gnn_lic.evaluation", description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m gnn_lic.evaluation", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     a = sub.add_parser("anchors", help="measure Pillow JPEG/WebP/AVIF on a folder of images")
@@ -111,9 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: errors a user causes with an argument or an input file
+EXPECTED_ERRORS = (DataError, ImageReadError, OSError, ValueError)  # JSONDecodeError is a ValueError
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run a command; bad arguments and inputs print one line and return 2."""
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+
+    return run_main(body, "python -m gnn_lic.evaluation", expected=EXPECTED_ERRORS)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,15 @@ Encoder settings (all through Pillow's bundled libraries):
   skipped with a notice otherwise): chroma **4:4:4**, ``speed=6`` (Pillow's default),
   full range.
 
-CompressAI's published JPEG/WebP numbers in ``shared/reference`` come from other tools
-and settings; that does not matter here: these are anchors we measure ourselves, with
-the settings above, on whatever images we give them.
+Published JPEG/WebP curves (e.g. CompressAI's) come from other tools and settings; that
+does not matter here: these are anchors we measure ourselves, with the settings above, on
+whatever images we give them.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import warnings
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -48,7 +46,6 @@ __all__ = [
     "measure_image",
     "measure_codec",
     "measure_anchors",
-    "load_images",
 ]
 
 #: Default quality sweeps (Pillow's 0-100 quality scale for each codec).
@@ -209,24 +206,4 @@ def measure_anchors(
         else:
             qs = list(qualities)
         out[codec] = measure_codec(images, codec, qs, ms_ssim_small, progress)
-    return out
-
-
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp"}
-
-
-def load_images(folder: str | os.PathLike, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """All images in ``folder`` (sorted by name) as ``(file name, HxWx3 uint8 RGB)``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
-    if limit is not None:
-        files = files[:limit]
-    if not files:
-        raise FileNotFoundError(f"no images in {folder}")
-    out = []
-    for p in files:
-        with Image.open(p) as im:
-            out.append((p.name, np.asarray(im.convert("RGB"), dtype=np.uint8).copy()))
     return out

@@ -52,7 +52,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from gnn_lic.utils import module_device
+
 __all__ = [
+    "process_memory",
+    "reset_peak_memory",
     "count_parameters",
     "count_flops",
     "measure_latency",
@@ -60,6 +64,32 @@ __all__ = [
     "profile_model",
     "compress_decompress",
 ]
+
+
+def process_memory(key: str = "VmRSS") -> int:
+    """A memory figure of this process from ``/proc/self/status`` in bytes (``VmRSS``: now,
+    ``VmHWM``: the high-water mark); 0 where the file is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_memory() -> bool:
+    """Reset the kernel's high-water mark of this process (``VmHWM``) to its current RSS.
+
+    Writes ``5`` to ``/proc/self/clear_refs`` (Linux >= 4.0); returns False where that fails.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -75,8 +105,7 @@ def _make_input(module: nn.Module | None, inputs, device=None, dtype=torch.float
     else:
         x = torch.rand(*tuple(inputs), dtype=dtype)
     if device is None and module is not None:
-        p = next(iter(module.parameters()), None)
-        device = p.device if p is not None else "cpu"
+        device = module_device(module)
     return x.to(device) if device is not None else x
 
 
@@ -118,12 +147,14 @@ def measure_latency(
     n_runs: int = 10,
     warmup: int = 2,
     device: str | torch.device | None = None,
+    grad: bool = False,
     **kwargs: Any,
 ) -> dict:
     """Time ``fn(*args, **kwargs)``: median/mean/min/max seconds over ``n_runs`` runs.
 
-    ``warmup`` untimed calls come first. Runs under ``torch.no_grad()``. Pass
-    ``device`` (or CUDA tensors in ``args``) to synchronise CUDA around each run.
+    ``warmup`` untimed calls come first. Runs under ``torch.no_grad()`` unless ``grad``
+    (to time a backward pass). Pass ``device`` (or CUDA tensors in ``args``) to
+    synchronise CUDA around each run.
     """
     if n_runs < 1:
         raise ValueError("n_runs must be >= 1")
@@ -133,7 +164,7 @@ def measure_latency(
                 device = a.device
                 break
     times = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for _ in range(warmup):
             fn(*args, **kwargs)
         for _ in range(n_runs):
@@ -163,8 +194,9 @@ def compress_decompress(module: nn.Module, x: torch.Tensor):
 
 
 _CHILD = r"""
-import os, pickle, resource, sys, time
+import pickle, resource, sys
 import torch
+from gnn_lic.evaluation.complexity import process_memory, reset_peak_memory
 job = pickle.load(open(sys.argv[1], "rb"))
 torch.set_num_threads(job["threads"])
 module = job["module"]
@@ -172,29 +204,12 @@ module.eval()
 x = job["x"]
 fn = job["fn"]
 call = getattr(module, fn) if isinstance(fn, str) else (lambda m_x: fn(module, m_x))
-
-def rss_kb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-def hwm_kb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
-
-base = rss_kb()
-method = "clear_refs+VmHWM"
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-except OSError:
-    method = "ru_maxrss (upper bound: includes peaks before the call)"
+base = process_memory("VmRSS") // 1024
+method = "clear_refs+VmHWM" if reset_peak_memory() else "ru_maxrss (upper bound: includes peaks before the call)"
 with torch.no_grad():
     call(x)
 if method.startswith("clear_refs"):
-    peak = hwm_kb()
+    peak = process_memory("VmHWM") // 1024
 else:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print("RESULT", base, peak, method, sep="\t")
@@ -214,10 +229,7 @@ def peak_memory(
     "peak_total_bytes", "device", "method"}``. See the module docstring for the method
     (CPU: fresh subprocess with a reset high-water mark; CUDA: allocator statistics).
     """
-    if device is None:
-        p = next(iter(module.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(module_device(module) if device is None else device)
     if device.type == "cuda":
         x = _make_input(None, inputs).to(device)
         module = module.to(device)
@@ -297,8 +309,7 @@ def profile_model(
     net = net.eval()
     if device is not None:
         net = net.to(device)
-    p = next(iter(net.parameters()), None)
-    dev = p.device if p is not None else torch.device("cpu")
+    dev = module_device(net)
     torch.manual_seed(0)
     x = torch.rand(*tuple(input_shape)).to(dev)
     out: dict[str, Any] = {

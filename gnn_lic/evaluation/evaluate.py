@@ -10,9 +10,10 @@ Two modes:
   ``x`` the float ``(1, 3, H, W)`` image in ``[0, 1]``; ``bpp = sum over
   out["likelihoods"] of -log2(likelihood) / (H * W)``; metrics on
   ``out["x_hat"].clamp(0, 1)`` rounded to 8 bits. Images whose sides are not
-  multiples of ``pad_multiple`` are zero-padded, the padding split evenly between
-  the two sides of each axis (as CompressAI's ``eval_model`` does), and the
-  reconstruction is cropped back; the rate is still divided by the original ``H * W``.
+  multiples of ``pad_multiple`` are padded as the models pad themselves
+  (:func:`gnn_lic.models.base.pad_to_multiple`: replicate, bottom and right), so both
+  modes code the same padded image; the reconstruction is cropped back and the rate is
+  still divided by the original ``H * W``.
 
 Per-image values are averaged over the images (CompressAI's convention);
 ``ms-ssim-db`` of the result is ``-10*log10(1 - mean MS-SSIM)``.
@@ -27,24 +28,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .metrics import SmallImageWarning, ms_ssim, ms_ssim_db, psnr, to_uint8_array
+from gnn_lic.models.base import crop_to, pad_to_multiple
+from gnn_lic.utils import module_device
+
+from .images import image_to_tensor
+from .metrics import SmallImageWarning, likelihood_bits, ms_ssim, ms_ssim_db, psnr, to_uint8_array
 from .metrics import bpp as _bpp
 from .results import make_results
 
-__all__ = ["evaluate_model", "evaluate_models", "image_to_tensor", "load_codec"]
+__all__ = ["evaluate_model", "evaluate_models", "load_codec"]
 
 Codec = tuple[Callable[[Any, np.ndarray], bytes], Callable[[Any, bytes], np.ndarray]]
-
-
-def image_to_tensor(image: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """``HxWx3`` uint8 -> float ``(1, 3, H, W)`` in ``[0, 1]``."""
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
-    return t.to(device)
 
 
 def load_codec() -> Codec:
@@ -59,40 +54,17 @@ def load_codec() -> Codec:
     return encode_image, decode_image
 
 
-def _device_of(net: torch.nn.Module) -> torch.device:
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _pad(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    h, w = x.shape[-2:]
-    H = (h + multiple - 1) // multiple * multiple
-    W = (w + multiple - 1) // multiple * multiple
-    left = (W - w) // 2
-    top = (H - h) // 2
-    pads = (left, W - w - left, top, H - h - top)
-    if any(pads):
-        x = F.pad(x, pads, mode="constant", value=0.0)
-    return x, pads
-
-
 def _estimate(net, image: np.ndarray, pad_multiple: int | None) -> tuple[float, np.ndarray, float]:
-    dev = _device_of(net)
-    x = image_to_tensor(image, dev)
+    x = image_to_tensor(image, module_device(net))
     h, w = image.shape[:2]
-    pads = (0, 0, 0, 0)
     if pad_multiple and pad_multiple > 1:
-        x, pads = _pad(x, pad_multiple)
+        x, _ = pad_to_multiple(x, pad_multiple)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = net(x)
     elapsed = time.perf_counter() - t0
-    lik = out["likelihoods"]
-    lik_list = list(lik.values()) if isinstance(lik, dict) else list(lik)
-    bits = sum(float((-torch.log2(v)).sum()) for v in lik_list)
-    x_hat = out["x_hat"].clamp(0, 1)
-    left, right, top, bottom = pads
-    x_hat = x_hat[..., top : top + h, left : left + w]
+    bits = float(likelihood_bits(out["likelihoods"]))
+    x_hat = crop_to(out["x_hat"].clamp(0, 1), (h, w))
     rec = to_uint8_array(x_hat[0], data_range=1.0)
     return bits / (h * w), rec, elapsed
 

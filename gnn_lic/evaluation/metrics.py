@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_db",
     "bpp",
+    "likelihood_bits",
     "to_tensor",
     "to_uint8_array",
 ]
@@ -222,3 +223,24 @@ def bpp(num_bytes: int, h: int, w: int) -> float:
     if num_bytes < 0:
         raise ValueError(f"num_bytes must be >= 0, got {num_bytes}")
     return float(num_bytes) * 8.0 / (float(h) * float(w))
+
+
+def _flatten(likelihoods: Any):
+    if isinstance(likelihoods, torch.Tensor):
+        yield likelihoods
+    elif isinstance(likelihoods, Mapping):
+        for v in likelihoods.values():
+            yield from _flatten(v)
+    elif isinstance(likelihoods, (list, tuple)):
+        for v in likelihoods:
+            yield from _flatten(v)
+    else:
+        raise TypeError(f"unexpected likelihoods of type {type(likelihoods).__name__}")
+
+
+def likelihood_bits(likelihoods: Any) -> torch.Tensor:
+    """Estimated bits ``sum(-log2 p)`` over every tensor of ``likelihoods`` (dict, list or tensor).
+
+    Differentiable (the rate term of training) and the rate of entropy-estimation evaluation.
+    """
+    return sum(torch.log(p).sum() for p in _flatten(likelihoods)) / -math.log(2)

@@ -40,6 +40,8 @@ __all__ = [
     "shared_root",
     "load_reference",
     "METRIC_KEYS",
+    "to_json",
+    "write_json",
 ]
 
 #: Known metric keys and their axis labels.
@@ -50,19 +52,31 @@ METRIC_KEYS = {
 }
 
 
-def _clean(v: Any) -> Any:
-    """Make values JSON-serialisable (numpy scalars/arrays, non-finite floats)."""
+def to_json(v: Any) -> Any:
+    """Make values JSON-serialisable (numpy scalars/arrays, paths, non-finite floats)."""
     if isinstance(v, Mapping):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): to_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [to_json(x) for x in v]
     if isinstance(v, np.ndarray):
-        return [_clean(x) for x in v.tolist()]
+        return [to_json(x) for x in v.tolist()]
     if isinstance(v, np.generic):
         # nan/inf stay floats: json.dump writes them as NaN/Infinity tokens (as
         # CompressAI's own json.dump calls do) and json.load reads them back.
         return v.item()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
     return v
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON with a final newline (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(to_json(obj), f, indent=2)
+        f.write("\n")
+    return path
 
 
 def make_results(
@@ -89,7 +103,7 @@ def make_results(
         if add_ms_ssim_db:
             res["ms-ssim-db"] = [float(x) for x in ms_ssim_db(res["ms-ssim-rgb"])]
     for k, v in extra.items():
-        res[k] = list(_clean(list(v)))
+        res[k] = list(to_json(list(v)))
     for k, v in res.items():
         if len(v) != n:
             raise ValueError(f"results[{k!r}] has {len(v)} entries, bpp has {n}")
@@ -97,7 +111,7 @@ def make_results(
     if per_image is not None:
         if len(per_image) != n:
             raise ValueError(f"per_image has {len(per_image)} entries, bpp has {n}")
-        doc["per_image"] = _clean(per_image)
+        doc["per_image"] = to_json(per_image)
     return doc
 
 
@@ -121,12 +135,7 @@ def _validate(doc: Mapping, where: str = "results") -> None:
 def save_results(doc: Mapping, path: str | os.PathLike) -> Path:
     """Write a results document as indented JSON (parent folders are created)."""
     _validate(doc, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(_clean(doc), f, indent=2)
-        f.write("\n")
-    return path
+    return write_json(doc, path)
 
 
 def load_results(path: str | os.PathLike) -> dict:
@@ -183,17 +192,12 @@ def sort_results(doc: Mapping, key: str = "bpp") -> dict:
 
 
 def shared_root() -> Path | None:
-    """Locate the project's ``shared/`` folder.
-
-    ``$GNN_LIC_SHARED`` wins; otherwise ``<repository root>/../shared`` (the layout
-    of the development checkouts and CI). Returns None if neither exists.
-    """
+    """The folder named by ``$GNN_LIC_SHARED`` (holding ``reference/<dataset>/*.json``), or None."""
     env = os.environ.get("GNN_LIC_SHARED")
     if env:
         p = Path(env)
         return p if p.is_dir() else None
-    p = (Path(__file__).resolve().parents[2] / ".." / "shared").resolve()
-    return p if p.is_dir() else None
+    return None
 
 
 def load_reference(dataset: str = "kodak", root: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -206,9 +210,7 @@ def load_reference(dataset: str = "kodak", root: str | os.PathLike | None = None
     if root is None:
         sr = shared_root()
         if sr is None:
-            raise FileNotFoundError(
-                "shared/ folder not found: set GNN_LIC_SHARED or pass root="
-            )
+            raise FileNotFoundError("no reference folder: set GNN_LIC_SHARED or pass root=")
         root = sr / "reference"
     folder = Path(root) / dataset
     if not folder.is_dir():

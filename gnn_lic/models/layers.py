@@ -1,7 +1,7 @@
 """Convolutional layers of the GLIC transforms and entropy model.
 
 The graph blocks live in :mod:`gnn_lic.nn.blocks`; this module holds the
-lightweight CNN pieces around them (GLIC Fig. 2(c), official-code notes 1.4) and
+lightweight CNN pieces around them (GLIC Fig. 2(c), as the authors' released code builds them) and
 the small helpers the entropy models share. Everything here is pointwise or a
 plain convolution: no graph is built.
 """
@@ -65,7 +65,7 @@ class DepthwiseConvBlock(nn.Module):
     """1x1 conv + LeakyReLU, depthwise 5x5, 1x1 conv, plus a residual path.
 
     The residual is the identity when ``in_ch == out_ch`` and a 1x1 "adaptor"
-    convolution otherwise (official-code notes 1.4, ``DepthwiseConv``).
+    convolution otherwise (the authors' code calls this block ``DepthwiseConv``).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 5):
@@ -125,7 +125,7 @@ def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> Li
     """Channel widths of a linear ramp ``in_ch -> out_ch`` in ``num_layers`` steps.
 
     Widths are linearly interpolated and floored; hidden widths are clipped to at
-    least ``min_ch`` (ELIC's "channel ramp"; official-code notes 1.10 lists them).
+    least ``min_ch`` (ELIC's "channel ramp", as the authors' code sizes its entropy-parameter networks).
 
     >>> ramp_widths(128, 384, 3, min_ch=192)
     [128, 213, 298, 384]

@@ -1,4 +1,4 @@
-r"""Auxiliary wavelet transform branch (GLIC ref. [38], "AuxT"; official-code notes 1.5).
+r"""Auxiliary wavelet transform branch (GLIC ref. [38], "AuxT", as in the authors' released code).
 
 A cheap, near-orthogonal side path that runs beside the main analysis and
 synthesis transforms and is added to them at every resolution. It speeds up

@@ -1,32 +1,17 @@
-"""Training configuration: one dataclass, its defaults and YAML round trips.
+"""Training configuration: one dataclass, its defaults, and YAML round trips.
 
 :class:`TrainConfig` describes the training of **one** rate point (one lambda);
-``experiments/run.py`` builds one per lambda of a job. Its defaults are the defaults
-of the main job (``python experiments/run.py --model glic``), sized so that the whole
-job -- two lambdas, training and evaluation -- fits in 15 minutes on a 2-core CPU with
-the ``small`` models. The same 2-core machine class has measured 0.8 s and 2.1 s per
-glic-small step on different days (shared hosts); 150 steps per lambda keep the job
-under 15 minutes even at the slower figure (2 x 150 x 2.1 s = 10.5 min of training).
-Change them here (or with a YAML file / flags):
+:mod:`gnn_lic.training.job` builds one per lambda of a job. Its fields are the one source
+of the training options: each carries its help text (and bounds) as dataclass metadata,
+and the command line of ``experiments/run.py`` is generated from them
+(:mod:`gnn_lic.training.options`); ``python experiments/run.py --help`` lists them with
+their defaults.
 
-========================  ==========  =====================================================
-option                    default     meaning
-========================  ==========  =====================================================
-``steps``                 150         optimizer steps per lambda
-``batch_size``            8           crops per step (per process with torchrun)
-``patch_size``            128         crop side in pixels
-``lr`` / ``aux_lr``       1e-3/1e-3   Adam learning rates (main / aux = ``quantiles``); the paper
-                                      trains with 1e-4 for ~1.5M steps, a 150-step job learns
-                                      more with 1e-3 (measured: +3 dB PSNR after 100 steps)
-``lr_schedule``           ``step``    ``step`` (both rates x0.1 at ``lr_drop`` of the steps), ``cosine``, ``constant``,
-                                      ``plateau`` (main rate x ``plateau_factor`` when the evaluation loss has not
-                                      improved for more than ``plateau_patience`` evaluations; aux rate constant)
-``plateau_factor``        0.3         GABIC's ReduceLROnPlateau factor (GABIC Sec. 4)
-``plateau_patience``      10          GABIC's patience, counted here in evaluations (``eval_every``), GABIC's in epochs
-``clip_max_norm``         1.0         gradient-norm clipping of the main parameters (0: off)
-``ortho_weight``          0.1         weight of the wavelet branch's orthogonality loss
-``flips``                 on          random h/v flips (7 training images; official GLIC: none)
-========================  ==========  =====================================================
+The defaults are those of the main job (``python experiments/run.py --model glic``),
+sized so that the whole job -- two lambdas, training and evaluation -- fits in 15
+minutes on a 2-core CPU with the ``small`` models (the README's "Measured figures" has
+the step times this was sized with). The paper trains at a learning rate of 1e-4 for
+about 1.5M steps; a job this short learns more with 1e-3.
 
 The lambda presets ``mse`` and ``ms-ssim`` are the GLIC paper's (Sec. 4.1.1): ``mse`` with
 the distortion ``255^2 * MSE`` and ``ms-ssim`` with ``1 - MS-SSIM`` (CompressAI's convention).
@@ -35,15 +20,15 @@ the distortion ``255^2 * MSE`` and ``ms-ssim`` with ``1 - MS-SSIM`` (CompressAI'
 GABIC's training recipe (GABIC Sec. 4: Adam at 1e-4, batch 16, 256x256 crops, MSE, the
 ``gabic`` lambdas, learning rate x0.3 on a plateau with patience 10) is
 ``experiments/configs/gabic.yaml``: ``lr_schedule: plateau`` with ``plateau_factor: 0.3``
-and ``plateau_patience: 10``. The authors' released training code uses patience 4
-(official-code notes 2.3); the paper's 10 is the default here.
+and ``plateau_patience: 10`` (the paper's patience; GABIC counts it in epochs, this loop
+in evaluations).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -75,11 +60,26 @@ DEFAULT_LAMBDAS: Dict[str, List[float]] = {
 }
 
 METRICS = ("mse", "ms-ssim")
+#: options that must match to resume a run at all
+IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
+#: options whose change makes a resumed run differ from an uninterrupted one
+TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
+                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
 LR_SCHEDULES = ("step", "cosine", "constant", "plateau")
 
 
 class ConfigError(ValueError):
     """A bad option value; the message is one line meant for the user."""
+
+
+def _option(default: Any, help: str = "", cli: bool = True, **meta: Any) -> Any:  # noqa: A002
+    """A dataclass field whose metadata describes its command-line option.
+
+    ``help``: the option's help text; ``cli=False``: set by the job, not a flag;
+    ``min``: smallest allowed integer; ``choices``: allowed values; ``metavar``;
+    ``job_default``: the job's default when it differs from the field's.
+    """
+    return field(default=default, metadata={"help": help, "cli": cli, **meta})
 
 
 @dataclass
@@ -122,36 +122,41 @@ class TrainConfig:
         progress (bool): show a tqdm progress bar (rank 0 only).
     """
 
-    model: str = "glic"
-    size: str = "small"
-    lmbda: float = 0.0067
-    metric: str = "mse"
-    steps: int = 150
-    batch_size: int = 8
-    patch_size: int = 128
-    lr: float = 1e-3
-    aux_lr: float = 1e-3
-    lr_schedule: str = "step"
-    lr_drop: float = 0.8
-    plateau_factor: float = 0.3
-    plateau_patience: int = 10
-    clip_max_norm: float = 1.0
-    ortho_weight: float = 0.1
-    flips: bool = True
-    data_train: Optional[str] = None
-    data_test: Optional[str] = None
-    run_dir: Optional[str] = None
-    out: str = "runs"
-    resume: bool = False
-    device: str = "auto"
-    seed: int = 0
-    threads: Optional[int] = None
-    eval_every: int = 0
-    save_every: int = 0
-    log_every: int = 1
-    stop_after: Optional[int] = None
-    deterministic: bool = False
-    progress: bool = True
+    model: str = _option("glic", "registered model name (required unless --resume/--checkpoint)", job_default=None)
+    size: str = _option("small", "model size: tiny, small or paper")
+    lmbda: float = _option(0.0067, cli=False)
+    metric: str = _option("mse", "distortion: mse (255^2 MSE) or ms-ssim (1 - MS-SSIM)", choices=METRICS)
+    steps: int = _option(150, "optimizer steps per lambda", min=1)
+    batch_size: int = _option(8, "crops per step (per process)", min=1)
+    patch_size: int = _option(128, "training crop side in pixels", min=1)
+    lr: float = _option(1e-3, "learning rate of the main Adam")
+    aux_lr: float = _option(1e-3, "learning rate of the aux Adam (quantiles)")
+    lr_schedule: str = _option(
+        "step", "step (x0.1 at --lr-drop of the steps), cosine, constant, or plateau (x --plateau-factor when the "
+        "evaluation loss has not improved for more than --plateau-patience evaluations)", choices=LR_SCHEDULES)
+    lr_drop: float = _option(0.8, "fraction of the steps after which 'step' divides the lr by 10")
+    plateau_factor: float = _option(0.3, "learning-rate factor of 'plateau' (GABIC: 0.3)")
+    plateau_patience: int = _option(10, "evaluations without improvement that 'plateau' tolerates (GABIC: 10 epochs)",
+                                    min=0)
+    clip_max_norm: float = _option(1.0, "gradient-norm clipping (0: off)")
+    ortho_weight: float = _option(0.1, "weight of the wavelet branch's orthogonality loss")
+    flips: bool = _option(True, "random flips of the training crops")
+    data_train: Optional[str] = _option(
+        None, "folder of training images (default: built-in scikit-image photos)", metavar="DIR")
+    data_test: Optional[str] = _option(
+        None, "folder of test images (default: built-in chelsea, coffee)", metavar="DIR")
+    run_dir: Optional[str] = _option(None, cli=False)
+    out: str = _option("runs", "parent folder of the job folders", metavar="DIR")
+    resume: bool = _option(False, cli=False)
+    device: str = _option("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = _option(0, "random seed", min=0)
+    threads: Optional[int] = _option(None, "torch threads per process (default: torch's / CPUs per process)", min=1)
+    eval_every: int = _option(0, "steps between test evaluations (0: 4 per run)", min=0)
+    save_every: int = _option(0, "steps between latest.pt saves (0: 4 per run)", min=0)
+    log_every: int = _option(1, "steps between log.csv rows", min=1)
+    stop_after: Optional[int] = _option(None, "stop after this step (as if preempted); --resume continues", min=1)
+    deterministic: bool = _option(False, "torch.use_deterministic_algorithms(True)")
+    progress: bool = _option(True, "tqdm progress bar")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -181,6 +186,17 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    def resume_changes(self, saved: Mapping[str, Any], where: str) -> List[str]:
+        """The trajectory options that differ from ``saved`` (the config of the run to resume).
+
+        Raises :class:`ConfigError` when an identity option (model, size, metric, lambda) differs.
+        """
+        for key in IDENTITY_KEYS:
+            if key in saved and saved[key] != getattr(self, key):
+                raise ConfigError(f"cannot resume {where}: it was trained with {key}={saved[key]!r}, "
+                                  f"not {getattr(self, key)!r}")
+        return [k for k in TRAJECTORY_KEYS if k in saved and saved[k] != getattr(self, k)]
+
     @property
     def eval_interval(self) -> int:
         return self.eval_every if self.eval_every > 0 else max(1, math.ceil(self.steps / 4))
@@ -191,35 +207,34 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check types and ranges; raise :class:`ConfigError` with a one-line message."""
+        from gnn_lic.models import SIZES, list_models  # noqa: PLC0415 - the models register on import
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
 
-        for name in ("steps", "batch_size", "patch_size", "seed", "eval_every", "save_every", "log_every",
-                     "plateau_patience"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be an integer, got {v!r}")
-        for name in ("lmbda", "lr", "aux_lr", "lr_drop", "plateau_factor", "clip_max_norm", "ortho_weight"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                 f"{name} must be a finite number, got {v!r}")
-            setattr(self, name, float(v))
-        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.model in list_models(),
+             f"unknown model {self.model!r}; choose one of: {', '.join(list_models()) or 'none'}")
+        need(self.size in SIZES, f"unknown size {self.size!r}; choose one of: {', '.join(SIZES)}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", "Optional[int]") and not (v is None and f.type.startswith("Optional")):
+                need(isinstance(v, int) and not isinstance(v, bool), f"{f.name} must be an integer, got {v!r}")
+                lo = f.metadata.get("min")
+                need(lo is None or v >= lo, f"{f.name} must be >= {lo}, got {v}")
+            elif f.type == "float":
+                need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                     f"{f.name} must be a finite number, got {v!r}")
+                setattr(self, f.name, float(v))
+            choices = f.metadata.get("choices")
+            need(choices is None or v in choices,
+                 f"unknown {f.name} {v!r}; choose one of: {', '.join(choices or ())}")
         need(self.patch_size >= 16, f"patch_size must be >= 16, got {self.patch_size}")
         need(self.lmbda > 0, f"lambda must be > 0, got {self.lmbda}")
         need(self.lr > 0 and self.aux_lr > 0, "learning rates must be > 0")
         need(0 < self.lr_drop <= 1, f"lr_drop must be in (0, 1], got {self.lr_drop}")
         need(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
-        need(self.plateau_patience >= 0, f"plateau_patience must be >= 0, got {self.plateau_patience}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(self.metric in METRICS, f"unknown metric {self.metric!r}; choose one of: {', '.join(METRICS)}")
-        need(self.lr_schedule in LR_SCHEDULES,
-             f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
-        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
-             f"threads must be a positive integer, got {self.threads!r}")
-        need(self.stop_after is None or (isinstance(self.stop_after, int) and self.stop_after >= 1),
-             f"stop_after must be a positive integer, got {self.stop_after!r}")
 
 
 def parse_lambdas(values: Union[None, str, float, List[Any]], metric: str = "mse") -> List[float]:

@@ -1,19 +1,7 @@
-"""Training and test images, and deterministic random crops.
+"""Deterministic random crops of the training images.
 
-**Built-in split.** Without ``--data-train`` / ``--data-test``, the images are the
-natural photos that ship inside scikit-image's ``skimage/data`` folder (read from disk
-with :func:`gnn_lic.codec.read_image`; nothing is downloaded):
-
-* training (7 images): ``astronaut.png`` (512x512), ``hubble_deep_field.jpg``
-  (1000x872), ``ihc.png`` (immunohistochemistry, 512x512), ``motorcycle_left.png`` and
-  ``motorcycle_right.png`` (741x500), ``retina.jpg`` (1411x1411), ``rocket.jpg`` (640x427);
-* test (2 images): ``chelsea.png`` (451x300) and ``coffee.png`` (600x400).
-
-The two motorcycle images are a stereo pair of one scene, so they stay together on the
-training side: holding one of them out would leak the test scene into training. The
-test images are the two smallest photos, which keeps the evaluations of the main job
-cheap. Graphics, textures and grey-level images (``color.png``, ``logo.png``,
-``brick.png``, ``camera.png``, ...) are not used.
+The image sets themselves (folders and the built-in scikit-image split) are read by
+:mod:`gnn_lic.evaluation.images`.
 
 **Crops.** :class:`RandomCrops` draws the crops of step ``s`` from a
 ``torch.Generator`` seeded with ``(seed, s)`` only: the batch of a step never depends
@@ -25,102 +13,15 @@ drawn once and process ``rank`` takes crops ``rank, rank + world_size, ...``
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gnn_lic.codec import read_image
-from gnn_lic.codec.errors import ImageReadError
+from gnn_lic.evaluation.images import DataError
 
-__all__ = [
-    "SKIMAGE_TRAIN",
-    "SKIMAGE_TEST",
-    "IMAGE_EXTENSIONS",
-    "DataError",
-    "skimage_data_dir",
-    "builtin_images",
-    "load_image_folder",
-    "load_images",
-    "step_seed",
-    "RandomCrops",
-]
-
-SKIMAGE_TRAIN: Tuple[str, ...] = (
-    "astronaut.png",
-    "hubble_deep_field.jpg",
-    "ihc.png",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "retina.jpg",
-    "rocket.jpg",
-)
-SKIMAGE_TEST: Tuple[str, ...] = ("chelsea.png", "coffee.png")
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-Image = Tuple[str, np.ndarray]
-
-
-class DataError(ValueError):
-    """A missing, empty or unreadable image folder; the message is one line."""
-
-
-def skimage_data_dir() -> Path:
-    """The ``skimage/data`` folder of the installed scikit-image."""
-    try:
-        import skimage.data  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - scikit-image is a dependency
-        raise DataError("scikit-image is not installed; pass --data-train/--data-test folders") from None
-    return Path(os.path.dirname(skimage.data.__file__))
-
-
-def _silent(_msg: str) -> None:
-    pass
-
-
-def builtin_images(split: str = "train") -> List[Image]:
-    """The built-in ``train`` or ``test`` images as ``(file name, HxWx3 uint8)``."""
-    names = {"train": SKIMAGE_TRAIN, "test": SKIMAGE_TEST}.get(split)
-    if names is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    folder = skimage_data_dir()
-    out = []
-    for name in names:
-        try:
-            out.append((name, read_image(folder / name, notify=_silent)))
-        except ImageReadError as exc:
-            raise DataError(f"built-in image {name} of scikit-image is not readable: {exc}") from None
-    return out
-
-
-def load_image_folder(folder: Union[str, os.PathLike], limit: Optional[int] = None) -> List[Image]:
-    """Every PNG/JPEG file of ``folder`` (sorted by name, not recursive) as ``(name, HxWx3 uint8)``."""
-    p = Path(folder)
-    if not p.exists():
-        raise DataError(f"image folder '{p}' does not exist")
-    if not p.is_dir():
-        raise DataError(f"'{p}' is not a folder")
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-    if limit is not None:
-        files = files[:limit]
-    if not files:
-        raise DataError(f"image folder '{p}' holds no PNG or JPEG images")
-    out = []
-    for f in files:
-        try:
-            out.append((f.name, read_image(f)))
-        except ImageReadError as exc:
-            raise DataError(str(exc)) from None
-    return out
-
-
-def load_images(folder: Union[None, str, os.PathLike], split: str) -> List[Image]:
-    """``load_image_folder(folder)``, or the built-in ``split`` when ``folder`` is None."""
-    return builtin_images(split) if folder in (None, "") else load_image_folder(folder)
+__all__ = ["step_seed", "RandomCrops"]
 
 
 def step_seed(seed: int, step: int, *stream: int) -> int:

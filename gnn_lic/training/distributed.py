@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Iterable, List
 
 import torch
 import torch.distributed as dist
@@ -124,3 +125,20 @@ def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _CONTEXT = None
+
+
+def wrap_ddp(net: torch.nn.Module, device: torch.device, ignore: Iterable[str] = ()) -> torch.nn.Module:
+    """``net`` in :class:`~torch.nn.parallel.DistributedDataParallel`, the parameters ``ignore`` left out.
+
+    The ignored parameters (the entropy bottleneck's ``quantiles``) get no gradient from
+    the main loss and are fitted per process by the aux loss.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+    DDP._set_params_and_buffers_to_ignore_for_model(net, list(ignore))
+    ids = [device.index] if device.type == "cuda" else None
+    # depthwise-conv gradients can come with other strides than DDP's buckets: harmless, silenced
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # static_graph: the same parameters are used at every step; it also copes with unused ones.
+    # No buffer needs syncing in a forward (no batch norm).
+    return DDP(net, device_ids=ids, static_graph=True, forward_sync_buffers=False)

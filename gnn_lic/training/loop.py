@@ -37,32 +37,29 @@ equal); rank 0 alone evaluates and writes files.
 
 from __future__ import annotations
 
-import csv
-import inspect
-import json
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
-from gnn_lic.models import create_model, list_models
+from gnn_lic.evaluation.images import load_images
+from gnn_lic.evaluation.results import write_json
+from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
-from gnn_lic.training.data import RandomCrops, load_images, step_seed
-from gnn_lic.training.distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed
-from gnn_lic.training.losses import RateDistortionLoss, has_ortho_loss
+from gnn_lic.training.data import RandomCrops, step_seed
+from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
+from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
+from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
     LRSchedule,
@@ -76,147 +73,14 @@ __all__ = ["Trainer", "train", "environment_info", "eval_loss", "default_run_dir
 
 LATEST = "checkpoints/latest.pt"
 BEST = "checkpoints/best.pt"
-#: options whose change makes a resumed run differ from an uninterrupted one
-_TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
-                    "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
-#: options that must match to resume at all
-_IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _git_commit() -> Optional[Dict[str, Any]]:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=20)
-        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version(module: str) -> Optional[str]:
-    try:
-        mod = __import__(module)
-        return str(getattr(mod, "__version__", "unknown"))
-    except ImportError:
-        return None
-
-
-def environment_info(ctx: Optional[DistContext] = None, seed: Optional[int] = None) -> Dict[str, Any]:
-    """Versions, threads, device, world size, git commit: what ``env.json`` records."""
-    ctx = ctx or DistContext()
-    dev = ctx.device
-    info: Dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "torch": torch.__version__,
-        "compressai": _version("compressai"),
-        "torch_geometric": _version("torch_geometric"),
-        "numpy": _version("numpy"),
-        "gnn_lic": _version("gnn_lic"),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "device": str(dev),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        "world_size": ctx.world_size,
-        "backend": ctx.backend or None,
-        "seed": seed,
-        "argv": list(sys.argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_commit(),
-    }
-    return info
-
-
-def eval_loss(result: Mapping[str, Any], lmbda: float, metric: str) -> float:
-    """``bpp + lambda * D`` of an :func:`~gnn_lic.evaluation.evaluate_model` result, D averaged per image.
-
-    ``D = 255^2 * MSE`` (from each image's PSNR on 8-bit values) or ``1 - MS-SSIM``.
-    """
-    per = result["per_image"].values()
-    if metric == "mse":
-        d = [255.0**2 * 10 ** (-r["psnr-rgb"] / 10) for r in per]
-    else:
-        d = [1.0 - r["ms-ssim-rgb"] for r in per]
-    return float(result["bpp"] + lmbda * sum(d) / len(d))
-
-
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.out) / f"{cfg.model}-{cfg.size}-{cfg.metric}-lambda{cfg.lmbda:g}-{stamp}"
-
-
-def _rng_state() -> Dict[str, Any]:
-    state: Dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    if isinstance(state.get("torch"), torch.Tensor):
-        torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _truncate_csv(path: Path, last_step: int) -> None:
-    """Drop the rows of ``path`` logged after ``last_step`` (steps of a killed run past its checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    header, body = rows[0], rows[1:]
-    keep = [r for r in body if r and r[0].isdigit() and int(r[0]) <= last_step]
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(keep)
-
-
-class _CSVLog:
-    """Append rows to a CSV file (header written when the file is new), flushed per row."""
-
-    def __init__(self, path: Path, columns: Sequence[str]):
-        self.path = path
-        self.columns = list(columns)
-        new = not path.exists() or path.stat().st_size == 0
-        if not new:
-            with open(path, newline="") as fh:
-                header = next(csv.reader(fh), [])
-            if header != self.columns:  # a resumed run with other columns: start a fresh file
-                path.rename(path.with_suffix(".old.csv"))
-                new = True
-        self.fh = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=self.columns, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-            self.fh.flush()
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return "" if v is None else v
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -238,8 +102,6 @@ class Trainer:
     ):
         cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         cfg.validate()
-        if cfg.model not in list_models():
-            raise ConfigError(f"unknown model {cfg.model!r}; choose one of: {', '.join(list_models()) or 'none'}")
         self.cfg = cfg
         self.ctx = init_distributed(cfg.device)
         self.device = self.ctx.device
@@ -295,30 +157,16 @@ class Trainer:
 
         self.model: nn.Module = self.net
         if self.ctx.distributed:
-            self.model = self._wrap_ddp(self.net)
+            self.model = wrap_ddp(self.net, self.device, ignore=self.aux_names)
 
         self.distortion_key = "mse_loss" if cfg.metric == "mse" else "ms_ssim_loss"
         self.term_keys = ["loss", "bpp_loss", self.distortion_key] + (
             ["ortho_loss"] if has_ortho_loss(self.net) else []
         )
-        self._log: Optional[_CSVLog] = None
-        self._eval_log: Optional[_CSVLog] = None
+        self._log: Optional[CSVLog] = None
+        self._eval_log: Optional[CSVLog] = None
 
     # ------------------------------------------------------------------ setup
-    def _wrap_ddp(self, net: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-        # quantiles get no gradient from the main loss and are fitted per process by the aux loss
-        DDP._set_params_and_buffers_to_ignore_for_model(net, list(self.aux_names))
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # no buffer needs syncing in a forward (no batch norm); the keyword changed name in torch 2.1x
-        sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                else {"broadcast_buffers": False})
-        # depthwise-conv gradients can come with other strides than DDP's buckets: harmless, silenced
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        # static_graph: the same parameters are used at every step; it also copes with unused ones
-        return DDP(net, device_ids=ids, static_graph=True, **sync)
-
     def _load_latest(self) -> None:
         path = self.run_dir / LATEST
         if not path.exists():
@@ -326,14 +174,7 @@ class Trainer:
                 print(f"no checkpoint in '{self.run_dir}'; starting from step 0", file=sys.stderr)
             return
         ckpt = read_checkpoint(path, map_location="cpu")
-        saved = ckpt.get("config") or {}
-        for key in _IDENTITY_KEYS:
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                raise ConfigError(
-                    f"cannot resume '{self.run_dir}': it was trained with {key}={saved[key]!r}, "
-                    f"not {getattr(self.cfg, key)!r}"
-                )
-        changed = [k for k in _TRAJECTORY_KEYS if k in saved and saved[k] != getattr(self.cfg, k)]
+        changed = self.cfg.resume_changes(ckpt.get("config") or {}, f"'{self.run_dir}'")
         if changed and self.ctx.is_main:
             print(f"note: resuming with changed {', '.join(changed)}: the run will differ from an "
                   "uninterrupted one", file=sys.stderr)
@@ -349,7 +190,7 @@ class Trainer:
             old = sched.lr_lambdas[0]
             if getattr(old, "steps", self.cfg.steps) != self.cfg.steps:  # extended run
                 sched.lr_lambdas[0] = LRSchedule(old.kind, self.cfg.steps, self.cfg.lr_drop)
-        _set_rng_state(ckpt.get("rng_state") or {})
+        set_rng_state(ckpt.get("rng_state") or {})
         self.step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped", 0))
         self.elapsed = float(ckpt.get("elapsed", 0.0))
@@ -363,10 +204,10 @@ class Trainer:
                                              "nonfinite"]
         ecols = ["step", "bpp", "psnr-rgb", "ms-ssim-rgb", "eval_loss", "best"]
         if self.resumed_from is not None:
-            _truncate_csv(self.run_dir / "log.csv", self.step)
-            _truncate_csv(self.run_dir / "eval.csv", self.step)
-        self._log = _CSVLog(self.run_dir / "log.csv", cols)
-        self._eval_log = _CSVLog(self.run_dir / "eval.csv", ecols)
+            truncate_csv(self.run_dir / "log.csv", self.step)
+            truncate_csv(self.run_dir / "eval.csv", self.step)
+        self._log = CSVLog(self.run_dir / "log.csv", cols)
+        self._eval_log = CSVLog(self.run_dir / "eval.csv", ecols)
 
     def _write_run_files(self) -> None:
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -376,9 +217,7 @@ class Trainer:
         dump_yaml(cfg, self.run_dir / "config.yaml")
         env = environment_info(self.ctx, self.cfg.seed)
         env["resumed_from_step"] = self.resumed_from
-        with open(self.run_dir / "env.json", "w") as fh:
-            json.dump(env, fh, indent=2)
-            fh.write("\n")
+        write_json(env, self.run_dir / "env.json")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, x: torch.Tensor) -> Dict[str, Any]:
@@ -450,7 +289,7 @@ class Trainer:
             aux_optimizer=self.aux_optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
             aux_scheduler=self.aux_scheduler.state_dict(),
-            rng_state=_rng_state(),
+            rng_state=rng_state(),
             config=self.cfg.to_dict(),
             metrics=self._metrics(),
             skipped=self.skipped,

@@ -21,29 +21,30 @@ import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
 
-__all__ = ["RateDistortionLoss", "bpp_from_likelihoods", "has_ortho_loss", "ms_ssim_train"]
+from gnn_lic.evaluation.metrics import likelihood_bits
+
+__all__ = ["RateDistortionLoss", "bpp_from_likelihoods", "eval_loss", "has_ortho_loss", "ms_ssim_train"]
 
 _MS_SSIM_WIN = 11
 _WARNED_SIDES: set = set()
 
 
-def _flatten(likelihoods: Any):
-    if isinstance(likelihoods, Tensor):
-        yield likelihoods
-    elif isinstance(likelihoods, Mapping):
-        for v in likelihoods.values():
-            yield from _flatten(v)
-    elif isinstance(likelihoods, (list, tuple)):
-        for v in likelihoods:
-            yield from _flatten(v)
-    else:
-        raise TypeError(f"unexpected likelihoods of type {type(likelihoods).__name__}")
-
-
 def bpp_from_likelihoods(likelihoods: Any, num_pixels: int) -> Tensor:
     """``sum(-log2 p) / num_pixels`` over every tensor of ``likelihoods`` (dict, list or tensor)."""
-    total = sum(torch.log(p).sum() for p in _flatten(likelihoods))
-    return total / (-math.log(2) * num_pixels)
+    return likelihood_bits(likelihoods) / num_pixels
+
+
+def eval_loss(result: Mapping[str, Any], lmbda: float, metric: str) -> float:
+    """``bpp + lambda * D`` of an :func:`~gnn_lic.evaluation.evaluate_model` result, D averaged per image.
+
+    ``D = 255^2 * MSE`` (from each image's PSNR on 8-bit values) or ``1 - MS-SSIM``.
+    """
+    per = result["per_image"].values()
+    if metric == "mse":
+        d = [255.0**2 * 10 ** (-r["psnr-rgb"] / 10) for r in per]
+    else:
+        d = [1.0 - r["ms-ssim-rgb"] for r in per]
+    return float(result["bpp"] + lmbda * sum(d) / len(d))
 
 
 def has_ortho_loss(net: nn.Module | None) -> bool:

@@ -1,8 +1,9 @@
 """Tiny CompressAI models registered under test names (helper for tests/codec).
 
-Imported by the test modules and, through ``GNN_LIC_PLUGINS=codec_testmodels``, by the
-``python -m gnn_lic`` subprocesses, so that the command line goes through
-``create_model`` exactly as with a real model.
+:func:`register` adds them to the registry: in the tests through a registry scoped to each
+test module (``tests/codec/conftest.py``), in ``python -m gnn_lic`` subprocesses through
+``GNN_LIC_PLUGINS=codec_plugin``, so that the command line goes through ``create_model``
+exactly as with a real model.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ def _builder(cls):
     return build
 
 
-if HYPER not in list_models():
-    register_model(HYPER)(_builder(TinyHyperprior))
-if FACT not in list_models():
-    register_model(FACT)(_builder(TinyFactorized))
+def register() -> None:
+    """Register the stand-ins (in whatever registry is current; the tests scope it)."""
+    if HYPER not in list_models():
+        register_model(HYPER)(_builder(TinyHyperprior))
+    if FACT not in list_models():
+        register_model(FACT)(_builder(TinyFactorized))
 
 
 def make(name=HYPER, size="tiny", **kwargs):

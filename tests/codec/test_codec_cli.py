@@ -46,7 +46,7 @@ def _env(plugins):
     env["PYTHONPATH"] = os.pathsep.join([str(HERE)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("GNN_LIC_PLUGINS", None)
     if plugins:  # registers the test models in the subprocess (importing compressai takes seconds)
-        env["GNN_LIC_PLUGINS"] = "codec_testmodels"
+        env["GNN_LIC_PLUGINS"] = "codec_plugin"
     env["OMP_NUM_THREADS"] = "1"
     env.pop("GNN_LIC_DEBUG", None)
     return env

@@ -1,10 +1,9 @@
 """Every registered gnn_lic model round-trips a real photo through the command line.
 
-Uses Kodak's kodim23 when ``../shared/data/kodak`` exists (tests and CI), else a
-built-in scikit-image photo; ``tiny`` sizes with seeded weights saved as checkpoints.
+Uses scikit-image's built-in ``coffee.png`` (600x400); ``tiny`` sizes with seeded weights
+saved as checkpoints.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,15 @@ from gnn_lic.codec import decode_image, read_image
 from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model, list_models
 from gnn_lic.models.checkpoint import save_checkpoint
-from gnn_lic.models.registry import _MODELS
-from gnn_lic.training.data import skimage_data_dir
+from gnn_lic.evaluation.images import skimage_data_dir
 
-KODAK = Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak" / "kodim23.png"
-OWN = [n for n in list_models() if _MODELS[n].__module__.startswith("gnn_lic.")]
+PHOTO = skimage_data_dir() / "coffee.png"
+OWN = list_models()  # stand-in models live in scoped registries (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    src = KODAK if KODAK.is_file() else skimage_data_dir() / "coffee.png"
+    src = PHOTO
     return src, read_image(src)
 
 

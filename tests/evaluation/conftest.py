@@ -1,27 +1,26 @@
 """Fixtures for gnn_lic.evaluation tests."""
 
-import os
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 
-def _shared_dir() -> Path | None:
-    env = os.environ.get("GNN_LIC_SHARED")
-    p = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared"
-    return p.resolve() if p.is_dir() else None
+#: two reference curves of a "kodak" folder: "better" needs 20 % fewer bits for the same PSNR
+_VTM = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [28.0, 30.0, 32.5, 35.0], "ms-ssim-rgb": [0.9, 0.93, 0.96, 0.98]}
 
 
 @pytest.fixture
-def kodak_reference_dir() -> Path:
-    """``shared/reference/kodak`` or a skip when shared/ is not beside the repository."""
-    shared = _shared_dir()
-    if shared is None or not (shared / "reference" / "kodak").is_dir():
-        pytest.skip(
-            "shared/reference/kodak not found (expected at <repo>/../shared or $GNN_LIC_SHARED)"
-        )
-    return shared / "reference" / "kodak"
+def kodak_reference_dir(tmp_path) -> Path:
+    """A ``<shared>/reference/kodak`` folder of two literal curves and a ``_meta.json``."""
+    folder = tmp_path / "shared" / "reference" / "kodak"
+    folder.mkdir(parents=True)
+    better = dict(_VTM, bpp=[0.8 * b for b in _VTM["bpp"]])
+    for name, res in (("vtm", _VTM), ("better", better)):
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "results": res}))
+    (folder / "_meta.json").write_text(json.dumps({"source": "test"}))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from gnn_lic.evaluation.anchors import (
     available_codecs,
     decode_bytes,
     encode_pil,
-    load_images,
     measure_anchors,
 )
+from gnn_lic.evaluation.images import load_images
 from gnn_lic.evaluation.metrics import SmallImageWarning, psnr
 
 QUALITIES = [15, 50, 90]

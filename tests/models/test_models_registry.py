@@ -34,8 +34,8 @@ def test_every_expected_model_is_registered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 @pytest.mark.parametrize("size", SIZES)
-def test_builds_at_every_size(name, size):
-    net = create_model(name, size=size)
+def test_builds_at_every_size(name, size, paper_model):
+    net = paper_model(name) if size == "paper" else create_model(name, size=size)
     assert isinstance(net, PaddedCompressionModel)
     assert net.model_name == name and net.model_size == size
     assert net.model_config == {"name": name, "size": size}
@@ -43,20 +43,20 @@ def test_builds_at_every_size(name, size):
     assert _count(net) > 0
 
 
-def test_sizes_grow():
+def test_sizes_grow(paper_model):
     for name in ("glic", "gabic", "wacnn"):
-        counts = [_count(create_model(name, size=s)) for s in ("tiny", "small", "paper")]
+        counts = [_count(create_model(name, size=s)) for s in ("tiny", "small")] + [_count(paper_model(name))]
         assert counts == sorted(counts)
 
 
-def test_paper_glic_matches_table2():
+def test_paper_glic_matches_table2(paper_model):
     # GLIC Table 2: 67.20 M parameters
-    n = _count(create_model("glic", size="paper")) / 1e6
+    n = _count(paper_model("glic")) / 1e6
     assert abs(n - 67.20) / 67.20 < 0.10, n
 
 
-def test_paper_gabic_width():
-    net = create_model("gabic", size="paper")
+def test_paper_gabic_width(paper_model):
+    net = paper_model("gabic")
     assert (net.N, net.M) == (192, 320)
     lc = net.latent_codec
     assert (lc.num_slices, lc.slice_channels, lc.max_support_slices) == (10, 32, 5)
@@ -74,12 +74,13 @@ def test_variants_differ_only_in_their_option():
     assert create_model("gabic", size="tiny").g_a[4].selector.k == 9
 
 
-def test_wacnn_is_the_gabic_layout_with_shifted_window_blocks():
+def test_wacnn_is_the_gabic_layout_with_shifted_window_blocks(paper_model):
     """Zou et al.'s model: window 8 / shift 4 at 1/4 resolution, 4 / 2 at 1/16, same four positions as GABIC."""
     from gnn_lic.nn import GraphWindowBlock, WindowAttentionBlock
 
     for size in ("tiny", "paper"):
-        wa, ga = create_model("wacnn", size=size), create_model("gabic", size=size)
+        build = paper_model if size == "paper" else (lambda name: create_model(name, size="tiny"))
+        wa, ga = build("wacnn"), build("gabic")
         assert (wa.N, wa.M) == (ga.N, ga.M)
         for tname in ("g_a", "g_s"):
             wt, gt = getattr(wa, tname), getattr(ga, tname)

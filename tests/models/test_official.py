@@ -34,10 +34,10 @@ def loaded(request):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,count", [("glic", 69_367_113), ("gabic", 75_232_419)])
-def test_compat_paper_models_have_the_authors_parameter_counts(name, count):
+def test_compat_paper_models_have_the_authors_parameter_counts(name, count, paper_model):
     net = create_model(name, size="paper", compat="official")
     assert sum(p.numel() for p in net.parameters()) == count
-    plain = create_model(name, size="paper")
+    plain = paper_model(name)
     assert sum(p.numel() for p in plain.parameters()) < count  # the extra terms are the authors' additions
 
 

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from gnn_lic.training import SKIMAGE_TEST, SKIMAGE_TRAIN, DataError, RandomCrops, builtin_images, load_image_folder
-from gnn_lic.training.data import skimage_data_dir, step_seed
+from gnn_lic.evaluation.images import skimage_data_dir
+from gnn_lic.training.data import step_seed
 
 
 def _images(seed=0):
@@ -72,7 +73,7 @@ def test_step_seed_streams_differ():
 def test_load_image_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
-    with pytest.raises(DataError, match="no PNG or JPEG"):
+    with pytest.raises(DataError, match="holds no images"):
         load_image_folder(tmp_path)
     (tmp_path / "notes.txt").write_text("x")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "b.png")

@@ -1,0 +1,70 @@
+"""The error convention of every gnn_lic entry point.
+
+``python -m gnn_lic``, ``python -m gnn_lic.evaluation``, ``python -m gnn_lic.bench`` and
+``experiments/run.py`` report an expected failure (a usage error, a missing or unreadable
+input) as **one line** on stderr and exit with status :data:`EXIT_ERROR` (2); ``--help``
+exits with 0. The line is ``<prog>: error: <message>`` (or ``error: <message>`` without a
+program name), its message folded onto one line.
+
+This module imports nothing from gnn_lic, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Optional, Tuple, Type
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_INTERNAL",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "UsageError",
+    "ArgumentParser",
+    "error_line",
+    "print_error",
+    "run_main",
+]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """A bad argument or combination of arguments (exit status 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise :class:`UsageError` instead of printing the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def error_line(message: Any, prog: Optional[str] = None) -> str:
+    """``'<prog>: error: <message>'`` with the message's whitespace folded onto one line."""
+    text = " ".join(str(message).split())
+    return f"{prog}: error: {text}" if prog else f"error: {text}"
+
+
+def print_error(message: Any, prog: Optional[str] = None) -> None:
+    print(error_line(message, prog), file=sys.stderr, flush=True)
+
+
+def run_main(body: Callable[[], Optional[int]], prog: Optional[str] = None,
+             expected: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``body()`` and return its exit status.
+
+    :class:`UsageError` and the ``expected`` exceptions become one error line and status 2;
+    ``SystemExit`` (``--help``) returns its code. Anything else propagates (a bug).
+    """
+    try:
+        return int(body() or EXIT_OK)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except (UsageError, *expected) as exc:
+        print_error(exc, prog)
+        return EXIT_ERROR

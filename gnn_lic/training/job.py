@@ -1,0 +1,176 @@
+"""The main job: train one model per lambda, evaluate it with real bitstreams, report.
+
+:func:`main` is ``experiments/run.py``. For each lambda the job trains a model
+(:func:`gnn_lic.training.train`), then evaluates its final weights on the test images with
+real bitstreams (:func:`gnn_lic.evaluation.evaluate_model`; ``--entropy-estimation`` for the
+quick estimate instead) and reports (:func:`gnn_lic.evaluation.report.report`). The job
+folder holds::
+
+    <out>/<model>-<size>-<metric>-<time>/
+        config.yaml, env.json                 resolved job options, environment
+        lambda-<value>/                        one training run folder per lambda (see gnn_lic.training.loop)
+            results/eval.json                  the final evaluation of that lambda
+        results/...                            see gnn_lic.evaluation.report
+
+``--checkpoint CKPT ...`` evaluates saved models instead (:func:`evaluate_only`).
+Bad arguments print one line ``run.py: error: ...`` and exit with status 2 (:mod:`gnn_lic.cli`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from gnn_lic.cli import UsageError, run_main
+from gnn_lic.codec.errors import CheckpointError, ImageReadError
+from gnn_lic.evaluation import SmallImageWarning, evaluate_model
+from gnn_lic.evaluation.images import DataError, load_images
+from gnn_lic.evaluation.report import report
+from gnn_lic.evaluation.results import write_json
+from gnn_lic.models.checkpoint import load_checkpoint
+from gnn_lic.training.config import ConfigError, dump_yaml, parse_lambdas
+from gnn_lic.training.distributed import barrier, broadcast_object, cleanup, init_distributed
+from gnn_lic.training.loop import LATEST, train
+from gnn_lic.training.options import defaults, resolve_options, train_config, validate_options
+from gnn_lic.training.runinfo import environment_info
+
+__all__ = ["main", "train_job", "evaluate_only", "new_job_dir"]
+
+#: errors a user can cause with an argument or an input file: one line, exit status 2
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, ImageReadError)
+
+
+def _evaluate(net, images, entropy_estimation: bool) -> Dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallImageWarning)
+        return evaluate_model(net, images, entropy_estimation=entropy_estimation)
+
+
+def new_job_dir(out: str, stem: str) -> Path:
+    """A fresh ``<out>/<stem>-<time>`` folder (``-2``, ``-3``, ... when taken)."""
+    base = Path(out) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job, i = base, 2
+    while job.exists():
+        job = base.with_name(f"{base.name}-{i}")
+        i += 1
+    job.mkdir(parents=True)
+    return job
+
+
+def _write_job_files(job: Path, opts: Dict[str, Any], ctx, **resolved: Any) -> None:
+    dump_yaml({**{k: opts[k] for k in defaults()}, **resolved}, job / "config.yaml")
+    env = environment_info(ctx, opts["seed"])
+    if "lambdas" in resolved:
+        env["resumed"] = bool(opts["resume"])
+    write_json(env, job / "env.json")
+
+
+def evaluate_only(opts: Dict[str, Any], ctx) -> int:
+    """``--checkpoint CKPT ...``: evaluate saved models, one rate point each."""
+    if not ctx.is_main:
+        return 0
+    test_images = load_images(opts["data_test"], "test")
+    nets = [(path, *load_checkpoint(path, map_location=ctx.device)) for path in opts["checkpoint"]]
+    names = {f"{n.model_name}-{n.model_size}" for _, n, _ in nets}
+    name = names.pop() if len(names) == 1 else "models"
+    job = new_job_dir(opts["out"], f"eval-{name}")
+    _write_job_files(job, opts, ctx)
+    rows = []
+    for path, net, ckpt in nets:
+        res = _evaluate(net, test_images, opts["entropy_estimation"])
+        cfg = ckpt.get("config") or {}
+        res.update({"lambda": cfg.get("lmbda"), "step": ckpt.get("step"), "checkpoint": str(path)})
+        rows.append(res)
+    rows.sort(key=lambda r: r["bpp"])
+    report(job, name, f"{name}: {len(rows)} checkpoint(s) evaluated by experiments/run.py", rows, test_images,
+           opts["anchors"], opts["metric"])
+    print(f"run folder: {job}")
+    return 0
+
+
+def _train_one(opts: Dict[str, Any], ctx, job: Path, lmbda: float, test_images) -> Optional[Dict[str, Any]]:
+    """Train and evaluate one lambda; None when the run stopped early (or on a non-main process)."""
+    run_dir = job / f"lambda-{lmbda:g}"
+    cfg = train_config(opts, lmbda=lmbda, out=str(job), run_dir=str(run_dir),
+                       resume=bool(opts["resume"]) and (run_dir / LATEST).exists())
+    train(cfg)
+    if not ctx.is_main:
+        return None
+    net, ckpt = load_checkpoint(run_dir / LATEST, map_location=ctx.device)
+    if int(ckpt["step"]) < cfg.steps:
+        print(f"job stopped at lambda {lmbda:g}, step {ckpt['step']} of {cfg.steps}; continue with: "
+              f"python experiments/run.py --resume {job}")
+        return None
+    res = _evaluate(net, test_images, opts["entropy_estimation"])
+    res.update({"lambda": lmbda, "step": int(ckpt["step"]), "checkpoint": str(run_dir / LATEST)})
+    write_json(res, run_dir / "results" / "eval.json")
+    print(f"lambda {lmbda:g}: bpp {res['bpp']:.4f}  PSNR {res['psnr-rgb']:.3f} dB  "
+          f"MS-SSIM {res['ms-ssim-rgb']:.5f}  ({res['mode']})", file=sys.stderr)
+    return res
+
+
+def train_job(opts: Dict[str, Any], ctx) -> int:
+    """Train and evaluate one model per lambda, then report."""
+    lambdas = parse_lambdas(opts["lambdas"], opts["metric"])
+    if opts["resume"]:
+        job = Path(opts["resume"])
+    else:
+        stem = f"{opts['model']}-{opts['size']}-{opts['metric']}"
+        job = broadcast_object(new_job_dir(opts["out"], stem) if ctx.is_main else None)
+    test_images = load_images(opts["data_test"], "test")  # fail early on a bad folder
+    if opts["data_train"]:
+        load_images(opts["data_train"], "train")
+    if ctx.is_main:
+        _write_job_files(job, opts, ctx, lambdas=lambdas)
+        print(f"job folder: {job}  ({len(lambdas)} lambda(s): {', '.join(f'{x:g}' for x in lambdas)})",
+              file=sys.stderr)
+    barrier()
+    rows: List[Dict[str, Any]] = []
+    for lmbda in lambdas:
+        res = _train_one(opts, ctx, job, lmbda, test_images)
+        if res is None and ctx.is_main:
+            print(f"run folder: {job}")
+            return 0
+        rows.append(res)
+    if not ctx.is_main:
+        return 0
+    name = f"{opts['model']}-{opts['size']}"
+    source = opts["data_test"] or "built-in scikit-image test images"
+    desc = (f"{name} ({opts['metric']}) trained {opts['steps']} steps x {opts['batch_size']} crops of "
+            f"{opts['patch_size']} px per lambda by experiments/run.py; evaluated on {source}")
+    report(job, name, desc, rows, test_images, opts["anchors"], opts["metric"])
+    print(f"run folder: {job}")
+    return 0
+
+
+def _run(argv: Optional[Sequence[str]], prog: str, held: List[Any]) -> int:
+    opts = resolve_options(argv, prog)
+    validate_options(opts)
+    if opts["threads"]:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(opts["threads"])
+    try:
+        held.append(init_distributed(opts["device"]))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return evaluate_only(opts, held[0]) if opts["checkpoint"] else train_job(opts, held[0])
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "run.py") -> int:
+    """Run a job from command-line arguments; returns the exit status (2 for bad arguments)."""
+    from gnn_lic.utils import tune_malloc  # noqa: PLC0415
+
+    tune_malloc()
+    held: List[Any] = []  # the distributed context, once made
+    try:
+        return run_main(lambda: _run(argv, prog, held), prog, expected=EXPECTED_ERRORS)
+    finally:
+        if held and held[0].distributed:
+            try:
+                barrier()
+            finally:
+                cleanup()

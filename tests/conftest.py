@@ -1,0 +1,50 @@
+"""Fixtures shared by every test folder."""
+
+import contextlib
+
+import pytest
+
+from gnn_lic.models import registry
+
+
+@contextlib.contextmanager
+def registry_scope():
+    """A copy of the global model registry for the duration of the block; the global one is restored after.
+
+    Models registered inside (stand-ins of the tests) never leak into other tests.
+    """
+    saved = registry._MODELS
+    registry._MODELS = dict(saved)
+    try:
+        yield registry._MODELS
+    finally:
+        registry._MODELS = saved
+
+
+@pytest.fixture
+def scoped_registry():
+    """The model registry as a scoped copy for one test (see :func:`registry_scope`)."""
+    with registry_scope() as models:
+        yield models
+
+
+@pytest.fixture(scope="module")
+def module_registry():
+    """The model registry as a scoped copy for one test module."""
+    with registry_scope() as models:
+        yield models
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    """``paper_model(name)``: the paper-size model ``name``, built once per test run (read-only use)."""
+    from gnn_lic.models import create_model
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = create_model(name, size="paper")
+        return built[name]
+
+    return get

@@ -1,0 +1,102 @@
+"""Direct tests of the image-domain blocks of gnn_lic.nn.blocks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
+from gnn_lic.nn import blocks
+from gnn_lic.nn.blocks import GFA_ORDERS, GatedDWFeedForward, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d
+
+
+class Const(nn.Module):
+    """Returns ``value`` everywhere, in the shape of its first input."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, *args):
+        return torch.full_like(x, self.value)
+
+
+def _x(b=2, c=8, h=6, w=10, seed=0):
+    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_layer_norm_2d_matches_a_per_pixel_layer_norm():
+    ln = LayerNorm2d(8, eps=1e-5)
+    with torch.no_grad():
+        ln.weight.copy_(torch.linspace(0.5, 2, 8))
+        ln.bias.copy_(torch.linspace(-1, 1, 8))
+    x = _x()
+    mean = x.mean(1, keepdim=True)
+    var = x.var(1, unbiased=False, keepdim=True)
+    want = (x - mean) / torch.sqrt(var + 1e-5) * ln.weight[:, None, None] + ln.bias[:, None, None]
+    torch.testing.assert_close(ln(x), want)
+
+
+def test_gated_dw_feed_forward_shape_and_formula():
+    ffn = GatedDWFeedForward(8, expansion=1.5)
+    x = _x()
+    out = ffn(x)
+    assert out.shape == x.shape and ffn.proj_in.out_channels == 2 * 12
+    h = F.conv2d(F.conv2d(x, ffn.proj_in.weight), ffn.dwconv.weight, padding=1, groups=24)
+    a, b = h[:, :12], h[:, 12:]
+    torch.testing.assert_close(out, F.conv2d(F.gelu(a) * b, ffn.proj_out.weight))
+
+
+def _graph(x):
+    return blocks.build_graphs(x, {"g": LocalWindow(3)}, TopK(4))["g"]
+
+
+def test_gfa_layer_is_two_residual_steps():
+    layer = GFALayer(8, heads=2)
+    x = _x()
+    g = _graph(x)
+    layer.conv, layer.ffn = Const(0.0), Const(0.0)
+    torch.testing.assert_close(layer(x, g), x)  # both branches zero: identity
+    layer.conv = Const(1.0)  # Agg adds 1, then the FFN branch (zero) adds nothing
+    torch.testing.assert_close(layer(x, g), x + 1)
+    layer.conv, layer.ffn = Const(0.0), GatedDWFeedForward(8)
+    torch.testing.assert_close(layer(x, g), x + layer.ffn(layer.norm2(x)))
+
+
+@pytest.mark.parametrize("order", GFA_ORDERS)
+def test_gfa_block_layer_order_and_graphs_built_once(order, monkeypatch):
+    block = GFABlock(8, depth=4, heads=2, local=LocalWindow(3), global_=GlobalGrid(2), selector=TopK(4), order=order)
+    built, seen = [], []
+    real = blocks.build_graphs
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        built.append(out)
+        return out
+
+    monkeypatch.setattr(blocks, "build_graphs", counting)
+    for layer in block.layers:
+        layer.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    block(_x(h=8, w=8))
+    assert len(built) == 1  # one construction per forward, shared by every layer
+    want = {"local-global": ["local", "global"] * 2, "global-local": ["global", "local"] * 2,
+            "local": ["local"] * 4, "global": ["global"] * 4}[order]
+    assert block.kinds == want
+    assert [next(k for k, g in built[0].items() if g is s) for s in seen] == want
+    assert set(built[0]) == set(want)
+
+
+def test_gfa_block_rejects_an_unknown_order():
+    with pytest.raises(ValueError, match="order"):
+        GFABlock(8, depth=2, order="zigzag")
+
+
+def test_graph_window_block_formula():
+    block = GraphWindowBlock(8, window=4, knn=3, heads=2)
+    x = _x(h=8, w=8)
+    block.branch_a = Const(0.0)
+    torch.testing.assert_close(block(x), x)  # a(x) = 0: the input passes
+    block.branch_a, block.branch_b = Const(2.0), Const(0.0)
+    torch.testing.assert_close(block(x), x + 1.0)  # 2 * sigmoid(0) + x
+    block.branch_b = Const(50.0)
+    torch.testing.assert_close(block(x), x + 2.0)  # the gate saturates at 1
