@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
-from gnn_lic.nn.banded import banded_residual, use_bands
+from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.blocks import LayerNorm2d
 
 __all__ = [
@@ -112,8 +112,9 @@ class GatedTransformCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
-        if use_bands(x):
-            return banded_residual(x, self._residual, inplace=True)
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):
+            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
         return x + self._residual(x)
 
     def _residual(self, x: Tensor) -> Tensor:
@@ -131,8 +132,9 @@ class ParameterAggregationBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x)
-        if use_bands(x):  # pointwise: banded without autograd, as in GatedTransformCNN
-            return banded_residual(x, self._residual, inplace=True)
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):  # pointwise: banded without autograd, as in GatedTransformCNN
+            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
         return x + self._residual(x)
 
     def _residual(self, x: Tensor) -> Tensor:

@@ -27,10 +27,21 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BAND_PIXELS", "row_bands", "banded_residual", "use_bands"]
+__all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands"]
 
-#: pixels per band: the hidden tensors of a band hold ``BAND_PIXELS * 2eC`` floats
+#: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
+#: bytes of the widest hidden tensor of one band (:func:`band_pixels`)
+BAND_BYTES = 8 << 20
+
+
+def band_pixels(hidden: int, element_size: int = 4) -> int:
+    """Pixels per band such that a ``hidden``-channel tensor of one band holds :data:`BAND_BYTES`.
+
+    >>> band_pixels(1024) == (8 << 20) // (1024 * 4)
+    True
+    """
+    return max(1, BAND_BYTES // (hidden * element_size))
 
 
 def row_bands(height: int, width: int, pixels: Optional[int] = None) -> List[Tuple[int, int]]:

@@ -23,7 +23,7 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graphs,
 )
-from gnn_lic.nn.banded import banded_residual, use_bands
+from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
@@ -93,12 +93,12 @@ class GFALayer(nn.Module):
 
     def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
         B, C, H, W = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
-        agg = self.conv(self.norm1(tokens), graph)
+        agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
         x = x + agg.view(B, H, W, C).permute(0, 3, 1, 2)
-        del tokens, agg
-        if use_bands(x):
-            return banded_residual(x, self._residual, halo=1, inplace=True)
+        del agg
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):
+            return banded_residual(x, self._residual, halo=1, pixels=pixels, inplace=True)
         return x + self._residual(x)
 
     def _residual(self, x: Tensor) -> Tensor:

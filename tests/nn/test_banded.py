@@ -11,6 +11,11 @@ from gnn_lic.nn.banded import banded_residual, row_bands, use_bands
 from gnn_lic.nn.blocks import GatedDWFeedForward, GFABlock, LayerNorm2d
 
 
+def test_band_pixels_bound_the_hidden_tensor():
+    assert banded.band_pixels(1024) * 1024 * 4 <= banded.BAND_BYTES
+    assert banded.band_pixels(10**9) == 1
+
+
 def test_row_bands_cover_every_row_once():
     assert row_bands(10, 4, pixels=12) == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert row_bands(3, 100, pixels=10) == [(0, 1), (1, 2), (2, 3)]  # at least one row per band
@@ -77,10 +82,11 @@ def test_conv_blocks_banded_equal_whole_map(in_ch, make, monkeypatch):
     block = make()
     x = torch.randn(2, in_ch, 13, 10)
     ref = block(x).detach()  # autograd on: the whole-map path
+    hidden = block.ffn.proj_in.out_channels
     for pixels in (10, 35, 64):
-        monkeypatch.setattr(banded, "BAND_PIXELS", pixels)
+        monkeypatch.setattr(banded, "BAND_BYTES", pixels * hidden * 4)
         with torch.no_grad():
-            assert use_bands(x)
+            assert use_bands(x, banded.band_pixels(hidden))
             assert torch.equal(block(x), ref)
 
 
@@ -91,7 +97,7 @@ def test_gfa_block_banded_equals_whole_map(order, monkeypatch):
                      order=order)
     x = torch.randn(1, 16, 12, 9)
     ref = block(x).detach()
-    monkeypatch.setattr(banded, "BAND_PIXELS", 20)
+    monkeypatch.setattr(banded, "BAND_BYTES", 20 * 64 * 4)  # 20 pixels of the 64 hidden channels
     with torch.no_grad():
         out = block(x)
     assert torch.equal(out, ref)
