@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
+from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.blocks import LayerNorm2d
 
 __all__ = [
@@ -58,7 +59,10 @@ class GatedFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.proj_in(x).chunk(2, dim=1)
-        return self.proj_out(F.gelu(a) * b)
+        if torch.is_grad_enabled():
+            return self.proj_out(F.gelu(a) * b)
+        # no autograd: gate in place, one hidden tensor instead of three
+        return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
 
 
 class DepthwiseConvBlock(nn.Module):
@@ -89,6 +93,10 @@ class GatedTransformCNN(nn.Module):
         h = \mathrm{DWConv}(x), \qquad
         \mathrm{out} = h + \mathrm{FFN}(\mathrm{LN}(h))
 
+    Without autograd the pointwise second term is computed band of rows by band
+    (:func:`gnn_lic.nn.banded.banded_residual`): the same numbers, without the
+    map-sized hidden tensors of the FFN.
+
     Args:
         in_ch (int): input channels.
         out_ch (int or None): output channels (default ``in_ch``).
@@ -104,7 +112,13 @@ class GatedTransformCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dwconv(x)
-        return x + self.ffn(self.norm(x))
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):
+            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
+        return x + self._residual(x)
+
+    def _residual(self, x: Tensor) -> Tensor:
+        return self.ffn(self.norm(x))
 
 
 class ParameterAggregationBlock(nn.Module):
@@ -118,7 +132,13 @@ class ParameterAggregationBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x)
-        return x + self.ffn(self.norm(x))
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):  # pointwise: banded without autograd, as in GatedTransformCNN
+            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
+        return x + self._residual(x)
+
+    def _residual(self, x: Tensor) -> Tensor:
+        return self.ffn(self.norm(x))
 
 
 def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> List[int]:

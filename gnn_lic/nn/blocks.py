@@ -23,6 +23,7 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graphs,
 )
+from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
@@ -59,11 +60,18 @@ class GatedDWFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.dwconv(self.proj_in(x)).chunk(2, dim=1)
-        return self.proj_out(F.gelu(a) * b)
+        if torch.is_grad_enabled():
+            return self.proj_out(F.gelu(a) * b)
+        # no autograd: gate in place, one hidden tensor instead of three
+        return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
 
 
 class GFALayer(nn.Module):
     """One GFA layer: ``x + Agg(LN(x))`` on a graph, then ``x + FFN(LN(x))``.
+
+    Without autograd the feed-forward term is computed band of rows by band
+    (:func:`gnn_lic.nn.banded.banded_residual`, one row of halo for its 3x3
+    depthwise convolution): the same numbers, without map-sized hidden tensors.
 
     Args:
         channels, heads, mlp_ratio, impl: widths and aggregation path.
@@ -85,10 +93,16 @@ class GFALayer(nn.Module):
 
     def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
         B, C, H, W = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
-        agg = self.conv(self.norm1(tokens), graph)
+        agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
         x = x + agg.view(B, H, W, C).permute(0, 3, 1, 2)
-        return x + self.ffn(self.norm2(x))
+        del agg
+        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):
+            return banded_residual(x, self._residual, halo=1, pixels=pixels, inplace=True)
+        return x + self._residual(x)
+
+    def _residual(self, x: Tensor) -> Tensor:
+        return self.ffn(self.norm2(x))
 
 
 #: layer orders of a GFA block; "local-global" alternates starting with local

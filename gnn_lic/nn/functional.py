@@ -160,6 +160,10 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
     one SpMM of :math:`e` with ``[v, 1]`` yields both :math:`\sum_j e_{ij} v_j` and
     :math:`\sum_j e_{ij}`, and the division happens per node.
 
+    Without autograd the heads run one after the other (:func:`_attention_by_head`):
+    the same operations on each head's slice, with ``(E,)`` temporaries instead of
+    ``(H, E)`` ones.
+
     Args:
         logit_bound (Tensor, optional): ``(H,)`` upper bounds of the logits of each
             head (e.g. the temperature for cosine logits). When given, it is the
@@ -169,6 +173,8 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
         edge_bias (Tensor, optional): ``(H, E)`` additive logit terms :math:`b_{ij}`
             in the graph's CSR order (relative-position or edge-attribute terms).
     """
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, edge_bias))):
+        return _attention_by_head(graph, q, k, v, logit_bound, edge_bias)
     logits = sddmm(graph, q, k)
     if edge_bias is not None:
         logits = logits + edge_bias
@@ -184,3 +190,41 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
     out = spmm(graph, e, v1)
     num, den = out[..., :-1], out[..., -1:]
     return num / den.clamp_min(_UNDERFLOW)  # rows without edges: 0 / tiny = 0
+
+
+def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],
+                       edge_bias: Optional[Tensor]) -> Tensor:
+    """:func:`sparse_attention` without autograd, one head at a time.
+
+    Each head goes through the operations of the batched path on its own slice
+    (SDDMM, bias, shift, ``exp``, SpMM with ``[v, 1]``), in place on one ``(E,)``
+    buffer; the underflow test and its fallback to the row maximum cover all
+    heads at once, as there. Equal to the batched path up to float rounding
+    (vectorised ``exp`` loops treat the tail of a slice differently).
+    """
+    H, M, dv = v.shape
+    N, E = graph.num_nodes, graph.num_edges
+    pattern = _csr(graph.crow, graph.col, q.new_zeros(E), N, M)
+    out = v.new_empty(H, N, dv + 1)
+    ones = v.new_ones(M, 1)
+
+    def run(shift) -> None:
+        for h in range(H):
+            logits = torch.sparse.sampled_addmm(pattern, q[h].contiguous(), k[h].contiguous().t(), beta=0.0).values()
+            if edge_bias is not None:
+                logits.add_(edge_bias[h])
+            logits.sub_(shift(h, logits)).exp_()
+            torch.mm(_csr(graph.crow, graph.col, logits, N, M), torch.cat([v[h], ones], -1), out=out[h])
+
+    def row_max(h: int, logits: Tensor) -> Tensor:
+        m = torch.segment_reduce(logits, "max", offsets=graph.crow, axis=0)
+        return torch.where(torch.isfinite(m), m, torch.zeros_like(m)).index_select(0, graph.row)
+
+    if logit_bound is not None:
+        bound = logit_bound.detach()
+        run(lambda h, logits: bound[h])
+        den = out[..., -1:]
+        if not bool(((den < _UNDERFLOW) & (graph.degree() > 0).view(1, -1, 1)).any()):
+            return out[..., :-1] / den.clamp_min(_UNDERFLOW)
+    run(row_max)
+    return out[..., :-1] / out[..., -1:].clamp_min(_UNDERFLOW)  # rows without edges: 0 / tiny = 0

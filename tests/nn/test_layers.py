@@ -350,3 +350,26 @@ def test_parameter_shapes():
     torch.testing.assert_close(agg.log_temperature.exp(), torch.full((2,), 10.0))  # default temperature
     att = GraphAttentionConv(8, heads=2)
     assert att.theta_phi_g.weight.shape == (24, 8) and att.w_z.weight.shape == (8, 8)
+
+
+@pytest.mark.parametrize("case", ["row-max", "bound", "bound+bias", "bound-underflows", "zero-node"])
+def test_sparse_attention_without_autograd_equals_batched_path(case):
+    """No autograd: heads one at a time (``_attention_by_head``); the same numbers as the batched path."""
+    H, d, dv, n = 3, 4, 5, 9
+    ei = _graph(22, n=n, isolated=3)
+    g = CSRGraph.from_edge_index(ei, n)
+    if case == "zero-node":  # a source N that is never a target (zero-padding candidates)
+        g = CSRGraph(g.crow, torch.where(g.col == 0, n, g.col), g.row, n, num_cols=n + 1)
+    M = g.num_cols
+    gen = torch.Generator().manual_seed(23)
+    q = torch.randn(n, H, d, generator=gen).transpose(0, 1)  # head-major views, as the layers pass them
+    k, v = torch.randn(M, H, d, generator=gen).transpose(0, 1), torch.randn(M, H, dv, generator=gen).transpose(0, 1)
+    bound = {"bound": torch.full((H,), 30.0), "bound+bias": torch.full((H,), 40.0),
+             "bound-underflows": torch.full((H,), 300.0), "zero-node": torch.full((H,), 30.0)}.get(case)
+    bias = torch.randn(H, g.num_edges, generator=gen) if case == "bound+bias" else None
+    ref = sparse_attention(g, q.clone().requires_grad_(), k, v, logit_bound=bound, edge_bias=bias).detach()
+    with torch.no_grad():
+        out = sparse_attention(g, q, k, v, logit_bound=bound, edge_bias=bias)
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    assert bool((out[:, 3] == 0).all())  # the node without in-edges
