@@ -96,6 +96,8 @@ class GFALayer(nn.Module):
         agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
         x = x + agg.view(B, H, W, C).permute(0, 3, 1, 2)
         del agg
+        if not isinstance(self.ffn, GatedDWFeedForward):  # a replaced feed-forward: no band size known
+            return x + self._residual(x)
         pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
         if use_bands(x, pixels):
             return banded_residual(x, self._residual, halo=1, pixels=pixels, inplace=True)
