@@ -15,17 +15,7 @@ the normalised features and scores).
 torch.Size([2, 2304])
 """
 
-from gnn_lic.graph.build import (
-    Candidates,
-    GraphInfo,
-    build_graph,
-    build_graphs,
-    candidate_similarity,
-    candidates,
-    row_similarity,
-    to_data,
-    unit_features,
-)
+from gnn_lic.graph.build import GraphInfo, build_graph, build_graphs, to_data
 from gnn_lic.graph.candidates import BORDERS, AxisLayout, BlockWindow, CandidateSet, GlobalGrid, LocalWindow, WindowPartition
 from gnn_lic.graph.scores import (
     SCORES,
@@ -38,6 +28,7 @@ from gnn_lic.graph.scores import (
     sobel_gradients,
 )
 from gnn_lic.graph.selectors import BISECTIONS, AdaptiveDegree, KeepAll, Selection, Selector, TopK, bisection_threshold
+from gnn_lic.graph.similarity import Candidates, candidates, row_similarity, unit_features
 from gnn_lic.graph.sparse import CSRGraph
 
 __all__ = [
@@ -47,7 +38,6 @@ __all__ = [
     "GraphInfo",
     "Candidates",
     "candidates",
-    "candidate_similarity",
     "unit_features",
     "row_similarity",
     "CandidateSet",

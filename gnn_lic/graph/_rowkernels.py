@@ -5,7 +5,7 @@ similarity ``S_ij`` several times with little arithmetic each: the ``T``
 counting passes of the bisection (Algorithm 1) and the final selection
 ``S_ij >= theta_i`` written out as CSR columns. In PyTorch each pass is a
 separate sweep over the whole ``(N, K)`` similarity tensor plus temporaries;
-here one row at a time stays in the L1 cache, which is several times faster on
+here one row at a time stays in the L1 cache, which is faster on
 a CPU. They reproduce the PyTorch expressions exactly (same comparisons, same
 float updates ``theta = (lo + hi) / 2``): given the same similarities, both
 paths give identical graphs; the test suite checks this.
@@ -257,8 +257,7 @@ def unit_features(x: Tensor, eps: float) -> Tensor:
     The normalised map is written channel-major into a buffer whose channel
     stride is an odd number of cache lines, then transposed by PyTorch: a
     transposed copy whose source rows are a multiple of 4 KiB apart (e.g.
-    ``H*W = 6144`` floats) maps them all to one L1 cache set and runs about 2.5x
-    slower.
+    ``H*W = 6144`` floats) maps them all to one L1 cache set and runs slowly.
     """
     B, C, H, W = x.shape
     N = H * W

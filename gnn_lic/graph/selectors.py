@@ -146,7 +146,7 @@ def _bisection(sim: Tensor, valid: Optional[Tensor], target: Tensor, iters: int,
                                          target.reshape(-1), iters)
         return theta, degree.view(theta.shape), sim_masked
     # counts m_i: the comparison is written as 0/1 floats into one reused buffer and
-    # summed (exact below 2^24), about 2x faster on a CPU than summing a bool tensor,
+    # summed (exact below 2^24), faster on a CPU than summing a bool tensor,
     # which converts it to int64 first
     hits = torch.empty_like(sim_masked)
     for _ in range(iters):

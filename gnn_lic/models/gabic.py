@@ -1,6 +1,6 @@
 r"""GABIC: Graph-based Attention Block for Image Compression (ICIP 2024), and its keep-all variant.
 
-Architecture (GABIC Fig. 2(a), Sec. 3.2; official-code notes 2.1): the WACNN
+Architecture (GABIC Fig. 2(a), Sec. 3.2, and the authors' released model): the WACNN
 layout of Zou et al. (CVPR 2022) with its window-attention blocks replaced by
 graph window blocks (:class:`gnn_lic.nn.GraphWindowBlock`, k-NN graphs inside
 windows, GABIC Sec. 3.3), and a channel-wise entropy model with LRP.
@@ -51,7 +51,7 @@ __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms"]
 def window_codec_transforms(
     N: int, M: int, block: Callable[[int, int, str], nn.Module], windows: Sequence[int]
 ) -> Tuple[nn.Sequential, nn.Sequential]:
-    """``(g_a, g_s)`` of the WACNN layout (official-code notes 2.1), blocks made by ``block``.
+    """``(g_a, g_s)`` of the WACNN layout (Zou et al., CVPR 2022; GABIC Fig. 2(a)), blocks made by ``block``.
 
     ``block(channels, window, stage)`` is called for the four block positions, with
     ``stage`` = ``"high"`` (1/4 resolution, ``windows[0]``) or ``"low"`` (1/16,
@@ -143,7 +143,7 @@ class GABIC(PaddedCompressionModel):
 
 
 #: per-size defaults. "paper": GABIC/WACNN (N=192, M=320, 10 slices, support 5);
-#: "small": one training step (batch 8 of 128x128 crops) takes about 0.4 s on 2 CPU threads;
+#: "small": sized to train on a laptop CPU;
 #: "tiny": the smallest configuration that runs every code path (tests).
 GABIC_PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(),

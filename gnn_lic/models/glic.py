@@ -1,6 +1,6 @@
 r"""GLIC: Graph-based Learned Image Compression (CVPR 2026), and its ablation variants.
 
-Architecture (GLIC Fig. 2(a), Sec. 4.1.3; official-code notes 1.2-1.5, 1.10):
+Architecture (GLIC Fig. 2(a), Sec. 4.1.3, and the authors' released model):
 
 .. code-block:: none
 
@@ -281,10 +281,9 @@ class GLIC(PaddedCompressionModel):
         )
 
 
-#: per-size defaults. "paper": GLIC Sec. 4.1.3 (69.3 M parameters with the wavelet branch,
-#: GLIC Table 2 reports 67.20 M); "small": CPU-trainable, one training step (batch 8 of
-#: 128x128 crops, forward + backward + Adam) takes about 1 s on 2 CPU threads; "tiny": the
-#: smallest configuration that runs every code path (tests). ``wavelet`` is on for "paper"
+#: per-size defaults. "paper": GLIC Sec. 4.1.3 (the block-window local graph, see
+#: :func:`gfa_options`; GLIC Table 2 reports 67.20 M parameters); "small": sized to train on
+#: a laptop CPU; "tiny": the smallest configuration that runs every code path (tests). ``wavelet`` is on for "paper"
 #: (as released) and "tiny", off for "small" (speed); pass ``wavelet=`` to override.
 GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(),

@@ -4,7 +4,7 @@ Zou, Song and Zhang, *The Devil Is in the Details: Window-based Attention for Im
 Compression*, CVPR 2022 (their "CNN-based model"; "Zou2022" in GABIC's Table 1 and
 Fig. 4). GABIC (ICIP 2024) is this model with each window block replaced by a graph
 window block, so the two share everything else here: the transforms' layout
-(:func:`~gnn_lic.models.gabic.window_codec_transforms`, official-code notes 2.1) and the
+(:func:`~gnn_lic.models.gabic.window_codec_transforms`, Zou et al., CVPR 2022) and the
 channel-slice entropy model with LRP (:class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`).
 
 .. code-block:: none

@@ -1,7 +1,7 @@
 """Message-passing layers, image-domain graph blocks and (shifted) window attention."""
 
 from gnn_lic.nn.attention_base import SparseAttentionConv, as_csr
-from gnn_lic.nn.functional import segment_softmax, sddmm, sparse_attention, spmm
+from gnn_lic.nn.functional import sddmm, sparse_attention, spmm
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
@@ -13,7 +13,6 @@ __all__ = [
     "sparse_attention",
     "sddmm",
     "spmm",
-    "segment_softmax",
 ]
 
 from gnn_lic.nn.blocks import (  # noqa: E402

@@ -28,7 +28,7 @@ from torch.autograd import Function
 
 from gnn_lic.graph.sparse import CSRGraph
 
-__all__ = ["sddmm", "spmm", "segment_softmax", "sparse_attention"]
+__all__ = ["sddmm", "spmm", "sparse_attention"]
 
 _UNDERFLOW = 1e-30
 
@@ -106,26 +106,6 @@ class _SpMM(Function):
         return None, gw, gv
 
 
-class _SegmentSoftmax(Function):
-    @staticmethod
-    def forward(ctx, graph: CSRGraph, logits: Tensor) -> Tensor:
-        m = _segment(logits, graph, "max")
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # empty rows
-        e = (logits - m[:, graph.row]).exp_()
-        s = _segment(e, graph, "sum")
-        alpha = e.div_(s[:, graph.row])
-        ctx.graph = graph
-        ctx.save_for_backward(alpha)
-        return alpha
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (alpha,) = ctx.saved_tensors
-        graph = ctx.graph
-        t = _segment(alpha * grad, graph, "sum")
-        return None, alpha * (grad - t[:, graph.row])
-
-
 def sddmm(graph: CSRGraph, q: Tensor, k: Tensor) -> Tensor:
     """Edge logits ``(H, E)``: ``q[h, i] . k[h, j]`` for every edge ``j -> i``."""
     return _SDDMM.apply(graph, q.contiguous(), k.contiguous())
@@ -134,11 +114,6 @@ def sddmm(graph: CSRGraph, q: Tensor, k: Tensor) -> Tensor:
 def spmm(graph: CSRGraph, w: Tensor, v: Tensor) -> Tensor:
     """Weighted sum ``(H, N, d_v)``: ``sum_j w[h, e_ji] v[h, j]`` over in-edges of ``i``."""
     return _SpMM.apply(graph, w.contiguous(), v.contiguous())
-
-
-def segment_softmax(graph: CSRGraph, logits: Tensor) -> Tensor:
-    """Softmax of ``(H, E)`` edge values over the in-edges of each target."""
-    return _SegmentSoftmax.apply(graph, logits.contiguous())
 
 
 def _row_max(graph: CSRGraph, logits: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ describe the same block from the outside):
 * the block is :math:`\mathrm{out} = a(x) \odot \sigma(b(x)) + x`, ``a`` = three
   residual units, ``b`` = window attention, three residual units, a 1x1 convolution
   (Zou et al. Fig. 3 / GABIC Fig. 3(a); identical to GABIC's graph block with the
-  graph layer swapped, official-code notes 2.2);
+  graph layer swapped, the GABIC authors' graph block);
 * the window attention of ``b`` in the authors' released code (STF repository,
   ``compressai/layers/win_attention.py`` and ``compressai/models/cnn.py``, read, not
   copied) is **one** Swin attention layer with its shift always on -- window 8 / shift 4
