@@ -138,6 +138,18 @@ def _symbols(y: Tensor, mu: Tensor) -> Tensor:
     return torch.nan_to_num(q, nan=0.0).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
+def _z_act(eb: EntropyBottleneck, z_hat: Tensor) -> Tensor:
+    """Fixed-point ``z_hat``: its integer symbols plus the medians on the grid.
+
+    ``z_hat = symbols + medians`` was summed in the model's dtype; recovering the symbols
+    (exact, they are integers) and adding the medians in fixed point makes the result the
+    same for float32 and float64 models.
+    """
+    medians = eb._get_medians().detach().reshape(1, -1, 1, 1).to(z_hat.device)
+    sym = torch.round(z_hat.to(torch.float64) - medians.to(torch.float64))
+    return _dequantize(sym, to_act(medians))
+
+
 def _dequantize(q: Tensor, mu: Tensor) -> Tensor:
     """Fixed-point ``q + mu`` (exact), clamped to the activation range."""
     return (q * float(2**ACT_FRAC_BITS) + mu).clamp_(-ACT_MAX, ACT_MAX)
@@ -307,7 +319,7 @@ class SCCTXLatentCodec(HyperpriorLatentCodec):
         """Encode ``y`` (``strings=None``) or decode ``strings``; returns ``(y_hat, y_strings)``."""
         ycodec = self.latent_codec["y"]
         nets = self._fixed_nets(z_hat.device)
-        side = nets["h_s"](to_act(z_hat))
+        side = nets["h_s"](_z_act(self.latent_codec["hyper"].entropy_bottleneck, z_hat))
         B, _, H, W = side.shape
         groups = list(ycodec.groups)
         y_hat = side.new_zeros((B, sum(groups), H, W))
@@ -328,12 +340,12 @@ class SCCTXLatentCodec(HyperpriorLatentCodec):
                 # the parameter network is pointwise: run it on the positions being coded only
                 ctx = torch.cat([spatial, *channel_ctx, side], dim=1)[:, :, mask].unsqueeze(-1)
                 scales, means = nets[f"ep{k}"](ctx).squeeze(-1).chunk(2, dim=1)
-                indexes = gc.build_indexes(from_act(scales))
+                indexes = gc.build_indexes(from_act(scales, torch.float64))
                 sym = None if y is None else _symbols(y[:, start : start + g][:, :, mask], means)
                 sym = coder.code(gc, indexes, sym)
                 y_hat_k[:, :, mask] = _dequantize(sym, means)
             start += g
-        return from_act(y_hat), (None if coder.decoding else coder.flush())
+        return from_act(y_hat, z_hat.dtype), (None if coder.decoding else coder.flush())
 
 
 def scctx_latent_codec(
@@ -538,7 +550,7 @@ class ChannelSliceLatentCodec(nn.Module):
     def _code_fixed(self, z_hat: Tensor, y_size: Tuple[int, int], y: Optional[Tensor], strings=None):
         """Fixed-point slices (eq. 3 with LRP); encodes ``y`` or decodes ``strings``."""
         nets = self._fixed_nets(z_hat.device)
-        zq = to_act(z_hat)
+        zq = _z_act(self.entropy_bottleneck, z_hat)
         means = nets["h_mean_s"](zq)[..., : y_size[0], : y_size[1]]
         scales = nets["h_scale_s"](zq)[..., : y_size[0], : y_size[1]]
         coder = _RansCoder(z_hat.shape[0], strings)
@@ -549,13 +561,13 @@ class ChannelSliceLatentCodec(nn.Module):
             mean_support = torch.cat([means, *support], dim=1)
             mu = nets[f"cc_mean{i}"](mean_support)
             sigma = nets[f"cc_scale{i}"](torch.cat([scales, *support], dim=1))
-            indexes = self.gaussian_conditional.build_indexes(from_act(sigma))
+            indexes = self.gaussian_conditional.build_indexes(from_act(sigma, torch.float64))
             sym = None if y_slice is None else _symbols(y_slice, mu)
             y_hat_slice = _dequantize(coder.code(self.gaussian_conditional, indexes, sym), mu)
             lrp = nets[f"lrp{i}"](torch.cat([mean_support, y_hat_slice], dim=1))
             refined = y_hat_slice + torch.round(nets["tanh"](lrp) * 0.5)
             decoded.append(refined.clamp_(-ACT_MAX, ACT_MAX))
-        y_hat = from_act(torch.cat(decoded, dim=1))
+        y_hat = from_act(torch.cat(decoded, dim=1), z_hat.dtype)
         return y_hat, (None if coder.decoding else coder.flush())
 
     def compress(self, y: Tensor) -> Dict[str, Any]:

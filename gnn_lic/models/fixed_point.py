@@ -120,8 +120,8 @@ _POW2 = torch.tensor([2.0**k for k in range(1024)], dtype=_DTYPE)
 
 
 def _requantize(acc: Tensor, frac_bits: int) -> Tensor:
-    """Drop ``frac_bits`` fractional bits (round half to even) and clamp to the activation range."""
-    return torch.round(_shift(acc, -frac_bits)).clamp_(-ACT_MAX, ACT_MAX)
+    """Drop ``frac_bits`` fractional bits (round half to even) and clamp, in place on ``acc``."""
+    return acc.mul_(2.0**-frac_bits).round_().clamp_(-ACT_MAX, ACT_MAX)
 
 
 def _choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> int:
@@ -197,7 +197,7 @@ class FixedConv2d:
             else:
                 acc = torch.matmul(self.weight, cols)
         if self.bias is not None:
-            acc = acc + self.bias.reshape(1, -1, 1)
+            acc += self.bias.reshape(1, -1, 1)
         return _requantize(acc, self.frac_bits).reshape(B, self.out_channels, Ho, Wo)
 
 
@@ -302,34 +302,45 @@ def tanh_table() -> Tuple[int, ...]:
 class FixedTable:
     """A scalar function from a table, linear interpolation between grid points.
 
-    Outside ``[-8, 8]`` the function continues as ``below(x)`` / ``above(x)``
-    (GELU: 0 and x; tanh: -1 and 1), which the tables already equal at the ends.
+    Outside ``[-8, 8]`` GELU continues as ``0`` / ``x`` and tanh as ``-1`` / ``1``, values
+    the tables already hold at their ends (to the 2**-16 grid).
     """
 
     def __init__(self, table: Sequence[int], kind: str):
+        if kind not in ("gelu", "tanh"):
+            raise ValueError(f"unknown table kind {kind!r}")
         self.kind = kind
-        self.table = torch.tensor(table, dtype=_DTYPE)
+        self.table = _dense_table(tuple(table))
 
     def to(self, device: torch.device) -> "FixedTable":
         self.table = self.table.to(device)
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        step = ACT_FRAC_BITS - TABLE_FRAC_BITS
-        half = TABLE_RANGE << TABLE_FRAC_BITS
-        lim = TABLE_RANGE << ACT_FRAC_BITS
-        xc = x.clamp(-lim, lim)
-        pos = torch.floor(_shift(xc, -step)).clamp_(-half, half - 1)  # left grid point, exact
-        frac = xc - _shift(pos, step)  # 0 .. 2**step (the top end only at x = 8), exact
-        i = (pos + half).long()
-        lo, hi = self.table[i], self.table[i + 1]
-        y = torch.round(lo + _shift((hi - lo) * frac, -step))
+        lim = float(TABLE_RANGE << ACT_FRAC_BITS)
+        i = (x + lim).clamp_(0, 2 * lim).long().reshape(-1)
+        y = self.table.index_select(0, i).reshape(x.shape)
         if self.kind == "gelu":
-            y = torch.where(x > lim, x, torch.where(x < -lim, torch.zeros_like(x), y))
-        else:
-            one = float(1 << ACT_FRAC_BITS)
-            y = torch.where(x > lim, torch.full_like(x, one), torch.where(x < -lim, torch.full_like(x, -one), y))
+            y += (x - lim).clamp_(min=0)  # GELU(x) = x beyond 8 (to the grid)
         return y
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_table(table: Tuple[int, ...]) -> Tensor:
+    """The interpolated table at every point of the 2**-16 grid in [-8, 8] (2**20 + 1 values).
+
+    Linear interpolation between the 2**-8 grid points, each value computed with exact
+    integer arithmetic then rounded once (half to even): the table is the same everywhere.
+    """
+    step = ACT_FRAC_BITS - TABLE_FRAC_BITS
+    t = torch.tensor(table, dtype=_DTYPE)
+    x = torch.arange(-(TABLE_RANGE << ACT_FRAC_BITS), (TABLE_RANGE << ACT_FRAC_BITS) + 1, dtype=_DTYPE)
+    half = TABLE_RANGE << TABLE_FRAC_BITS
+    pos = torch.floor(_shift(x, -step)).clamp_(-half, half - 1)  # left grid point, exact
+    frac = x - _shift(pos, step)  # 0 .. 2**step (the top end only at x = 8), exact
+    i = (pos + half).long()
+    lo, hi = t[i], t[i + 1]
+    return torch.round(lo + _shift((hi - lo) * frac, -step))
 
 
 class FixedLeakyReLU:
@@ -349,7 +360,7 @@ class FixedLeakyReLU:
 
 def _mul(a: Tensor, b: Tensor) -> Tensor:
     """Product of two activations, rounded to the grid (one IEEE product, exact scaling)."""
-    return torch.round(_shift(a * b, -ACT_FRAC_BITS)).clamp_(-ACT_MAX, ACT_MAX)
+    return _requantize(a * b, ACT_FRAC_BITS)
 
 
 class FixedSequential:
