@@ -43,7 +43,7 @@ DEFAULT_MAX_PIXELS = 1 << 26
 
 
 def max_pixels() -> int:
-    """The decoder's pixel limit: ``$GNN_LIC_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    """The decoder's limit on the padded image area: ``$GNN_LIC_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
     raw = os.environ.get(MAX_PIXELS_ENV)
     if raw is None:
         return DEFAULT_MAX_PIXELS
@@ -235,9 +235,11 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
     _check_updated(net)
     h, w = parsed.height, parsed.width
     limit = max_pixels()
-    if h * w > limit:
-        raise CorruptStreamError(f"the stream declares a {w}x{h} image, above the decoder limit of {limit} pixels "
-                                 f"(raise {MAX_PIXELS_ENV} to decode it)")
+    m = int(getattr(net, "pad_multiple", 1) or 1)
+    padded = math.ceil(h / m) * m * math.ceil(w / m) * m  # what the transforms will allocate
+    if padded > limit:
+        raise CorruptStreamError(f"the stream declares a {w}x{h} image ({padded} pixels padded), above the decoder "
+                                 f"limit of {limit} (raise {MAX_PIXELS_ENV} to decode it)")
     shape = parsed.shape
     if parsed.version >= 2 and parsed.shape_implied:
         shape = implied_shape(net, h, w) if parsed.fixed_point else None
