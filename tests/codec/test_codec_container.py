@@ -293,3 +293,14 @@ def test_crafted_headers_with_valid_checksum_are_rejected(header):
 def test_non_bytes_input_is_a_type_error():
     with pytest.raises(TypeError):
         inspect_stream("GLIC")
+
+
+def test_evaluation_reports_file_and_payload_bpp_side_by_side(net, image):
+    from gnn_lic.evaluation.evaluate import evaluate_model
+
+    res = evaluate_model(net, [("a", image)])
+    row = res["per_image"]["a"]
+    data = encode_image(net, image)
+    assert row["bytes"] == len(data) and row["payload_bytes"] == inspect_stream(data)["payload_bytes"]
+    assert row["payload-bpp"] == pytest.approx(row["payload_bytes"] * 8 / 35) and row["payload-bpp"] < row["bpp"]
+    assert res["payload-bpp"] == row["payload-bpp"]
