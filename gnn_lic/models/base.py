@@ -32,6 +32,13 @@ reproduces ``compress``'s ``y_hat`` bit for bit. Against the eval-mode
   untrained, latent-amplified tiny test models ``|x_hat|`` differs by at most
   ~5e-6; the tests use ``atol = 1e-4``. A rounding flip (``y - mu`` within 1e-7
   of a half-integer) would give a larger, local difference; it was never observed.
+
+These statements hold for the float entropy path
+(:func:`~gnn_lic.models.entropy.entropy_arithmetic` ``"float"``). By default both latent
+codecs code with fixed-point entropy parameters (:mod:`gnn_lic.models.fixed_point`):
+``decompress`` still reproduces ``compress`` bit for bit, on any machine, but the means
+differ from the float ones by about :math:`2^{-16}`, so a latent near a rounding tie may
+quantise the other way than in ``forward``.
 """
 
 from __future__ import annotations
