@@ -70,12 +70,15 @@ def _entropy_label(fixed: bool) -> str:
 
 
 def implied_shape(net: torch.nn.Module, height: int, width: int) -> Optional[Dict[str, Any]]:
-    """The ``shape`` that ``net.compress`` returns for an image of this size, when the model implies it.
+    """The ``shape`` that ``net.compress`` returns on the fixed-point path for an image of this size.
 
-    For the fixed-point GLIC/GABIC codecs: ``{"latent": [h_z, w_z], "image": [H, W]}``
-    with ``h_z = ceil(H / m) * m / 64`` (``m = pad_multiple``); None for other models.
+    For the GLIC/GABIC codecs: ``{"latent": [h_z, w_z], "image": [H, W]}`` with
+    ``h_z = ceil(H / m) * m / 64`` (``m = pad_multiple``); None for models without the
+    fixed-point path.
     """
-    if not _fixed_point(net):
+    from gnn_lic.models.entropy import supports_fixed_point  # noqa: PLC0415
+
+    if not supports_fixed_point(net):
         return None
     m = int(getattr(net, "pad_multiple", 64))
     if m % 64:
@@ -171,7 +174,7 @@ def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
     if not isinstance(out, dict) or "strings" not in out or "shape" not in out:
         raise CodecError("net.compress must return a dict with 'strings' and 'shape'")
     shape = out["shape"]
-    if _same_shape(shape, implied_shape(net, height, width)):
+    if fixed and _same_shape(shape, implied_shape(net, height, width)):
         shape = None
     return pack_stream(
         model_name=name,
@@ -241,10 +244,15 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
         raise CorruptStreamError(f"the stream declares a {w}x{h} image ({padded} pixels padded), above the decoder "
                                  f"limit of {limit} (raise {MAX_PIXELS_ENV} to decode it)")
     shape = parsed.shape
-    if parsed.version >= 2 and parsed.shape_implied:
-        shape = implied_shape(net, h, w) if parsed.fixed_point else None
-        if shape is None:
-            raise CorruptStreamError("the stream leaves its shape to the model, which does not imply one")
+    if parsed.version >= 2 and parsed.fixed_point:
+        # the model implies the shape from the (bounded) image size; an encoder never stores
+        # another one, so a stored shape that differs is corrupt (and could be any size)
+        implied = implied_shape(net, h, w)
+        if not parsed.shape_implied and not _same_shape(shape, implied):
+            raise CorruptStreamError("the stream's shape does not match its image size")
+        shape = implied
+    elif parsed.version >= 2 and parsed.shape_implied:
+        raise CorruptStreamError("the stream leaves its shape to the model, which does not imply one")
     arithmetic = "fixed" if parsed.version >= 2 and parsed.fixed_point else "float"
     if parsed.version == 1:
         print("notice: format-1 stream: its entropy parameters come from float networks, so it decodes "
