@@ -64,6 +64,7 @@ from gnn_lic.models.layers import (
 __all__ = [
     "ARITHMETICS",
     "entropy_arithmetic",
+    "supports_fixed_point",
     "SCCTXLatentCodec",
     "ELIC_GROUPS",
     "elic_groups",
@@ -435,7 +436,10 @@ class ChannelSliceLatentCodec(nn.Module):
             ``N`` to ``M`` (default: 5 evenly spaced values, 192..320 for GABIC).
 
     ``compress`` returns ``strings = [[y_string per image], z_strings]`` and
-    ``shape = (h_z, w_z)``.
+    ``shape = (h_z, w_z)``. With ``arithmetic = "fixed"`` (default) the hyper-synthesis,
+    slice networks, LRP and tanh of ``compress``/``decompress`` run in fixed point
+    (:mod:`gnn_lic.models.fixed_point`), so the decoded latents are bit-identical on every
+    machine; ``"float"`` runs the float networks (format-1 streams).
     """
 
     def __init__(

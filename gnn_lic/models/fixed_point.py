@@ -38,8 +38,10 @@ Only three kinds of operation occur, and each is deterministic:
   :math:`[-8, 8]`, computed once with Python's :mod:`decimal` (software arithmetic,
   ``exp`` correctly rounded), read with exact linear interpolation.
 
-The networks are converted from the trained float modules (:func:`to_fixed`), so every
-checkpoint gains the property; :data:`SCHEME` names this arithmetic in the model
+The networks are converted from the trained float modules (:func:`to_fixed`) when a
+latent codec first compresses or decompresses, and again whenever a parameter changes (the
+conversion is itself exact, so it gives the same integers everywhere): every checkpoint,
+the shipped weights included, gains the property; :data:`SCHEME` names this arithmetic in the model
 identity, since changing it changes the decoded symbols.
 """
 
