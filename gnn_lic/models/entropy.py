@@ -161,6 +161,7 @@ class _RansCoder:
 
     def __init__(self, batch: int, strings: Optional[Sequence[bytes]] = None):
         self.decoding = strings is not None
+        self.tables: Dict[int, Tuple[List[List[int]], List[int], List[int]]] = {}
         if self.decoding:
             if len(strings) != batch:
                 raise ValueError(f"{len(strings)} y strings for a batch of {batch}")
@@ -176,9 +177,11 @@ class _RansCoder:
 
     def code(self, gc: GaussianConditional, indexes: Tensor, symbols: Optional[Tensor]) -> Tensor:
         """Encode ``symbols`` or decode symbols for ``indexes`` ``(B, ...)``; returns them as float64."""
-        cdf = gc.quantized_cdf.tolist()
-        lengths = gc.cdf_length.reshape(-1).int().tolist()
-        offsets = gc.offset.reshape(-1).int().tolist()
+        if id(gc) not in self.tables:
+            self.tables[id(gc)] = (
+                gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
+            )
+        cdf, lengths, offsets = self.tables[id(gc)]
         if not self.decoding:
             for b, enc in enumerate(self.coders):
                 enc.encode_with_indexes(
