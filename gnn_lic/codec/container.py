@@ -1,7 +1,40 @@
 """The ``.glic`` container: a self-describing, checksummed file for one compressed image.
 
-Layout (version 1)
-==================
+Layout (version 2, written since the fixed-point entropy parameters)
+====================================================================
+
+Fixed-width integers are big-endian; ``uvarint`` as below (shortest form only).
+
+======  =======  ==============================================================
+offset  size     field
+======  =======  ==============================================================
+0       4        magic ``b"GLIC"``
+4       1        stream kind: ``0x01`` = one RGB image, 8 bits per channel
+5       1        format version: ``0x02``
+6       1        flags: bit 0 = entropy parameters in fixed point
+                 (:mod:`gnn_lic.models.fixed_point`; decodes the same everywhere);
+                 bit 1 = explicit shape; bit 2 = explicit strings structure;
+                 bit 3 = model named by labels; other bits must be 0
+7       var      model: ``uvarint`` code into :data:`MODEL_CODES` (bit 3 clear), or
+                 the name and size labels of version 1 (bit 3 set)
+...     4        identity: the first 4 bytes of
+                 :func:`gnn_lic.codec.fingerprint.identity_digest` (resolved model
+                 configuration, entropy arithmetic and weights)
+...     var      original image height, then width, ``uvarint`` (1..2**20)
+...     var      shape, a tagged value, only with bit 1; otherwise the model implies
+                 it from the image size (:func:`gnn_lic.codec.image_codec.implied_shape`)
+...     var      strings: with bit 2 one tagged value as in version 1; otherwise
+                 ``uvarint`` count ``n`` (1..64), the ``uvarint`` byte lengths of the
+                 first ``n - 1`` strings, then the ``n`` strings back to back (the last
+                 one runs to the checksum); they stand for ``[[s_0], ..., [s_{n-1}]]``
+end-4   4        CRC-32 (``zlib.crc32``) of every preceding byte, big-endian
+======  =======  ==============================================================
+
+A GLIC or GABIC stream of a shipped model spends 6 + 1 + 1 + 4 + 4 (two dimensions
+below 16384) + 1 + 2 + 4 = 23 bytes besides its entropy-coded payload.
+
+Layout (version 1, still read)
+==============================
 
 All multi-byte fixed-width integers are big-endian.  ``uvarint`` is an unsigned LEB128
 integer (7 bits per byte, least significant group first, high bit = "more bytes follow"),
@@ -75,11 +108,15 @@ import operator
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Optional, Tuple
 
 from gnn_lic.codec.errors import CodecError, CorruptStreamError
 
 __all__ = [
+    "MODEL_CODES",
+    "FLAG_FIXED_POINT",
+    "IDENTITY_BYTES",
+    "pack_stream_v1",
     "MAGIC",
     "KIND_RGB8",
     "FORMAT_VERSION",
@@ -95,14 +132,31 @@ __all__ = [
 
 MAGIC = b"GLIC"
 KIND_RGB8 = 0x01
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 HASH_BYTES = 16
+IDENTITY_BYTES = 4
+MAX_STRINGS = 64
+FLAG_FIXED_POINT = 0x01
+FLAG_SHAPE = 0x02
+FLAG_STRINGS = 0x04
+FLAG_LABELS = 0x08
+_KNOWN_FLAGS = FLAG_FIXED_POINT | FLAG_SHAPE | FLAG_STRINGS | FLAG_LABELS
+#: model codes of format 2 (append only: a code, once written, keeps its meaning)
+MODEL_CODES = (
+    None,
+    ("glic", "small"), ("gabic", "small"), ("glic", "tiny"), ("gabic", "tiny"), ("glic", "paper"),
+    ("gabic", "paper"), ("wacnn", "tiny"), ("wacnn", "small"), ("wacnn", "paper"), ("cnn", "tiny"),
+    ("cnn", "small"), ("cnn", "paper"),
+)  # fmt: skip
+_CODE_OF = {pair: i for i, pair in enumerate(MODEL_CODES) if pair is not None}
 MAX_NAME_BYTES = 64
 MAX_SIZE_BYTES = 32
 MAX_IMAGE_SIDE = 1 << 20
 MAX_DEPTH = 32
 _CRC_BYTES = 4
-_PREFIX = MAGIC + bytes([KIND_RGB8, FORMAT_VERSION])
+_PREFIX = MAGIC + bytes([KIND_RGB8, 1])
+_PREFIX_V2 = MAGIC + bytes([KIND_RGB8, 2])
 # magic + kind + version + 2 one-byte-length names with >= 1 byte + 2 hashes + 2 dims
 # + 2 smallest tagged values + crc
 _MIN_STREAM_BYTES = len(_PREFIX) + 2 * 2 + 2 * HASH_BYTES + 2 + 2 + _CRC_BYTES
@@ -334,6 +388,11 @@ class ParsedStream:
     payload_bytes: int
     total_bytes: int
     crc32: int
+    #: format 2: the stored identity prefix, whether the entropy parameters are fixed point,
+    #: and whether ``shape`` is implied by the model (then ``shape`` is None here)
+    identity: bytes = b""
+    fixed_point: bool = False
+    shape_implied: bool = False
 
 
 def _check_label(label: str, what: str, max_bytes: int) -> bytes:
@@ -364,7 +423,7 @@ def _check_dims(height: Any, width: Any) -> None:
             raise CodecError(f"image {name} {v!r} is outside 1..{MAX_IMAGE_SIDE}")
 
 
-def pack_stream(
+def pack_stream_v1(
     *,
     model_name: str,
     model_size: str,
@@ -375,7 +434,7 @@ def pack_stream(
     shape: Any,
     strings: Any,
 ) -> bytes:
-    """Assemble a version-1 stream (layout in the module docstring)."""
+    """Assemble a version-1 stream (layout in the module docstring); kept for tests and tools."""
     name_raw = _check_label(model_name, "model name", MAX_NAME_BYTES)
     size_raw = _check_label(model_size, "model size", MAX_SIZE_BYTES)
     for what, h in (("configuration hash", config_hash), ("weights hash", weights_hash)):
@@ -420,7 +479,7 @@ def _check_decoded_strings(value: Any, depth: int = 0) -> int:
 
 
 def parse_stream(data: bytes) -> ParsedStream:
-    """Parse and fully validate a stream; raise :class:`CorruptStreamError` on any problem."""
+    """Parse and fully validate a stream (format 1 or 2); raise :class:`CorruptStreamError` on any problem."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -433,10 +492,12 @@ def parse_stream(data: bytes) -> ParsedStream:
         raise CorruptStreamError(f"truncated stream ({n} bytes)")
     if data[4] != KIND_RGB8:
         raise CorruptStreamError(f"unknown stream kind 0x{data[4]:02x} (this version reads 0x{KIND_RGB8:02x})")
-    if data[5] != FORMAT_VERSION:
+    if data[5] not in READ_VERSIONS:
         raise CorruptStreamError(
-            f"unsupported format version {data[5]} (this version of gnn_lic reads version {FORMAT_VERSION})"
+            f"unsupported format version {data[5]} (this version of gnn_lic reads versions 1 and 2)"
         )
+    if data[5] == 2:
+        return _parse_v2(data)
     if n < _MIN_STREAM_BYTES:
         raise CorruptStreamError(f"truncated stream ({n} bytes, a valid stream has at least {_MIN_STREAM_BYTES})")
 
@@ -492,6 +553,136 @@ def parse_stream(data: bytes) -> ParsedStream:
     )
 
 
+# --------------------------------------------------------------------------- format 2
+
+
+def _model_field(model_name: str, model_size: str) -> Tuple[int, bytes]:
+    code = _CODE_OF.get((model_name, model_size))
+    if code is not None:
+        out = bytearray()
+        _put_uvarint(out, code)
+        return 0, bytes(out)
+    out = bytearray()
+    for label, what, limit in ((model_name, "model name", MAX_NAME_BYTES), (model_size, "model size", MAX_SIZE_BYTES)):
+        raw = _check_label(label, what, limit)
+        _put_uvarint(out, len(raw))
+        out += raw
+    return FLAG_LABELS, bytes(out)
+
+
+def _flat_strings(strings: Any) -> Optional[List[bytes]]:
+    """``[[s_0], [s_1], ...]`` -> ``[s_0, s_1, ...]``; None for any other structure."""
+    if not isinstance(strings, list) or not 1 <= len(strings) <= MAX_STRINGS:
+        return None
+    flat = []
+    for item in strings:
+        if not (isinstance(item, list) and len(item) == 1 and isinstance(item[0], (bytes, bytearray))):
+            return None
+        flat.append(bytes(item[0]))
+    return flat
+
+
+def pack_stream(
+    *,
+    model_name: str,
+    model_size: str,
+    identity: bytes,
+    fixed_point: bool,
+    height: int,
+    width: int,
+    shape: Any,
+    strings: Any,
+) -> bytes:
+    """Assemble a version-2 stream (layout in the module docstring).
+
+    ``shape=None`` means the model implies it from the image size; ``strings`` of the
+    form ``[[bytes], ...]`` are stored flat, anything else as a tagged value.
+    """
+    if not isinstance(identity, (bytes, bytearray)) or len(identity) < IDENTITY_BYTES:
+        raise CodecError(f"identity must be at least {IDENTITY_BYTES} bytes")
+    _check_dims(height, width)
+    _check_strings(strings)
+    flags, model = _model_field(model_name, model_size)
+    flags |= FLAG_FIXED_POINT if fixed_point else 0
+    flat = _flat_strings(strings)
+    flags |= FLAG_SHAPE if shape is not None else 0
+    flags |= FLAG_STRINGS if flat is None else 0
+    out = bytearray(_PREFIX_V2)
+    out.append(flags)
+    out += model
+    out += bytes(identity[:IDENTITY_BYTES])
+    _put_uvarint(out, height)
+    _put_uvarint(out, width)
+    if shape is not None:
+        _encode_into(out, shape, 0, allow_bytes=False)
+    if flat is None:
+        _encode_into(out, strings, 0, allow_bytes=True)
+    else:
+        _put_uvarint(out, len(flat))
+        for s_ in flat[:-1]:
+            _put_uvarint(out, len(s_))
+        for s_ in flat:
+            out += s_
+    out += struct.pack(">I", zlib.crc32(out) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def _parse_v2(data: bytes) -> ParsedStream:
+    n = len(data)
+    min_bytes = len(_PREFIX_V2) + 1 + 1 + IDENTITY_BYTES + 2 + 1 + _CRC_BYTES
+    if n < min_bytes:
+        raise CorruptStreamError(f"truncated stream ({n} bytes, a valid stream has at least {min_bytes})")
+    stored_crc = struct.unpack(">I", data[n - _CRC_BYTES :])[0]
+    if stored_crc != zlib.crc32(data[: n - _CRC_BYTES]) & 0xFFFFFFFF:
+        raise CorruptStreamError("checksum mismatch: the file is corrupt or truncated")
+    r = _Reader(data, n - _CRC_BYTES)
+    try:
+        r.pos = len(_PREFIX_V2)
+        flags = r.byte("the flags")
+        if flags & ~_KNOWN_FLAGS:
+            raise _ParseError(f"unknown flags 0x{flags:02x}")
+        if flags & FLAG_LABELS:
+            model_name = _read_label(r, "model name", MAX_NAME_BYTES)
+            model_size = _read_label(r, "model size", MAX_SIZE_BYTES)
+        else:
+            code = r.uvarint("the model code")
+            if not 1 <= code < len(MODEL_CODES):
+                raise _ParseError(f"unknown model code {code}")
+            model_name, model_size = MODEL_CODES[code]
+        identity = r.take(IDENTITY_BYTES, "the model identity")
+        height = r.uvarint("the image height")
+        width = r.uvarint("the image width")
+        header_bytes = r.pos
+        shape = _decode_from(r, 0, allow_bytes=False) if flags & FLAG_SHAPE else None
+        if flags & FLAG_STRINGS:
+            strings = _decode_from(r, 0, allow_bytes=True)
+            payload_bytes = _check_decoded_strings(strings)
+        else:
+            count = r.uvarint("the string count")
+            if not 1 <= count <= MAX_STRINGS:
+                raise _ParseError(f"string count {count} is outside 1..{MAX_STRINGS}")
+            lengths = [r.count("a string length") for _ in range(count - 1)]
+            if sum(lengths) > r.remaining:
+                raise _ParseError(f"string lengths {sum(lengths)} exceed the {r.remaining} bytes left")
+            lengths.append(r.remaining - sum(lengths))
+            strings = [[r.take(k, "a string")] for k in lengths]
+            payload_bytes = sum(lengths)
+    except _ParseError as exc:
+        raise CorruptStreamError(f"corrupt stream: {exc}") from None
+    if r.remaining:
+        raise CorruptStreamError(f"corrupt stream: {r.remaining} bytes after the strings")
+    try:
+        _check_dims(height, width)
+    except CodecError as exc:
+        raise CorruptStreamError(str(exc)) from None
+    return ParsedStream(
+        kind=data[4], version=2, model_name=model_name, model_size=model_size, config_hash=b"", weights_hash=b"",
+        height=height, width=width, shape=shape, strings=strings, header_bytes=header_bytes,
+        payload_bytes=payload_bytes, total_bytes=n, crc32=stored_crc, identity=bytes(identity),
+        fixed_point=bool(flags & FLAG_FIXED_POINT), shape_implied=not flags & FLAG_SHAPE,
+    )
+
+
 def _layout(strings: Any) -> Any:
     if isinstance(strings, bytes):
         return len(strings)
@@ -518,7 +709,9 @@ def inspect_stream(data: bytes) -> dict:
     """Validate a stream without a model and return its header fields as a JSON-able dict.
 
     Keys: ``format``, ``kind``, ``version``, ``model_name``, ``model_size``,
-    ``config_hash`` and ``weights_hash`` (hex of the stored 16-byte prefixes),
+    ``config_hash`` and ``weights_hash`` (format 1: hex of the stored 16-byte prefixes;
+    format 2: empty), ``identity`` (format 2: hex of the stored identity prefix),
+    ``fixed_point``, ``overhead_bytes`` (``total_bytes - payload_bytes``),
     ``height``, ``width``, ``shape`` (lists instead of tuples), ``strings_layout`` (the
     nesting of the entropy-coded strings with each string replaced by its length),
     ``num_strings``, ``payload_bytes``, ``header_bytes`` (bytes before the shape),
@@ -533,6 +726,9 @@ def inspect_stream(data: bytes) -> dict:
         "model_size": p.model_size,
         "config_hash": p.config_hash.hex(),
         "weights_hash": p.weights_hash.hex(),
+        "identity": p.identity.hex(),
+        "fixed_point": p.fixed_point,
+        "overhead_bytes": p.total_bytes - p.payload_bytes,
         "height": p.height,
         "width": p.width,
         "shape": _jsonable(p.shape),

@@ -15,6 +15,14 @@
     buffers, the fingerprint of a model is only meaningful after ``net.update(force=True)``
     (which :func:`gnn_lic.models.checkpoint.load_checkpoint` always calls).
 
+``identity_digest(net, entropy)``
+    the same construction with the tag ``b"gnn_lic-identity-v2\0"`` over
+    :func:`identity_config` instead of ``model_config``: the *fully resolved*
+    configuration (the model class and every constructor argument after presets and
+    defaults, graph hyper-parameters included, recorded by
+    :class:`~gnn_lic.models.base.PaddedCompressionModel`) and the entropy arithmetic
+    (``"float"`` or the fixed-point scheme name). Format-2 streams store its first bytes.
+
 Hashing a large model costs a fraction of a second, so the result is cached per model
 object and reused only while every state tensor is the very same tensor (same storage
 pointer, shape, stride, dtype, device) with the same in-place version counter and the
@@ -29,16 +37,17 @@ import json
 import struct
 import threading
 import weakref
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
 from gnn_lic.codec.errors import CodecError
 
-__all__ = ["canonical_config_json", "config_hash", "model_fingerprint"]
+__all__ = ["canonical_config_json", "config_hash", "model_fingerprint", "identity_config", "identity_digest"]
 
 _TAG = b"gnn_lic-fingerprint-v1\0"
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[bytes, tuple, str]]" = weakref.WeakKeyDictionary()
+_IDENTITY_TAG = b"gnn_lic-identity-v2\0"
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[bytes, Tuple[bytes, tuple, str]]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -114,18 +123,47 @@ def _same_key(a: tuple, b: tuple) -> bool:
     return True
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def identity_config(net: torch.nn.Module, entropy: str) -> dict:
+    """The fully resolved configuration hashed by :func:`identity_digest`.
+
+    ``{"name", "size", "model": init_config or {"model_config": ...}, "entropy": entropy}``;
+    models that do not record their constructor arguments fall back to ``model_config``.
+    """
+    cfg = _model_config(net)
+    init = getattr(net, "init_config", None)
+    model = _jsonable(init) if isinstance(init, dict) else {"class": type(net).__qualname__, "model_config": cfg}
+    return {"name": cfg.get("name"), "size": cfg.get("size"), "model": model, "entropy": str(entropy)}
+
+
+def identity_digest(net: torch.nn.Module, entropy: str) -> bytes:
+    """sha256 (32 bytes) of the resolved configuration, the entropy arithmetic and the weights."""
+    return bytes.fromhex(_digest(net, _IDENTITY_TAG, canonical_config_json(identity_config(net, entropy))))
+
+
 def model_fingerprint(net: torch.nn.Module) -> str:
     """sha256 hex digest identifying the configuration and the exact weights of ``net``."""
-    cfg_json = canonical_config_json(net)
+    return _digest(net, _TAG, canonical_config_json(net))
+
+
+def _digest(net: torch.nn.Module, tag: bytes, cfg_json: bytes) -> str:
     state = net.state_dict()
     key = _cache_key(state)
+    slot = tag + cfg_json
     if key is not None:
         with _LOCK:
-            cached = _CACHE.get(net)
-        if cached is not None and cached[0] == cfg_json and _same_key(cached[1], key):
+            cached = _CACHE.get(net, {}).get(slot)
+        if cached is not None and _same_key(cached[1], key):
             return cached[2]
     h = hashlib.sha256()
-    h.update(_TAG)
+    h.update(tag)
     _put(h, cfg_json)
     for name in sorted(state):
         value = state[name]
@@ -147,5 +185,5 @@ def model_fingerprint(net: torch.nn.Module) -> str:
     digest = h.hexdigest()
     if key is not None:
         with _LOCK:
-            _CACHE[net] = (cfg_json, key, digest)
+            _CACHE.setdefault(net, {})[slot] = (cfg_json, key, digest)
     return digest

@@ -6,21 +6,86 @@ and ``model_config`` (set by :func:`gnn_lic.models.create_model`).  The stream r
 the model identity and the original image size (see :mod:`gnn_lic.codec.container`);
 decoding validates the whole stream and checks that the given model is the one used for
 encoding before anything reaches the entropy decoder.
+
+Streams are written in format 2: models with the fixed-point entropy path
+(:func:`gnn_lic.models.entropy.supports_fixed_point`) code with it, so the decoded latents
+are the same on every machine, thread count and dtype. Format-1 streams (float entropy
+parameters) still decode, through the float path, with a notice on stderr: they decode
+correctly only where the float networks give the encoder's numbers.
+
+Every failure of decoding is a :class:`~gnn_lic.codec.errors.CodecError`: a stream whose
+checksum is valid but whose content the model cannot decode (crafted or recomputed CRC)
+raises :class:`~gnn_lic.codec.errors.CorruptStreamError`, and a declared image larger
+than :func:`max_pixels` is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Tuple
+import math
+import os
+import sys
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 
-from gnn_lic.codec.container import HASH_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
-from gnn_lic.codec.errors import CodecError, ModelMismatchError
-from gnn_lic.codec.fingerprint import config_hash, model_fingerprint
+from gnn_lic.codec.container import HASH_BYTES, IDENTITY_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
+from gnn_lic.codec.errors import CodecError, CorruptStreamError, ModelMismatchError
+from gnn_lic.codec.fingerprint import config_hash, identity_digest, model_fingerprint
 
-__all__ = ["encode_image", "decode_image", "model_identity"]
+__all__ = ["encode_image", "decode_image", "model_identity", "implied_shape", "max_pixels", "MAX_PIXELS_ENV"]
+
+#: environment variable overriding :data:`DEFAULT_MAX_PIXELS`
+MAX_PIXELS_ENV = "GNN_LIC_MAX_PIXELS"
+#: largest image (height x width) decoded unless the environment allows more (64 Mpixel)
+DEFAULT_MAX_PIXELS = 1 << 26
+
+
+def max_pixels() -> int:
+    """The decoder's limit on the padded image area: ``$GNN_LIC_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise CodecError(f"{MAX_PIXELS_ENV}={raw!r} is not an integer") from None
+    if value < 1:
+        raise CodecError(f"{MAX_PIXELS_ENV} must be positive, got {value}")
+    return value
+
+
+def _fixed_point(net: torch.nn.Module) -> bool:
+    """Whether ``net`` codes with the fixed-point entropy parameters right now."""
+    from gnn_lic.models.entropy import supports_fixed_point  # noqa: PLC0415
+
+    return supports_fixed_point(net) and getattr(net.latent_codec, "arithmetic", "float") == "fixed"
+
+
+def _entropy_label(fixed: bool) -> str:
+    from gnn_lic.models.fixed_point import SCHEME  # noqa: PLC0415
+
+    return SCHEME if fixed else "float"
+
+
+def implied_shape(net: torch.nn.Module, height: int, width: int) -> Optional[Dict[str, Any]]:
+    """The ``shape`` that ``net.compress`` returns on the fixed-point path for an image of this size.
+
+    For the GLIC/GABIC codecs: ``{"latent": [h_z, w_z], "image": [H, W]}`` with
+    ``h_z = ceil(H / m) * m / 64`` (``m = pad_multiple``); None for models without the
+    fixed-point path.
+    """
+    from gnn_lic.models.entropy import supports_fixed_point  # noqa: PLC0415
+
+    if not supports_fixed_point(net):
+        return None
+    m = int(getattr(net, "pad_multiple", 64))
+    if m % 64:
+        return None
+    hz = math.ceil(height / m) * m // 64
+    wz = math.ceil(width / m) * m // 64
+    return {"latent": [hz, wz], "image": [int(height), int(width)]}
 
 
 def model_identity(net: torch.nn.Module) -> Tuple[str, str, bytes, bytes]:
@@ -82,36 +147,50 @@ def _check_image(image: Any) -> np.ndarray:
     return arr
 
 
+def _same_shape(a: Any, b: Any) -> bool:
+    from gnn_lic.models.base import to_jsonable  # noqa: PLC0415
+
+    try:
+        return to_jsonable(a) == to_jsonable(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
-    """Compress a uint8 (H, W, 3) RGB array to the bytes of a ``.glic`` stream.
+    """Compress a uint8 (H, W, 3) RGB array to the bytes of a format-2 ``.glic`` stream.
 
     The model must have been updated (``net.update(force=True)``); it is run in eval mode
     under ``torch.inference_mode()`` (its previous train/eval mode is restored).
     """
     arr = _check_image(image)
     height, width = arr.shape[:2]
-    name, size, cfg_hash, weights_hash = model_identity(net)
+    name, size, _, _ = model_identity(net)
+    fixed = _fixed_point(net)
+    identity = identity_digest(net, _entropy_label(fixed))
     _check_updated(net)
     x = torch.from_numpy(arr).to(_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
     with _eval_mode(net), torch.inference_mode():
         out = net.compress(x)
     if not isinstance(out, dict) or "strings" not in out or "shape" not in out:
         raise CodecError("net.compress must return a dict with 'strings' and 'shape'")
+    shape = out["shape"]
+    if fixed and _same_shape(shape, implied_shape(net, height, width)):
+        shape = None
     return pack_stream(
         model_name=name,
         model_size=size,
-        config_hash=cfg_hash,
-        weights_hash=weights_hash,
+        identity=identity,
+        fixed_point=fixed,
         height=height,
         width=width,
-        shape=out["shape"],
+        shape=shape,
         strings=out["strings"],
     )
 
 
 def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
     """Raise :class:`ModelMismatchError` saying what differs between ``net`` and the stream."""
-    name, size, cfg_hash, weights_hash = model_identity(net)
+    name, size, _, _ = model_identity(net)
     if parsed.model_name != name:
         raise ModelMismatchError(
             f"the stream was encoded with model '{parsed.model_name}', not '{name}'"
@@ -120,6 +199,20 @@ def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
         raise ModelMismatchError(
             f"the stream was encoded with model '{name}' size '{parsed.model_size}', not size '{size}'"
         )
+    if parsed.version >= 2:
+        from gnn_lic.models.entropy import supports_fixed_point  # noqa: PLC0415
+
+        if parsed.fixed_point and not supports_fixed_point(net):
+            raise ModelMismatchError("the stream needs fixed-point entropy parameters, which this model lacks")
+        identity = identity_digest(net, _entropy_label(parsed.fixed_point))[:IDENTITY_BYTES]
+        if parsed.identity != identity:
+            raise ModelMismatchError(
+                f"the model configuration or weights differ from the ones used for encoding "
+                f"(stream identity {parsed.identity.hex()}, model {identity.hex()}); decode with the same checkpoint"
+            )
+        return
+    cfg_hash = bytes.fromhex(config_hash(net))[:HASH_BYTES]
+    weights_hash = bytes.fromhex(model_fingerprint(net))[:HASH_BYTES]
     if parsed.config_hash != cfg_hash:
         raise ModelMismatchError(
             f"the model configuration differs from the one used for encoding "
@@ -143,13 +236,39 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
     parsed = parse_stream(data)
     check_model_matches(net, parsed)
     _check_updated(net)
-    with _eval_mode(net), torch.inference_mode():
-        out = net.decompress(parsed.strings, parsed.shape)
+    h, w = parsed.height, parsed.width
+    limit = max_pixels()
+    m = int(getattr(net, "pad_multiple", 1) or 1)
+    padded = math.ceil(h / m) * m * math.ceil(w / m) * m  # what the transforms will allocate
+    if padded > limit:
+        raise CorruptStreamError(f"the stream declares a {w}x{h} image ({padded} pixels padded), above the decoder "
+                                 f"limit of {limit} (raise {MAX_PIXELS_ENV} to decode it)")
+    shape = parsed.shape
+    if parsed.version >= 2 and parsed.fixed_point:
+        # the model implies the shape from the (bounded) image size; an encoder never stores
+        # another one, so a stored shape that differs is corrupt (and could be any size)
+        implied = implied_shape(net, h, w)
+        if not parsed.shape_implied and not _same_shape(shape, implied):
+            raise CorruptStreamError("the stream's shape does not match its image size")
+        shape = implied
+    elif parsed.version >= 2 and parsed.shape_implied:
+        raise CorruptStreamError("the stream leaves its shape to the model, which does not imply one")
+    arithmetic = "fixed" if parsed.version >= 2 and parsed.fixed_point else "float"
+    if parsed.version == 1:
+        print("notice: format-1 stream: its entropy parameters come from float networks, so it decodes "
+              "correctly only where they give the encoder's numbers (re-encode to get format 2)", file=sys.stderr)
+    with _eval_mode(net), torch.inference_mode(), _arithmetic(net, arithmetic):
+        try:
+            out = net.decompress(parsed.strings, shape)
+        except CodecError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AssertionError, OverflowError) as exc:
+            detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise CorruptStreamError(f"the stream passed its checks but does not decode: {detail}") from None
         x_hat = out.get("x_hat") if isinstance(out, dict) else None
         if not isinstance(x_hat, torch.Tensor) or x_hat.dim() != 4 or x_hat.shape[0] != 1 or x_hat.shape[1] != 3:
             got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
             raise CodecError(f"net.decompress must return 'x_hat' of shape (1, 3, H, W), got {got}")
-        h, w = parsed.height, parsed.width
         if x_hat.shape[2] < h or x_hat.shape[3] < w:
             raise CodecError(
                 f"the model reconstructed {x_hat.shape[3]}x{x_hat.shape[2]} pixels, "
@@ -159,3 +278,14 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
         img = torch.nan_to_num(img, nan=0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
         arr = img.permute(1, 2, 0).cpu().numpy()
     return np.ascontiguousarray(arr)
+
+
+@contextlib.contextmanager
+def _arithmetic(net: torch.nn.Module, mode: str) -> Iterator[None]:
+    from gnn_lic.models.entropy import entropy_arithmetic, supports_fixed_point  # noqa: PLC0415
+
+    if not supports_fixed_point(net):
+        yield
+        return
+    with entropy_arithmetic(net, mode):
+        yield

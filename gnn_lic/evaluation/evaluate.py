@@ -5,7 +5,9 @@ Two modes:
 * **Real bitstream** (default): each image goes through the file codec
   (:func:`gnn_lic.codec.encode_image` / :func:`gnn_lic.codec.decode_image`). The rate
   is the real file size, header and checksum included: ``bpp = len(bytes) * 8 /
-  (H * W)``; PSNR and MS-SSIM are measured on the decoded 8-bit image.
+  (H * W)``; ``payload-bpp`` beside it counts the entropy-coded strings only (what
+  the papers report; the container adds a few bytes, see :mod:`gnn_lic.codec.container`).
+  PSNR and MS-SSIM are measured on the decoded 8-bit image.
 * **Entropy estimation** (``entropy_estimation=True``): ``net(x)`` in eval mode with
   ``x`` the float ``(1, 3, H, W)`` image in ``[0, 1]``; ``bpp = sum over
   out["likelihoods"] of -log2(likelihood) / (H * W)``; metrics on
@@ -83,7 +85,7 @@ def evaluate_model(
     decode(net, data) -> img)``. ``pad_multiple`` applies to entropy estimation only
     (the file codec pads by itself). Returns::
 
-        {"bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db",   # averages over images
+        {"bpp", "payload-bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db",   # averages over images
          "encoding_time", "decoding_time",                  # mean seconds per image
          "n_images", "mode",                                # "bitstream" / "entropy-estimation"
          "per_image": {name: {"bpp", "psnr-rgb", "ms-ssim-rgb", "bytes"?, ...}}}
@@ -120,6 +122,10 @@ def evaluate_model(
                 rec = to_uint8_array(rec)
                 rate = _bpp(len(data), h, w)
                 row["bytes"] = len(data)
+                payload = _payload_bytes(data)
+                if payload is not None:
+                    row["payload_bytes"] = payload
+                    row["payload-bpp"] = _bpp(payload, h, w)
                 row["encoding_time"] = t1 - t0
                 row["decoding_time"] = t2 - t1
             if rec.shape != img.shape:
@@ -147,6 +153,7 @@ def evaluate_model(
 
     res = {
         "bpp": mean("bpp"),
+        "payload-bpp": mean("payload-bpp"),
         "psnr-rgb": mean("psnr-rgb"),
         "ms-ssim-rgb": mean("ms-ssim-rgb"),
     }
@@ -161,6 +168,19 @@ def evaluate_model(
         per_image=per_image,
     )
     return res
+
+
+def _payload_bytes(data: bytes) -> int | None:
+    """Bytes of the entropy-coded strings of a ``.glic`` stream (None for other formats)."""
+    try:
+        from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
+        from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - the codec ships with the package
+        return None
+    try:
+        return parse_stream(data).payload_bytes
+    except (CodecError, TypeError):
+        return None
 
 
 def evaluate_models(
@@ -189,6 +209,8 @@ def evaluate_models(
         psnr=[p[1]["psnr-rgb"] for p in points],
         ms_ssim=[p[1]["ms-ssim-rgb"] for p in points],
         label=[p[0] for p in points],
+        **({"payload_bpp": [p[1]["payload-bpp"] for p in points]}
+           if all(p[1].get("payload-bpp") is not None for p in points) else {}),
         encoding_time=[p[1]["encoding_time"] for p in points],
         decoding_time=[p[1]["decoding_time"] for p in points],
         per_image=[p[1]["per_image"] for p in points],

@@ -32,10 +32,19 @@ reproduces ``compress``'s ``y_hat`` bit for bit. Against the eval-mode
   untrained, latent-amplified tiny test models ``|x_hat|`` differs by at most
   ~5e-6; the tests use ``atol = 1e-4``. A rounding flip (``y - mu`` within 1e-7
   of a half-integer) would give a larger, local difference; it was never observed.
+
+These statements hold for the float entropy path
+(:func:`~gnn_lic.models.entropy.entropy_arithmetic` ``"float"``). By default both latent
+codecs code with fixed-point entropy parameters (:mod:`gnn_lic.models.fixed_point`):
+``decompress`` still reproduces ``compress`` bit for bit, on any machine, but the means
+differ from the float ones by about :math:`2^{-16}`, so a latent near a rounding tie may
+quantise the other way than in ``forward``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -103,6 +112,36 @@ class PaddedCompressionModel(CompressionModel):
 
     #: the padded height and width are multiples of this
     pad_multiple: int = 64
+    #: every constructor argument of the most derived class, defaults applied (set by ``__init__``)
+    init_config: Dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs):
+        """Record the fully resolved constructor arguments of every subclass instance.
+
+        The file codec hashes them (with the class name) as the model identity, so a
+        changed preset or graph hyper-parameter changes the identity even when
+        ``model_config`` (the arguments given to ``create_model``) does not.
+        """
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self).__init__ is recording_init:  # the most derived class records
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                args_ = dict(bound.arguments)
+                args_.pop("self", None)
+                for name, p in signature.parameters.items():  # flatten **kwargs
+                    if p.kind is inspect.Parameter.VAR_KEYWORD:
+                        args_.update(args_.pop(name, {}))
+                object.__setattr__(self, "init_config", {"class": type(self).__qualname__, "args": args_})
+
+        cls.__init__ = recording_init
     g_a: nn.Module
     g_s: nn.Module
     latent_codec: nn.Module

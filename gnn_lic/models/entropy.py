@@ -24,6 +24,12 @@ Both follow CompressAI's latent-codec contract, so a model only wires
   ``max_support_slices`` decoded slices, with latent residual prediction
   :math:`\bar y_i = \hat y_i + \tfrac12 \tanh(r_i)`. All slices of one image
   go into a single rANS string.
+
+Both codecs compute the entropy parameters of ``compress``/``decompress`` in fixed point
+(:mod:`gnn_lic.models.fixed_point`) by default, so the decoded latents are bit-identical
+on every machine; ``forward`` (training, likelihoods) stays float and differentiable.
+:func:`entropy_arithmetic` switches a model back to the float path (the one of format-1
+streams).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from compressai.layers import CheckerboardMaskedConv2d
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, FixedTable, from_act, tanh_table, to_act, to_fixed
 from gnn_lic.models.layers import (
     GatedTransformCNN,
     ParameterAggregationBlock,
@@ -55,6 +62,10 @@ from gnn_lic.models.layers import (
 )
 
 __all__ = [
+    "ARITHMETICS",
+    "entropy_arithmetic",
+    "supports_fixed_point",
+    "SCCTXLatentCodec",
     "ELIC_GROUPS",
     "elic_groups",
     "checkerboard_context",
@@ -65,6 +76,136 @@ __all__ = [
 
 #: ELIC's uneven channel groups for M = 320 (GLIC keeps them, notes 1.1)
 ELIC_GROUPS = (16, 16, 32, 64, 192)
+
+
+#: ``"fixed"``: deterministic fixed-point entropy parameters (default); ``"float"``: the
+#: float networks (format-1 streams; not portable across machines or thread counts)
+ARITHMETICS = ("fixed", "float")
+
+
+class _FixedNets:
+    """Fixed-point twins of some float modules, rebuilt when any of their parameters changes."""
+
+    def __init__(self):
+        self.key = None
+        self.nets: Dict[str, Any] = {}
+
+    def get(self, modules: Dict[str, nn.Module], device: torch.device) -> Dict[str, Any]:
+        params = [p for m in modules.values() for p in m.parameters()]
+        key = (str(device), tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+        if key != self.key:
+            self.nets = {k: to_fixed(m, k).to(device) for k, m in modules.items()}
+            self.key = key
+        return self.nets
+
+
+def _check_arithmetic(mode: str) -> str:
+    if mode not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {mode!r}")
+    return mode
+
+
+class entropy_arithmetic:  # noqa: N801 - used like a function: ``with entropy_arithmetic(net, "float"):``
+    """Context manager: code ``net``'s latents with ``mode`` (``"fixed"`` or ``"float"``).
+
+    Applies to every :class:`SCCTXLatentCodec` and :class:`ChannelSliceLatentCodec` in
+    ``net``; the previous modes are restored on exit.
+    """
+
+    def __init__(self, net: nn.Module, mode: str):
+        self.mode = _check_arithmetic(mode)
+        self.codecs = [m for m in net.modules() if isinstance(m, (SCCTXLatentCodec, ChannelSliceLatentCodec))]
+        self.saved: List[str] = []
+
+    def __enter__(self) -> "entropy_arithmetic":
+        self.saved = [c.arithmetic for c in self.codecs]
+        for c in self.codecs:
+            c.arithmetic = self.mode
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for c, mode in zip(self.codecs, self.saved):
+            c.arithmetic = mode
+
+
+def supports_fixed_point(net: nn.Module) -> bool:
+    """Whether ``net``'s latent codec has the deterministic fixed-point path."""
+    return isinstance(getattr(net, "latent_codec", None), (SCCTXLatentCodec, ChannelSliceLatentCodec))
+
+
+def _symbols(y: Tensor, mu: Tensor) -> Tensor:
+    """``round(y - mu)`` (``mu`` a fixed-point activation), bounded to the activation range."""
+    q = torch.round(y.to(torch.float64) - from_act(mu, torch.float64))
+    return torch.nan_to_num(q, nan=0.0).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def _z_act(eb: EntropyBottleneck, z_hat: Tensor) -> Tensor:
+    """Fixed-point ``z_hat``: its integer symbols plus the medians on the grid.
+
+    ``z_hat = symbols + medians`` was summed in the model's dtype; recovering the symbols
+    (exact, they are integers) and adding the medians in fixed point makes the result the
+    same for float32 and float64 models.
+    """
+    medians = eb._get_medians().detach().reshape(1, -1, 1, 1).to(z_hat.device)
+    sym = torch.round(z_hat.to(torch.float64) - medians.to(torch.float64))
+    return _dequantize(sym, to_act(medians))
+
+
+def _dequantize(q: Tensor, mu: Tensor) -> Tensor:
+    """Fixed-point ``q + mu`` (exact), clamped to the activation range."""
+    return (q * float(2**ACT_FRAC_BITS) + mu).clamp_(-ACT_MAX, ACT_MAX)
+
+
+class _RansCoder:
+    """One rANS string per image: encodes (``strings=None``) or decodes, symbol block by block."""
+
+    #: measurement only: encode every block into a string of its own (as CompressAI's
+    #: codecs do), to compare rates at equal string structure; such strings do not decode
+    split_blocks = False
+
+    def __init__(self, batch: int, strings: Optional[Sequence[bytes]] = None):
+        self.decoding = strings is not None
+        self.tables: Dict[int, Tuple[List[List[int]], List[int], List[int]]] = {}
+        if self.decoding:
+            if len(strings) != batch:
+                raise ValueError(f"{len(strings)} y strings for a batch of {batch}")
+            self.coders = []
+            for s in strings:
+                if not isinstance(s, (bytes, bytearray)):
+                    raise ValueError("y strings must be bytes")
+                dec = RansDecoder()
+                dec.set_stream(bytes(s))
+                self.coders.append(dec)
+        else:
+            self.coders = [BufferedRansEncoder() for _ in range(batch)]
+
+    def code(self, gc: GaussianConditional, indexes: Tensor, symbols: Optional[Tensor]) -> Tensor:
+        """Encode ``symbols`` or decode symbols for ``indexes`` ``(B, ...)``; returns them as float64."""
+        if id(gc) not in self.tables:
+            self.tables[id(gc)] = (
+                gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
+            )
+        cdf, lengths, offsets = self.tables[id(gc)]
+        if not self.decoding:
+            if self.split_blocks and getattr(self, "used", False):
+                self.done = getattr(self, "done", []) + [enc.flush() for enc in self.coders]
+                self.coders = [BufferedRansEncoder() for _ in self.coders]
+            self.used = True
+            for b, enc in enumerate(self.coders):
+                enc.encode_with_indexes(
+                    symbols[b].reshape(-1).int().tolist(), indexes[b].reshape(-1).tolist(), cdf, lengths, offsets
+                )
+            return symbols
+        rows = [
+            torch.tensor(dec.decode_stream(indexes[b].reshape(-1).tolist(), cdf, lengths, offsets), dtype=torch.float64)
+            for b, dec in enumerate(self.coders)
+        ]
+        return torch.stack(rows).reshape(indexes.shape).to(indexes.device)
+
+    def flush(self) -> List[bytes]:
+        if self.split_blocks:  # all blocks of all images, for their byte count only
+            return [b"".join(getattr(self, "done", []) + [enc.flush() for enc in self.coders])]
+        return [enc.flush() for enc in self.coders]
 
 
 def elic_groups(M: int, num_groups: int = 5) -> List[int]:
@@ -132,6 +273,95 @@ def checkerboard_context(in_ch: int, out_ch: int, kernel_size: int = 5) -> Check
     return conv
 
 
+class SCCTXLatentCodec(HyperpriorLatentCodec):
+    r"""CompressAI's hyperprior codec over channel groups of checkerboard codecs, coded deterministically.
+
+    ``forward`` is CompressAI's (float, differentiable). With ``arithmetic = "fixed"``
+    (default) ``compress``/``decompress`` evaluate ``h_s``, every channel context,
+    checkerboard context and parameter network in fixed point
+    (:mod:`gnn_lic.models.fixed_point`), in the same order as CompressAI's codecs: for
+    group :math:`k`, anchors (spatial context 0) then non-anchors (spatial context from the
+    decoded anchors), with :math:`\hat y_k = q + \mu` on the fixed-point grid. Every
+    symbol of one image goes into a single rANS string: ``strings = [[y string per
+    image], z_strings]``, ``shape = (h_z, w_z)`` (the latent is ``4 h_z x 4 w_z``).
+    With ``arithmetic = "float"`` the CompressAI paths run unchanged (format-1 streams).
+    """
+
+    arithmetic: str = "fixed"
+
+    def _modules_for_fixed(self) -> Dict[str, nn.Module]:
+        hyper, ycodec = self.latent_codec["hyper"], self.latent_codec["y"]
+        modules: Dict[str, nn.Module] = {"h_s": hyper.h_s}
+        for k in range(len(ycodec.groups)):
+            cb = ycodec.latent_codec[f"y{k}"]
+            gcl = cb.latent_codec["y"]
+            if not isinstance(gcl.entropy_parameters, nn.Identity) or gcl.chunks != ("scales", "means"):
+                raise TypeError("fixed-point SCCTX needs GaussianConditionalLatentCodec(chunks=('scales', 'means'))")
+            modules[f"ep{k}"] = cb.entropy_parameters
+            modules[f"sp{k}"] = cb.context_prediction
+            if k > 0:
+                modules[f"cc{k}"] = ycodec.channel_context[f"y{k}"]
+        return modules
+
+    def _fixed_nets(self, device: torch.device) -> Dict[str, Any]:
+        cache = self.__dict__.setdefault("_fixed_cache", _FixedNets())
+        return cache.get(self._modules_for_fixed(), device)
+
+    def compress(self, y: Tensor) -> Dict[str, Any]:
+        if _check_arithmetic(self.arithmetic) == "float":
+            return super().compress(y)
+        eb = self.latent_codec["hyper"].entropy_bottleneck
+        z = self.latent_codec["hyper"].h_a(y)
+        z_strings = eb.compress(z)
+        z_hat = eb.decompress(z_strings, z.shape[-2:])
+        y_hat, y_strings = self._code(z_hat, y=y)
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "y_hat": y_hat}
+
+    def decompress(self, strings: List[List[bytes]], shape: Any, **kwargs) -> Dict[str, Any]:
+        if _check_arithmetic(self.arithmetic) == "float":
+            return super().decompress(strings, shape, **kwargs)
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError("fixed-point SCCTX strings must be [y_strings, z_strings]")
+        y_strings, z_strings = strings
+        if not isinstance(z_strings, (list, tuple)) or len(y_strings) != len(z_strings):
+            raise ValueError(f"{len(y_strings)} y strings for {len(z_strings)} z strings")
+        z_hat = self.latent_codec["hyper"].entropy_bottleneck.decompress(list(z_strings), tuple(shape))
+        y_hat, _ = self._code(z_hat, strings=y_strings)
+        return {"y_hat": y_hat}
+
+    def _code(self, z_hat: Tensor, y: Optional[Tensor] = None, strings: Optional[Sequence[bytes]] = None):
+        """Encode ``y`` (``strings=None``) or decode ``strings``; returns ``(y_hat, y_strings)``."""
+        ycodec = self.latent_codec["y"]
+        nets = self._fixed_nets(z_hat.device)
+        side = nets["h_s"](_z_act(self.latent_codec["hyper"].entropy_bottleneck, z_hat))
+        B, _, H, W = side.shape
+        groups = list(ycodec.groups)
+        y_hat = side.new_zeros((B, sum(groups), H, W))
+        coder = _RansCoder(B, strings)
+        ij = torch.arange(H, device=side.device).reshape(-1, 1) + torch.arange(W, device=side.device)
+        start = 0
+        for k, g in enumerate(groups):
+            cb = ycodec.latent_codec[f"y{k}"]
+            gc = cb.latent_codec["y"].gaussian_conditional
+            anchor = (ij % 2 == 0) if cb.anchor_parity == "even" else (ij % 2 == 1)
+            channel_ctx = [nets[f"cc{k}"](y_hat[:, :start])] if k > 0 else []
+            y_hat_k = y_hat[:, start : start + g]
+            for step, mask in enumerate((anchor, ~anchor)):
+                if step == 0:
+                    spatial = side.new_zeros((B, 2 * g, H, W))
+                else:
+                    spatial = nets[f"sp{k}"](y_hat_k)  # non-anchors are still 0 here
+                # the parameter network is pointwise: run it on the positions being coded only
+                ctx = torch.cat([spatial, *channel_ctx, side], dim=1)[:, :, mask].unsqueeze(-1)
+                scales, means = nets[f"ep{k}"](ctx).squeeze(-1).chunk(2, dim=1)
+                indexes = gc.build_indexes(from_act(scales, torch.float64))
+                sym = None if y is None else _symbols(y[:, start : start + g][:, :, mask], means)
+                sym = coder.code(gc, indexes, sym)
+                y_hat_k[:, :, mask] = _dequantize(sym, means)
+            start += g
+        return from_act(y_hat, z_hat.dtype), (None if coder.decoding else coder.flush())
+
+
 def scctx_latent_codec(
     M: int = 320,
     groups: Sequence[int] = ELIC_GROUPS,
@@ -142,7 +372,7 @@ def scctx_latent_codec(
     param_min_channels: int = 384,
     ctx_layers: int = 3,
     param_layers: int = 3,
-) -> HyperpriorLatentCodec:
+) -> "SCCTXLatentCodec":
     r"""Space-channel context model (SCCTX/ELIC) as used by GLIC, from CompressAI latent codecs.
 
     Args:
@@ -190,7 +420,7 @@ def scctx_latent_codec(
         )
         for k, g in enumerate(groups)
     }
-    return HyperpriorLatentCodec(
+    return SCCTXLatentCodec(
         latent_codec={
             "hyper": HyperLatentCodec(EntropyBottleneck(hyper_channels), h_a, h_s, quantizer="ste"),
             "y": ChannelGroupsLatentCodec(group_codecs, channel_context, groups=groups),
@@ -219,7 +449,10 @@ class ChannelSliceLatentCodec(nn.Module):
             ``N`` to ``M`` (default: 5 evenly spaced values, 192..320 for GABIC).
 
     ``compress`` returns ``strings = [[y_string per image], z_strings]`` and
-    ``shape = (h_z, w_z)``.
+    ``shape = (h_z, w_z)``. With ``arithmetic = "fixed"`` (default) the hyper-synthesis,
+    slice networks, LRP and tanh of ``compress``/``decompress`` run in fixed point
+    (:mod:`gnn_lic.models.fixed_point`), so the decoded latents are bit-identical on every
+    machine; ``"float"`` runs the float networks (format-1 streams).
     """
 
     def __init__(
@@ -313,15 +546,55 @@ class ChannelSliceLatentCodec(nn.Module):
             "y_hat": torch.cat(decoded, dim=1),
         }
 
+    arithmetic: str = "fixed"
+
     def _cdf_tables(self) -> Tuple[List[List[int]], List[int], List[int]]:
         gc = self.gaussian_conditional
         return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
+
+    def _fixed_nets(self, device: torch.device) -> Dict[str, Any]:
+        modules: Dict[str, nn.Module] = {"h_mean_s": self.h_mean_s, "h_scale_s": self.h_scale_s}
+        for i in range(self.num_slices):
+            modules[f"cc_mean{i}"] = self.cc_mean_transforms[i]
+            modules[f"cc_scale{i}"] = self.cc_scale_transforms[i]
+            modules[f"lrp{i}"] = self.lrp_transforms[i]
+        cache = self.__dict__.setdefault("_fixed_cache", _FixedNets())
+        nets = cache.get(modules, device)
+        if "tanh" not in nets:
+            nets["tanh"] = FixedTable(tanh_table(), "tanh").to(device)
+        return nets
+
+    def _code_fixed(self, z_hat: Tensor, y_size: Tuple[int, int], y: Optional[Tensor], strings=None):
+        """Fixed-point slices (eq. 3 with LRP); encodes ``y`` or decodes ``strings``."""
+        nets = self._fixed_nets(z_hat.device)
+        zq = _z_act(self.entropy_bottleneck, z_hat)
+        means = nets["h_mean_s"](zq)[..., : y_size[0], : y_size[1]]
+        scales = nets["h_scale_s"](zq)[..., : y_size[0], : y_size[1]]
+        coder = _RansCoder(z_hat.shape[0], strings)
+        y_slices = y.split(self.slice_channels, dim=1) if y is not None else [None] * self.num_slices
+        decoded: List[Tensor] = []
+        for i, y_slice in enumerate(y_slices):
+            support = decoded[: self._num_support(i)]
+            mean_support = torch.cat([means, *support], dim=1)
+            mu = nets[f"cc_mean{i}"](mean_support)
+            sigma = nets[f"cc_scale{i}"](torch.cat([scales, *support], dim=1))
+            indexes = self.gaussian_conditional.build_indexes(from_act(sigma, torch.float64))
+            sym = None if y_slice is None else _symbols(y_slice, mu)
+            y_hat_slice = _dequantize(coder.code(self.gaussian_conditional, indexes, sym), mu)
+            lrp = nets[f"lrp{i}"](torch.cat([mean_support, y_hat_slice], dim=1))
+            refined = y_hat_slice + torch.round(nets["tanh"](lrp) * 0.5)
+            decoded.append(refined.clamp_(-ACT_MAX, ACT_MAX))
+        y_hat = from_act(torch.cat(decoded, dim=1), z_hat.dtype)
+        return y_hat, (None if coder.decoding else coder.flush())
 
     def compress(self, y: Tensor) -> Dict[str, Any]:
         z = self.h_a(y)
         z_size = z.shape[-2:]
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z_size)
+        if _check_arithmetic(self.arithmetic) == "fixed":
+            y_hat, y_strings = self._code_fixed(z_hat, y.shape[-2:], y)
+            return {"strings": [y_strings, z_strings], "shape": tuple(z_size), "y_hat": y_hat}
         means, scales = self._hyper(z_hat, y.shape[-2:])
         cdf, cdf_lengths, offsets = self._cdf_tables()
         B = y.shape[0]
@@ -345,11 +618,15 @@ class ChannelSliceLatentCodec(nn.Module):
         return {"strings": [y_strings, z_strings], "shape": tuple(z_size), "y_hat": torch.cat(decoded, dim=1)}
 
     def decompress(self, strings: List[List[bytes]], shape: Sequence[int], **kwargs) -> Dict[str, Any]:
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError("channel-slice strings must be [y_strings, z_strings]")
         y_strings, z_strings = strings
-        if len(y_strings) != len(z_strings):
+        if not isinstance(z_strings, (list, tuple)) or len(y_strings) != len(z_strings):
             raise ValueError(f"{len(y_strings)} y strings for {len(z_strings)} z strings")
-        z_hat = self.entropy_bottleneck.decompress(z_strings, tuple(shape))
+        z_hat = self.entropy_bottleneck.decompress(list(z_strings), tuple(shape))
         y_size = (4 * z_hat.shape[-2], 4 * z_hat.shape[-1])
+        if _check_arithmetic(self.arithmetic) == "fixed":
+            return {"y_hat": self._code_fixed(z_hat, y_size, None, y_strings)[0]}
         means, scales = self._hyper(z_hat, y_size)
         cdf, cdf_lengths, offsets = self._cdf_tables()
         decoders = []

@@ -17,7 +17,8 @@ if str(HERE) not in sys.path:
 import codec_testmodels as cm  # noqa: E402
 
 import gnn_lic.__main__ as cli  # noqa: E402
-from gnn_lic.codec import decode_image, encode_image, inspect_stream, model_fingerprint, read_image  # noqa: E402
+from gnn_lic.codec import decode_image, encode_image, inspect_stream, read_image  # noqa: E402
+from gnn_lic.codec.fingerprint import identity_digest  # noqa: E402
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gnn_lic.models.pretrained import WEIGHTS_DIR_ENV  # noqa: E402
 
@@ -91,7 +92,7 @@ def test_subprocess_compress_info_and_deterministic_decompress(work):
     fields = dict(line.split(": ", 1) for line in r.stdout.splitlines())
     assert fields["model_name"] == cm.HYPER and fields["model_size"] == "tiny"
     assert (fields["height"], fields["width"]) == (str(H), str(W))
-    assert fields["weights_hash"] == model_fingerprint(net)[:32]  # fingerprint agrees across processes
+    assert fields["identity"] == identity_digest(net, "float")[:4].hex()  # identity agrees across processes
     assert int(fields["total_bytes"]) == size
 
     outs = []
@@ -203,7 +204,7 @@ def test_pretrained_path_and_conversion_notice(work, capsys, tmp_path, monkeypat
     Image.fromarray(gray, "L").save(tmp_path / "g.png")
     code, stdout, err = _main(capsys, "compress", str(tmp_path / "g.png"), str(tmp_path / "g.glic"), "-m", cm.HYPER, "-s", "tiny")
     assert code == 0 and err.startswith("note: ") and "grayscale" in err and err.count("\n") == 1
-    assert inspect_stream((tmp_path / "g.glic").read_bytes())["weights_hash"] == model_fingerprint(net)[:32]
+    assert inspect_stream((tmp_path / "g.glic").read_bytes())["identity"] == identity_digest(net, "float")[:4].hex()
     code, _, _ = _main(capsys, "decompress", str(tmp_path / "g.glic"), str(tmp_path / "g2.png"))
     assert code == 0
     expected = decode_image(net, (tmp_path / "g.glic").read_bytes())

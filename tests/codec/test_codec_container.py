@@ -27,9 +27,10 @@ from gnn_lic.codec.container import (  # noqa: E402
     decode_value,
     encode_value,
     pack_stream,
+    pack_stream_v1,
     parse_stream,
 )
-from gnn_lic.codec.fingerprint import config_hash  # noqa: E402
+from gnn_lic.codec.fingerprint import config_hash, identity_digest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +126,10 @@ def test_bytes_not_allowed_in_shape():
 
 def test_header_fields(net, image, stream):
     info = inspect_stream(stream)
-    assert info["format"] == "GLIC" and info["version"] == 1 and info["kind"] == "rgb8-image"
+    assert info["format"] == "GLIC" and info["version"] == 2 and info["kind"] == "rgb8-image"
     assert info["model_name"] == cm.HYPER and info["model_size"] == "tiny"
     assert (info["height"], info["width"]) == image.shape[:2]
-    assert info["config_hash"] == config_hash(net)[:32]
-    assert info["weights_hash"] == model_fingerprint(net)[:32]
+    assert info["identity"] == identity_digest(net, "float")[:4].hex() and info["fixed_point"] is False
     assert info["total_bytes"] == len(stream)
     assert info["crc32"] == f"{zlib.crc32(stream[:-4]) & 0xFFFFFFFF:08x}"
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
@@ -137,38 +137,70 @@ def test_header_fields(net, image, stream):
         ref = net.compress(x)
     assert info["strings_layout"] == [[len(s) for s in group] for group in ref["strings"]]
     assert info["payload_bytes"] == sum(len(s) for group in ref["strings"] for s in group)
+    assert info["overhead_bytes"] == len(stream) - info["payload_bytes"]
     assert info["num_strings"] == 2
+    # a test model does not imply its shape: it is stored
     assert info["shape"] == {"latent": list(ref["shape"]["latent"]), "hw": [5, 7]}
     assert parse_stream(stream).strings == ref["strings"]
 
 
 def test_layout_byte_by_byte(net, stream):
     name, size = cm.HYPER.encode(), b"tiny"
-    assert stream[:6] == b"GLIC\x01\x01"
-    pos = 6
+    assert stream[:7] == b"GLIC\x01\x02\x0a"  # kind, version, flags: explicit shape + labels
+    pos = 7
     assert stream[pos] == len(name) and stream[pos + 1 : pos + 1 + len(name)] == name
     pos += 1 + len(name)
     assert stream[pos] == len(size) and stream[pos + 1 : pos + 5] == size
     pos += 1 + len(size)
-    assert stream[pos : pos + 16].hex() == config_hash(net)[:32]
-    pos += 16
-    assert stream[pos : pos + 16].hex() == model_fingerprint(net)[:32]
-    pos += 16
+    assert stream[pos : pos + 4] == identity_digest(net, "float")[:4]
+    pos += 4
     assert stream[pos : pos + 2] == b"\x05\x07"  # height, width
     pos += 2
     assert inspect_stream(stream)["header_bytes"] == pos
     assert stream[pos : pos + 1] == b"m"  # the shape dict
+    p = parse_stream(stream)
+    y, z = p.strings[0][0], p.strings[1][0]
+    tail = b"\x02" + _uvarint(len(y)) + y + z  # count, length of all but the last, strings
+    assert stream[-4 - len(tail) : -4] == tail
     assert struct.unpack(">I", stream[-4:])[0] == zlib.crc32(stream[:-4]) & 0xFFFFFFFF
 
 
 def test_pack_rejects_bad_fields():
-    ok = dict(model_name="m", model_size="tiny", config_hash=b"\0" * 16, weights_hash=b"\0" * 16,
+    ok = dict(model_name="m", model_size="tiny", identity=b"\0" * 4, fixed_point=False,
               height=1, width=1, shape=[1], strings=[[b"x"]])
     assert parse_stream(pack_stream(**ok)).strings == [[b"x"]]
-    for key, bad in [("model_name", ""), ("model_name", "a\nb"), ("model_size", "é"), ("config_hash", b"\0"),
+    assert parse_stream(pack_stream(**{**ok, "strings": [[b"x", b"y"]]})).strings == [[b"x", b"y"]]  # tagged
+    for key, bad in [("model_name", ""), ("model_name", "a\nb"), ("model_size", "é"), ("identity", b"\0"),
                      ("height", 0), ("width", 2**21), ("strings", b"x"), ("strings", [[1]]), ("shape", [b"x"])]:
         with pytest.raises(CodecError):
             pack_stream(**{**ok, key: bad})
+    ok1 = dict(model_name="m", model_size="tiny", config_hash=b"\0" * 16, weights_hash=b"\0" * 16,
+               height=1, width=1, shape=[1], strings=[[b"x"]])
+    assert parse_stream(pack_stream_v1(**ok1)).strings == [[b"x"]]
+
+
+def test_shipped_model_codes_keep_the_overhead_small():
+    data = pack_stream(model_name="glic", model_size="small", identity=b"\1" * 32, fixed_point=True,
+                       height=512, width=768, shape=None, strings=[[b"y" * 7000], [b"z" * 200]])
+    p = parse_stream(data)
+    assert (p.model_name, p.model_size, p.fixed_point, p.shape_implied) == ("glic", "small", True, True)
+    assert p.strings == [[b"y" * 7000], [b"z" * 200]]
+    assert len(data) - p.payload_bytes <= 32
+    assert data[6] == 0x01 and data[7] == 1  # flags: fixed point; model code 1
+
+
+def test_format_1_streams_still_parse(net, image):
+    """A stream written by the previous release: parsed, and decoded through the float path."""
+    from gnn_lic.codec.image_codec import model_identity
+
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        out = net.compress(x)
+    name, size, cfg, weights = model_identity(net)
+    old = pack_stream_v1(model_name=name, model_size=size, config_hash=cfg, weights_hash=weights,
+                         height=5, width=7, shape=out["shape"], strings=out["strings"])
+    assert inspect_stream(old)["version"] == 1
+    assert np.array_equal(decode_image(net, old), decode_image(net, encode_image(net, image)))
 
 
 # -------------------------------------------------------------------------- corruption
@@ -212,15 +244,15 @@ def test_random_empty_and_foreign_input(net, stream):
 
 
 def test_trailing_garbage(stream):
-    with pytest.raises(CorruptStreamError, match="trailing"):
+    with pytest.raises(CorruptStreamError, match="checksum"):
         inspect_stream(stream + b"\x00")
     with pytest.raises(CorruptStreamError):
         inspect_stream(stream + stream)
 
 
 def test_unknown_version_and_kind(stream):
-    with pytest.raises(CorruptStreamError, match="version 2"):
-        inspect_stream(_with_crc(stream[:5] + b"\x02" + stream[6:-4]))
+    with pytest.raises(CorruptStreamError, match="version 3"):
+        inspect_stream(_with_crc(stream[:5] + b"\x03" + stream[6:-4]))
     with pytest.raises(CorruptStreamError, match="kind"):
         inspect_stream(_with_crc(stream[:4] + b"\x07" + stream[5:-4]))
 
@@ -261,3 +293,14 @@ def test_crafted_headers_with_valid_checksum_are_rejected(header):
 def test_non_bytes_input_is_a_type_error():
     with pytest.raises(TypeError):
         inspect_stream("GLIC")
+
+
+def test_evaluation_reports_file_and_payload_bpp_side_by_side(net, image):
+    from gnn_lic.evaluation.evaluate import evaluate_model
+
+    res = evaluate_model(net, [("a", image)])
+    row = res["per_image"]["a"]
+    data = encode_image(net, image)
+    assert row["bytes"] == len(data) and row["payload_bytes"] == inspect_stream(data)["payload_bytes"]
+    assert row["payload-bpp"] == pytest.approx(row["payload_bytes"] * 8 / 35) and row["payload-bpp"] < row["bpp"]
+    assert res["payload-bpp"] == row["payload-bpp"]

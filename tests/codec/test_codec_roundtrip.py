@@ -131,3 +131,25 @@ def test_read_only_and_strided_arrays_are_accepted():
     big = np.zeros((20, 24, 3), np.uint8)
     big[::2, ::2] = img
     assert encode_image(net, big[::2, ::2]) == encode_image(net, img)
+
+
+@pytest.mark.parametrize("name", ["glic", "gabic"])
+def test_float_and_fixed_streams_of_one_model(name):
+    """Both arithmetics write format 2; the flag, not the model's current mode, picks the decoder."""
+    from gnn_lic.models.entropy import entropy_arithmetic
+
+    torch.manual_seed(0)
+    net = create_model(name, size="tiny")
+    net.update(force=True)
+    net.eval()
+    img = np.random.RandomState(3).randint(0, 256, (20, 36, 3), dtype=np.uint8)
+    fixed = encode_image(net, img)
+    with entropy_arithmetic(net, "float"):
+        flt = encode_image(net, img)
+        assert np.array_equal(decode_image(net, fixed), decode_image(net, fixed))
+    assert inspect_stream(fixed)["fixed_point"] and not inspect_stream(flt)["fixed_point"]
+    assert inspect_stream(fixed)["shape"] is None and inspect_stream(flt)["shape"] is not None
+    assert decode_image(net, flt).shape == decode_image(net, fixed).shape == (20, 36, 3)
+    with entropy_arithmetic(net, "float"):
+        fixed_in_float_mode = decode_image(net, fixed)
+    assert np.array_equal(fixed_in_float_mode, decode_image(net, fixed))

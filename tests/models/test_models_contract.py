@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gnn_lic.models import list_models
+from gnn_lic.models.entropy import entropy_arithmetic
 
 from .helpers import amplify, images, make, rd_loss
 
@@ -67,6 +68,12 @@ def test_compress_decompress_matches_forward(name, hw):
     x = images(2, *hw, seed=1)
     with torch.no_grad():
         ref = net(x)["x_hat"].clamp(0, 1)
+    with entropy_arithmetic(net, "float"):
+        enc = net.compress(x)
+        dec = net.decompress(enc["strings"], enc["shape"])
+    torch.testing.assert_close(dec["x_hat"], ref, atol=ROUNDTRIP_ATOL, rtol=0)
+    # fixed-point entropy parameters move the means by ~2**-16: a latent on a rounding
+    # tie may quantise the other way, a local difference; most pixels stay within noise
     enc = net.compress(x)
     assert set(enc) == {"strings", "shape"}
     assert json.loads(json.dumps(enc["shape"])) == enc["shape"]
@@ -76,7 +83,8 @@ def test_compress_decompress_matches_forward(name, hw):
     dec = net.decompress(enc["strings"], enc["shape"])
     assert dec["x_hat"].shape == x.shape
     assert dec["x_hat"].min() >= 0 and dec["x_hat"].max() <= 1
-    torch.testing.assert_close(dec["x_hat"], ref, atol=ROUNDTRIP_ATOL, rtol=0)
+    close = ((dec["x_hat"] - ref).abs() <= 1e-2).float().mean()
+    assert close >= 0.99, f"only {close:.4f} of the pixels are within 1e-2 of forward"
     # the reconstruction is not trivial: it depends on the image
     assert (dec["x_hat"][0] - dec["x_hat"][1]).abs().max() > 1e-3
 

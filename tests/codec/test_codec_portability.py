@@ -1,0 +1,70 @@
+"""Decoded latents do not depend on the decoding process: threads, compiled kernels, dtype.
+
+Encoding runs in one fresh process with 2 threads; decoding in others with 1 thread and
+``GNN_LIC_NUMBA=0``, and with float64 transforms. The shipped weights are used: trained
+entropy networks put many scales near the table boundaries, where float noise bites.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gnn_lic.models.pretrained import available_pretrained
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import sys, torch
+role, name, threads, path, mode, dtype = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+from gnn_lic.models import create_model
+from gnn_lic.models.base import from_jsonable, pad_to_multiple
+from gnn_lic.models.entropy import entropy_arithmetic
+net = create_model(name, size="small", pretrained=True).eval()
+if dtype == "float64":
+    net = net.double()
+with torch.no_grad(), entropy_arithmetic(net, mode):
+    if role == "encode":
+        g = torch.Generator().manual_seed(7)
+        x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 80, 112, generator=g), 3, 1, 1)
+        enc = net.compress(x)
+        y = net.latent_codec.decompress(enc["strings"], from_jsonable(enc["shape"]["latent"]))["y_hat"]
+        torch.save({"strings": enc["strings"], "shape": enc["shape"], "y_hat": y.float()}, path)
+    else:
+        blob = torch.load(path, weights_only=False)
+        y = net.latent_codec.decompress(blob["strings"], from_jsonable(blob["shape"]["latent"]))["y_hat"]
+        torch.save(y.float(), path + ".dec")
+"""
+
+
+def _run(role, name, threads, path, mode="fixed", dtype="float32", numba=True):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    if not numba:
+        env["GNN_LIC_NUMBA"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, role, name, str(threads), str(path), mode, dtype],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["glic", "gabic"])
+def test_latents_identical_across_processes_threads_and_kernels(name, tmp_path):
+    if f"{name}-small" not in available_pretrained():
+        pytest.skip(f"no shipped weights for {name}-small")
+    blob = tmp_path / "enc.pt"
+    _run("encode", name, 2, blob)
+    ref = torch.load(blob, weights_only=False)["y_hat"]
+    assert ref.abs().max() > 0.5  # non-trivial latents
+    for i, (threads, dtype, numba) in enumerate([(1, "float32", False), (1, "float64", True)]):
+        copy = tmp_path / f"dec{i}.pt"
+        copy.write_bytes(blob.read_bytes())
+        _run("decode", name, threads, copy, dtype=dtype, numba=numba)
+        got = torch.load(str(copy) + ".dec")
+        assert torch.equal(got, ref), f"{threads} thread(s), {dtype}, numba={numba}: latents differ"
