@@ -53,16 +53,28 @@ def test_forward_reproduces_the_authors(loaded):
         assert rel < 1e-4, key
 
 
-def test_compress_matches_the_authors_length(loaded):
+def test_compress_matches_the_authors(loaded, monkeypatch):
+    """Float entropy parameters: the authors' strings byte for byte. The default fixed-point
+    parameters (portable streams): within 0.5 % of their length at the same string structure
+    (one string per coded block, as CompressAI's codecs write)."""
+    from gnn_lic.models.entropy import _RansCoder, entropy_arithmetic
+
     name, f, net = loaded
+    with torch.no_grad(), entropy_arithmetic(net, "float"):
+        enc = net.compress(f["x"])
+    assert [len(s[0]) for s in enc["strings"]] == [n[0] for n in f["strings_len"]]
+    # GLIC's authors write a string per coded block (5 groups x 2 passes), GABIC's one for all slices
+    monkeypatch.setattr(_RansCoder, "split_blocks", name == "glic")
+    with torch.no_grad():
+        fixed = net.compress(f["x"])
+    total = sum(len(s[0]) for s in fixed["strings"])
+    assert abs(total - f["total_bytes"]) <= 0.005 * f["total_bytes"]
+    monkeypatch.setattr(_RansCoder, "split_blocks", False)
     with torch.no_grad():
         enc = net.compress(f["x"])
         dec = net.decompress(enc["strings"], enc["shape"])
-    total = sum(len(s[0]) for s in enc["strings"])
-    assert abs(total - f["total_bytes"]) <= 0.005 * f["total_bytes"]
-    with torch.no_grad():
         fwd = net(f["x"])["x_hat"].clamp(0, 1)
-    assert (dec["x_hat"] - fwd).abs().max() < 1e-3
+    assert (dec["x_hat"] - fwd).abs().max() < 1e-2  # fixed-point means: float-noise apart from the forward
 
 
 def _authors_edges(graph: dict, kind: str, H: int, W: int) -> set:
