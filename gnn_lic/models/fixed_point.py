@@ -126,25 +126,29 @@ def _requantize(acc: Tensor, frac_bits: int) -> Tensor:
     return acc.mul_(2.0**-frac_bits).round_().clamp_(-ACT_MAX, ACT_MAX)
 
 
-def _choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> int:
-    """Largest weight fractional bits whose accumulation bound stays within :data:`ACC_LIMIT`.
+def _choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:
+    """Weight fractional bits and input clamp of one layer, for exact accumulation.
 
+    The largest weight fractional bits (at most :data:`MAX_WEIGHT_FRAC_BITS`) whose
+    accumulation bound ``sum_i |w_i| * in_max + |b|`` stays within :data:`ACC_LIMIT`,
+    with the input clamp ``in_max`` = :data:`ACT_MAX`; a layer with a large fan-in whose
+    weights would then keep fewer than :data:`MIN_WEIGHT_LEVELS` levels clamps its own
+    input to a smaller power of two instead (down to 2^-6 of the activation range).
     ``w`` is ``(out, fan_in)`` float64; the bound is checked on the rounded integers.
     """
-    for bits in range(MAX_WEIGHT_FRAC_BITS, -1, -1):
-        wi = torch.round(_shift(w, bits))
-        bound = wi.abs().sum(1) * ACT_MAX
-        if b is not None:
-            bound = bound + torch.round(_shift(b, bits + ACT_FRAC_BITS)).abs()
-        if float(bound.max()) <= ACC_LIMIT:
-            levels = float(wi.abs().max())
-            if 0 < levels < MIN_WEIGHT_LEVELS:
-                raise ValueError(
-                    f"{what}: weights too large for exact fixed-point accumulation "
-                    f"({levels:.0f} levels at 2^-{bits}); lower ACT_LIMIT"
-                )
-            return bits
-    raise ValueError(f"{what}: bias too large for exact fixed-point accumulation")
+    for drop in range(0, 7):
+        in_max = ACT_MAX >> drop
+        for bits in range(MAX_WEIGHT_FRAC_BITS, -1, -1):
+            wi = torch.round(_shift(w, bits))
+            bound = wi.abs().sum(1) * in_max
+            if b is not None:
+                bound = bound + torch.round(_shift(b, bits + ACT_FRAC_BITS)).abs()
+            if float(bound.max()) <= ACC_LIMIT:
+                levels = float(wi.abs().max())
+                if levels == 0 or levels >= MIN_WEIGHT_LEVELS:
+                    return bits, in_max
+                break
+    raise ValueError(f"{what}: weights too large for exact fixed-point accumulation; lower ACT_LIMIT")
 
 
 class FixedConv2d:
@@ -172,7 +176,7 @@ class FixedConv2d:
         self.padding = tuple(conv.padding)
         b = conv.bias.detach().to("cpu", _DTYPE) if conv.bias is not None else None
         flat = w.reshape(w.shape[0], -1)
-        self.frac_bits = _choose_frac_bits(flat, b, name)
+        self.frac_bits, self.in_max = _choose_frac_bits(flat, b, name)
         self.weight = torch.round(_shift(flat, self.frac_bits))  # (out, in/groups * kh * kw)
         self.bias = None if b is None else torch.round(_shift(b, self.frac_bits + ACT_FRAC_BITS))
         self.pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
@@ -186,6 +190,8 @@ class FixedConv2d:
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {C}")
+        if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
+            x = x.clamp(-self.in_max, self.in_max)
         if self.pointwise:
             acc = torch.matmul(self.weight, x.reshape(B, C, H * W))
             Ho, Wo = H, W

@@ -105,7 +105,7 @@ def test_accumulation_bound_is_checked():
     # every layer actually converted keeps its worst-case sum below 2**52
     for m in (nn.Conv2d(300, 8, 3), nn.Conv2d(8, 8, 1)):
         f = fp.to_fixed(_randomised(m, std=1.0))
-        assert float(f.weight.abs().sum(1).max()) * fp.ACT_MAX + float(f.bias.abs().max()) <= fp.ACC_LIMIT
+        assert float(f.weight.abs().sum(1).max()) * f.in_max + float(f.bias.abs().max()) <= fp.ACC_LIMIT
 
 
 @pytest.mark.parametrize("name", ["glic", "gabic"])
@@ -147,3 +147,19 @@ def test_unsupported_module_is_refused():
     with pytest.raises(TypeError, match="no fixed-point version"):
         fp.to_fixed(nn.Sigmoid())
     assert not supports_fixed_point(create_model("glic", size="tiny").g_a)
+
+
+def test_large_fan_in_layer_clamps_its_own_input():
+    """GABIC's paper-size slice networks (fan-in 512 x 3 x 3): the layer keeps enough weight
+    levels by clamping its own input to a smaller range; in range it stays close to float."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(512, 224, 3, padding=1)  # default init: |w| up to 1/sqrt(4608)
+    fixed = fp.FixedConv2d(conv, "lrp")
+    assert fixed.in_max < fp.ACT_MAX
+    assert float(fixed.weight.abs().max()) >= fp.MIN_WEIGHT_LEVELS
+    x = torch.randn(1, 512, 6, 6) * 4
+    got = fp.from_act(fixed(fp.to_act(x)), torch.float64)
+    torch.testing.assert_close(got, conv.double()(x.double()), atol=1e-2, rtol=0)  # 10-bit weights, fan-in 4608
+    big = torch.full((1, 512, 3, 3), 2.0**20)  # beyond the layer's range: clamped, still exact integers
+    out = fixed(fp.to_act(big))
+    assert torch.equal(out, out.round()) and bool(torch.isfinite(out).all())
