@@ -33,6 +33,7 @@ import torch
 from gnn_lic.codec.container import HASH_BYTES, IDENTITY_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
 from gnn_lic.codec.errors import CodecError, CorruptStreamError, ModelMismatchError
 from gnn_lic.codec.fingerprint import config_hash, identity_digest, model_fingerprint
+from gnn_lic.utils import module_device
 
 __all__ = ["encode_image", "decode_image", "model_identity", "implied_shape", "max_pixels", "MAX_PIXELS_ENV"]
 
@@ -116,14 +117,6 @@ def _check_updated(net: torch.nn.Module) -> None:
                 )
 
 
-def _device(net: torch.nn.Module) -> torch.device:
-    for p in net.parameters():
-        return p.device
-    for b in net.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
     was_training = net.training
@@ -168,7 +161,7 @@ def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
     fixed = _fixed_point(net)
     identity = identity_digest(net, _entropy_label(fixed))
     _check_updated(net)
-    x = torch.from_numpy(arr).to(_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    x = torch.from_numpy(arr).to(module_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
     with _eval_mode(net), torch.inference_mode():
         out = net.compress(x)
     if not isinstance(out, dict) or "strings" not in out or "shape" not in out:
