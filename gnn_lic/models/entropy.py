@@ -5,7 +5,7 @@ Both follow CompressAI's latent-codec contract, so a model only wires
 ``forward(y) -> {"likelihoods": {"y", "z"}, "y_hat"}``,
 ``compress(y) -> {"strings", "shape", "y_hat"}``, ``decompress(strings, shape) -> {"y_hat"}``.
 
-* :func:`scctx_latent_codec` (GLIC Sec. 4.1.3, "SCCTX" of ELIC [27]; notes 1.10):
+* :func:`scctx_latent_codec` (GLIC Sec. 4.1.3, "SCCTX" of ELIC [27], as in the authors' released model):
   composed from CompressAI's latent codecs, uneven channel groups, each group
   coded in two checkerboard passes.
 
@@ -19,7 +19,7 @@ Both follow CompressAI's latent-codec contract, so a model only wires
             └─►── y_k ──► GC( scales, means = param-agg_k[spatial, channel, side] )┘
 
 * :class:`ChannelSliceLatentCodec` (GABIC Sec. 3.2, eq. 3; Minnen & Singh 2020
-  with the support/LRP details of notes 2.1): equal slices, each conditioned on
+  with the support/LRP details of the GABIC authors' model): equal slices, each conditioned on
   separate mean/scale hyper-synthesis outputs and on the **first**
   ``max_support_slices`` decoded slices, with latent residual prediction
   :math:`\bar y_i = \hat y_i + \tfrac12 \tanh(r_i)`. All slices of one image
@@ -74,7 +74,7 @@ __all__ = [
     "ChannelSliceLatentCodec",
 ]
 
-#: ELIC's uneven channel groups for M = 320 (GLIC keeps them, notes 1.1)
+#: ELIC's uneven channel groups for M = 320 (the GLIC authors' model keeps them)
 ELIC_GROUPS = (16, 16, 32, 64, 192)
 
 
@@ -233,7 +233,7 @@ def elic_groups(M: int, num_groups: int = 5) -> List[int]:
 def glic_hyper_transforms(
     M: int, hyper_channels: int, side_channels: int, depth: int = 2, expansion: float = 2
 ) -> Tuple[nn.Sequential, nn.Sequential]:
-    """GLIC's ``h_a`` (``M -> hyper``, /4) and ``h_s`` (``hyper -> side``, x4), notes 1.10.
+    """GLIC's ``h_a`` (``M -> hyper``, /4) and ``h_s`` (``hyper -> side``, x4), as in the authors' released model.
 
     Each resolution step is followed by ``depth`` :class:`GatedTransformCNN` blocks
     (expansion 2): ``h_a`` = conv s1, blocks, conv s2, blocks, conv s2;
@@ -429,7 +429,7 @@ def scctx_latent_codec(
 
 
 class ChannelSliceLatentCodec(nn.Module):
-    r"""Channel-wise autoregressive entropy model with LRP (GABIC eq. 3, notes 2.1).
+    r"""Channel-wise autoregressive entropy model with LRP (GABIC eq. 3, and the authors' released model).
 
     .. math::
         z = h_a(y),\ \hat z = Q(z),\ (\mathcal D_\mu, \mathcal D_\sigma) = (h_{s,\mu}(\hat z), h_{s,\sigma}(\hat z)) \\
