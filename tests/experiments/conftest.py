@@ -11,13 +11,24 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def run_script():
-    """``experiments/run.py`` imported as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("gnn_lic_experiments_run", REPO / "experiments" / "run.py")
+def load_script(name: str):
+    """``experiments/<name>.py`` imported as a module (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"gnn_lic_experiments_{name}", REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """``experiments/run.py`` as a module."""
+    return load_script("run")
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    """``experiments/gpu_check.py`` as a module."""
+    return load_script("gpu_check")
 
 
 @pytest.fixture(scope="session")

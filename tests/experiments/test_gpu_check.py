@@ -1,21 +1,9 @@
 """experiments/gpu_check.py on the CPU with --quick (the GPU run is the same code with paper sizes)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gnn_lic_experiments_gpu_check", REPO / "experiments" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_cpu_run_passes_and_reports(gpu_check, tmp_path, capsys):
