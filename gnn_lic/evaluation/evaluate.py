@@ -56,14 +56,15 @@ def load_codec() -> Codec:
     return encode_image, decode_image
 
 
-def _estimate(net, image: np.ndarray, pad_multiple: int | None) -> tuple[float, np.ndarray, float]:
+def _estimate(net, image: np.ndarray, pad_multiple: int | None, quality: float | None = None
+              ) -> tuple[float, np.ndarray, float]:
     x = image_to_tensor(image, module_device(net))
     h, w = image.shape[:2]
     if pad_multiple and pad_multiple > 1:
         x, _ = pad_to_multiple(x, pad_multiple)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = net(x)
+        out = net(x) if quality is None else net(x, quality=quality)
     elapsed = time.perf_counter() - t0
     bits = float(likelihood_bits(out["likelihoods"]))
     x_hat = crop_to(out["x_hat"].clamp(0, 1), (h, w))
@@ -78,12 +79,14 @@ def evaluate_model(
     codec: Codec | None = None,
     pad_multiple: int | None = 64,
     ms_ssim_small: str = "reflect",
+    quality: float | None = None,
 ) -> dict:
     """Evaluate ``net`` on ``(name, HxWx3 uint8)`` images; see the module docstring.
 
     ``codec`` overrides the file codec with ``(encode(net, img) -> bytes,
     decode(net, data) -> img)``. ``pad_multiple`` applies to entropy estimation only
-    (the file codec pads by itself). Returns::
+    (the file codec pads by itself). ``quality`` selects the rate of a variable-rate
+    model (:mod:`gnn_lic.models.variable_rate`). Returns::
 
         {"bpp", "payload-bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db",   # averages over images
          "encoding_time", "decoding_time",                  # mean seconds per image
@@ -107,14 +110,14 @@ def evaluate_model(
             h, w = img.shape[:2]
             row: dict[str, Any] = {}
             if entropy_estimation:
-                rate, rec, t_enc = _estimate(net, img, pad_multiple)
+                rate, rec, t_enc = _estimate(net, img, pad_multiple, quality)
                 row["encoding_time"] = t_enc
                 row["decoding_time"] = None
             else:
                 encode, decode = codec
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    data = encode(net, img)
+                    data = encode(net, img) if quality is None else encode(net, img, quality=quality)
                 t1 = time.perf_counter()
                 with torch.no_grad():
                     rec = decode(net, data)

@@ -238,9 +238,12 @@ def _flatten(likelihoods: Any):
         raise TypeError(f"unexpected likelihoods of type {type(likelihoods).__name__}")
 
 
-def likelihood_bits(likelihoods: Any) -> torch.Tensor:
+def likelihood_bits(likelihoods: Any, per_image: bool = False) -> torch.Tensor:
     """Estimated bits ``sum(-log2 p)`` over every tensor of ``likelihoods`` (dict, list or tensor).
 
     Differentiable (the rate term of training) and the rate of entropy-estimation evaluation.
+    ``per_image=True`` sums over all but the first (batch) dimension: one count per image.
     """
+    if per_image:
+        return sum(torch.log(p).flatten(1).sum(1) for p in _flatten(likelihoods)) / -math.log(2)
     return sum(torch.log(p).sum() for p in _flatten(likelihoods)) / -math.log(2)

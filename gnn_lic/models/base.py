@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from compressai.models import CompressionModel
 from torch import Tensor, nn
+
+from gnn_lic.models.variable_rate import GainUnits, QualityLike
 
 __all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "PaddedCompressionModel"]
 
@@ -145,12 +147,42 @@ class PaddedCompressionModel(CompressionModel):
     g_a: nn.Module
     g_s: nn.Module
     latent_codec: nn.Module
+    #: gain units of a variable-rate model (:mod:`gnn_lic.models.variable_rate`), else None
+    gain: Optional[GainUnits]
 
-    def forward(self, x: Tensor) -> Dict[str, Any]:
+    def _init_rate(self, rate_lambdas: Optional[Sequence[float]], channels: int) -> None:
+        """Make the model variable-rate (gain units on its ``channels`` latent channels) when ``rate_lambdas`` is given."""
+        self.gain = None if rate_lambdas is None else GainUnits(channels, rate_lambdas)
+
+    @property
+    def gain_units(self) -> Optional[GainUnits]:
+        """The gain units, or None (also for a subclass that never called :meth:`_init_rate`)."""
+        return getattr(self, "gain", None)
+
+    @property
+    def qualities(self) -> int:
+        """Number of trained quality levels (1 for a single-rate model)."""
+        return 1 if self.gain_units is None else self.gain_units.levels
+
+    def _quality(self, quality: Optional[QualityLike]) -> Optional[QualityLike]:
+        """The quality to code at: None for a single-rate model, the top level by default."""
+        if self.gain_units is None:
+            if quality is not None:
+                raise ValueError("this model serves one rate; quality is only for variable-rate models "
+                                 "(built with rate_lambdas)")
+            return None
+        return self.gain.levels if quality is None else quality
+
+    def forward(self, x: Tensor, quality: Optional[QualityLike] = None) -> Dict[str, Any]:
+        """Reconstruction and likelihoods; ``quality`` (scalar or one per image) for a variable-rate model."""
+        q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
         y = self.g_a(x_pad)
+        if q is not None:
+            y = self.gain.scale(y, q)
         y_out = self.latent_codec(y)
-        x_hat = self.g_s(y_out["y_hat"])
+        y_hat = y_out["y_hat"] if q is None else self.gain.unscale(y_out["y_hat"], q)
+        x_hat = self.g_s(y_hat)
         return {"x_hat": crop_to(x_hat, hw), "likelihoods": y_out["likelihoods"]}
 
     def ortho_loss(self) -> Tensor:
@@ -163,16 +195,27 @@ class PaddedCompressionModel(CompressionModel):
         return torch.stack(losses).sum()
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> Dict[str, Any]:
+    def compress(self, x: Tensor, quality: Optional[float] = None) -> Dict[str, Any]:
+        """``{"strings", "shape"}``; a variable-rate model records the (scalar) ``quality`` in ``shape``."""
+        q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
         y = self.g_a(x_pad)
+        if q is not None:
+            q = float(q)
+            y = self.gain.scale(y, q)
         out = self.latent_codec.compress(y)
-        return {"strings": out["strings"], "shape": {"latent": to_jsonable(out["shape"]), "image": list(hw)}}
+        shape = {"latent": to_jsonable(out["shape"]), "image": list(hw)}
+        if q is not None:
+            shape["quality"] = q
+        return {"strings": out["strings"], "shape": shape}
 
     @torch.no_grad()
     def decompress(self, strings: List[Any], shape: Dict[str, Any]) -> Dict[str, Tensor]:
         if not isinstance(shape, dict) or "latent" not in shape or "image" not in shape:
             raise ValueError("shape must be the dict returned by compress: {'latent': ..., 'image': [H, W]}")
+        q = self._quality(shape.get("quality"))
         y_hat = self.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"]
+        if q is not None:
+            y_hat = self.gain.unscale(y_hat, q)
         x_hat = self.g_s(y_hat)
         return {"x_hat": crop_to(x_hat, shape["image"]).clamp_(0, 1)}

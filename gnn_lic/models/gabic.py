@@ -101,6 +101,9 @@ class GABIC(PaddedCompressionModel):
             included, minus the most similar (``TopK(k, skip_first=True)``), and the
             edge attribute :math:`(\Delta u + \Delta v)^2` through a learned
             projection (``use_edge_attr`` of the released models).
+        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
+            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
+            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
 
     Images of any size are padded (replicate, bottom/right) to :attr:`pad_multiple` = 64.
     """
@@ -120,6 +123,7 @@ class GABIC(PaddedCompressionModel):
         hyper_widths: Optional[Sequence[int]] = None,
         impl: str = "sparse",
         compat: Optional[str] = None,
+        rate_lambdas: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if compat not in (None, "official"):
@@ -140,6 +144,7 @@ class GABIC(PaddedCompressionModel):
             M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden,
             hyper_widths=hyper_widths,
         )
+        self._init_rate(rate_lambdas, M)
 
 
 #: per-size defaults. "paper": GABIC/WACNN (N=192, M=320, 10 slices, support 5);

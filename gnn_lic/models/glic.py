@@ -223,6 +223,9 @@ class GLIC(PaddedCompressionModel):
         groups (sequence of int): SCCTX channel groups, summing to :math:`C_4`.
         hyper_channels, side_channels, hyper_depth, ctx_min_channels, param_min_channels:
             entropy-model widths, see :func:`~gnn_lic.models.entropy.scctx_latent_codec`.
+        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
+            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
+            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
 
     ``forward`` returns ``{"x_hat", "likelihoods": {"y", "z"}}``; training adds
     ``0.1 * ortho_loss()`` (the wavelet branch's orthogonality loss, 0 without it).
@@ -256,6 +259,7 @@ class GLIC(PaddedCompressionModel):
         ctx_min_channels: int = 192,
         param_min_channels: int = 384,
         compat: Optional[str] = None,
+        rate_lambdas: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if len(channels) != 4 or len(depths) != 3 or len(mlp_ratios) != 2:
@@ -279,6 +283,7 @@ class GLIC(PaddedCompressionModel):
             ctx_min_channels=ctx_min_channels,
             param_min_channels=param_min_channels,
         )
+        self._init_rate(rate_lambdas, channels[3])
 
 
 #: per-size defaults. "paper": GLIC Sec. 4.1.3 (the block-window local graph, see

@@ -30,7 +30,7 @@ GABIC's, :data:`~gnn_lic.models.gabic.GABIC_PRESETS`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.entropy import ChannelSliceLatentCodec
@@ -56,6 +56,9 @@ class WACNN(PaddedCompressionModel):
             ``x + SW-MSA(x)`` layer of the authors' code (False).
         mlp_ratio (float): MLP width of the Swin pair (4); unused otherwise.
         cc_hidden (sequence of int): hidden widths of the slice networks ((224, 176, 128, 64)).
+        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
+            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
+            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
 
     Images of any size are padded (replicate, bottom/right) to :attr:`pad_multiple` = 64.
     """
@@ -74,6 +77,7 @@ class WACNN(PaddedCompressionModel):
         swin_pair: bool = False,
         mlp_ratio: float = 4.0,
         cc_hidden: Sequence[int] = (224, 176, 128, 64),
+        rate_lambdas: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         self.N, self.M = N, M
@@ -87,6 +91,7 @@ class WACNN(PaddedCompressionModel):
         self.latent_codec = ChannelSliceLatentCodec(
             M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden
         )
+        self._init_rate(rate_lambdas, M)
 
 
 @register_model("wacnn")

@@ -61,10 +61,10 @@ DEFAULT_LAMBDAS: Dict[str, List[float]] = {
 
 METRICS = ("mse", "ms-ssim")
 #: options that must match to resume a run at all
-IDENTITY_KEYS = ("model", "size", "metric", "lmbda")
+IDENTITY_KEYS = ("model", "size", "metric", "lmbda", "rate_lambdas")
 #: options whose change makes a resumed run differ from an uninterrupted one
-TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "plateau_factor",
-                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps")
+TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "warmup", "plateau_factor",
+                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps", "init")
 LR_SCHEDULES = ("step", "cosine", "constant", "plateau")
 
 
@@ -97,6 +97,7 @@ class TrainConfig:
         lr (float), aux_lr (float): Adam learning rates of the main and aux optimizers.
         lr_schedule (str): ``step``, ``cosine``, ``constant`` or ``plateau``; ``lr_drop`` is the
             fraction of ``steps`` after which ``step`` multiplies the rate by 0.1.
+        warmup (int): steps of linear learning-rate warm-up of ``step``/``cosine``/``constant``.
         plateau_factor (float), plateau_patience (int): with ``plateau``, the main learning rate
             is multiplied by ``plateau_factor`` once the evaluation loss has not improved for
             more than ``plateau_patience`` consecutive evaluations (PyTorch's
@@ -120,6 +121,13 @@ class TrainConfig:
             preempted job would; ``--resume`` continues it.
         deterministic (bool): ``torch.use_deterministic_algorithms(True)``.
         progress (bool): show a tqdm progress bar (rank 0 only).
+        variable_rate (bool): the job trains one variable-rate model over its lambdas.
+        rate_lambdas (list of float or None): set by the job for a variable-rate run: the
+            model gets gain units with one quality per lambda
+            (:mod:`gnn_lic.models.variable_rate`); each crop of a step draws a quality
+            uniformly in ``[1, L]`` and is trained with its interpolated lambda (``lmbda``
+            is then unused).
+        init (str or None): initial weights (ignored when resuming from ``latest.pt``).
     """
 
     model: str = _option("glic", "registered model name (required unless --resume/--checkpoint)", job_default=None)
@@ -134,6 +142,7 @@ class TrainConfig:
     lr_schedule: str = _option(
         "step", "step (x0.1 at --lr-drop of the steps), cosine, constant, or plateau (x --plateau-factor when the "
         "evaluation loss has not improved for more than --plateau-patience evaluations)", choices=LR_SCHEDULES)
+    warmup: int = _option(0, "steps of linear learning-rate warm-up (per-step schedules)", min=0)
     lr_drop: float = _option(0.8, "fraction of the steps after which 'step' divides the lr by 10")
     plateau_factor: float = _option(0.3, "learning-rate factor of 'plateau' (GABIC: 0.3)")
     plateau_patience: int = _option(10, "evaluations without improvement that 'plateau' tolerates (GABIC: 10 epochs)",
@@ -157,6 +166,12 @@ class TrainConfig:
     stop_after: Optional[int] = _option(None, "stop after this step (as if preempted); --resume continues", min=1)
     deterministic: bool = _option(False, "torch.use_deterministic_algorithms(True)")
     progress: bool = _option(True, "tqdm progress bar")
+    variable_rate: bool = _option(
+        False, "train one variable-rate model (gain units, one quality per lambda) instead of one model per lambda")
+    rate_lambdas: Optional[List[float]] = _option(None, cli=False)
+    init: Optional[str] = _option(
+        None, "start from these weights: a checkpoint file, or 'pretrained' for the shipped ones; parameters they "
+        "lack (gain units) keep their initialisation", metavar="CKPT")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -233,7 +248,15 @@ class TrainConfig:
         need(self.patch_size >= 16, f"patch_size must be >= 16, got {self.patch_size}")
         need(self.lmbda > 0, f"lambda must be > 0, got {self.lmbda}")
         need(self.lr > 0 and self.aux_lr > 0, "learning rates must be > 0")
+        if self.rate_lambdas is not None:
+            from gnn_lic.models.variable_rate import check_rate_lambdas  # noqa: PLC0415
+
+            try:
+                self.rate_lambdas = list(check_rate_lambdas(self.rate_lambdas))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
         need(0 < self.lr_drop <= 1, f"lr_drop must be in (0, 1], got {self.lr_drop}")
+        need(not (self.warmup and self.lr_schedule == "plateau"), "warmup is for the per-step schedules, not plateau")
         need(0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
 
 

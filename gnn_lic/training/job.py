@@ -43,10 +43,10 @@ __all__ = ["main", "train_job", "evaluate_only", "new_job_dir"]
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, ImageReadError)
 
 
-def _evaluate(net, images, entropy_estimation: bool) -> Dict[str, Any]:
+def _evaluate(net, images, entropy_estimation: bool, quality: Optional[int] = None) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallImageWarning)
-        return evaluate_model(net, images, entropy_estimation=entropy_estimation)
+        return evaluate_model(net, images, entropy_estimation=entropy_estimation, quality=quality)
 
 
 def new_job_dir(out: str, stem: str) -> Path:
@@ -91,30 +91,51 @@ def evaluate_only(opts: Dict[str, Any], ctx) -> int:
     return 0
 
 
-def _train_one(opts: Dict[str, Any], ctx, job: Path, lmbda: float, test_images) -> Optional[Dict[str, Any]]:
-    """Train and evaluate one lambda; None when the run stopped early (or on a non-main process)."""
-    run_dir = job / f"lambda-{lmbda:g}"
-    cfg = train_config(opts, lmbda=lmbda, out=str(job), run_dir=str(run_dir),
-                       resume=bool(opts["resume"]) and (run_dir / LATEST).exists())
+def _train_one(opts: Dict[str, Any], ctx, job: Path, lambdas: List[float], test_images
+               ) -> Optional[List[Dict[str, Any]]]:
+    """Train and evaluate one model: for one lambda, or variable-rate over ``lambdas``.
+
+    Returns one evaluation row per rate point (each quality of a variable-rate model);
+    None when the run stopped early (or on a non-main process).
+    """
+    if len(lambdas) == 1:
+        run_dir = job / f"lambda-{lambdas[0]:g}"
+        fields: Dict[str, Any] = {"lmbda": lambdas[0]}
+        points = [(None, lambdas[0])]
+    else:
+        run_dir = job / "variable-rate"
+        fields = {"lmbda": lambdas[-1], "rate_lambdas": list(lambdas)}
+        points = [(i + 1, lam) for i, lam in enumerate(lambdas)]
+    cfg = train_config(opts, out=str(job), run_dir=str(run_dir),
+                       resume=bool(opts["resume"]) and (run_dir / LATEST).exists(), **fields)
     train(cfg)
     if not ctx.is_main:
         return None
     net, ckpt = load_checkpoint(run_dir / LATEST, map_location=ctx.device)
     if int(ckpt["step"]) < cfg.steps:
-        print(f"job stopped at lambda {lmbda:g}, step {ckpt['step']} of {cfg.steps}; continue with: "
+        print(f"job stopped at {run_dir.name}, step {ckpt['step']} of {cfg.steps}; continue with: "
               f"python experiments/run.py --resume {job}")
         return None
-    res = _evaluate(net, test_images, opts["entropy_estimation"])
-    res.update({"lambda": lmbda, "step": int(ckpt["step"]), "checkpoint": str(run_dir / LATEST)})
-    write_json(res, run_dir / "results" / "eval.json")
-    print(f"lambda {lmbda:g}: bpp {res['bpp']:.4f}  PSNR {res['psnr-rgb']:.3f} dB  "
-          f"MS-SSIM {res['ms-ssim-rgb']:.5f}  ({res['mode']})", file=sys.stderr)
-    return res
+    rows = []
+    for quality, lmbda in points:
+        res = _evaluate(net, test_images, opts["entropy_estimation"], quality)
+        res.update({"lambda": lmbda, "step": int(ckpt["step"]), "checkpoint": str(run_dir / LATEST)})
+        name = "eval.json"
+        if quality is not None:
+            res["quality"] = quality
+            name = f"eval-q{quality}.json"
+        write_json(res, run_dir / "results" / name)
+        print(f"lambda {lmbda:g}{'' if quality is None else f' (quality {quality})'}: bpp {res['bpp']:.4f}  "
+              f"PSNR {res['psnr-rgb']:.3f} dB  MS-SSIM {res['ms-ssim-rgb']:.5f}  ({res['mode']})", file=sys.stderr)
+        rows.append(res)
+    return rows
 
 
 def train_job(opts: Dict[str, Any], ctx) -> int:
-    """Train and evaluate one model per lambda, then report."""
+    """Train and evaluate one model per lambda (or one variable-rate model), then report."""
     lambdas = parse_lambdas(opts["lambdas"], opts["metric"])
+    if opts["variable_rate"] and len(lambdas) < 2:
+        raise ConfigError("--variable-rate needs at least two lambdas")
     if opts["resume"]:
         job = Path(opts["resume"])
     else:
@@ -125,22 +146,24 @@ def train_job(opts: Dict[str, Any], ctx) -> int:
         load_images(opts["data_train"], "train")
     if ctx.is_main:
         _write_job_files(job, opts, ctx, lambdas=lambdas)
-        print(f"job folder: {job}  ({len(lambdas)} lambda(s): {', '.join(f'{x:g}' for x in lambdas)})",
+        kind = "one variable-rate model over " if opts["variable_rate"] else ""
+        print(f"job folder: {job}  ({kind}{len(lambdas)} lambda(s): {', '.join(f'{x:g}' for x in lambdas)})",
               file=sys.stderr)
     barrier()
     rows: List[Dict[str, Any]] = []
-    for lmbda in lambdas:
-        res = _train_one(opts, ctx, job, lmbda, test_images)
+    for group in ([sorted(lambdas)] if opts["variable_rate"] else [[x] for x in lambdas]):
+        res = _train_one(opts, ctx, job, group, test_images)
         if res is None and ctx.is_main:
             print(f"run folder: {job}")
             return 0
-        rows.append(res)
+        rows.extend(res or [])
     if not ctx.is_main:
         return 0
     name = f"{opts['model']}-{opts['size']}"
     source = opts["data_test"] or "built-in scikit-image test images"
+    per = "for one variable-rate model" if opts["variable_rate"] else "per lambda"
     desc = (f"{name} ({opts['metric']}) trained {opts['steps']} steps x {opts['batch_size']} crops of "
-            f"{opts['patch_size']} px per lambda by experiments/run.py; evaluated on {source}")
+            f"{opts['patch_size']} px {per} by experiments/run.py; evaluated on {source}")
     report(job, name, desc, rows, test_images, opts["anchors"], opts["metric"])
     print(f"run folder: {job}")
     return 0

@@ -83,6 +83,23 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.out) / f"{cfg.model}-{cfg.size}-{cfg.metric}-lambda{cfg.lmbda:g}-{stamp}"
 
 
+def init_weights(net: nn.Module, source: str) -> None:
+    """Load the weights of ``source`` (a checkpoint file, or ``"pretrained"``: the shipped ones) into ``net``.
+
+    Every parameter and buffer of ``source`` must fit ``net``; ``net`` may have more: the
+    gain units of a variable-rate model (``gain.*``), which keep their initialisation.
+    """
+    if source == "pretrained":
+        state = create_model(net.model_name, size=net.model_size, pretrained=True).state_dict()
+        label = f"the shipped {net.model_name}-{net.model_size} weights"
+    else:
+        state = read_checkpoint(source, map_location="cpu")["state_dict"]
+        label = f"checkpoint '{source}'"
+    own = net.state_dict()
+    extra = {k: v for k, v in own.items() if k not in state and k.startswith("gain.")}
+    load_state_into(net, {**state, **extra}, source=label)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -132,16 +149,20 @@ class Trainer:
 
         # model, loss, optimizers
         torch.manual_seed(cfg.seed)
-        self.net: nn.Module = create_model(cfg.model, size=cfg.size).to(self.device)
+        rate = {"rate_lambdas": tuple(cfg.rate_lambdas)} if cfg.rate_lambdas else {}
+        self.net: nn.Module = create_model(cfg.model, size=cfg.size, **rate)
+        if cfg.init and not (cfg.resume and (self.run_dir / LATEST).exists()):
+            init_weights(self.net, cfg.init)
+        self.net.to(self.device)
         self.criterion = RateDistortionLoss(cfg.lmbda, cfg.metric, cfg.ortho_weight)
         self.optimizer, self.aux_optimizer = configure_optimizers(self.net, cfg.lr, cfg.aux_lr)
         # one per-step schedule for both learning rates (the official GLIC code drops both to 1e-5);
         # "plateau" schedules the main rate only, on evaluation losses, as CompressAI-style code does
         self.plateau = cfg.lr_schedule not in PER_STEP_SCHEDULES
         self.scheduler = make_scheduler(self.optimizer, cfg.lr_schedule, cfg.steps, cfg.lr_drop,
-                                        cfg.plateau_factor, cfg.plateau_patience)
+                                        cfg.plateau_factor, cfg.plateau_patience, warmup=cfg.warmup)
         self.aux_scheduler = make_scheduler(self.aux_optimizer, "constant" if self.plateau else cfg.lr_schedule,
-                                            cfg.steps, cfg.lr_drop)
+                                            cfg.steps, cfg.lr_drop, warmup=0 if self.plateau else cfg.warmup)
         main_names, self.aux_names = split_parameters(self.net)
         params = dict(self.net.named_parameters())
         self.main_params = [params[n] for n in main_names]
@@ -189,7 +210,8 @@ class Trainer:
                 continue
             old = sched.lr_lambdas[0]
             if getattr(old, "steps", self.cfg.steps) != self.cfg.steps:  # extended run
-                sched.lr_lambdas[0] = LRSchedule(old.kind, self.cfg.steps, self.cfg.lr_drop)
+                sched.lr_lambdas[0] = LRSchedule(old.kind, self.cfg.steps, self.cfg.lr_drop,
+                                                 warmup=getattr(old, "warmup", 0))
         set_rng_state(ckpt.get("rng_state") or {})
         self.step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped", 0))
@@ -202,7 +224,8 @@ class Trainer:
     def _open_logs(self) -> None:
         cols = ["step"] + self.term_keys + ["aux_loss", "grad_norm", "lr", "time", "step_time", "skipped",
                                              "nonfinite"]
-        ecols = ["step", "bpp", "psnr-rgb", "ms-ssim-rgb", "eval_loss", "best"]
+        ecols = ["step", "bpp", "psnr-rgb", "ms-ssim-rgb", "eval_loss", "best"] + [
+            f"{k}-q{q}" for q, _ in self._levels() if q is not None for k in ("bpp", "psnr")]
         if self.resumed_from is not None:
             truncate_csv(self.run_dir / "log.csv", self.step)
             truncate_csv(self.run_dir / "eval.csv", self.step)
@@ -231,8 +254,14 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
 
-        out = self.model(x)
-        terms = self.criterion(out, x, self.net)
+        gain = getattr(self.net, "gain", None)
+        if gain is not None:  # variable rate: each crop its own quality in [1, L] and its lambda
+            quality = 1 + torch.rand(x.shape[0]) * (gain.levels - 1)
+            out = self.model(x, quality=quality.to(x.device))
+            terms = self.criterion(out, x, self.net, lmbda=gain.lmbda(quality, x.shape[0]))
+        else:
+            out = self.model(x)
+            terms = self.criterion(out, x, self.net)
         aux = self.net.aux_loss()
         if not isinstance(aux, torch.Tensor):  # a model without entropy bottleneck
             aux = torch.zeros((), device=x.device)
@@ -264,18 +293,33 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ evaluation / checkpoints
+    def _levels(self) -> List[Tuple[Optional[int], float]]:
+        """``(quality, lambda)`` of each evaluated rate: every level of a variable-rate model, else ``(None, lmbda)``."""
+        if self.cfg.rate_lambdas:
+            return [(i + 1, lam) for i, lam in enumerate(self.cfg.rate_lambdas)]
+        return [(None, self.cfg.lmbda)]
+
     def evaluate(self) -> Dict[str, Any]:
-        """Entropy-estimation bpp, PSNR and MS-SSIM on the test images, and the evaluation loss."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SmallImageWarning)
-            res = evaluate_model(self.net, self.test_images, entropy_estimation=True)
-        return {
-            "step": self.step,
-            "bpp": res["bpp"],
-            "psnr-rgb": res["psnr-rgb"],
-            "ms-ssim-rgb": res["ms-ssim-rgb"],
-            "eval_loss": eval_loss(res, self.cfg.lmbda, self.cfg.metric),
-        }
+        """Entropy-estimation bpp, PSNR and MS-SSIM on the test images, and the evaluation loss.
+
+        A variable-rate model is evaluated at every quality level; the result holds the
+        means over the levels and ``bpp-q<l>`` / ``psnr-q<l>`` of each level.
+        """
+        rows = []
+        for quality, lam in self._levels():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SmallImageWarning)
+                res = evaluate_model(self.net, self.test_images, entropy_estimation=True, quality=quality)
+            rows.append((quality, res, eval_loss(res, lam, self.cfg.metric)))
+        out = {"step": self.step}
+        for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
+            out[key] = sum(r[key] for _, r, _ in rows) / len(rows)
+        out["eval_loss"] = sum(loss for _, _, loss in rows) / len(rows)
+        for quality, res, _ in rows:
+            if quality is not None:
+                out[f"bpp-q{quality}"] = res["bpp"]
+                out[f"psnr-q{quality}"] = res["psnr-rgb"]
+        return out
 
     def _metrics(self) -> Dict[str, Any]:
         return {"best_eval_loss": self.best_eval_loss, "last_eval": dict(self.last_eval)}

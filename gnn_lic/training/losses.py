@@ -101,17 +101,35 @@ class RateDistortionLoss(nn.Module):
         self.metric = metric
         self.ortho_weight = float(ortho_weight)
 
-    def forward(self, output: Mapping[str, Any], target: Tensor, net: nn.Module | None = None) -> Dict[str, Tensor]:
+    def forward(self, output: Mapping[str, Any], target: Tensor, net: nn.Module | None = None,
+                lmbda: Tensor | None = None) -> Dict[str, Tensor]:
+        r"""The loss terms; ``lmbda`` (one per image) replaces the fixed trade-off (variable-rate training).
+
+        With per-image trade-offs the loss is the batch mean of
+        :math:`R_i + \lambda_i D_i`, each image's rate and distortion on its own.
+        """
         N, _, H, W = target.shape
         out: Dict[str, Tensor] = {"bpp_loss": bpp_from_likelihoods(output["likelihoods"], N * H * W)}
         x_hat = output["x_hat"]
-        if self.metric == "mse":
-            out["mse_loss"] = F.mse_loss(x_hat, target)
-            distortion = 255**2 * out["mse_loss"]
+        if lmbda is not None:
+            bits = likelihood_bits(output["likelihoods"], per_image=True)
+            if self.metric == "mse":
+                d = (x_hat - target).pow(2).flatten(1).mean(1)
+                out["mse_loss"] = d.mean()
+                distortion = 255**2 * d
+            else:
+                ms = torch.stack([ms_ssim_train(x_hat[i:i + 1], target[i:i + 1]) for i in range(N)])
+                out["ms_ssim_loss"] = ms.mean()
+                distortion = 1 - ms
+            loss = (bits / (H * W) + lmbda.to(distortion) * distortion).mean()
         else:
-            out["ms_ssim_loss"] = ms_ssim_train(x_hat, target)
-            distortion = 1 - out["ms_ssim_loss"]
-        loss = out["bpp_loss"] + self.lmbda * distortion
+            if self.metric == "mse":
+                out["mse_loss"] = F.mse_loss(x_hat, target)
+                distortion = 255**2 * out["mse_loss"]
+            else:
+                out["ms_ssim_loss"] = ms_ssim_train(x_hat, target)
+                distortion = 1 - out["ms_ssim_loss"]
+            loss = out["bpp_loss"] + self.lmbda * distortion
         if has_ortho_loss(net):
             out["ortho_loss"] = net.ortho_loss()
             loss = loss + self.ortho_weight * out["ortho_loss"]

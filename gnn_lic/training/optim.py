@@ -62,7 +62,10 @@ class LRSchedule:
 
     * ``step``: 1 until ``drop_at * steps``, then ``factor`` (0.1);
     * ``cosine``: ``min_factor + (1 - min_factor) * (1 + cos(pi * s / steps)) / 2``;
-    * ``constant``: 1.
+    * ``constant``: 1;
+
+    times ``min(1, (s + 1) / warmup)`` during the first ``warmup`` steps (a linear warm-up,
+    which also protects trained weights from the first steps of a fresh Adam state).
 
     A plain object (not a closure): ``LambdaLR.state_dict()`` stores its attributes,
     so the schedule survives a checkpoint round trip with ``weights_only=True``.
@@ -71,7 +74,8 @@ class LRSchedule:
     [1.0, 1.0, 0.1, 0.1]
     """
 
-    def __init__(self, kind: str, steps: int, drop_at: float = 0.8, factor: float = 0.1, min_factor: float = 0.0):
+    def __init__(self, kind: str, steps: int, drop_at: float = 0.8, factor: float = 0.1, min_factor: float = 0.0,
+                 warmup: int = 0):
         if kind not in ("step", "cosine", "constant"):
             raise ValueError(f"unknown schedule {kind!r}")
         self.kind = kind
@@ -79,17 +83,20 @@ class LRSchedule:
         self.drop_step = max(1, int(math.floor(drop_at * steps))) if kind == "step" else 0
         self.factor = float(factor)
         self.min_factor = float(min_factor)
+        self.warmup = int(warmup)
 
     def __call__(self, step: int) -> float:
+        ramp = min(1.0, (step + 1) / self.warmup) if getattr(self, "warmup", 0) > 0 else 1.0
         if self.kind == "step":
-            return 1.0 if step < self.drop_step else self.factor
+            return ramp * (1.0 if step < self.drop_step else self.factor)
         if self.kind == "cosine":
             t = min(step, self.steps) / max(self.steps, 1)
-            return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
+            return ramp * (self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t)))
+        return ramp
 
     def __repr__(self) -> str:
-        return f"LRSchedule(kind={self.kind!r}, steps={self.steps}, drop_step={self.drop_step})"
+        return (f"LRSchedule(kind={self.kind!r}, steps={self.steps}, drop_step={self.drop_step}, "
+                f"warmup={self.warmup})")
 
 
 def make_scheduler(
@@ -99,11 +106,12 @@ def make_scheduler(
     drop_at: float = 0.8,
     plateau_factor: float = 0.3,
     plateau_patience: int = 10,
+    warmup: int = 0,
 ) -> Union[LambdaLR, ReduceLROnPlateau]:
     """The scheduler of ``kind``.
 
     ``step``, ``cosine``, ``constant``: ``LambdaLR`` over :class:`LRSchedule`; call
-    ``scheduler.step()`` once per training step.
+    ``scheduler.step()`` once per training step; ``warmup`` steps of linear warm-up.
 
     ``plateau``: ``ReduceLROnPlateau(mode="min", factor=plateau_factor,
     patience=plateau_patience)`` (GABIC Sec. 4: factor 0.3, patience 10); call
@@ -119,8 +127,10 @@ def make_scheduler(
     0.5
     """
     if kind == "plateau":
+        if warmup:
+            raise ValueError("warm-up is for the per-step schedules, not 'plateau'")
         return ReduceLROnPlateau(optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
-    return LambdaLR(optimizer, LRSchedule(kind, steps, drop_at))
+    return LambdaLR(optimizer, LRSchedule(kind, steps, drop_at, warmup=warmup))
 
 
 def grad_norm_and_clip(params, max_norm: float) -> float:
