@@ -80,10 +80,15 @@ def evaluate_only(opts: Dict[str, Any], ctx) -> int:
     _write_job_files(job, opts, ctx)
     rows = []
     for path, net, ckpt in nets:
-        res = _evaluate(net, test_images, opts["entropy_estimation"])
         cfg = ckpt.get("config") or {}
-        res.update({"lambda": cfg.get("lmbda"), "step": ckpt.get("step"), "checkpoint": str(path)})
-        rows.append(res)
+        rate = cfg.get("rate_lambdas") or getattr(getattr(net, "gain", None), "lambdas", None)
+        points = [(i + 1, lam) for i, lam in enumerate(rate)] if rate else [(None, cfg.get("lmbda"))]
+        for quality, lmbda in points:  # every quality of a variable-rate model
+            res = _evaluate(net, test_images, opts["entropy_estimation"], quality)
+            res.update({"lambda": lmbda, "step": ckpt.get("step"), "checkpoint": str(path)})
+            if quality is not None:
+                res["quality"] = quality
+            rows.append(res)
     rows.sort(key=lambda r: r["bpp"])
     report(job, name, f"{name}: {len(rows)} checkpoint(s) evaluated by experiments/run.py", rows, test_images,
            opts["anchors"], opts["metric"])

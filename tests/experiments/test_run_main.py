@@ -158,3 +158,21 @@ def test_gabic_recipe_config(run_script):
     assert cfg.lr_schedule == "plateau" and cfg.plateau_patience == 10
     flags = resolve_options(["--model", "gabic", "--lr-schedule", "plateau", "--plateau-patience", "3"])
     assert flags["plateau_patience"] == 3 and flags["plateau_factor"] == 0.3
+
+
+def test_variable_rate_job_reports_one_point_per_quality(run_script, tiny_args, capsys):
+    args = [a for a in tiny_args if a != "0.01"]
+    args[args.index("--lambdas") + 1:args.index("--lambdas") + 1] = ["0.02", "0.005"]
+    assert run_script.main(args + ["--variable-rate", "--entropy-estimation"]) == 0
+    job = _job_dir(capsys.readouterr().out)
+    doc = json.loads((job / "results/glic-tiny.json").read_text())
+    assert sorted(doc["results"]["lambda"]) == [0.005, 0.02] and len(doc["results"]["bpp"]) == 2
+    run = job / "variable-rate"
+    for q in (1, 2):
+        assert json.loads((run / f"results/eval-q{q}.json").read_text())["quality"] == q
+    assert torch.load(run / "checkpoints/latest.pt", weights_only=True)["config"]["rate_lambdas"] == [0.005, 0.02]
+
+
+def test_variable_rate_needs_two_lambdas(run_script, tiny_args, capsys):
+    assert run_script.main(tiny_args + ["--variable-rate"]) == 2
+    assert "two lambdas" in capsys.readouterr().err

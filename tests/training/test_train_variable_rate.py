@@ -1,0 +1,75 @@
+"""Variable-rate training: per-image trade-offs, warm-up, initial weights, the job."""
+
+import csv
+
+import pytest
+import torch
+
+from gnn_lic.models import create_model
+from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint
+from gnn_lic.training import LATEST, ConfigError, RateDistortionLoss, Trainer, train
+from gnn_lic.training.loop import init_weights
+from gnn_lic.training.optim import LRSchedule
+
+LAMBDAS = [0.004, 0.016, 0.064]
+
+
+def test_per_image_lambdas_match_the_sum_of_single_image_losses():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 8, 8)
+    x_hat = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    lik = {"y": torch.rand(3, 4, 2, 2) * 0.9 + 0.05, "z": torch.rand(3, 2, 1, 1) * 0.9 + 0.05}
+    lam = torch.tensor([0.001, 0.01, 0.1])
+    crit = RateDistortionLoss(metric="mse")
+    got = crit({"x_hat": x_hat, "likelihoods": lik}, x, lmbda=lam)["loss"]
+    want = 0.0
+    for i in range(3):  # brute force: each image alone with its own trade-off, then the mean
+        one = RateDistortionLoss(float(lam[i]), "mse")({"x_hat": x_hat[i:i + 1],
+                                                         "likelihoods": {k: v[i:i + 1] for k, v in lik.items()}},
+                                                        x[i:i + 1])
+        want += float(one["loss"]) / 3
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_warmup_ramps_then_follows_the_schedule():
+    s = LRSchedule("step", 10, warmup=4)
+    assert [s(k) for k in range(10)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 0.1, 0.1])
+    assert LRSchedule("constant", 10)(0) == 1.0
+
+
+def test_warmup_is_refused_with_plateau(tiny_config):
+    with pytest.raises(ConfigError, match="warmup"):
+        tiny_config.replace(warmup=2, lr_schedule="plateau")
+
+
+def test_init_weights_keeps_gains_and_refuses_other_models(tmp_path):
+    torch.manual_seed(0)
+    single = create_model("glic", size="tiny")
+    path = save_checkpoint(tmp_path / "one.pt", single, step=1)
+    net = create_model("glic", size="tiny", rate_lambdas=LAMBDAS)
+    start = net.gain.log_gain.detach().clone()
+    init_weights(net, str(path))
+    for k, v in single.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    assert torch.equal(net.gain.log_gain, start)
+    other = save_checkpoint(tmp_path / "other.pt", create_model("gabic", size="tiny"), step=1)
+    with pytest.raises(Exception, match="does not fit"):
+        init_weights(create_model("glic", size="tiny", rate_lambdas=LAMBDAS), str(other))
+
+
+def test_variable_rate_run_trains_the_gains_and_evaluates_every_level(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    init = save_checkpoint(tmp_path / "init.pt", create_model("glic", size="tiny"), step=1)
+    cfg = tiny_config.replace(rate_lambdas=LAMBDAS, init=str(init), eval_every=4, warmup=2)
+    trainer = Trainer(cfg)
+    start = trainer.net.gain.log_gain.detach().clone()
+    run = trainer.fit()
+    net, ckpt = load_checkpoint(run / LATEST)
+    assert net.qualities == 3 and ckpt["config"]["rate_lambdas"] == LAMBDAS
+    assert not torch.equal(net.gain.log_gain, start)  # the gains are trained
+    with open(run / "eval.csv", newline="") as fh:
+        row = list(csv.DictReader(fh))[-1]
+    bpps = [float(row[f"bpp-q{q}"]) for q in (1, 2, 3)]
+    assert float(row["bpp"]) == pytest.approx(sum(bpps) / 3, rel=1e-4)
+    with pytest.raises(ConfigError, match="rate_lambdas"):  # a different rate set cannot resume it
+        train(cfg.replace(rate_lambdas=[0.01, 0.02], resume=True))
