@@ -6,7 +6,7 @@ leaves a run folder::
     <run_dir>/
         config.yaml            resolved TrainConfig
         env.json               versions, threads, device, world size, seed, git commit
-        log.csv                one row per step: loss terms, grad norm, lr, time, skipped steps
+        log.csv                one row per step: loss terms, grad norm, lr, wall and CPU time, skipped steps
         eval.csv               periodic evaluations on the test images (entropy-estimation bpp, PSNR)
         checkpoints/latest.pt  model + both optimizers and schedulers + step + RNG state (every K steps, at the end)
         checkpoints/best.pt    model with the lowest evaluation loss so far
@@ -170,6 +170,7 @@ class Trainer:
         self.step = 0  # completed steps
         self.skipped = 0
         self.elapsed = 0.0
+        self.cpu_elapsed = 0.0  # process CPU seconds of the training steps (all threads), summed over resumes
         self.best_eval_loss = math.inf
         self.last_eval: Dict[str, Any] = {}
         self.resumed_from: Optional[int] = None
@@ -216,13 +217,14 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped", 0))
         self.elapsed = float(ckpt.get("elapsed", 0.0))
+        self.cpu_elapsed = float(ckpt.get("cpu_elapsed", 0.0))
         metrics = ckpt.get("metrics") or {}
         self.best_eval_loss = float(metrics.get("best_eval_loss", math.inf))
         self.last_eval = dict(metrics.get("last_eval") or {})
         self.resumed_from = self.step
 
     def _open_logs(self) -> None:
-        cols = ["step"] + self.term_keys + ["aux_loss", "grad_norm", "lr", "time", "step_time", "skipped",
+        cols = ["step"] + self.term_keys + ["aux_loss", "grad_norm", "lr", "time", "step_time", "cpu_time", "skipped",
                                              "nonfinite"]
         ecols = ["step", "bpp", "psnr-rgb", "ms-ssim-rgb", "eval_loss", "best"] + [
             f"{k}-q{q}" for q, _ in self._levels() if q is not None for k in ("bpp", "psnr")]
@@ -338,6 +340,7 @@ class Trainer:
             metrics=self._metrics(),
             skipped=self.skipped,
             elapsed=self.elapsed,
+            cpu_elapsed=self.cpu_elapsed,
         )
 
     def save_best(self) -> Path:
@@ -388,16 +391,18 @@ class Trainer:
         try:
             while self.step < stop:
                 s = self.step
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 torch.manual_seed(step_seed(cfg.seed, s, 1, self.ctx.rank))
                 x = self.crops.batch(s, cfg.batch_size, self.ctx.rank, self.ctx.world_size).to(self.device)
                 r = self.train_step(x)
                 self.step = s + 1
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
+                self.cpu_elapsed += time.process_time() - c0
                 if main:
                     if self.step % cfg.log_every == 0 or self.step == cfg.steps or r["skipped"]:
                         self._log.write({**r, "step": self.step, "time": self.elapsed, "step_time": dt,
+                                         "cpu_time": self.cpu_elapsed,
                                          "skipped": self.skipped, "nonfinite": int(r["skipped"])})
                     bar.update(1)
                     post = {"loss": f"{r['loss']:.4g}", "bpp": f"{r['bpp_loss']:.3f}"}

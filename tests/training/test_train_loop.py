@@ -33,7 +33,8 @@ def test_run_folder_and_checkpoints(tiny_config):
     ckpt = torch.load(run / LATEST, weights_only=True)
     assert ckpt["step"] == 4 and isinstance(ckpt["config"], dict) and ckpt["config"]["lmbda"] == 0.01
     assert isinstance(ckpt["rng_state"]["torch"], torch.Tensor)
-    assert {"optimizer", "aux_optimizer", "scheduler", "aux_scheduler", "metrics", "skipped", "elapsed"} <= set(ckpt)
+    assert {"optimizer", "aux_optimizer", "scheduler", "aux_scheduler", "metrics", "skipped", "elapsed", "cpu_elapsed"} <= set(ckpt)
+    assert 0 < ckpt["cpu_elapsed"] and "cpu_time" in log[0]
     assert ckpt["aux_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * tiny_config.aux_lr)  # both drop
     net, best = load_checkpoint(run / BEST)
     best_logged = min(float(r["eval_loss"]) for r in _rows(run / "eval.csv"))
