@@ -28,7 +28,7 @@ from gnn_lic.cli import UsageError, run_main
 from gnn_lic.codec.errors import CheckpointError, ImageReadError
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
 from gnn_lic.evaluation.images import DataError, load_images
-from gnn_lic.evaluation.report import report
+from gnn_lic.evaluation.report import report, shipped_curve
 from gnn_lic.evaluation.results import write_json
 from gnn_lic.models.checkpoint import load_checkpoint
 from gnn_lic.training.config import ConfigError, dump_yaml, parse_lambdas
@@ -169,7 +169,11 @@ def train_job(opts: Dict[str, Any], ctx) -> int:
     per = "for one variable-rate model" if opts["variable_rate"] else "per lambda"
     desc = (f"{name} ({opts['metric']}) trained {opts['steps']} steps x {opts['batch_size']} crops of "
             f"{opts['patch_size']} px {per} by experiments/run.py; evaluated on {source}")
-    report(job, name, desc, rows, test_images, opts["anchors"], opts["metric"])
+    compare = []
+    if opts["shipped"]:
+        shipped = shipped_curve(opts["model"], opts["size"], test_images, opts["entropy_estimation"])
+        compare = [shipped] if shipped is not None else []
+    report(job, name, desc, rows, test_images, opts["anchors"], opts["metric"], compare=compare)
     print(f"run folder: {job}")
     return 0
 

@@ -41,7 +41,8 @@ class JobOptions:
     checkpoint: Optional[List[str]] = _option(None, "evaluate these checkpoints only (no training)", metavar="PATH",
                                               per_invocation=True)
     entropy_estimation: bool = _option(False, "final evaluation by entropy estimation instead of bitstreams")
-    anchors: bool = _option(False, "also measure JPEG/WebP/AVIF on the test images and print BD-rates")
+    anchors: bool = _option(True, "also measure JPEG/WebP/AVIF on the test images and print BD-rates")
+    shipped: bool = _option(True, "also evaluate the shipped weights of the same model and size on the test images")
 
 
 def option_fields() -> Dict[str, dataclasses.Field]:

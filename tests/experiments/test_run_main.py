@@ -92,7 +92,7 @@ def test_evaluate_only_with_anchors(run_script, tiny_args, data_dirs, tmp_path, 
     assert run_script.main(argv) == 0
     out = capsys.readouterr().out
     ev = _job_dir(out)
-    assert "BD-rate of glic-tiny vs the anchors" in out and "vs jpeg" in out
+    assert "BD-rate of glic-tiny vs the other curves" in out and "vs jpeg" in out
     assert (ev / "results" / "glic-tiny.json").is_file() and (ev / "results" / "anchors" / "jpeg.json").is_file()
     doc = json.loads((ev / "results" / "glic-tiny.json").read_text())
     assert doc["results"]["lambda"] == [0.01] and doc["results"]["step"] == [2]
