@@ -48,3 +48,21 @@ def paper_model():
         return built[name]
 
     return get
+
+
+@pytest.fixture
+def ship():
+    """``ship(path, name, size, qualities=(4,))``: list checkpoint ``path`` in the weights index of its
+    folder (the zoo's format, its real sha256), next to the entries already there; returns the entry."""
+    from gnn_lic.models.zoo import QUALITY_LAMBDAS, WeightsEntry, file_sha256, read_index, write_index
+
+    def add(path, name, size, qualities=(4,)):
+        folder = path.parent
+        entry = WeightsEntry(name=name, size=size, metric="mse", qualities=tuple(qualities),
+                             lambdas=tuple(QUALITY_LAMBDAS["mse"][q - 1] for q in qualities), file=path.name,
+                             sha256=file_sha256(path) if path.is_file() else "0" * 64,
+                             command="test", data="test", folder=folder)
+        write_index([e for e in read_index(folder) if e.file != path.name] + [entry], folder)
+        return entry
+
+    return add

@@ -14,7 +14,7 @@ The container layout is documented byte by byte in :mod:`gnn_lic.codec.container
 """
 
 from gnn_lic.codec.container import inspect_stream
-from gnn_lic.codec.errors import (
+from gnn_lic.errors import (
     CheckpointError,
     CodecError,
     CorruptStreamError,

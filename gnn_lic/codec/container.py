@@ -96,7 +96,7 @@ Validation
 by the bytes that remain (so a lying length field can never cause a large allocation or a
 long loop), parses the whole structure, requires the checksum to sit exactly at the end,
 verifies the CRC-32 and validates the field values.  Any failure raises
-:class:`~gnn_lic.codec.errors.CorruptStreamError`.  A stream that reaches the entropy
+:class:`~gnn_lic.errors.CorruptStreamError`.  A stream that reaches the entropy
 decoder has therefore passed the checksum; a random, truncated or bit-flipped file is
 rejected beforehand (the CRC detects every error burst of up to 32 bits).
 """
@@ -110,7 +110,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
-from gnn_lic.codec.errors import CodecError, CorruptStreamError
+from gnn_lic.errors import CodecError, CorruptStreamError
 
 __all__ = [
     "MODEL_CODES",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn_lic.codec.errors import CheckpointError
+from gnn_lic.errors import CheckpointError
 from gnn_lic.models import create_model
 from gnn_lic.models.official import convert_official, load_official, official_state_dict
 
