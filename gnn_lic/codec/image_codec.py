@@ -30,7 +30,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from gnn_lic.codec.container import HASH_BYTES, IDENTITY_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
+from gnn_lic.codec.container import IDENTITY_BYTES, pack_stream, parse_stream
+from gnn_lic.codec.container_v1 import HASH_BYTES
+from gnn_lic.codec.header import MAX_IMAGE_SIDE
 from gnn_lic.errors import CodecError, CorruptStreamError, ModelMismatchError
 from gnn_lic.codec.fingerprint import config_hash, identity_digest, model_fingerprint
 from gnn_lic.utils import module_device
