@@ -16,7 +16,7 @@ Exit codes
     every expected failure: command-line usage errors, missing or unreadable input
     (including files that are not images), corrupt/truncated/foreign streams, model
     mismatch, an existing output without ``--force``, no shipped weights, unusable
-    checkpoints, unknown model name or size.  One line ``error: ...`` on stderr, no
+    checkpoints, unknown model name or size.  One line ``gnn_lic: error: ...`` on stderr, no
     traceback, and no output file is left behind (outputs are written atomically).
 ``1``
     an unexpected internal error (a bug): one line on stderr; the traceback is shown
@@ -48,6 +48,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, print_error
 
+PROG = "gnn_lic"
 PLUGINS_ENV = "GNN_LIC_PLUGINS"
 DEBUG_ENV = "GNN_LIC_DEBUG"
 DEFAULT_SIZE = "paper"
@@ -314,7 +315,7 @@ def _load_plugins() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="gnn_lic",
+        prog=PROG,
         description="Learned image compression with graph neural networks (GLIC, GABIC).",
         epilog="exit codes: 0 ok, 2 expected error (bad input, corrupt file, mismatch, ...), 1 internal error",
     )
@@ -339,33 +340,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _load_plugins()
             parser = build_parser()
         except UsageError as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         try:
             args = parser.parse_args(list(argv) if argv is not None else None)
         except SystemExit as exc:  # argparse: --help
             return exc.code if isinstance(exc.code, int) else EXIT_ERROR
         except UsageError as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         debug = debug or args.debug
         if args.command is None:
-            print_error("choose a command: " + ", ".join(COMMANDS) + " (see gnn_lic --help)")
+            print_error("choose a command: " + ", ".join(COMMANDS) + f" (see {PROG} --help)", PROG)
             return EXIT_ERROR
         from gnn_lic.errors import CodecError  # noqa: PLC0415
 
         try:
             return int(args._run(args) or EXIT_OK)
         except (CodecError, UsageError) as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         except KeyboardInterrupt:
-            print_error("interrupted")
+            print_error("interrupted", PROG)
             return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug:
                 raise
-            print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+            print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", PROG)
             return EXIT_INTERNAL
 
 

@@ -1,6 +1,8 @@
 """Fixtures shared by every test folder."""
 
 import contextlib
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +50,27 @@ def paper_model():
         return built[name]
 
     return get
+
+
+def _load_script(name: str):
+    """``experiments/<name>.py`` imported as a module (a script, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gnn_lic_experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def experiment_script():
+    """``experiment_script(name)``: ``experiments/<name>.py`` as a module."""
+    return _load_script
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """``experiments/run.py`` as a module."""
+    return _load_script("run")
 
 
 @pytest.fixture

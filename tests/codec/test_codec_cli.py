@@ -67,7 +67,7 @@ def _main(capsys, *args):
 
 
 def _one_error(err):
-    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert err.count("\n") == 1 and err.startswith("gnn_lic: error: "), err
     assert "Traceback" not in err
     return err
 

@@ -1,8 +1,6 @@
 """Shipping weights: export_checkpoint (float16 parameters) and experiments/ship_weights.py."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +10,11 @@ from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import CheckpointError, export_checkpoint, load_checkpoint, save_checkpoint
 from gnn_lic.models.zoo import file_sha256, read_index
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _ship_module():
-    spec = importlib.util.spec_from_file_location("ship_weights", ROOT / "experiments" / "ship_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def ship_weights(experiment_script):
+    """``experiments/ship_weights.py`` as a module."""
+    return experiment_script("ship_weights")
 
 
 @pytest.fixture()
@@ -63,12 +58,12 @@ def test_export_rejects_reserved_metadata(trained_tiny, tmp_path):
         export_checkpoint(trained_tiny[1], tmp_path / "x.pt", state_dict=1)
 
 
-def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, monkeypatch):
+def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, monkeypatch, ship_weights):
     _, src = trained_tiny
     folder = tmp_path / "weights"
     res = tmp_path / "res.json"
     res.write_text(json.dumps({"name": "gabic", "results": {"bpp": [0.5], "psnr-rgb": [30.0], "lambda": [0.013]}}))
-    mod = _ship_module()
+    mod = ship_weights
     assert mod.main([str(src), "--command", "python experiments/run.py --model gabic", "--data", "d",
                      "--results", str(res), "--out", str(folder)]) == 0
     (entry,) = read_index(folder)
@@ -94,14 +89,14 @@ def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, mo
     assert not (tmp_path / "w2" / "gabic-tiny-q4.pt").exists()
 
 
-def test_ship_weights_needs_a_quality(tmp_path, capsys):
+def test_ship_weights_needs_a_quality(tmp_path, capsys, ship_weights):
     src = save_checkpoint(tmp_path / "a.pt", create_model("gabic", size="tiny"))  # no training config
-    assert _ship_module().main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w")]) == 2
+    assert ship_weights.main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--quality" in err
 
 
-def test_upgrade_index_of_the_first_format(trained_tiny, tmp_path):
+def test_upgrade_index_of_the_first_format(trained_tiny, tmp_path, ship_weights):
     """A first-format index ("name-size": file) and its records become entries with quality and sha256."""
     _, src = trained_tiny
     folder = tmp_path / "w"
@@ -114,7 +109,7 @@ def test_upgrade_index_of_the_first_format(trained_tiny, tmp_path):
     (folder / "gabic-tiny.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="--upgrade-index"):
         read_index(folder)
-    assert _ship_module().main(["--upgrade-index", str(folder)]) == 0
+    assert ship_weights.main(["--upgrade-index", str(folder)]) == 0
     (entry,) = read_index(folder)
     assert (entry.qualities, entry.command, entry.data, entry.details) == ((3,), "cmd", "photos", "gabic-tiny.json")
     assert entry.metrics == {"data": "kodak", "bpp": [0.3], "psnr-rgb": [28.0], "ms-ssim-rgb": [0.9]}
