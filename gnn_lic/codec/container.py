@@ -242,10 +242,7 @@ def _parse_v2(data: bytes) -> ParsedStream:
         raise CorruptStreamError(f"corrupt stream: {exc}") from None
     if r.remaining:
         raise CorruptStreamError(f"corrupt stream: {r.remaining} bytes after the strings")
-    try:
-        check_dims(height, width)
-    except CodecError as exc:
-        raise CorruptStreamError(str(exc)) from None
+    check_dims(height, width, CorruptStreamError)
     return ParsedStream(
         kind=data[4], version=2, model_name=model_name, model_size=model_size, config_hash=b"", weights_hash=b"",
         height=height, width=width, shape=shape, strings=strings, header_bytes=header_bytes,

@@ -136,10 +136,7 @@ def parse_stream_v1(data: bytes) -> ParsedStream:
         raise CorruptStreamError(
             f"checksum mismatch (stored {stored_crc:08x}, computed {actual_crc:08x}): the file is corrupt"
         )
-    try:
-        check_dims(height, width)
-    except CodecError as exc:
-        raise CorruptStreamError(str(exc)) from None
+    check_dims(height, width, CorruptStreamError)
     return ParsedStream(
         kind=data[4],
         version=data[5],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Type
 
 from gnn_lic.codec.wire import MAX_DEPTH, ParseError, Reader
 from gnn_lic.errors import CodecError
@@ -80,11 +80,12 @@ def check_strings(value: Any, depth: int = 0) -> None:
         check_strings(item, depth + 1)
 
 
-def check_dims(height: Any, width: Any) -> None:
-    """Both image dimensions are integers in 1..MAX_IMAGE_SIDE."""
+def check_dims(height: Any, width: Any, error: Type[CodecError] = CodecError) -> None:
+    """Both image dimensions are integers in 1..MAX_IMAGE_SIDE, else ``error`` (CorruptStreamError
+    for dimensions read from a stream)."""
     for name, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE:
-            raise CodecError(f"image {name} {v!r} is outside 1..{MAX_IMAGE_SIDE}")
+            raise error(f"image {name} {v!r} is outside 1..{MAX_IMAGE_SIDE}")
 
 
 def read_label(r: Reader, what: str, max_bytes: int) -> str:
