@@ -16,7 +16,7 @@ Exit codes
     every expected failure: command-line usage errors, missing or unreadable input
     (including files that are not images), corrupt/truncated/foreign streams, model
     mismatch, an existing output without ``--force``, no shipped weights, unusable
-    checkpoints, unknown model name or size.  One line ``error: ...`` on stderr, no
+    checkpoints, unknown model name or size.  One line ``gnn_lic: error: ...`` on stderr, no
     traceback, and no output file is left behind (outputs are written atomically).
 ``1``
     an unexpected internal error (a bug): one line on stderr; the traceback is shown
@@ -48,6 +48,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, print_error
 
+PROG = "gnn_lic"
 PLUGINS_ENV = "GNN_LIC_PLUGINS"
 DEBUG_ENV = "GNN_LIC_DEBUG"
 DEFAULT_SIZE = "paper"
@@ -76,7 +77,7 @@ def register_command(
 
 
 def _read_stream_file(path: str) -> bytes:
-    from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+    from gnn_lic.errors import CodecError  # noqa: PLC0415
 
     if not os.path.exists(path):
         raise CodecError(f"input file '{path}' does not exist")
@@ -90,7 +91,7 @@ def _read_stream_file(path: str) -> bytes:
 
 
 def _check_output_free(path: str, force: bool) -> None:
-    from gnn_lic.codec.errors import CodecError, OutputExistsError  # noqa: PLC0415
+    from gnn_lic.errors import CodecError, OutputExistsError  # noqa: PLC0415
 
     if os.path.isdir(path):
         raise CodecError(f"output '{path}' is a folder")
@@ -113,22 +114,53 @@ def _device(name: str):
     return device
 
 
-def _pretrained_model(name: str, size: str):
-    """``create_model(name, size, pretrained=True)`` with checks done before building."""
+def _pretrained_model(name: str, size: str, quality: Optional[int] = None):
+    """``create_model(name, size, pretrained=True, quality=quality)`` with checks done before building."""
     from gnn_lic.models import SIZES, create_model, list_models  # noqa: PLC0415
-    from gnn_lic.models.pretrained import _no_weights, pretrained_path  # noqa: PLC0415
+    from gnn_lic.models.zoo import find_weights  # noqa: PLC0415
 
     if name not in list_models():
         raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models()) or '(none registered)'}")
     if size not in SIZES:
         raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
-    if pretrained_path(name, size) is None:
-        raise _no_weights(name, size)
-    return create_model(name, size=size, pretrained=True)
+    try:
+        find_weights(name, size, quality)
+    except ValueError as exc:
+        raise UsageError(f"--quality: {exc}") from None
+    return create_model(name, size=size, pretrained=True, quality=quality)
+
+
+def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[int]):
+    """The shipped model a stream was encoded with: ``--quality``'s, the only one shipped, or,
+    when ``name``/``size`` ships several, the one whose identity the stream carries."""
+    from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
+    from gnn_lic.codec.image_codec import check_model_matches  # noqa: PLC0415
+    from gnn_lic.errors import ModelMismatchError  # noqa: PLC0415
+    from gnn_lic.models.zoo import shipped_weights  # noqa: PLC0415
+
+    files = {e.file: e.qualities[0] for e in shipped_weights(name, size)}
+    if quality is not None or len(files) < 2:
+        return _pretrained_model(name, size, quality if quality is not None else next(iter(files.values()), None))
+    parsed, mismatch = parse_stream(data), None
+    for q in sorted(files.values()):
+        net = _pretrained_model(name, size, q)
+        try:
+            check_model_matches(net, parsed)
+            return net
+        except ModelMismatchError as exc:
+            mismatch = exc
+    raise mismatch
+
+
+def _check_quality(args: argparse.Namespace) -> None:
+    if args.checkpoint and args.quality is not None:
+        raise UsageError("--quality selects shipped weights; a --checkpoint has its own")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", metavar="CKPT", help="checkpoint written by save_checkpoint (training)")
+    p.add_argument("--quality", "-q", type=int, metavar="Q",
+                   help="quality of the shipped weights (1 = lowest rate; needed when several are shipped)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
 
@@ -150,6 +182,7 @@ def _run_compress(args: argparse.Namespace) -> int:
 
     if not args.checkpoint and not args.model:
         raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
+    _check_quality(args)
     device = _device(args.device)
     image = read_image(args.input)
     _check_output_free(args.output, args.force)
@@ -160,7 +193,7 @@ def _run_compress(args: argparse.Namespace) -> int:
         if args.size and args.size != net.model_size:
             raise UsageError(f"--size {args.size} does not match the checkpoint's size '{net.model_size}'")
     else:
-        net = _pretrained_model(args.model, args.size or DEFAULT_SIZE)
+        net = _pretrained_model(args.model, args.size or DEFAULT_SIZE, args.quality)
     net.to(device)
 
     start = time.perf_counter()
@@ -187,6 +220,7 @@ def _run_decompress(args: argparse.Namespace) -> int:
     from gnn_lic.codec import decode_image, inspect_stream, write_image  # noqa: PLC0415
     from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
 
+    _check_quality(args)
     device = _device(args.device)
     data = _read_stream_file(args.input)
     header = inspect_stream(data)
@@ -194,7 +228,7 @@ def _run_decompress(args: argparse.Namespace) -> int:
     if args.checkpoint:
         net, _ = load_checkpoint(args.checkpoint)
     else:
-        net = _pretrained_model(header["model_name"], header["model_size"])
+        net = _pretrained_for_stream(data, header["model_name"], header["model_size"], args.quality)
     net.to(device)
 
     start = time.perf_counter()
@@ -281,7 +315,7 @@ def _load_plugins() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="gnn_lic",
+        prog=PROG,
         description="Learned image compression with graph neural networks (GLIC, GABIC).",
         epilog="exit codes: 0 ok, 2 expected error (bad input, corrupt file, mismatch, ...), 1 internal error",
     )
@@ -306,33 +340,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _load_plugins()
             parser = build_parser()
         except UsageError as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         try:
             args = parser.parse_args(list(argv) if argv is not None else None)
         except SystemExit as exc:  # argparse: --help
             return exc.code if isinstance(exc.code, int) else EXIT_ERROR
         except UsageError as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         debug = debug or args.debug
         if args.command is None:
-            print_error("choose a command: " + ", ".join(COMMANDS) + " (see gnn_lic --help)")
+            print_error("choose a command: " + ", ".join(COMMANDS) + f" (see {PROG} --help)", PROG)
             return EXIT_ERROR
-        from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+        from gnn_lic.errors import CodecError  # noqa: PLC0415
 
         try:
             return int(args._run(args) or EXIT_OK)
         except (CodecError, UsageError) as exc:
-            print_error(exc)
+            print_error(exc, PROG)
             return EXIT_ERROR
         except KeyboardInterrupt:
-            print_error("interrupted")
+            print_error("interrupted", PROG)
             return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug:
                 raise
-            print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+            print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", PROG)
             return EXIT_INTERNAL
 
 

@@ -1,10 +1,10 @@
 """The error convention of every gnn_lic entry point.
 
-``python -m gnn_lic``, ``python -m gnn_lic.evaluation``, ``python -m gnn_lic.bench`` and
-``experiments/run.py`` report an expected failure (a usage error, a missing or unreadable
-input) as **one line** on stderr and exit with status :data:`EXIT_ERROR` (2); ``--help``
-exits with 0. The line is ``<prog>: error: <message>`` (or ``error: <message>`` without a
-program name), its message folded onto one line.
+``python -m gnn_lic``, ``python -m gnn_lic.evaluation``, ``python -m gnn_lic.bench``,
+``experiments/run.py`` and ``experiments/ship_weights.py`` report an expected failure (a
+usage error, a missing or unreadable input) as **one line** on stderr and exit with status
+:data:`EXIT_ERROR` (2); ``--help`` exits with 0. The line is ``<prog>: error: <message>``,
+its message folded onto one line (``tests/test_entry_points.py`` checks every entry point).
 
 This module imports nothing from gnn_lic, so every layer may use it.
 """

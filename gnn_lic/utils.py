@@ -1,15 +1,19 @@
-"""Small helpers shared by every layer: the device of a module, process-level malloc tuning."""
+"""Small helpers shared by every layer: the device of a module, atomic file writes,
+process-level malloc tuning."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import secrets
 import sys
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
 
 import torch
 
-__all__ = ["module_device", "tune_malloc"]
+__all__ = ["module_device", "atomic_write", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -23,6 +27,51 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[BinaryIO], object]],
+                 overwrite: bool = True) -> Path:
+    """Write ``data`` (bytes, or ``fn(binary file)`` that writes them) to ``path`` atomically.
+
+    Readers see the old file or the whole new one, never a part, and a crash leaves no
+    partial file: the bytes go to a temporary file in the target's folder (so that the
+    move stays on one file system), are flushed and ``fsync``-ed, then moved into place
+    with ``os.replace`` (atomic on POSIX and Windows). With ``overwrite=False`` the move is
+    a hard link, which fails atomically when the target exists (:class:`FileExistsError`);
+    where the file system has no hard links, the check and the move are two steps. The
+    file gets the usual permissions (``0o666`` less the umask). The temporary file is
+    removed on every failure; errors are :class:`OSError`, which callers word for their
+    own context. The folder must exist. Returns the path.
+    """
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)  # raises FileExistsError atomically
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system: check, then move
+                if p.exists():
+                    raise FileExistsError(17, "File exists", str(p)) from None
+                os.replace(tmp, p)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return p
 
 
 def tune_malloc() -> bool:

@@ -1,6 +1,8 @@
 """Fixtures shared by every test folder."""
 
 import contextlib
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,42 @@ def paper_model():
         return built[name]
 
     return get
+
+
+def _load_script(name: str):
+    """``experiments/<name>.py`` imported as a module (a script, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gnn_lic_experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def experiment_script():
+    """``experiment_script(name)``: ``experiments/<name>.py`` as a module."""
+    return _load_script
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """``experiments/run.py`` as a module."""
+    return _load_script("run")
+
+
+@pytest.fixture
+def ship():
+    """``ship(path, name, size, qualities=(4,))``: list checkpoint ``path`` in the weights index of its
+    folder (the zoo's format, its real sha256), next to the entries already there; returns the entry."""
+    from gnn_lic.models.zoo import QUALITY_LAMBDAS, WeightsEntry, file_sha256, read_index, write_index
+
+    def add(path, name, size, qualities=(4,)):
+        folder = path.parent
+        entry = WeightsEntry(name=name, size=size, metric="mse", qualities=tuple(qualities),
+                             lambdas=tuple(QUALITY_LAMBDAS["mse"][q - 1] for q in qualities), file=path.name,
+                             sha256=file_sha256(path) if path.is_file() else "0" * 64,
+                             command="test", data="test", folder=folder)
+        write_index([e for e in read_index(folder) if e.file != path.name] + [entry], folder)
+        return entry
+
+    return add

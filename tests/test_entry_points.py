@@ -1,7 +1,10 @@
-"""Every entry point reports a usage or input error as one line and exit status 2 (gnn_lic.cli)."""
+"""Every entry point reports a usage or input error as one line and exit status 2 (gnn_lic.cli):
+``python -m gnn_lic``, ``python -m gnn_lic.evaluation``, ``python -m gnn_lic.bench``,
+``experiments/run.py`` and ``experiments/ship_weights.py``."""
 
 import pytest
 
+from gnn_lic.__main__ import main as gnn_lic_main
 from gnn_lic.bench.__main__ import main as bench_main
 from gnn_lic.cli import ArgumentParser, UsageError, error_line, run_main
 from gnn_lic.evaluation.__main__ import main as evaluation_main
@@ -29,16 +32,36 @@ def test_run_main_maps_expected_errors_to_2(capsys):
         run_main(lambda: 1 / 0, "p")
 
 
-@pytest.mark.parametrize("main, argv, words", [
-    (evaluation_main, ["anchors", "--data", "/no/such/folder", "--out", "o"], "does not exist"),
-    (evaluation_main, ["bd", "--anchor", "/no/such.json", "--test", "x.json"], "No such file"),
-    (evaluation_main, ["plot"], "required"),
-    (evaluation_main, ["bd", "--anchor", "ref:nodataset", "--test", "x.json"], "bad reference spec"),
-    (bench_main, ["codec", "--models", "no-such-model"], "unknown model"),
-    (bench_main, ["graph", "--threads", "0"], "--threads"),
-    (bench_main, ["nope"], "invalid choice"),
+@pytest.fixture
+def entry_point(experiment_script):
+    """``entry_point(name)``: the ``main(argv)`` of an entry point."""
+    mains = {"gnn_lic": gnn_lic_main, "evaluation": evaluation_main, "bench": bench_main}
+
+    def get(name):
+        return mains[name] if name in mains else experiment_script(name).main
+
+    return get
+
+
+@pytest.mark.parametrize("name, argv, words", [
+    ("gnn_lic", ["compress", "/no/such.png", "o.glic", "--model", "glic"], "does not exist"),
+    ("gnn_lic", ["info", "/no/such.glic"], "does not exist"),
+    ("gnn_lic", ["compress", "a.png"], "required"),
+    ("gnn_lic", ["frobnicate"], "invalid choice"),
+    ("evaluation", ["anchors", "--data", "/no/such/folder", "--out", "o"], "does not exist"),
+    ("evaluation", ["bd", "--anchor", "/no/such.json", "--test", "x.json"], "No such file"),
+    ("evaluation", ["plot"], "required"),
+    ("evaluation", ["bd", "--anchor", "ref:nodataset", "--test", "x.json"], "bad reference spec"),
+    ("bench", ["codec", "--models", "no-such-model"], "unknown model"),
+    ("bench", ["graph", "--threads", "0"], "--threads"),
+    ("bench", ["nope"], "invalid choice"),
+    ("run", ["--model", "no-such-model"], "unknown model"),
+    ("run", ["--model", "glic", "--data-test", "/no/such/folder"], "not a folder"),
+    ("run", ["--model", "glic", "--steps", "many"], "bad value"),
+    ("ship_weights", ["/no/such.pt", "--command", "c", "--data", "d"], "does not exist"),
+    ("ship_weights", [], "CHECKPOINT"),
 ])
-def test_entry_point_errors_exit_2_with_one_line(main, argv, words, capsys):
-    assert main(argv) == 2
+def test_entry_point_errors_exit_2_with_one_line(entry_point, name, argv, words, capsys):
+    assert entry_point(name)(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ": error: " in err and words in err, err

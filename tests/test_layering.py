@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and any layer below)::
 
-    base (gnn_lic.utils, gnn_lic.cli: import nothing of gnn_lic)
+    base (gnn_lic.errors, gnn_lic.utils, gnn_lic.cli: import nothing of gnn_lic but each other)
     graph -> nn -> models -> codec -> evaluation -> training, analysis -> bench, __main__
 
 Every ``import``/``from ... import`` of every module counts, including the ones inside
@@ -18,7 +18,7 @@ ROOT = Path(gnn_lic.__file__).resolve().parent
 
 #: layer of each top-level part of gnn_lic (a subpackage or a module)
 LAYERS = {
-    "utils": 0, "cli": 0, "__init__": 0,
+    "errors": 0, "utils": 0, "cli": 0, "__init__": 0,
     "graph": 1,
     "nn": 2,
     "models": 3,
@@ -27,18 +27,6 @@ LAYERS = {
     "training": 6, "analysis": 6,
     "bench": 7, "__main__": 7,
 }
-
-#: known back-edges (importer part, imported part) -> the modules that make them. The second
-#: pass of issue 14 (errors in a dependency-free module, canonical_config_json out of codec)
-#: removes them; any other back-edge fails this test.
-KNOWN_BACK_EDGES = {
-    ("models", "codec"): {
-        "gnn_lic/models/checkpoint.py",
-        "gnn_lic/models/official.py",
-        "gnn_lic/models/pretrained.py",
-    },
-}
-
 
 def _part(module: str) -> str:
     """``gnn_lic.models.glic`` -> ``models``."""
@@ -97,31 +85,18 @@ def test_every_part_has_a_layer():
 
 
 def test_no_import_against_the_layer_order():
-    back = {}
-    for (src, dst), files in import_graph().items():
-        if LAYERS[dst] > LAYERS[src] or (LAYERS[dst] == LAYERS[src] and LAYERS[src] > 0):
-            new = files - KNOWN_BACK_EDGES.get((src, dst), set())
-            if new:
-                back[(src, dst)] = sorted(new)
+    back = {(src, dst): sorted(files) for (src, dst), files in import_graph().items()
+            if LAYERS[dst] > LAYERS[src] or (LAYERS[dst] == LAYERS[src] and LAYERS[src] > 0)}
     assert not back, f"imports against the layer order: {back}"
 
 
-def test_known_back_edges_are_still_there():
-    """When the second pass removes a known back-edge, drop it from KNOWN_BACK_EDGES too."""
-    edges = import_graph()
-    for key, files in KNOWN_BACK_EDGES.items():
-        assert files <= edges.get(key, set()), (key, files - edges.get(key, set()))
-
-
-def _assert_acyclic(graph, skip) -> None:
-    """Depth-first search over ``graph`` (node -> targets) ignoring the edges in ``skip``."""
+def _assert_acyclic(graph) -> None:
+    """Depth-first search over ``graph`` (node -> targets); fails naming the first cycle found."""
     state = {}
 
     def visit(node, stack):
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
-            if (node, nxt) in skip:
-                continue
             if state.get(nxt) == "open":
                 raise AssertionError(f"import cycle: {' -> '.join(stack + [node, nxt])}")
             if nxt not in state:
@@ -137,7 +112,7 @@ def test_no_cycle_between_parts():
     graph = {}
     for (src, dst) in import_graph():
         graph.setdefault(src, set()).add(dst)
-    _assert_acyclic(graph, set(KNOWN_BACK_EDGES))
+    _assert_acyclic(graph)
 
 
 def test_the_checker_sees_a_back_edge(tmp_path):
@@ -152,11 +127,6 @@ def test_the_checker_sees_a_back_edge(tmp_path):
         assert set(_imports(f)) == {"gnn_lic.training", "gnn_lic.models.base"}
     finally:
         ROOT = saved
-
-
-#: the one known module cycle (registry -> pretrained -> checkpoint -> registry, closed by a
-#: local import in create_model); the second pass splits registry / checkpoint / zoo as timm does
-KNOWN_CYCLE_EDGES = {("gnn_lic.models.registry", "gnn_lic.models.pretrained")}
 
 
 def _module_graph():
@@ -175,7 +145,9 @@ def _module_graph():
 
 
 def test_no_cycle_between_modules():
-    graph = _module_graph()
-    _assert_acyclic(graph, KNOWN_CYCLE_EDGES)
-    for src, dst in KNOWN_CYCLE_EDGES:  # still there: else drop it from the allow-list
-        assert dst in graph.get(src, set()), (src, dst)
+    _assert_acyclic(_module_graph())
+
+
+def test_errors_import_nothing():
+    """Every layer raises gnn_lic.errors' classes, so that module depends on nothing."""
+    assert set(_imports(ROOT / "errors.py")) <= {"__future__"}

@@ -8,34 +8,29 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from gnn_lic.codec.errors import NoPretrainedWeightsError
 from gnn_lic.evaluation.images import image_to_tensor, load_images
 from gnn_lic.models import create_model
-from gnn_lic.models.pretrained import available_pretrained
+from gnn_lic.models.zoo import shipped_weights
 
 __all__ = ["load_analysis_models", "analysis_images"]
 
 
 def load_analysis_models(
-    names: Sequence[str], size: str = "small", seed: int = 0, pretrained: bool = True
+    names: Sequence[str], size: str = "small", seed: int = 0, pretrained: bool = True, quality: Optional[int] = None
 ) -> Dict[str, Tuple[nn.Module, bool]]:
     """``{name: (model, trained)}`` in eval mode.
 
-    With ``pretrained``, a model with shipped weights
-    (:func:`gnn_lic.models.pretrained.available_pretrained`) loads them (``trained=True``);
+    With ``pretrained``, a model with shipped weights (:func:`gnn_lic.models.zoo.shipped_weights`)
+    loads them at ``quality``, which may be left out where one quality is shipped (``trained=True``);
     the others (all of them without ``pretrained``) are built from seed ``seed`` (the same
     initial weights every time, ``trained=False``), so that an analysis of untrained
     models is reproducible and is labelled as such.
     """
-    shipped = set(available_pretrained()) if pretrained else set()
     out = {}
     for name in names:
-        if f"{name}-{size}" in shipped:
-            try:
-                out[name] = (create_model(name, size=size, pretrained=True).eval(), True)
-                continue
-            except NoPretrainedWeightsError:  # pragma: no cover - listed but vanished
-                pass
+        if pretrained and shipped_weights(name, size):
+            out[name] = (create_model(name, size=size, pretrained=True, quality=quality).eval(), True)
+            continue
         torch.manual_seed(seed)
         out[name] = (create_model(name, size=size).eval(), False)
     return out

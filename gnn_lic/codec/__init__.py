@@ -10,11 +10,12 @@ Public API::
     write_image(path, array, force=False)      # atomic PNG write
     write_bytes(path, data, force=False)       # atomic binary write
 
-The container layout is documented byte by byte in :mod:`gnn_lic.codec.container`.
+The container layout is documented byte by byte in :mod:`gnn_lic.codec.container` (format 2;
+format 1 in :mod:`gnn_lic.codec.container_v1`, the byte encoding in :mod:`gnn_lic.codec.wire`).
 """
 
 from gnn_lic.codec.container import inspect_stream
-from gnn_lic.codec.errors import (
+from gnn_lic.errors import (
     CheckpointError,
     CodecError,
     CorruptStreamError,

@@ -1,7 +1,8 @@
 """Hashes that identify a model: its configuration and its exact weights.
 
 ``config_hash(net)``
-    sha256 of the canonical JSON of ``net.model_config`` (keys sorted, no whitespace,
+    sha256 of the canonical JSON of ``net.model_config``
+    (:func:`gnn_lic.models.registry.canonical_config_json`: keys sorted, no whitespace,
     ASCII only, NaN/inf rejected).
 
 ``model_fingerprint(net)``
@@ -41,34 +42,15 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from gnn_lic.codec.errors import CodecError
+from gnn_lic.errors import CodecError
+from gnn_lic.models.registry import canonical_config_json
 
-__all__ = ["canonical_config_json", "config_hash", "model_fingerprint", "identity_config", "identity_digest"]
+__all__ = ["config_hash", "model_fingerprint", "identity_config", "identity_digest"]
 
 _TAG = b"gnn_lic-fingerprint-v1\0"
 _IDENTITY_TAG = b"gnn_lic-identity-v2\0"
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[bytes, Tuple[bytes, tuple, str]]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
-
-
-def _model_config(net: Any) -> Any:
-    cfg = getattr(net, "model_config", None)
-    if not isinstance(cfg, dict):
-        raise CodecError(
-            "the model has no 'model_config' dict; build it with gnn_lic.models.create_model "
-            "or load it with gnn_lic.models.checkpoint.load_checkpoint"
-        )
-    return cfg
-
-
-def canonical_config_json(net_or_config: Any) -> bytes:
-    """Canonical JSON bytes of a model's ``model_config`` (or of a config dict)."""
-    cfg = net_or_config if isinstance(net_or_config, dict) else _model_config(net_or_config)
-    try:
-        text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise CodecError(f"model_config is not JSON-serialisable: {exc}") from None
-    return text.encode("ascii")
 
 
 def config_hash(net_or_config: Any) -> str:
@@ -137,7 +119,8 @@ def identity_config(net: torch.nn.Module, entropy: str) -> dict:
     ``{"name", "size", "model": init_config or {"model_config": ...}, "entropy": entropy}``;
     models that do not record their constructor arguments fall back to ``model_config``.
     """
-    cfg = _model_config(net)
+    canonical_config_json(net)  # a one-line CodecError for a model without a configuration
+    cfg = net.model_config
     init = getattr(net, "init_config", None)
     model = _jsonable(init) if isinstance(init, dict) else {"class": type(net).__qualname__, "model_config": cfg}
     return {"name": cfg.get("name"), "size": cfg.get("size"), "model": model, "entropy": str(entropy)}

@@ -14,7 +14,7 @@ seconds counts as a hang and the worker is replaced) and an address-space limit
 
 Each outcome is one of: ``decoded`` (allowed only for CRC-valid mutations: decoded garbage
 is the expected result of a recomputed checksum), ``codec-error`` (a one-line
-:class:`~gnn_lic.codec.errors.CodecError`), ``other-exception`` (any other exception: a
+:class:`~gnn_lic.errors.CodecError`), ``other-exception`` (any other exception: a
 bug), ``crash`` (the worker died) and ``hang``. The report is JSON; the exit status is 1
 when a bug class is non-empty.
 """

@@ -13,9 +13,9 @@ are the same on every machine, thread count and dtype. Format-1 streams (float e
 parameters) still decode, through the float path, with a notice on stderr: they decode
 correctly only where the float networks give the encoder's numbers.
 
-Every failure of decoding is a :class:`~gnn_lic.codec.errors.CodecError`: a stream whose
+Every failure of decoding is a :class:`~gnn_lic.errors.CodecError`: a stream whose
 checksum is valid but whose content the model cannot decode (crafted or recomputed CRC)
-raises :class:`~gnn_lic.codec.errors.CorruptStreamError`, and a declared image larger
+raises :class:`~gnn_lic.errors.CorruptStreamError`, and a declared image larger
 than :func:`max_pixels` is refused before anything is allocated.
 """
 
@@ -30,8 +30,10 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from gnn_lic.codec.container import HASH_BYTES, IDENTITY_BYTES, MAX_IMAGE_SIDE, pack_stream, parse_stream
-from gnn_lic.codec.errors import CodecError, CorruptStreamError, ModelMismatchError
+from gnn_lic.codec.container import IDENTITY_BYTES, pack_stream, parse_stream
+from gnn_lic.codec.container_v1 import HASH_BYTES
+from gnn_lic.codec.header import MAX_IMAGE_SIDE
+from gnn_lic.errors import CodecError, CorruptStreamError, ModelMismatchError
 from gnn_lic.codec.fingerprint import config_hash, identity_digest, model_fingerprint
 from gnn_lic.utils import module_device
 

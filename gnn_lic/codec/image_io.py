@@ -16,8 +16,8 @@ one-line notice saying what was converted goes to stderr:
 Floating point images (mode ``F``) are refused.  Anything that is not an image raises
 :class:`ImageReadError` with a one-line message.
 
-Writes (:func:`write_image`, :func:`write_bytes`) go to a temporary file in the target
-folder which is then moved into place, so a failure never leaves a partial output file.
+Writes (:func:`write_image`, :func:`write_bytes`) go through
+:func:`gnn_lic.utils.atomic_write`, so a failure never leaves a partial output file.
 Without ``force`` an existing file is never overwritten (:class:`OutputExistsError`);
 where the file system supports hard links the no-overwrite move is itself atomic.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gnn_lic.codec.errors import CodecError, ImageReadError, OutputExistsError
+from gnn_lic.errors import CodecError, ImageReadError, OutputExistsError
+from gnn_lic.utils import atomic_write
 
 __all__ = ["read_image", "write_image", "write_bytes", "encode_png"]
 
@@ -157,7 +157,8 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically; refuse to overwrite unless ``force``."""
+    """Write ``data`` to ``path`` atomically (:func:`gnn_lic.utils.atomic_write`); refuse to
+    overwrite unless ``force``."""
     p = Path(path)
     if p.is_dir():
         raise CodecError(f"output '{p}' is a folder")
@@ -166,42 +167,12 @@ def write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise CodecError(f"output folder '{folder}' does not exist")
-    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
-        raise CodecError(f"cannot write to folder '{folder}': {exc.strerror or exc}") from None
-    try:
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _move_into_place(tmp, p, force)
-        except OSError as exc:
-            raise CodecError(f"cannot write '{p}': {exc.strerror or exc}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass
-
-
-def _move_into_place(tmp: Path, final: Path, force: bool) -> None:
-    if force:
-        os.replace(tmp, final)
-        return
-    try:
-        os.link(tmp, final)  # fails atomically if `final` exists
+        atomic_write(p, bytes(data), overwrite=force)
     except FileExistsError:
-        raise OutputExistsError(f"output file '{final}' already exists (use --force to overwrite)") from None
-    except OSError:
-        # no hard links on this file system: check, then move
-        if final.exists():
-            raise OutputExistsError(f"output file '{final}' already exists (use --force to overwrite)") from None
-        os.replace(tmp, final)
+        raise OutputExistsError(f"output file '{p}' already exists (use --force to overwrite)") from None
+    except OSError as exc:
+        raise CodecError(f"cannot write '{p}': {exc.strerror or exc}") from None
 
 
 def write_image(path: PathLike, array: np.ndarray, force: bool = False) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from gnn_lic.cli import ArgumentParser, UsageError, run_main
-from gnn_lic.codec.errors import ImageReadError
+from gnn_lic.errors import ImageReadError
 
 from .anchors import DEFAULT_QUALITIES, measure_anchors
 from .bd import METHODS, bd_table, format_bd_table

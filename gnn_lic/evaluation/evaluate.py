@@ -177,7 +177,7 @@ def _payload_bytes(data: bytes) -> int | None:
     """Bytes of the entropy-coded strings of a ``.glic`` stream (None for other formats)."""
     try:
         from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
-        from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+        from gnn_lic.errors import CodecError  # noqa: PLC0415
     except ImportError:  # pragma: no cover - the codec ships with the package
         return None
     try:

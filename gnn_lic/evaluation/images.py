@@ -30,7 +30,7 @@ import skimage.data
 import torch
 
 from gnn_lic.codec import read_image
-from gnn_lic.codec.errors import ImageReadError
+from gnn_lic.errors import ImageReadError
 
 __all__ = [
     "SKIMAGE_TRAIN",

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from gnn_lic.utils import atomic_write
+
 from .metrics import ms_ssim_db
 
 __all__ = [
@@ -70,13 +72,10 @@ def to_json(v: Any) -> Any:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON with a final newline (parent folders are created)."""
+    """Write ``obj`` as indented JSON with a final newline, atomically (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(to_json(obj), f, indent=2)
-        f.write("\n")
-    return path
+    return atomic_write(path, (json.dumps(to_json(obj), indent=2) + "\n").encode("utf-8"))
 
 
 def make_results(

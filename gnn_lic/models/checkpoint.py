@@ -10,14 +10,16 @@ A checkpoint is a ``torch.save`` file holding one dict::
         **extra,                            # e.g. step, optimizer state, metrics
     }
 
-:func:`save_checkpoint` writes it atomically (temporary file + ``os.replace``), so an
-interrupted save never leaves a half-written checkpoint.  ``extra`` values are converted
+:func:`save_checkpoint` and :func:`export_checkpoint` write it atomically
+(:func:`gnn_lic.utils.atomic_write`), so an interrupted save never leaves a half-written
+checkpoint.  ``extra`` values are converted
 to types that ``torch.load(weights_only=True)`` accepts (numpy scalars -> Python numbers,
 numpy arrays -> tensors, paths -> str, ``argparse.Namespace`` -> dict); anything else is
 refused at save time, so every checkpoint can be loaded without unpickling arbitrary code.
 
-:func:`load_checkpoint` rebuilds the model with
-``create_model(cfg["name"], size=cfg["size"], **other cfg keys)``, loads the state dict
+:func:`load_checkpoint` rebuilds the model from the registry
+(:func:`gnn_lic.models.registry.build_registered` with ``cfg["name"]``, ``cfg["size"]``
+and the other keys), loads the state dict
 strictly, calls ``net.update(force=True)`` (on the CPU, so the CDF tables and therefore
 the model fingerprint do not depend on the device) and ``net.eval()``.  Every problem
 raises a one-line :class:`CheckpointError`.
@@ -29,14 +31,14 @@ import argparse
 import collections
 import os
 import pickle
-import secrets
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
-from gnn_lic.codec.errors import CheckpointError
-from gnn_lic.models.registry import create_model, list_models
+from gnn_lic.errors import CheckpointError
+from gnn_lic.models.registry import build_registered, registered_models
+from gnn_lic.utils import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -117,26 +119,21 @@ def save_checkpoint(path: PathLike, net: torch.nn.Module, **extra: Any) -> Path:
     for key, value in extra.items():
         payload[key] = _safe_value(value, f"extra[{key!r}]")
 
+    return _write(path, payload)
+
+
+def _write(path: PathLike, payload: Dict[str, Any]) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically, creating missing folders; one-line errors."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot create folder '{folder}': {exc.strerror or exc}") from None
-    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        atomic_write(p, lambda fh: torch.save(payload, fh))
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint '{p}': {exc.strerror or exc}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
     return p
 
 
@@ -222,16 +219,16 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = F
 
 
 def build_model(config: Mapping[str, Any], source: str = "checkpoint") -> torch.nn.Module:
-    """``create_model(cfg["name"], size=cfg["size"], **rest)`` with one-line errors."""
+    """The model of ``config`` from the registry (random weights), with one-line errors."""
     cfg = dict(config)
     name = cfg.pop("name")
     size = cfg.pop("size")
     cfg.pop("pretrained", None)
-    if name not in list_models():
-        known = ", ".join(list_models()) or "none"
+    if name not in registered_models():
+        known = ", ".join(registered_models()) or "none"
         raise CheckpointError(f"{source} holds model '{name}', which is not registered (known models: {known})")
     try:
-        return create_model(name, size=size, **cfg)
+        return build_registered(name, size=size, **cfg)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"cannot build model '{name}' size '{size}' from {source}: {_one_line(exc)}") from None
 
@@ -328,13 +325,4 @@ def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, **metadat
         if key in _RESERVED:
             raise CheckpointError(f"metadata key {key!r} is reserved")
         payload[key] = _safe_value(value, f"metadata[{key!r}]")
-    p = Path(dst)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return _write(dst, payload)

@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from gnn_lic.codec.errors import CheckpointError
-from gnn_lic.models.registry import create_model
+from gnn_lic.errors import CheckpointError
+from gnn_lic.models.factory import create_model
 
 __all__ = ["OFFICIAL_MODELS", "official_state_dict", "convert_official", "load_official"]
 
@@ -169,7 +169,7 @@ def convert_official(name: str, state: Mapping[str, Tensor], net: Optional[torch
                      ) -> Dict[str, Tensor]:
     """Map an authors' state dict onto ``net`` (default: the compat paper model) -> our state dict.
 
-    Raises :class:`~gnn_lic.codec.errors.CheckpointError` naming the first key that
+    Raises :class:`~gnn_lic.errors.CheckpointError` naming the first key that
     cannot be mapped, a shape that does not fit, or a parameter the file lacks.
     """
     if name not in OFFICIAL_MODELS:

@@ -1,12 +1,28 @@
-"""Model registry: a plain dict filled by a decorator, as in CompressAI and timm."""
+"""Model registry: a plain dict of builders filled by a decorator, as in CompressAI and timm.
+
+The registry knows nothing of weights. Three modules sit on it, each importing only the
+ones below (as timm splits ``_registry``, ``_builder`` and ``_factory``):
+
+* :mod:`gnn_lic.models.checkpoint` rebuilds a saved model from its configuration here;
+* :mod:`gnn_lic.models.zoo` finds, checks and loads shipped weights into a built model;
+* :mod:`gnn_lic.models.factory` holds :func:`~gnn_lic.models.factory.create_model`, which
+  builds from here and, with ``pretrained=True``, asks the zoo.
+
+A built model carries ``model_name``, ``model_size`` and ``model_config`` (a JSON-able
+dict of everything needed to rebuild it); :func:`canonical_config_json` is the one byte
+form of that configuration, which checkpoints, the zoo and the file codec compare and hash.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+import json
+from typing import Any, Callable, Dict, List
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "SIZES"]
+from gnn_lic.errors import CodecError
+
+__all__ = ["register_model", "registered_models", "build_registered", "canonical_config_json", "SIZES"]
 
 SIZES = ("tiny", "small", "paper")
 
@@ -25,27 +41,41 @@ def register_model(name: str):
     return decorator
 
 
-def list_models() -> List[str]:
+def registered_models() -> List[str]:
     """Names of every registered model, sorted."""
     return sorted(_MODELS)
 
 
-def create_model(name: str, size: str = "paper", pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a registered model.
+def build_registered(name: str, size: str = "paper", **kwargs: Any) -> nn.Module:
+    """Build registered model ``name`` at ``size`` (random weights) and stamp its configuration.
 
-    The returned module carries ``model_name``, ``model_size`` and ``model_config``
-    (a JSON-able dict of everything needed to rebuild it), which the file codec hashes.
+    Raises ``ValueError`` for an unknown name or size.
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(registered_models())}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of: {', '.join(SIZES)}")
     net = _MODELS[name](size=size, **kwargs)
     net.model_name = name
     net.model_size = size
     net.model_config = {"name": name, "size": size, **kwargs}
-    if pretrained:
-        from gnn_lic.models.pretrained import load_pretrained  # noqa: PLC0415
-
-        load_pretrained(net)
     return net
+
+
+def canonical_config_json(net_or_config: Any) -> bytes:
+    """Canonical JSON bytes of a model's ``model_config`` (or of a config dict).
+
+    Keys sorted, no whitespace, ASCII only, NaN/inf refused: equal configurations give
+    equal bytes, so they can be compared and hashed.
+    """
+    cfg = net_or_config if isinstance(net_or_config, dict) else getattr(net_or_config, "model_config", None)
+    if not isinstance(cfg, dict):
+        raise CodecError(
+            "the model has no 'model_config' dict; build it with gnn_lic.models.create_model "
+            "or load it with gnn_lic.models.checkpoint.load_checkpoint"
+        )
+    try:
+        text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"model_config is not JSON-serialisable: {exc}") from None
+    return text.encode("ascii")

@@ -34,6 +34,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
+from gnn_lic.models.zoo import QUALITY_LAMBDAS
+from gnn_lic.utils import atomic_write
+
 __all__ = [
     "TrainConfig",
     "ConfigError",
@@ -46,10 +49,11 @@ __all__ = [
     "dump_yaml",
 ]
 
-#: GLIC paper lambdas (Sec. 4.1.1) for the MSE and MS-SSIM models; GABIC paper lambdas (Sec. 4, MSE)
+#: GLIC paper lambdas (Sec. 4.1.1) for the MSE and MS-SSIM models (the zoo's qualities 1..6);
+#: GABIC paper lambdas (Sec. 4, MSE)
 LAMBDA_PRESETS: Dict[str, List[float]] = {
-    "mse": [0.0017, 0.0035, 0.0067, 0.0130, 0.0250, 0.050],
-    "ms-ssim": [3.0, 5.0, 8.0, 16.0, 36.0, 64.0],
+    "mse": list(QUALITY_LAMBDAS["mse"]),
+    "ms-ssim": list(QUALITY_LAMBDAS["ms-ssim"]),
     "gabic": [0.0067, 0.0130, 0.0250, 0.0483],
 }
 
@@ -325,6 +329,5 @@ def dump_yaml(values: Mapping[str, Any], path: Union[str, Path]) -> Path:
     """Write ``values`` as block-style YAML (keys in the given order)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w") as fh:
-        yaml.safe_dump(dict(values), fh, sort_keys=False, default_flow_style=False)
-    return p
+    text = yaml.safe_dump(dict(values), sort_keys=False, default_flow_style=False)
+    return atomic_write(p, text.encode("utf-8"))

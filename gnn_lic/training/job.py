@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from gnn_lic.cli import UsageError, run_main
-from gnn_lic.codec.errors import CheckpointError, ImageReadError
+from gnn_lic.errors import CheckpointError, ImageReadError
 from gnn_lic.evaluation import SmallImageWarning, evaluate_model
 from gnn_lic.evaluation.images import DataError, load_images
 from gnn_lic.evaluation.report import report, shipped_curve

@@ -215,7 +215,7 @@ def test_bit_allocation_crops_padding():
         bit_allocation_difference(maps, bit_allocation(net, torch.rand(3, 40, 52)))
 
 
-def test_load_analysis_models_seeded_and_shipped(tmp_path, monkeypatch):
+def test_load_analysis_models_seeded_and_shipped(tmp_path, monkeypatch, ship):
     monkeypatch.setenv("GNN_LIC_WEIGHTS_DIR", str(tmp_path))
     a = load_analysis_models(["cnn"], size="tiny")["cnn"]
     b = load_analysis_models(["cnn"], size="tiny")["cnn"]
@@ -224,8 +224,7 @@ def test_load_analysis_models_seeded_and_shipped(tmp_path, monkeypatch):
         assert torch.equal(p, q)
     torch.manual_seed(5)
     net = create_model("cnn", size="tiny")
-    save_checkpoint(tmp_path / "cnn-tiny.pt", net)
-    (tmp_path / "index.json").write_text('{"cnn-tiny": "cnn-tiny.pt"}')
+    ship(save_checkpoint(tmp_path / "cnn-tiny.pt", net), "cnn", "tiny")
     c, trained = load_analysis_models(["cnn"], size="tiny")["cnn"]
     assert trained is True
     for p, q in zip(c.parameters(), net.parameters()):

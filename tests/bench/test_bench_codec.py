@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gnn_lic.bench.__main__ import _codec_authors, _codec_one
+from gnn_lic.bench.codec import _codec_authors, _codec_one
 from gnn_lic.codec import write_image
 
 KEYS = {"forward_s", "encode_s", "decode_s", "peak_gb", "bpp", "train_step_s", "train_peak_gb", "params_M"}

@@ -1,8 +1,6 @@
-"""save_checkpoint / load_checkpoint and shipped (pretrained) weights."""
+"""save_checkpoint / load_checkpoint (shipped weights: tests/models/test_models_zoo.py)."""
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,10 +14,8 @@ if str(HERE) not in sys.path:
 
 import codec_testmodels as cm  # noqa: E402
 
-from gnn_lic.codec import CodecError, NoPretrainedWeightsError, decode_image, encode_image, model_fingerprint  # noqa: E402
-from gnn_lic.models import create_model  # noqa: E402
+from gnn_lic.codec import CodecError, decode_image, encode_image, model_fingerprint  # noqa: E402
 from gnn_lic.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from gnn_lic.models.pretrained import WEIGHTS_DIR_ENV, available_pretrained, load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,48 +116,3 @@ def test_checkpoint_errors(tmp_path, trained):
     torch.save({**_payload(trained), "args": argparse.Namespace(a=1)}, tmp_path / "unsafe.pt")
     assert "cannot be loaded safely" in _err(tmp_path / "unsafe.pt")
     assert sum(1 for _ in load_checkpoint(tmp_path / "unsafe.pt", trusted=True)) == 2
-
-
-# --------------------------------------------------------------------------- pretrained
-
-
-def test_no_pretrained_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "none"))
-    assert available_pretrained() == []
-    with pytest.raises(NoPretrainedWeightsError) as err:
-        create_model(cm.HYPER, size="small", pretrained=True)
-    assert str(err.value) == (
-        f"no trained weights are shipped for model '{cm.HYPER}' size 'small'; "
-        "pass --checkpoint CKPT (train one with experiments/run.py)"
-    )
-
-
-def test_shipped_weights_are_loaded(tmp_path, monkeypatch, trained):
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    save_checkpoint(tmp_path / "hyper-tiny.pt", trained)
-    (tmp_path / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "hyper-tiny.pt", f"{cm.FACT}-tiny": "gone.pt"}))
-    assert available_pretrained() == [f"{cm.HYPER}-tiny"]
-    net = create_model(cm.HYPER, size="tiny", pretrained=True)
-    assert not net.training and model_fingerprint(net) == model_fingerprint(trained)
-    with pytest.raises(CheckpointError, match="missing"):
-        create_model(cm.FACT, size="tiny", pretrained=True)
-    # shipped weights trained with another configuration
-    odd = create_model(cm.HYPER, size="tiny", seed=3)
-    with pytest.raises(CheckpointError, match="configuration"):
-        load_pretrained(odd)
-    (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="index"):
-        available_pretrained()
-    (tmp_path / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "../hyper-tiny.pt"}))
-    with pytest.raises(CheckpointError, match="invalid file name"):
-        available_pretrained()
-
-
-def test_default_weights_folder_is_inside_the_package(monkeypatch):
-    import gnn_lic
-    from gnn_lic.models.pretrained import weights_dir
-
-    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
-    assert weights_dir() == Path(gnn_lic.__file__).resolve().parent / "weights"
-    assert isinstance(available_pretrained(), list)
-    assert os.path.basename(str(weights_dir())) == "weights"

@@ -20,7 +20,7 @@ import gnn_lic.__main__ as cli  # noqa: E402
 from gnn_lic.codec import decode_image, encode_image, inspect_stream, read_image  # noqa: E402
 from gnn_lic.codec.fingerprint import identity_digest  # noqa: E402
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from gnn_lic.models.pretrained import WEIGHTS_DIR_ENV  # noqa: E402
+from gnn_lic.models.zoo import WEIGHTS_DIR_ENV  # noqa: E402
 
 H, W = 32, 48
 
@@ -67,7 +67,7 @@ def _main(capsys, *args):
 
 
 def _one_error(err):
-    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert err.count("\n") == 1 and err.startswith("gnn_lic: error: "), err
     assert "Traceback" not in err
     return err
 
@@ -169,6 +169,7 @@ def test_model_selection_errors(work, capsys, tmp_path, monkeypatch):
         (("compress", img, out, "--model", "no_such_model"), "unknown model"),
         (("compress", img, out, "--model", cm.HYPER, "--size", "huge"), "unknown size"),
         (("compress", img, out, "--model", cm.HYPER), "no trained weights are shipped for model"),
+        (("compress", img, out, "-c", ck, "--quality", "3"), "--quality selects shipped weights"),
         (("compress", img, out), "--checkpoint"),
         (("compress", str(work / "missing.png"), out, "-c", ck), "does not exist"),
         (("compress", str(work / "notes.txt"), out, "-c", ck), "notes.txt"),
@@ -194,11 +195,10 @@ def test_plain_state_dict_checkpoint(work, capsys, tmp_path):
     assert code == 2 and "plain state_dict" in _one_error(err)
 
 
-def test_pretrained_path_and_conversion_notice(work, capsys, tmp_path, monkeypatch):
+def test_pretrained_path_and_conversion_notice(work, capsys, tmp_path, monkeypatch, ship):
     weights = tmp_path / "weights"
     net, _ = load_checkpoint(work / "model.pth.tar")
-    save_checkpoint(weights / "h.pt", net)
-    (weights / "index.json").write_text(json.dumps({f"{cm.HYPER}-tiny": "h.pt"}))
+    ship(save_checkpoint(weights / "h.pt", net), cm.HYPER, "tiny")
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
     gray = np.random.RandomState(1).randint(0, 256, (7, 9), dtype=np.uint8)
     Image.fromarray(gray, "L").save(tmp_path / "g.png")
@@ -209,6 +209,29 @@ def test_pretrained_path_and_conversion_notice(work, capsys, tmp_path, monkeypat
     assert code == 0
     expected = decode_image(net, (tmp_path / "g.glic").read_bytes())
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g2.png")), expected)
+    code, _, err = _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "q.glic"), "-m", cm.HYPER,
+                         "-s", "tiny", "--quality", "2")
+    assert code == 2 and "at quality 2 (shipped qualities: 4)" in _one_error(err)
+
+
+def test_decompress_finds_the_shipped_quality_of_a_stream(work, capsys, tmp_path, monkeypatch, ship):
+    """Several qualities shipped: compress needs --quality, decompress finds it from the stream's identity."""
+    weights = tmp_path / "weights"
+    net, _ = load_checkpoint(work / "model.pth.tar")
+    ship(save_checkpoint(weights / "h4.pt", net), cm.HYPER, "tiny", (4,))
+    other = cm.make()
+    other.load_state_dict(cm.make(seed=9).state_dict())  # other weights, the same configuration
+    ship(save_checkpoint(weights / "h2.pt", other), cm.HYPER, "tiny", (2,))
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
+    img, out = str(work / "in.png"), str(tmp_path / "o.glic")
+    code, _, err = _main(capsys, "compress", img, out, "-m", cm.HYPER, "-s", "tiny")
+    assert code == 2 and "qualities 2, 4; choose one" in _one_error(err)
+    assert _main(capsys, "compress", img, out, "-m", cm.HYPER, "-s", "tiny", "-q", "4")[0] == 0
+    assert _main(capsys, "decompress", out, str(tmp_path / "o.png"))[0] == 0
+    expected = decode_image(net, (tmp_path / "o.glic").read_bytes())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png")), expected)
+    code, _, err = _main(capsys, "decompress", out, str(tmp_path / "p.png"), "-q", "2")
+    assert code == 2 and "weights differ" in _one_error(err)
 
 
 def test_usage_help_and_command_hook(capsys):

@@ -23,13 +23,9 @@ from gnn_lic.codec import (  # noqa: E402
     inspect_stream,
     model_fingerprint,
 )
-from gnn_lic.codec.container import (  # noqa: E402
-    decode_value,
-    encode_value,
-    pack_stream,
-    pack_stream_v1,
-    parse_stream,
-)
+from gnn_lic.codec.container import pack_stream, parse_stream  # noqa: E402
+from gnn_lic.codec.container_v1 import pack_stream_v1  # noqa: E402
+from gnn_lic.codec.wire import decode_value, encode_value  # noqa: E402
 from gnn_lic.codec.fingerprint import config_hash, identity_digest  # noqa: E402
 
 

@@ -13,7 +13,8 @@ if str(HERE) not in sys.path:
 import codec_testmodels as cm  # noqa: E402
 
 from gnn_lic.codec import CodecError, model_fingerprint  # noqa: E402
-from gnn_lic.codec.fingerprint import canonical_config_json, config_hash  # noqa: E402
+from gnn_lic.codec.fingerprint import config_hash  # noqa: E402
+from gnn_lic.models.registry import canonical_config_json  # noqa: E402
 
 
 def test_equal_weights_equal_fingerprint():

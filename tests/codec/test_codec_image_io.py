@@ -15,7 +15,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from gnn_lic.codec import CodecError, ImageReadError, OutputExistsError, read_image, write_bytes, write_image  # noqa: E402
-import gnn_lic.codec.image_io as image_io  # noqa: E402
+import gnn_lic.utils as utils  # noqa: E402 - the one atomic writer
 
 
 def _rgb(h=5, w=7, seed=0):
@@ -173,7 +173,7 @@ def test_write_bytes_errors_leave_nothing(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(image_io.os, "fsync", broken_fsync)
+    monkeypatch.setattr(utils.os, "fsync", broken_fsync)
     with pytest.raises(CodecError, match="No space"):
         write_bytes(tmp_path / "x.glic", b"abc" * 1000)
     assert list(tmp_path.iterdir()) == []
@@ -188,7 +188,7 @@ def test_no_overwrite_race_is_detected(tmp_path, monkeypatch):
         Path(dst).write_bytes(b"theirs")
         return real_link(src, dst)
 
-    monkeypatch.setattr(image_io.os, "link", racing_link)
+    monkeypatch.setattr(utils.os, "link", racing_link)
     with pytest.raises(OutputExistsError):
         write_bytes(target, b"ours")
     assert target.read_bytes() == b"theirs" and _leftovers(tmp_path) == []

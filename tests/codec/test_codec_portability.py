@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gnn_lic.models.pretrained import available_pretrained
+from gnn_lic.models.zoo import shipped_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def _run(role, name, threads, path, mode="fixed", dtype="float32", numba=True):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["glic", "gabic"])
 def test_latents_identical_across_processes_threads_and_kernels(name, tmp_path):
-    if f"{name}-small" not in available_pretrained():
+    if not shipped_weights(name, "small"):
         pytest.skip(f"no shipped weights for {name}-small")
     blob = tmp_path / "enc.pt"
     _run("encode", name, 2, blob)

@@ -1,34 +1,17 @@
-"""Fixtures for experiments/run.py tests: the script as a module and tiny image folders."""
+"""Fixtures for experiments/run.py tests: gpu_check.py as a module and tiny image folders
+(``run_script`` and ``experiment_script`` are in tests/conftest.py)."""
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_script(name: str):
-    """``experiments/<name>.py`` imported as a module (a script, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"gnn_lic_experiments_{name}", REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def run_script():
-    """``experiments/run.py`` as a module."""
-    return load_script("run")
-
 
 @pytest.fixture(scope="module")
-def gpu_check():
+def gpu_check(experiment_script):
     """``experiments/gpu_check.py`` as a module."""
-    return load_script("gpu_check")
+    return experiment_script("gpu_check")
 
 
 @pytest.fixture(scope="session")

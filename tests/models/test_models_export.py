@@ -1,8 +1,6 @@
 """Shipping weights: export_checkpoint (float16 parameters) and experiments/ship_weights.py."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,15 +8,13 @@ import torch
 from gnn_lic.codec import decode_image, encode_image
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import CheckpointError, export_checkpoint, load_checkpoint, save_checkpoint
+from gnn_lic.models.zoo import file_sha256, read_index
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _ship_module():
-    spec = importlib.util.spec_from_file_location("ship_weights", ROOT / "experiments" / "ship_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture
+def ship_weights(experiment_script):
+    """``experiments/ship_weights.py`` as a module."""
+    return experiment_script("ship_weights")
 
 
 @pytest.fixture()
@@ -62,26 +58,59 @@ def test_export_rejects_reserved_metadata(trained_tiny, tmp_path):
         export_checkpoint(trained_tiny[1], tmp_path / "x.pt", state_dict=1)
 
 
-def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, monkeypatch):
+def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, monkeypatch, ship_weights):
     _, src = trained_tiny
     folder = tmp_path / "weights"
     res = tmp_path / "res.json"
-    res.write_text(json.dumps({"name": "gabic", "results": {"bpp": [0.5], "psnr-rgb": [30.0]}}))
-    mod = _ship_module()
+    res.write_text(json.dumps({"name": "gabic", "results": {"bpp": [0.5], "psnr-rgb": [30.0], "lambda": [0.013]}}))
+    mod = ship_weights
     assert mod.main([str(src), "--command", "python experiments/run.py --model gabic", "--data", "d",
                      "--results", str(res), "--out", str(folder)]) == 0
-    assert json.loads((folder / "index.json").read_text()) == {"gabic-tiny": "gabic-tiny.pt"}
-    record = json.loads((folder / "gabic-tiny.json").read_text())
-    assert record["command"].startswith("python experiments/run.py") and record["training"]["step"] == 7
-    assert record["results"][0]["results"]["bpp"] == [0.5]
+    (entry,) = read_index(folder)
+    assert (entry.name, entry.size, entry.qualities, entry.file) == ("gabic", "tiny", (4,), "gabic-tiny-q4.pt")
+    assert entry.command.startswith("python experiments/run.py") and entry.metrics["bpp"] == [0.5]
+    assert entry.sha256 == file_sha256(folder / entry.file)
+    details = json.loads((folder / entry.details).read_text())
+    assert details["training"]["step"] == 7 and details["results"][0]["results"]["bpp"] == [0.5]
     monkeypatch.setenv("GNN_LIC_WEIGHTS_DIR", str(folder))
     a = create_model("gabic", size="tiny", pretrained=True)
-    b = create_model("gabic", size="tiny", pretrained=True)
+    b = create_model("gabic", size="tiny", pretrained=True, quality=4)
     img = (torch.rand(40, 56, 3) * 255).to(torch.uint8).numpy()
     blob = encode_image(a, img)
     out = decode_image(b, blob)
     assert out.shape == img.shape
-    # too big: refused and nothing is left behind
+    # another quality of the same model joins the index; shipping quality 4 again replaces its entry
+    assert mod.main([str(src), "--command", "c", "--data", "d", "--quality", "2", "--out", str(folder)]) == 0
+    assert mod.main([str(src), "--command", "c2", "--data", "d", "--out", str(folder)]) == 0
+    assert [(e.qualities, e.command) for e in read_index(folder)] == [((2,), "c"), ((4,), "c2")]
+    # too big: refused (one line, status 2) and nothing is left behind
     monkeypatch.setattr(mod, "LIMIT_MB", 1e-6)
-    assert mod.main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w2")]) == 1
-    assert not (tmp_path / "w2" / "gabic-tiny.pt").exists()
+    assert mod.main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w2")]) == 2
+    assert not (tmp_path / "w2" / "gabic-tiny-q4.pt").exists()
+
+
+def test_ship_weights_needs_a_quality(tmp_path, capsys, ship_weights):
+    src = save_checkpoint(tmp_path / "a.pt", create_model("gabic", size="tiny"))  # no training config
+    assert ship_weights.main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--quality" in err
+
+
+def test_upgrade_index_of_the_first_format(trained_tiny, tmp_path, ship_weights):
+    """A first-format index ("name-size": file) and its records become entries with quality and sha256."""
+    _, src = trained_tiny
+    folder = tmp_path / "w"
+    folder.mkdir()
+    dst = export_checkpoint(src, folder / "gabic-tiny.pt")
+    (folder / "index.json").write_text(json.dumps({"gabic-tiny": "gabic-tiny.pt"}))
+    record = {"file": dst.name, "sha256": file_sha256(dst), "command": "cmd", "data": "photos", "notes": "n",
+              "training": {"config": {"lmbda": 0.0067, "metric": "mse", "data_test": "kodak"}},
+              "results": [{"results": {"bpp": [0.3], "psnr-rgb": [28.0], "ms-ssim-rgb": [0.9], "lambda": [0.0067]}}]}
+    (folder / "gabic-tiny.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="--upgrade-index"):
+        read_index(folder)
+    assert ship_weights.main(["--upgrade-index", str(folder)]) == 0
+    (entry,) = read_index(folder)
+    assert (entry.qualities, entry.command, entry.data, entry.details) == ((3,), "cmd", "photos", "gabic-tiny.json")
+    assert entry.metrics == {"data": "kodak", "bpp": [0.3], "psnr-rgb": [28.0], "ms-ssim-rgb": [0.9]}
+    assert sorted(json.loads((folder / "gabic-tiny.json").read_text())) == ["notes", "results", "training"]

@@ -1,12 +1,11 @@
 """The weights shipped in ``gnn_lic/weights``: present, recorded, loadable, and trained.
 
-Each shipped checkpoint must sit next to a JSON record (exact training command, data,
-final metrics, sha256) and must compress a real photo (scikit-image's built-in
+Each shipped checkpoint must be listed in the zoo's index with its record (exact training
+command, data, final metrics, sha256) and must compress a real photo (scikit-image's built-in
 ``coffee.png``) through the command line to a file that decodes with the quality of a
 trained codec, not a random one.
 """
 
-import hashlib
 import json
 
 import pytest
@@ -17,7 +16,7 @@ from gnn_lic.codec.fingerprint import identity_digest
 from gnn_lic.models.fixed_point import SCHEME
 from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model
-from gnn_lic.models.pretrained import available_pretrained, weights_dir
+from gnn_lic.models.zoo import file_sha256, shipped_weights, weights_dir
 from gnn_lic.evaluation.images import skimage_data_dir
 
 SHIPPED = ["glic-small", "gabic-small"]
@@ -25,23 +24,24 @@ PHOTO = skimage_data_dir() / "coffee.png"
 
 
 def test_the_promised_weights_are_shipped():
-    assert set(SHIPPED) <= set(available_pretrained())
+    assert set(SHIPPED) <= {f"{e.name}-{e.size}" for e in shipped_weights()}
     assert (weights_dir() / "TRAINING_DATA.md").is_file()
 
 
 @pytest.mark.parametrize("key", SHIPPED)
 def test_record_matches_file(key):
-    folder = weights_dir()
-    record = json.loads((folder / f"{key}.json").read_text())
-    path = folder / record["file"]
-    assert path.stat().st_size < 20 * 2**20
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
-    assert record["command"].startswith("python experiments/run.py --model ")
-    assert "wikiphotos" in record["data"]
-    assert record["training"]["step"] > 0
+    (entry,) = [e for e in shipped_weights() if f"{e.name}-{e.size}" == key]
+    assert entry.path.stat().st_size < 20 * 2**20
+    assert file_sha256(entry.path) == entry.sha256
+    assert entry.command.startswith("python experiments/run.py --model ")
+    assert "wikiphotos" in entry.data
+    assert entry.qualities == (4,) and entry.lambdas == (0.013,)  # trained at lambda = 0.013
+    assert len(entry.metrics["bpp"]) == len(entry.metrics["psnr-rgb"]) == 1 and entry.metrics["psnr-rgb"][0] > 20
+    details = json.loads((weights_dir() / entry.details).read_text())
+    assert details["training"]["step"] > 0
     # the recorded evaluation is a CompressAI-format result with real-bitstream numbers
-    res = record["results"][0]["results"]
-    assert len(res["bpp"]) == len(res["psnr-rgb"]) >= 1 and res["psnr-rgb"][0] > 20
+    res = details["results"][0]["results"]
+    assert res["bpp"] == entry.metrics["bpp"] and res["psnr-rgb"] == entry.metrics["psnr-rgb"]
 
 
 @pytest.mark.slow

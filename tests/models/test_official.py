@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnn_lic.codec.errors import CheckpointError
+from gnn_lic.errors import CheckpointError
 from gnn_lic.models import create_model
 from gnn_lic.models.official import convert_official, load_official, official_state_dict
 
@@ -187,4 +187,4 @@ def test_convert_official_command_round_trip(name, tmp_path, capsys):
     assert cli.main(["convert-official", "cnn", str(src), str(tmp_path / "o.pt")]) == 2
     assert cli.main(["convert-official", name, str(src), str(tmp_path / "o.pt"), "--model-kwargs", "[1]"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 3 and all(line.startswith("error:") for line in err.strip().splitlines())
+    assert err.count("error:") == 3 and all(line.startswith("gnn_lic: error:") for line in err.strip().splitlines())

@@ -1,9 +1,9 @@
-"""Exceptions raised by the file codec, checkpoint I/O and the command line.
+"""The package's exceptions: model checkpoints and shipped weights, the file codec, image I/O.
 
 Every *expected* failure (bad input file, corrupt stream, wrong model, existing output,
 missing weights, unusable checkpoint) is a :class:`CodecError`, so callers (the command
-line in particular) can report it in one line without a traceback.  This module has no
-dependencies so that it can be imported from anywhere without import cycles.
+line in particular) can report it in one line without a traceback.  This module imports
+nothing, so every layer (``models`` as well as ``codec``) raises the same classes.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class OutputExistsError(CodecError):
 
 
 class NoPretrainedWeightsError(CodecError):
-    """No trained weights are shipped for the requested model name and size."""
+    """No trained weights are shipped for the requested model name, size and quality."""
 
 
 class CheckpointError(CodecError):

@@ -1,0 +1,200 @@
+"""Whole models: ``python -m gnn_lic.bench codec``.
+
+``codec`` measures whole models on one image (default: a 768x512 noise image, or
+``--image FILE``): eval forward, encode and decode time (real bitstreams through
+:mod:`gnn_lic.codec`), the share of the forward spent building graphs, peak memory
+(process high-water mark), and one training step (2 crops of 256x256 for the paper
+models). Given a checkout of the authors' code (``--authors-glic DIR``,
+``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
+processes (``--rounds``), and the ratios of the best figures are printed: a host's speed
+drifts, so only figures measured side by side compare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from gnn_lic.bench.runner import run_child
+from gnn_lic.evaluation.complexity import process_memory, reset_peak_memory
+
+__all__ = ["bench_codec", "CHILD_TASKS"]
+
+
+def _bench_image(image: Optional[str]):
+    import numpy as np  # noqa: PLC0415
+
+    from gnn_lic.codec.image_io import read_image  # noqa: PLC0415
+
+    if image:
+        return read_image(image)
+    return (np.random.default_rng(0).random((512, 768, 3)) * 255).astype(np.uint8)
+
+
+def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: int, train_patch: int,
+                graph_time: Optional[List[float]] = None) -> Dict:
+    """Forward (best of ``runs`` after a warm-up), encode, decode, peak RSS and a training step of ``net``."""
+    from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
+    from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
+
+    x = image_to_tensor(img)
+    base = process_memory("VmRSS")
+    with torch.no_grad():
+        fwd, share = [], []
+        for _ in range(runs + 1):
+            if graph_time is not None:
+                graph_time[0] = 0.0
+            t = time.perf_counter()
+            net(x)
+            fwd.append(time.perf_counter() - t)
+            share.append(graph_time[0] / fwd[-1] if graph_time is not None else float("nan"))
+    enc, dec = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        blob, nbytes = encode(img)
+        enc.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        decode(blob)
+        dec.append(time.perf_counter() - t)
+    r = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6, "image": f"{img.shape[1]}x{img.shape[0]}",
+         "forward_s": min(fwd[1:]), "first_forward_s": fwd[0], "graph_share": share[-1],
+         "encode_s": min(enc), "decode_s": min(dec), "bpp": 8 * nbytes / (img.shape[0] * img.shape[1]),
+         "peak_gb": process_memory("VmHWM") / 1e9, "baseline_gb": base / 1e9}
+    if train:
+        net.train()
+        crit = RateDistortionLoss(lmbda=0.013)
+        opt = torch.optim.Adam(net.parameters(), 1e-5)
+        xs = torch.rand(train_batch, 3, train_patch, train_patch)
+        reset_peak_memory()
+        steps = []
+        for _ in range(2):
+            t = time.perf_counter()
+            out = net(xs)
+            loss = crit(out, xs)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps.append(time.perf_counter() - t)
+        r.update(train_step_s=min(steps), train_batch=f"{train_batch}x{train_patch}x{train_patch}",
+                 train_peak_gb=process_memory("VmHWM") / 1e9)
+    return r
+
+
+def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
+               train: bool) -> Dict:
+    from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
+    from gnn_lic.models import create_model  # noqa: PLC0415
+    from gnn_lic.nn import blocks  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    img = _bench_image(image)
+    net = create_model(name, size=size).eval()
+    net.update(force=True)
+    graph_time = [0.0]
+    real_build = blocks.build_graphs
+
+    def timed_build(*a, **k):
+        t = time.perf_counter()
+        out = real_build(*a, **k)
+        graph_time[0] += time.perf_counter() - t
+        return out
+
+    def encode(im):
+        blob = encode_image(net, im)
+        return blob, len(blob)
+
+    blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
+    try:
+        r = _time_codec(net, img, runs, encode, lambda blob: decode_image(net, blob), train, train_batch,
+                        train_patch, graph_time)
+    finally:
+        blocks.build_graphs = real_build
+    return {"model": name, "size": size, **r}
+
+
+def _authors_model(name: str, code: str):
+    """The authors' paper model from their own checkout ``code`` (GLIC: the repository root with
+    ``glic_model``; GABIC: the repository root, whose ``src`` holds the ``comp`` package)."""
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    if name == "glic":
+        sys.path.insert(0, code)
+        from glic_model import GLICModel  # noqa: PLC0415
+
+        return GLICModel()
+    sys.path.insert(0, os.path.join(code, "src"))
+    from comp.models import WinGraph_WA  # noqa: PLC0415
+
+    with contextlib.redirect_stdout(io.StringIO()):  # their constructor prints its settings
+        return WinGraph_WA(knn=9, graph_conv="transf_custom", heads=8, use_edge_attr=True, dissimilarity=False)
+
+
+def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
+                   train: bool) -> Dict:
+    """:func:`_codec_one` for the authors' model (their forward, compress and decompress)."""
+    from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    img = _bench_image(image)
+    net = _authors_model(name, code).eval()
+    net.update(force=True)
+
+    def encode(im):
+        with torch.no_grad():
+            out = net.compress(image_to_tensor(im))
+        return out, sum(len(s[0]) for s in out["strings"])
+
+    def decode(out):
+        with torch.no_grad():
+            return net.decompress(out["strings"], out["shape"])
+
+    r = _time_codec(net, img, runs, encode, decode, train, train_batch, train_patch)
+    return {"model": name, "size": "authors", **r}
+
+
+def _codec_row(r: Dict) -> str:
+    return (f"{r['model']:6} {r['size']:7} {r['params_M']:9.2f} {r['forward_s']:7.2f} {100 * r['graph_share']:8.1f} "
+            f"{r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
+            f"{r.get('train_step_s', float('nan')):8.2f} {r.get('train_peak_gb', float('nan')):9.2f}  "
+            f"{r.get('train_batch', '-')}")
+
+
+def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs: int, train_batch: Dict[str, int],
+                train_patch: Dict[str, int], train: bool, authors: Optional[Dict[str, str]] = None,
+                rounds: int = 1) -> List[Dict]:
+    """Whole models, each in a fresh process. With ``authors`` (model name -> the authors'
+    checkout), the paper models alternate with the authors' own, process by process, for
+    ``rounds`` rounds, and the ratios of the best figures of each side are printed."""
+    authors = authors or {}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image or '768x512 noise'}")
+    print(f"{'model':6} {'size':7} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
+          f"{'peak GB':>8} {'train s':>8} {'train GB':>9}  batch")
+    rows = []
+    for size in sizes:
+        for name in models:
+            side_by_side = size == "paper" and name in authors
+            ours, theirs = [], []
+            for _ in range(rounds if side_by_side else 1):
+                r = run_child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
+                ours.append(r)
+                print(_codec_row(r), flush=True)
+                if side_by_side:
+                    a = run_child("authors", [name, authors[name], image, runs, train_batch[size], train_patch[size], train])
+                    theirs.append(a)
+                    print(_codec_row(a), flush=True)
+            rows += ours + theirs
+            if theirs:
+                keys = ["forward_s", "encode_s", "decode_s", "peak_gb"] + (["train_step_s", "train_peak_gb"] if train else [])
+                best = {k: (min(r[k] for r in ours), min(r[k] for r in theirs)) for k in keys}
+                print(f"{'':14} ours / authors (best of {rounds}): "
+                      + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()), flush=True)
+    return rows
+
+
+#: the tasks a child process of this benchmark runs
+CHILD_TASKS = {"codec": _codec_one, "authors": _codec_authors}
