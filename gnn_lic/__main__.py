@@ -114,7 +114,7 @@ def _device(name: str):
     return device
 
 
-def _pretrained_model(name: str, size: str, quality: Optional[int] = None):
+def _pretrained_model(name: str, size: str, quality: Optional[float] = None):
     """``create_model(name, size, pretrained=True, quality=quality)`` with checks done before building."""
     from gnn_lic.models import SIZES, create_model, list_models  # noqa: PLC0415
     from gnn_lic.models.zoo import find_weights  # noqa: PLC0415
@@ -130,7 +130,7 @@ def _pretrained_model(name: str, size: str, quality: Optional[int] = None):
     return create_model(name, size=size, pretrained=True, quality=quality)
 
 
-def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[int]):
+def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[float]):
     """The shipped model a stream was encoded with: ``--quality``'s, the only one shipped, or,
     when ``name``/``size`` ships several, the one whose identity the stream carries."""
     from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
@@ -152,15 +152,22 @@ def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[
     raise mismatch
 
 
+def _quality_of(data: bytes) -> float:
+    from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
+
+    return parse_stream(data).quality
+
+
 def _check_quality(args: argparse.Namespace) -> None:
     if args.checkpoint and args.quality is not None:
-        raise UsageError("--quality selects shipped weights; a --checkpoint has its own")
+        raise UsageError("--quality selects shipped weights; a stream records its own quality")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", metavar="CKPT", help="checkpoint written by save_checkpoint (training)")
-    p.add_argument("--quality", "-q", type=int, metavar="Q",
-                   help="quality of the shipped weights (1 = lowest rate; needed when several are shipped)")
+    p.add_argument("--quality", "-q", type=float, metavar="Q",
+                   help="quality (1 = lowest rate): the rate of a variable-rate model (any number between its "
+                        "levels), or which shipped weights to use when several are shipped")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
 
@@ -182,7 +189,6 @@ def _run_compress(args: argparse.Namespace) -> int:
 
     if not args.checkpoint and not args.model:
         raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
-    _check_quality(args)
     device = _device(args.device)
     image = read_image(args.input)
     _check_output_free(args.output, args.force)
@@ -192,18 +198,22 @@ def _run_compress(args: argparse.Namespace) -> int:
             raise UsageError(f"--model {args.model} does not match the checkpoint's model '{net.model_name}'")
         if args.size and args.size != net.model_size:
             raise UsageError(f"--size {args.size} does not match the checkpoint's size '{net.model_size}'")
+        if args.quality is not None and getattr(net, "qualities", 1) < 2:
+            raise UsageError("--quality: the checkpoint's model serves one rate (it is not variable-rate)")
     else:
         net = _pretrained_model(args.model, args.size or DEFAULT_SIZE, args.quality)
     net.to(device)
+    quality = args.quality if getattr(net, "qualities", 1) > 1 else None
 
     start = time.perf_counter()
-    data = encode_image(net, image)
+    data = encode_image(net, image, quality=quality)
     seconds = time.perf_counter() - start
     write_bytes(args.output, data, force=args.force)
     nbytes = os.path.getsize(args.output)
     h, w = image.shape[:2]
     bpp = nbytes * 8 / (h * w)
-    print(f"{args.output}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels, encode {seconds:.3f} s")
+    rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
+    print(f"{args.output}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
     return EXIT_OK
 
 

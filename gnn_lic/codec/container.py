@@ -14,13 +14,17 @@ offset  size     field
 6       1        flags: bit 0 = entropy parameters in fixed point
                  (:mod:`gnn_lic.models.fixed_point`; decodes the same everywhere);
                  bit 1 = explicit shape; bit 2 = explicit strings structure;
-                 bit 3 = model named by labels; other bits must be 0
+                 bit 3 = model named by labels; bit 4 = quality field;
+                 other bits must be 0
 7       var      model: ``uvarint`` code into :data:`MODEL_CODES` (bit 3 clear), or
                  the name and size labels of version 1 (bit 3 set)
 ...     4        identity: the first 4 bytes of
                  :func:`gnn_lic.codec.fingerprint.identity_digest` (resolved model
                  configuration, entropy arithmetic and weights)
 ...     var      original image height, then width, ``uvarint`` (1..2**20)
+...     var      quality of a variable-rate model, only with bit 4: ``uvarint``
+                 ``round(quality * 256)`` (quality in 1..64, steps of 1/256; the
+                 encoder codes at exactly that quality, see :func:`quality_code`)
 ...     var      shape, a tagged value, only with bit 1; otherwise the model implies
                  it from the image size (:func:`gnn_lic.codec.image_codec.implied_shape`)
 ...     var      strings: with bit 2 one tagged value as in version 1; otherwise
@@ -78,6 +82,8 @@ __all__ = [
     "MODEL_CODES",
     "FLAG_FIXED_POINT",
     "IDENTITY_BYTES",
+    "QUALITY_STEPS",
+    "quality_code",
     "FORMAT_VERSION",
     "pack_stream",
     "parse_stream",
@@ -92,7 +98,25 @@ FLAG_FIXED_POINT = 0x01
 FLAG_SHAPE = 0x02
 FLAG_STRINGS = 0x04
 FLAG_LABELS = 0x08
-_KNOWN_FLAGS = FLAG_FIXED_POINT | FLAG_SHAPE | FLAG_STRINGS | FLAG_LABELS
+FLAG_QUALITY = 0x10
+_KNOWN_FLAGS = FLAG_FIXED_POINT | FLAG_SHAPE | FLAG_STRINGS | FLAG_LABELS | FLAG_QUALITY
+#: a stored quality is ``code / QUALITY_STEPS`` with ``code`` in ``QUALITY_STEPS * (1..MAX_QUALITY)``
+QUALITY_STEPS = 256
+MAX_QUALITY = 64
+
+
+def quality_code(quality: float) -> int:
+    """The stored form of ``quality``: ``round(quality * 256)``; a CodecError outside ``[1, 64]``.
+
+    ``quality_code(q) / 256`` is the quality a stream is coded at (exact in binary floating point).
+    """
+    try:
+        q = float(quality)
+    except (TypeError, ValueError):
+        raise CodecError(f"quality must be a number, got {quality!r}") from None
+    if not (math.isfinite(q) and 1 <= q <= MAX_QUALITY):
+        raise CodecError(f"quality must be a number in [1, {MAX_QUALITY}], got {quality!r}")
+    return int(round(q * QUALITY_STEPS))
 #: model codes of format 2 (append only: a code, once written, keeps its meaning)
 MODEL_CODES = (
     None,
@@ -163,6 +187,7 @@ def pack_stream(
     width: int,
     shape: Any,
     strings: Any,
+    quality: Optional[float] = None,
 ) -> bytes:
     """Assemble a version-2 stream (layout in the module docstring).
 
@@ -178,12 +203,15 @@ def pack_stream(
     flat = _flat_strings(strings)
     flags |= FLAG_SHAPE if shape is not None else 0
     flags |= FLAG_STRINGS if flat is None else 0
+    flags |= FLAG_QUALITY if quality is not None else 0
     out = bytearray(_PREFIX_V2)
     out.append(flags)
     out += model
     out += bytes(identity[:IDENTITY_BYTES])
     put_uvarint(out, height)
     put_uvarint(out, width)
+    if quality is not None:
+        put_uvarint(out, quality_code(quality))
     if shape is not None:
         encode_into(out, shape, 0, allow_bytes=False)
     if flat is None:
@@ -223,6 +251,12 @@ def _parse_v2(data: bytes) -> ParsedStream:
         identity = r.take(IDENTITY_BYTES, "the model identity")
         height = r.uvarint("the image height")
         width = r.uvarint("the image width")
+        quality = None
+        if flags & FLAG_QUALITY:
+            code = r.uvarint("the quality")
+            if not QUALITY_STEPS <= code <= QUALITY_STEPS * MAX_QUALITY:
+                raise ParseError(f"quality code {code} is outside {QUALITY_STEPS}..{QUALITY_STEPS * MAX_QUALITY}")
+            quality = code / QUALITY_STEPS
         header_bytes = r.pos
         shape = decode_from(r, 0, allow_bytes=False) if flags & FLAG_SHAPE else None
         if flags & FLAG_STRINGS:
@@ -247,7 +281,7 @@ def _parse_v2(data: bytes) -> ParsedStream:
         kind=data[4], version=2, model_name=model_name, model_size=model_size, config_hash=b"", weights_hash=b"",
         height=height, width=width, shape=shape, strings=strings, header_bytes=header_bytes,
         payload_bytes=payload_bytes, total_bytes=n, crc32=stored_crc, identity=bytes(identity),
-        fixed_point=bool(flags & FLAG_FIXED_POINT), shape_implied=not flags & FLAG_SHAPE,
+        fixed_point=bool(flags & FLAG_FIXED_POINT), shape_implied=not flags & FLAG_SHAPE, quality=quality,
     )
 
 
@@ -279,7 +313,7 @@ def inspect_stream(data: bytes) -> dict:
     Keys: ``format``, ``kind``, ``version``, ``model_name``, ``model_size``,
     ``config_hash`` and ``weights_hash`` (format 1: hex of the stored 16-byte prefixes;
     format 2: empty), ``identity`` (format 2: hex of the stored identity prefix),
-    ``fixed_point``, ``overhead_bytes`` (``total_bytes - payload_bytes``),
+    ``fixed_point``, ``quality`` (None: a single-rate model), ``overhead_bytes`` (``total_bytes - payload_bytes``),
     ``height``, ``width``, ``shape`` (lists instead of tuples), ``strings_layout`` (the
     nesting of the entropy-coded strings with each string replaced by its length),
     ``num_strings``, ``payload_bytes``, ``header_bytes`` (bytes before the shape),
@@ -296,6 +330,7 @@ def inspect_stream(data: bytes) -> dict:
         "weights_hash": p.weights_hash.hex(),
         "identity": p.identity.hex(),
         "fixed_point": p.fixed_point,
+        "quality": p.quality,
         "overhead_bytes": p.total_bytes - p.payload_bytes,
         "height": p.height,
         "width": p.width,

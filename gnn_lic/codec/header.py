@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Type
+from typing import Any, Optional, Type
 
 from gnn_lic.codec.wire import MAX_DEPTH, ParseError, Reader
 from gnn_lic.errors import CodecError
@@ -54,6 +54,8 @@ class ParsedStream:
     identity: bytes = b""
     fixed_point: bool = False
     shape_implied: bool = False
+    #: format 2: the quality a variable-rate model coded at (None: a single-rate model)
+    quality: Optional[float] = None
 
 
 def check_label(label: str, what: str, max_bytes: int) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from gnn_lic.codec.container import IDENTITY_BYTES, pack_stream, parse_stream
+from gnn_lic.codec.container import IDENTITY_BYTES, QUALITY_STEPS, pack_stream, parse_stream, quality_code
 from gnn_lic.codec.container_v1 import HASH_BYTES
 from gnn_lic.codec.header import MAX_IMAGE_SIDE
 from gnn_lic.errors import CodecError, CorruptStreamError, ModelMismatchError
@@ -151,11 +151,31 @@ def _same_shape(a: Any, b: Any) -> bool:
         return False
 
 
-def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
+def _stream_quality(net: torch.nn.Module, quality: Optional[float]) -> Optional[float]:
+    """The quality to code at (on the stream's 1/256 grid), None for a single-rate model."""
+    levels = int(getattr(net, "qualities", 1))
+    if getattr(net, "gain_units", None) is None:
+        if quality is not None:
+            raise CodecError(f"model '{getattr(net, 'model_name', '?')}' serves one rate; --quality is for "
+                             "variable-rate models")
+        return None
+    if quality is None:
+        quality = getattr(net, "default_quality", None) or levels
+    q = quality
+    code = quality_code(q)
+    if code > levels * QUALITY_STEPS:
+        raise CodecError(f"quality must be a number in [1, {levels}] for this model, got {quality!r}")
+    return code / QUALITY_STEPS
+
+
+def encode_image(net: torch.nn.Module, image: np.ndarray, quality: Optional[float] = None) -> bytes:
     """Compress a uint8 (H, W, 3) RGB array to the bytes of a format-2 ``.glic`` stream.
 
     The model must have been updated (``net.update(force=True)``); it is run in eval mode
     under ``torch.inference_mode()`` (its previous train/eval mode is restored).
+    ``quality`` (1 to the model's number of levels, any real number in between; default:
+    the model's ``default_quality``, else its top level) selects the rate of a variable-rate model and is stored in the stream,
+    rounded to 1/256.
     """
     arr = _check_image(image)
     height, width = arr.shape[:2]
@@ -164,11 +184,14 @@ def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
     identity = identity_digest(net, _entropy_label(fixed))
     _check_updated(net)
     x = torch.from_numpy(arr).to(module_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    q = _stream_quality(net, quality)
     with _eval_mode(net), torch.inference_mode():
-        out = net.compress(x)
+        out = net.compress(x) if q is None else net.compress(x, quality=q)
     if not isinstance(out, dict) or "strings" not in out or "shape" not in out:
         raise CodecError("net.compress must return a dict with 'strings' and 'shape'")
     shape = out["shape"]
+    if q is not None and isinstance(shape, dict):  # the quality has its own header field
+        shape = {k: v for k, v in shape.items() if k != "quality"}
     if fixed and _same_shape(shape, implied_shape(net, height, width)):
         shape = None
     return pack_stream(
@@ -180,6 +203,7 @@ def encode_image(net: torch.nn.Module, image: np.ndarray) -> bytes:
         width=width,
         shape=shape,
         strings=out["strings"],
+        quality=q,
     )
 
 
@@ -248,6 +272,13 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
         shape = implied
     elif parsed.version >= 2 and parsed.shape_implied:
         raise CorruptStreamError("the stream leaves its shape to the model, which does not imply one")
+    if getattr(net, "gain_units", None) is not None:  # a variable-rate model decodes at the stream's quality
+        if parsed.quality is None or not 1 <= parsed.quality <= net.qualities:
+            raise CorruptStreamError(
+                f"the stream's quality {parsed.quality} is not one of this model's (1..{net.qualities})")
+        shape = {**shape, "quality": parsed.quality}
+    elif parsed.quality is not None:
+        raise CorruptStreamError("the stream has a quality, but the model serves one rate")
     arithmetic = "fixed" if parsed.version >= 2 and parsed.fixed_point else "float"
     if parsed.version == 1:
         print("notice: format-1 stream: its entropy parameters come from float networks, so it decodes "

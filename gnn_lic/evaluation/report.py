@@ -62,7 +62,7 @@ def _rows_doc(name: str, description: str, rows: List[Dict[str, Any]], extra: Se
 
 def shipped_curve(model: str, size: str, test_images, entropy_estimation: bool = False) -> Optional[Dict[str, Any]]:
     """The shipped weights of ``model``/``size`` evaluated on ``test_images`` (every quality), or None if none ship."""
-    from gnn_lic.codec.errors import NoPretrainedWeightsError  # noqa: PLC0415
+    from gnn_lic.errors import NoPretrainedWeightsError  # noqa: PLC0415
     from gnn_lic.models import create_model  # noqa: PLC0415
 
     try:

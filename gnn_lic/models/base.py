@@ -101,6 +101,12 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
+#: constructor arguments added after format-2 streams were first written: at these values
+#: they are left out of ``init_config``, so the identity of every model that existed
+#: before them (and the streams it wrote) stays the same
+IDENTITY_NEUTRAL_ARGS: Dict[str, Any] = {"rate_lambdas": None}
+
+
 class PaddedCompressionModel(CompressionModel):
     """``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
 
@@ -141,6 +147,9 @@ class PaddedCompressionModel(CompressionModel):
                 for name, p in signature.parameters.items():  # flatten **kwargs
                     if p.kind is inspect.Parameter.VAR_KEYWORD:
                         args_.update(args_.pop(name, {}))
+                for name, default in IDENTITY_NEUTRAL_ARGS.items():  # added later: at the default, no trace
+                    if name in args_ and args_[name] == default:
+                        del args_[name]
                 object.__setattr__(self, "init_config", {"class": type(self).__qualname__, "args": args_})
 
         cls.__init__ = recording_init
@@ -165,13 +174,16 @@ class PaddedCompressionModel(CompressionModel):
         return 1 if self.gain_units is None else self.gain_units.levels
 
     def _quality(self, quality: Optional[QualityLike]) -> Optional[QualityLike]:
-        """The quality to code at: None for a single-rate model, the top level by default."""
+        """The quality to code at: None for a single-rate model; by default ``default_quality``, else the top level."""
         if self.gain_units is None:
             if quality is not None:
                 raise ValueError("this model serves one rate; quality is only for variable-rate models "
                                  "(built with rate_lambdas)")
             return None
-        return self.gain.levels if quality is None else quality
+        if quality is None:
+            default = getattr(self, "default_quality", None)
+            return self.gain.levels if default is None else default
+        return quality
 
     def forward(self, x: Tensor, quality: Optional[QualityLike] = None) -> Dict[str, Any]:
         """Reconstruction and likelihoods; ``quality`` (scalar or one per image) for a variable-rate model."""

@@ -99,6 +99,16 @@ class WeightsEntry:
         return self.folder / self.file
 
     @property
+    def variable_rate(self) -> bool:
+        """Whether the checkpoint is one variable-rate model serving all its qualities."""
+        return len(self.qualities) > 1
+
+    @property
+    def model_kwargs(self) -> Dict[str, Any]:
+        """What ``create_model`` needs besides name and size: the trade-offs of a variable-rate model."""
+        return {"rate_lambdas": list(self.lambdas)} if self.variable_rate else {}
+
+    @property
     def record(self) -> Dict[str, Any]:
         """How the weights were made and what they reach: file, sha256, command, data, metrics."""
         return {"file": self.file, "sha256": self.sha256, "command": self.command, "data": self.data,
@@ -218,12 +228,14 @@ def shipped_weights(name: Optional[str] = None, size: Optional[str] = None) -> L
             and e.path.is_file()]
 
 
-def find_weights(name: str, size: str, quality: Optional[int] = None) -> Tuple[WeightsEntry, int]:
+def find_weights(name: str, size: str, quality: Optional[float] = None) -> Tuple[WeightsEntry, Optional[float]]:
     """The entry serving ``(name, size, quality)`` and the quality it serves.
 
-    Without ``quality`` the model's only shipped quality is taken. Raises
-    :class:`NoPretrainedWeightsError` (one line, naming the qualities shipped) when no
-    entry serves it, ``ValueError`` for a quality that is not an integer of the ladder.
+    Without ``quality`` the model's only shipped checkpoint is taken (then the quality is
+    None for a variable-rate one: its own default). An integer quality must be on the
+    ladder; a variable-rate checkpoint also serves any real quality between its lowest and
+    highest. Raises :class:`NoPretrainedWeightsError` (one line, naming the qualities
+    shipped) when no entry serves it, ``ValueError`` for a quality off the ladder.
     """
     entries = [e for e in read_index() if e.name == name and e.size == size]
     if not entries:
@@ -233,21 +245,23 @@ def find_weights(name: str, size: str, quality: Optional[int] = None) -> Tuple[W
         )
     served = sorted(q for e in entries for q in e.qualities)
     if quality is None:
-        if len(served) > 1:
+        if len(entries) > 1:
             raise NoPretrainedWeightsError(
                 f"model '{name}' size '{size}' ships weights for qualities {', '.join(map(str, served))}; "
                 "choose one (quality=Q, --quality Q)")
-        quality = served[0]
+        return entries[0], (None if entries[0].variable_rate else entries[0].qualities[0])
     top = max(len(v) for v in QUALITY_LAMBDAS.values())
-    if type(quality) is not int or not 1 <= quality <= top:
-        raise ValueError(f"quality must be an integer 1..{top}, got {quality!r}")
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not 1 <= quality <= top:
+        raise ValueError(f"quality must be a number 1..{top}, got {quality!r}")
     for e in entries:
-        if quality in e.qualities:
+        if quality in e.qualities or (e.variable_rate and min(e.qualities) <= quality <= max(e.qualities)):
             return e, quality
-    raise NoPretrainedWeightsError(
-        f"no shipped weights for model '{name}' size '{size}' at quality {quality} "
-        f"(shipped qualities: {', '.join(map(str, served))})"
-    )
+    if float(quality).is_integer() or any(e.variable_rate for e in entries):
+        raise NoPretrainedWeightsError(
+            f"no shipped weights for model '{name}' size '{size}' at quality {quality:g} "
+            f"(shipped qualities: {', '.join(map(str, served))})"
+        )
+    raise ValueError(f"quality {quality!r} is between the shipped fixed-rate qualities {served}: choose one of them")
 
 
 def file_sha256(path: Path) -> str:

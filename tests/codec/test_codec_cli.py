@@ -169,7 +169,7 @@ def test_model_selection_errors(work, capsys, tmp_path, monkeypatch):
         (("compress", img, out, "--model", "no_such_model"), "unknown model"),
         (("compress", img, out, "--model", cm.HYPER, "--size", "huge"), "unknown size"),
         (("compress", img, out, "--model", cm.HYPER), "no trained weights are shipped for model"),
-        (("compress", img, out, "-c", ck, "--quality", "3"), "--quality selects shipped weights"),
+        (("compress", img, out, "-c", ck, "--quality", "3"), "serves one rate"),
         (("compress", img, out), "--checkpoint"),
         (("compress", str(work / "missing.png"), out, "-c", ck), "does not exist"),
         (("compress", str(work / "notes.txt"), out, "-c", ck), "notes.txt"),

@@ -68,7 +68,7 @@ def test_unknown_quality(folder, trained, ship):
     ship(save_checkpoint(folder / "a.pt", trained), "cnn", "tiny", (2,))
     with pytest.raises(NoPretrainedWeightsError, match=r"at quality 3 \(shipped qualities: 2\)"):
         create_model("cnn", size="tiny", pretrained=True, quality=3)
-    with pytest.raises(ValueError, match="integer 1..6"):
+    with pytest.raises(ValueError, match="number 1..6"):
         find_weights("cnn", "tiny", 0)
 
 
@@ -142,3 +142,25 @@ def test_default_weights_folder_is_inside_the_package(monkeypatch):
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
     assert weights_dir() == Path(gnn_lic.__file__).resolve().parent / "weights"
     assert os.path.basename(str(weights_dir())) == "weights"
+
+
+def test_a_variable_rate_entry_serves_every_quality_between_its_levels(folder, ship):
+    torch.manual_seed(6)
+    lambdas = QUALITY_LAMBDAS["mse"]
+    vr = create_model("cnn", size="tiny", rate_lambdas=lambdas)
+    vr.update(force=True)
+    ship(save_checkpoint(folder / "cnn-tiny-vr.pt", vr), "cnn", "tiny", tuple(range(1, 7)))
+    net = create_model("cnn", size="tiny", pretrained=True)
+    assert net.qualities == 6 and model_fingerprint(net) == model_fingerprint(vr)
+    assert getattr(net, "default_quality", None) is None  # compress codes at the top level
+    net = create_model("cnn", size="tiny", pretrained=True, quality=2.5)
+    assert net.default_quality == 2.5
+    assert find_weights("cnn", "tiny", 6.0)[1] == 6.0
+    with pytest.raises(ValueError, match="1..6"):
+        find_weights("cnn", "tiny", 6.5)
+
+
+def test_fixed_rate_entries_refuse_a_quality_between_them(folder, trained, ship):
+    ship(save_checkpoint(folder / "cnn-tiny-q4.pt", trained), "cnn", "tiny", (4,))
+    with pytest.raises(ValueError, match="between the shipped fixed-rate qualities"):
+        find_weights("cnn", "tiny", 3.5)
