@@ -1,9 +1,9 @@
 r"""Shared plumbing of the gnn_lic models: padding, cropping and the codec contract.
 
-Every model is ``g_a -> latent_codec -> g_s`` on top of CompressAI's
-:class:`~compressai.models.CompressionModel` (which owns ``update``,
-``aux_loss`` and the CDF-buffer-aware ``load_state_dict``). This base adds what
-the paper models leave to their test scripts: **any image size works**.
+Every model is CompressAI's :class:`~compressai.models.SimpleVAECompressionModel`,
+``g_a -> latent_codec -> g_s`` (its :class:`~compressai.models.CompressionModel` owns
+``update``, ``aux_loss`` and the CDF-buffer-aware ``load_state_dict``). This base adds
+what the paper models leave to their test scripts: **any image size works**.
 
 .. code-block:: none
 
@@ -23,34 +23,36 @@ reproduces ``compress``'s ``y_hat`` bit for bit. Against the eval-mode
 ``forward`` the difference is floating-point noise only:
 
 * GABIC/WACNN (:class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`) run the
-  same tensors through the same layers in both paths: **exactly equal** (0).
+  same tensors through the same layers in both paths: **exactly equal**.
 * The GLIC family (CompressAI's checkerboard codec) computes the entropy
   parameters on full-size maps in ``forward`` but on the half-width
   "unembedded" anchor/non-anchor maps in ``compress``; the pointwise network
-  gives the same numbers up to summation order (means differ by ~1e-7), so
-  ``y_hat = round(y - mu) + mu`` differs by at most one ulp of ``y``. On the
-  untrained, latent-amplified tiny test models ``|x_hat|`` differs by at most
-  ~5e-6; the tests use ``atol = 1e-4``. A rounding flip (``y - mu`` within 1e-7
-  of a half-integer) would give a larger, local difference; it was never observed.
+  gives the same numbers up to summation order, so the means, and
+  ``y_hat = round(y - mu) + mu`` with them, differ by float rounding (the tests
+  bound ``x_hat`` with an absolute tolerance). Only a ``y - mu`` within that
+  rounding of a half-integer would quantise differently, a larger but local difference.
 
 These statements hold for the float entropy path
 (:func:`~gnn_lic.models.entropy.entropy_arithmetic` ``"float"``). By default both latent
 codecs code with fixed-point entropy parameters (:mod:`gnn_lic.models.fixed_point`):
 ``decompress`` still reproduces ``compress`` bit for bit, on any machine, but the means
-differ from the float ones by about :math:`2^{-16}`, so a latent near a rounding tie may
-quantise the other way than in ``forward``.
+differ from the float ones by up to the fixed-point step :math:`2^{-16}`, so a latent near
+a rounding tie may quantise the other way than in ``forward``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from compressai.models import CompressionModel
+from compressai.models import SimpleVAECompressionModel
 from torch import Tensor, nn
+
+from gnn_lic.models.wavelet import OLP
 
 __all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "PaddedCompressionModel"]
 
@@ -99,15 +101,15 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
-class PaddedCompressionModel(CompressionModel):
-    """``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
+class PaddedCompressionModel(SimpleVAECompressionModel):
+    """CompressAI's ``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
 
     Subclasses set ``g_a``, ``g_s`` and ``latent_codec``; the latent codec follows
     CompressAI's latent-codec contract: ``forward(y) -> {"likelihoods", "y_hat"}``,
     ``compress(y) -> {"strings", "shape", ...}``, ``decompress(strings, shape) -> {"y_hat"}``.
 
     ``compress`` returns ``{"strings", "shape": {"latent": ..., "image": [H, W]}}``
-    (JSON-able ints); ``decompress`` crops to ``image`` and clamps to ``[0, 1]``.
+    (JSON-able ints); ``decompress`` crops to ``image`` (CompressAI's clamps to ``[0, 1]``).
     """
 
     #: the padded height and width are multiples of this
@@ -120,7 +122,9 @@ class PaddedCompressionModel(CompressionModel):
 
         The file codec hashes them (with the class name) as the model identity, so a
         changed preset or graph hyper-parameter changes the identity even when
-        ``model_config`` (the arguments given to ``create_model``) does not.
+        ``model_config`` (the arguments given to ``create_model``) does not. An options
+        object (a dataclass) is recorded field by field, so grouping options into one
+        does not change the identity.
         """
         super().__init_subclass__(**kwargs)
         if "__init__" not in cls.__dict__:
@@ -134,29 +138,18 @@ class PaddedCompressionModel(CompressionModel):
             if type(self).__init__ is recording_init:  # the most derived class records
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
-                args_ = dict(bound.arguments)
-                args_.pop("self", None)
-                for name, p in signature.parameters.items():  # flatten **kwargs
-                    if p.kind is inspect.Parameter.VAR_KEYWORD:
-                        args_.update(args_.pop(name, {}))
-                object.__setattr__(self, "init_config", {"class": type(self).__qualname__, "args": args_})
+                object.__setattr__(self, "init_config", {"class": type(self).__qualname__,
+                                                         "args": _flat_arguments(signature, bound.arguments)})
 
         cls.__init__ = recording_init
-    g_a: nn.Module
-    g_s: nn.Module
-    latent_codec: nn.Module
 
     def forward(self, x: Tensor) -> Dict[str, Any]:
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
-        y = self.g_a(x_pad)
-        y_out = self.latent_codec(y)
-        x_hat = self.g_s(y_out["y_hat"])
-        return {"x_hat": crop_to(x_hat, hw), "likelihoods": y_out["likelihoods"]}
+        out = super().forward(x_pad)
+        return {"x_hat": crop_to(out["x_hat"], hw), "likelihoods": out["likelihoods"]}
 
     def ortho_loss(self) -> Tensor:
         """Sum of the orthogonality losses of every OLP (0 for a model without one)."""
-        from gnn_lic.models.wavelet import OLP  # noqa: PLC0415 - avoid an import cycle in docs
-
         losses = [m.loss() for m in self.modules() if isinstance(m, OLP)]
         if not losses:
             return next(self.parameters()).new_zeros(())
@@ -165,14 +158,30 @@ class PaddedCompressionModel(CompressionModel):
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, Any]:
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
-        y = self.g_a(x_pad)
-        out = self.latent_codec.compress(y)
+        out = super().compress(x_pad)
         return {"strings": out["strings"], "shape": {"latent": to_jsonable(out["shape"]), "image": list(hw)}}
 
     @torch.no_grad()
     def decompress(self, strings: List[Any], shape: Dict[str, Any]) -> Dict[str, Tensor]:
         if not isinstance(shape, dict) or "latent" not in shape or "image" not in shape:
             raise ValueError("shape must be the dict returned by compress: {'latent': ..., 'image': [H, W]}")
-        y_hat = self.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"]
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": crop_to(x_hat, shape["image"]).clamp_(0, 1)}
+        x_hat = super().decompress(strings, from_jsonable(shape["latent"]))["x_hat"]
+        return {"x_hat": crop_to(x_hat, shape["image"])}
+
+
+def _flat_arguments(signature: inspect.Signature, arguments: Mapping[str, Any]) -> Dict[str, Any]:
+    """Bound constructor arguments without ``self``, ``**kwargs`` and dataclass options flattened."""
+    args = dict(arguments)
+    args.pop("self", None)
+    for name, p in signature.parameters.items():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            args.update(args.pop(name, {}))
+    for name, value in list(args.items()):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            clash = sorted(set(fields) & (set(args) - {name}))
+            if clash:
+                raise TypeError(f"options {name!r} repeat the arguments {clash}")
+            del args[name]
+            args.update(fields)
+    return args
