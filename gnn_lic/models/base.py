@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
@@ -54,7 +55,8 @@ from torch import Tensor, nn
 
 from gnn_lic.models.wavelet import OLP
 
-__all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "PaddedCompressionModel"]
+__all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "upgrade_state_dict", "earlier_state_dict",
+           "PaddedCompressionModel"]
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tuple[Tensor, Tuple[int, int]]:
@@ -101,6 +103,55 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------- state-dict key history
+#
+# A module whose parameters moved declares ``renamed_keys = {old: new}``: key prefixes
+# relative to the module, as PyTorch modules version their own state (``_version`` and
+# ``_load_from_state_dict``). Checkpoints written before the move load through
+# :func:`upgrade_state_dict`; :func:`earlier_state_dict` gives the state under the old names,
+# which the file codec needs to recognise streams encoded before the move (its model identity
+# hashes the state-dict keys).
+
+
+def _renames(net: nn.Module) -> List[Tuple[str, str]]:
+    """``(old, new)`` full key prefixes of every module of ``net``, parents first."""
+    out = []
+    for name, module in net.named_modules():
+        prefix = f"{name}." if name else ""
+        out += [(prefix + old, prefix + new) for old, new in getattr(module, "renamed_keys", {}).items()]
+    return out
+
+
+def _rename(state: Mapping[str, Any], pairs: List[Tuple[str, str]]) -> "OrderedDict[str, Any]":
+    def rename(key: str) -> str:
+        for src, dst in pairs:
+            if key.startswith(src):
+                key = dst + key[len(src):]
+        return key
+
+    out = OrderedDict((rename(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # per-module versions, keyed by module path (no trailing dot)
+        out._metadata = OrderedDict((rename(k + ".")[:-1] if k else k, v) for k, v in metadata.items())
+    return out
+
+
+def upgrade_state_dict(net: nn.Module, state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state`` with the keys of earlier layouts of ``net``'s modules renamed to the current ones.
+
+    Keys already in the current layout are kept; ``state`` is returned unchanged when no
+    module of ``net`` was renamed.
+    """
+    pairs = _renames(net)
+    return _rename(state, pairs) if pairs else state
+
+
+def earlier_state_dict(net: nn.Module) -> "OrderedDict[str, Any] | None":
+    """``net.state_dict()`` under the keys its modules had before their renames, or ``None`` (no renames)."""
+    pairs = [(new, old) for old, new in reversed(_renames(net))]  # children first
+    return _rename(net.state_dict(), pairs) if pairs else None
+
+
 class PaddedCompressionModel(SimpleVAECompressionModel):
     """CompressAI's ``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
 
@@ -110,6 +161,7 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
 
     ``compress`` returns ``{"strings", "shape": {"latent": ..., "image": [H, W]}}``
     (JSON-able ints); ``decompress`` crops to ``image`` (CompressAI's clamps to ``[0, 1]``).
+    ``load_state_dict`` also accepts the keys of earlier layouts (:func:`upgrade_state_dict`).
     """
 
     #: the padded height and width are multiples of this
@@ -154,6 +206,9 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
         if not losses:
             return next(self.parameters()).new_zeros(())
         return torch.stack(losses).sum()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
+        return super().load_state_dict(upgrade_state_dict(self, state_dict), strict=strict)
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, Any]:

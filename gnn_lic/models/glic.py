@@ -110,19 +110,22 @@ def _stage_blocks(kind: str, channels: int, depth: int, mlp_ratio: float, gfa: D
 
 
 class _StagedTransform(nn.Module):
-    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``aux``."""
+    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``wavelet``."""
+
+    #: checkpoints written before the wavelet chain got its name called it ``aux``
+    renamed_keys = {"aux.": "wavelet."}
 
     resample: nn.ModuleList
     blocks: nn.ModuleList
-    aux: Optional[nn.ModuleList]
+    wavelet: Optional[nn.ModuleList]
 
     def forward(self, x: Tensor) -> Tensor:
-        aux = x
+        w = x
         for i, (resample, blocks) in enumerate(zip(self.resample, self.blocks)):
             x = blocks(resample(x))
-            if self.aux is not None:
-                aux = self.aux[i](aux)
-                x = x + aux
+            if self.wavelet is not None:
+                w = self.wavelet[i](w)
+                x = x + w
         return x
 
 
@@ -155,7 +158,7 @@ class GLICAnalysis(_StagedTransform):
                 nn.Identity(),
             ]
         )
-        self.aux = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+        self.wavelet = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
     def resample(self) -> nn.ModuleList:
@@ -190,7 +193,7 @@ class GLICSynthesis(_StagedTransform):
                 nn.Identity(),
             ]
         )
-        self.aux = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+        self.wavelet = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
     def resample(self) -> nn.ModuleList:

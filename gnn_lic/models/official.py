@@ -67,8 +67,8 @@ _GTC = [  # GatedTransformCNN blocks (conv stages, h_a/h_s, channel context)
 _GLIC_RULES: List[_Rule] = [
     (r"^g_a\.down(\d)\.", r"g_a.down.\1."),
     (r"^g_s\.up(\d)\.", r"g_s.up.\1."),
-    (r"^g_a\.AuxT_enc\.(\d)\.", r"g_a.aux.\1."),
-    (r"^g_s\.AuxT_dec\.(\d)\.", r"g_s.aux.\1."),
+    (r"^g_a\.AuxT_enc\.(\d)\.", r"g_a.wavelet.\1."),
+    (r"^g_s\.AuxT_dec\.(\d)\.", r"g_s.wavelet.\1."),
     (r"\.scaling_factors$", ".log_scale"),
     (r"\.OLP\.linear\.", ".proj.linear."),
     (r"^g_a\.g1\.(\d+)\.", r"g_a.blocks.0.\1."),

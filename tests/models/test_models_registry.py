@@ -109,7 +109,7 @@ def test_wacnn_is_the_gabic_layout_with_shifted_window_blocks(paper_model):
 def test_kwargs_override_presets_and_are_recorded():
     net = create_model("glic", size="tiny", wavelet=False, avg_degree=3)
     assert net.model_config == {"name": "glic", "size": "tiny", "wavelet": False, "avg_degree": 3}
-    assert net.g_a.aux is None and net.g_a.blocks[1].selector.avg_degree == 3
+    assert net.g_a.wavelet is None and net.g_a.blocks[1].selector.avg_degree == 3
     assert float(net.ortho_loss()) == 0.0
 
 
