@@ -22,7 +22,7 @@ Exactness of the codec: rANS decoding returns the very symbols
 reproduces ``compress``'s ``y_hat`` bit for bit. Against the eval-mode
 ``forward`` the difference is floating-point noise only:
 
-* GABIC/WACNN (:class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`) run the
+* GABIC/WACNN (:class:`~gnn_lic.models.channel_slice.ChannelSliceLatentCodec`) run the
   same tensors through the same layers in both paths: **exactly equal**.
 * The GLIC family (CompressAI's checkerboard codec) computes the entropy
   parameters on full-size maps in ``forward`` but on the half-width

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from gnn_lic.graph import AdaptiveDegree, BlockWindow, CandidateSet, GlobalGrid, LocalWindow
 
 from gnn_lic.models.base import PaddedCompressionModel
-from gnn_lic.models.entropy import scctx_latent_codec
+from gnn_lic.models.scctx import scctx_latent_codec
 from gnn_lic.models.layers import GatedTransformCNN, conv3x3, subpel_conv3x3
 from gnn_lic.models.registry import register_model
 from gnn_lic.models.wavelet import WLS, iWLS
@@ -225,7 +225,7 @@ class GLIC(PaddedCompressionModel):
             (:func:`gnn_lic.models.load_official`) it reproduces their model.
         groups (sequence of int): SCCTX channel groups, summing to :math:`C_4`.
         hyper_channels, side_channels, hyper_depth, ctx_min_channels, param_min_channels:
-            entropy-model widths, see :func:`~gnn_lic.models.entropy.scctx_latent_codec`.
+            entropy-model widths, see :func:`~gnn_lic.models.scctx.scctx_latent_codec`.
 
     ``forward`` returns ``{"x_hat", "likelihoods": {"y", "z"}}``; training adds
     ``0.1 * ortho_loss()`` (the wavelet branch's orthogonality loss, 0 without it).

@@ -5,7 +5,7 @@ Blocks never build graphs their own way: they call :func:`gnn_lic.graph.build_gr
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

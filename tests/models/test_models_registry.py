@@ -58,7 +58,7 @@ def test_paper_glic_matches_table2(paper_model):
 def test_paper_gabic_width(paper_model):
     net = paper_model("gabic")
     assert (net.N, net.M) == (192, 320)
-    lc = net.latent_codec
+    lc = net.latent_codec.y
     assert (lc.num_slices, lc.slice_channels, lc.max_support_slices) == (10, 32, 5)
 
 
