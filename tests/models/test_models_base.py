@@ -6,6 +6,7 @@ from torch import nn
 
 from gnn_lic.models import create_model
 from gnn_lic.models.base import (
+    PaddedCompressionModel,
     crop_to,
     earlier_state_dict,
     from_jsonable,
@@ -126,3 +127,25 @@ def test_no_current_key_looks_like_an_earlier_one(name):
     net = create_model(name, size="tiny")
     state = net.state_dict()
     assert list(upgrade_state_dict(net, state)) == list(state)
+
+
+def test_init_config_flattens_an_options_dataclass_and_refuses_clashes():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Options:
+        width: int = 2
+        depth: int = 1
+
+    class Toy(PaddedCompressionModel):
+        def __init__(self, scale: float = 1.0, options: Options = Options()):
+            super().__init__()
+
+    class Clash(PaddedCompressionModel):
+        def __init__(self, width: int = 3, options: Options = Options()):
+            super().__init__()
+
+    assert Toy(options=Options(width=5)).init_config == {"class": Toy.__qualname__,
+                                                          "args": {"scale": 1.0, "width": 5, "depth": 1}}
+    with pytest.raises(TypeError, match="width"):
+        Clash()
