@@ -200,10 +200,10 @@ class ChannelSliceLatentCodec(FixedPointHyperpriorCodec):
             conv3x3(w[2], w[1]), nn.GELU(),
             conv3x3(w[1], N, stride=2),
         )  # fmt: skip
-        super().__init__(latent_codec={
-            "hyper": HyperLatentCodec(EntropyBottleneck(N), h_a, MeanScaleSynthesis(w), quantizer="ste"),
-            "y": ChannelSliceConditional(M, num_slices, max_support_slices, cc_hidden),
-        })
+        h_s = MeanScaleSynthesis(w)
+        y = ChannelSliceConditional(M, num_slices, max_support_slices, cc_hidden)
+        eb = EntropyBottleneck(N)  # made last, as in the earlier flat layout: a seed draws the same weights
+        super().__init__(latent_codec={"hyper": HyperLatentCodec(eb, h_a, h_s, quantizer="ste"), "y": y})
 
     def _compress_float(self, y: Tensor) -> Dict[str, Any]:
         out = HyperpriorLatentCodec.compress(self, y)
