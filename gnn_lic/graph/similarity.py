@@ -188,7 +188,7 @@ def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
 
     Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``).
     Computed once per map and shared by every graph built from it
-    (:func:`build_graphs`). On a CPU with numba the normalisation is one compiled
+    (:func:`build_graphs`). On a CPU with the compiled kernels on the normalisation is one compiled
     pass (:mod:`gnn_lic.graph._rowkernels`), equal to this up to float rounding.
     """
     if _rowkernels.enabled(x) and x.numel() > 0:
@@ -211,7 +211,7 @@ def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
     One matrix product of the normalised features per block of the candidate
     layout (dense BLAS), run over cache-sized chunks of blocks on a CPU; entries
     that are not candidates, and the rows of padding queries, are unspecified.
-    ``xn`` comes from :func:`unit_features`. On a CPU with numba, a window candidate
+    ``xn`` comes from :func:`unit_features`. On a CPU with the compiled kernels on, a window candidate
     set (:meth:`~gnn_lic.graph.CandidateSet.window_side`) is computed as exactly the needed dot products
     (:func:`gnn_lic.graph._rowkernels.local_window_similarity`).
     """
