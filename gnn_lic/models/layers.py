@@ -103,7 +103,7 @@ class GatedTransformCNN(nn.Module):
         expansion (float): FFN expansion (default 4; 2 inside the hyper transforms).
     """
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, expansion: float = 4, **unused):
+    def __init__(self, in_ch: int, out_ch: int | None = None, expansion: float = 4):
         super().__init__()
         out_ch = in_ch if out_ch is None else out_ch
         self.dwconv = DepthwiseConvBlock(in_ch, out_ch)
@@ -124,7 +124,7 @@ class GatedTransformCNN(nn.Module):
 class ParameterAggregationBlock(nn.Module):
     """1x1 conv ``in -> out`` then ``x + FFN(LN(x))``: pointwise, for entropy parameters."""
 
-    def __init__(self, in_ch: int, out_ch: int, expansion: float = 4, **unused):
+    def __init__(self, in_ch: int, out_ch: int, expansion: float = 4):
         super().__init__()
         self.proj = conv1x1(in_ch, out_ch)
         self.norm = LayerNorm2d(out_ch)
@@ -157,30 +157,17 @@ def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> Li
     return widths
 
 
-def channel_ramp(
-    in_ch: int,
-    out_ch: int,
-    *,
-    min_ch: int = 0,
-    num_layers: int = 3,
-    make_layer: Callable[[int, int], nn.Module],
-    make_act: Callable[[], nn.Module] | None = None,
-) -> nn.Sequential:
-    """``num_layers`` layers ``make_layer(a, b)`` over :func:`ramp_widths`, activations between."""
-    widths = ramp_widths(in_ch, out_ch, num_layers, min_ch)
-    layers: List[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(make_layer(a, b))
-        if make_act is not None and i < num_layers - 1:
-            layers.append(make_act())
-    return nn.Sequential(*layers)
+def channel_ramp(in_ch: int, out_ch: int, *, min_ch: int, make_layer: Callable[[int, int], nn.Module]) -> nn.Sequential:
+    """ELIC's three-layer ramp: ``make_layer(a, b)`` over :func:`ramp_widths` (each block carries its own nonlinearity)."""
+    widths = ramp_widths(in_ch, out_ch, 3, min_ch)
+    return nn.Sequential(*(make_layer(a, b) for a, b in zip(widths[:-1], widths[1:])))
 
 
-def conv_stack(widths: Sequence[int], kernel_size: int = 3, act: Callable[[], nn.Module] = nn.GELU) -> nn.Sequential:
-    """Stride-1 convolutions through ``widths`` with ``act`` between them (none after the last)."""
+def conv_stack(widths: Sequence[int]) -> nn.Sequential:
+    """Stride-1 3x3 convolutions through ``widths`` with GELUs between them (none after the last)."""
     layers: List[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2))
+        layers.append(conv3x3(a, b))
         if i < len(widths) - 2:
-            layers.append(act())
+            layers.append(nn.GELU())
     return nn.Sequential(*layers)

@@ -61,9 +61,8 @@ def elic_groups(M: int, num_groups: int = 5) -> List[int]:
     return head + [M - sum(head)]
 
 
-def glic_hyper_transforms(
-    M: int, hyper_channels: int, side_channels: int, depth: int = 2, expansion: float = 2
-) -> Tuple[nn.Sequential, nn.Sequential]:
+def glic_hyper_transforms(M: int, hyper_channels: int, side_channels: int, depth: int = 2
+                          ) -> Tuple[nn.Sequential, nn.Sequential]:
     """GLIC's ``h_a`` (``M -> hyper``, /4) and ``h_s`` (``hyper -> side``, x4), as in the authors' released model.
 
     Each resolution step is followed by ``depth`` :class:`GatedTransformCNN` blocks
@@ -72,7 +71,7 @@ def glic_hyper_transforms(
     """
 
     def blocks():
-        return [GatedTransformCNN(hyper_channels, expansion=expansion) for _ in range(depth)]
+        return [GatedTransformCNN(hyper_channels, expansion=2) for _ in range(depth)]
 
     h_a = nn.Sequential(
         conv3x3(M, hyper_channels),
@@ -91,14 +90,14 @@ def glic_hyper_transforms(
     return h_a, h_s
 
 
-def checkerboard_context(in_ch: int, out_ch: int, kernel_size: int = 5) -> CheckerboardMaskedConv2d:
-    """Checkerboard-masked spatial context convolution, with its weight masked from the start.
+def checkerboard_context(in_ch: int, out_ch: int) -> CheckerboardMaskedConv2d:
+    """Checkerboard-masked 5x5 spatial context convolution (ELIC's), with its weight masked from the start.
 
     CompressAI's masked convolutions multiply their weight by the mask in place on
     every call; masking once at construction makes that a no-op, so the state dict
     (and a model fingerprint) does not change on the first forward or compress.
     """
-    conv = CheckerboardMaskedConv2d(in_ch, out_ch, kernel_size=kernel_size, stride=1, padding=kernel_size // 2)
+    conv = CheckerboardMaskedConv2d(in_ch, out_ch, kernel_size=5, stride=1, padding=2)
     with torch.no_grad():
         conv.weight.mul_(conv.mask)
     return conv
@@ -173,8 +172,6 @@ def scctx_latent_codec(
     hyper_depth: int = 2,
     ctx_min_channels: int = 192,
     param_min_channels: int = 384,
-    ctx_layers: int = 3,
-    param_layers: int = 3,
 ) -> "SCCTXLatentCodec":
     r"""Space-channel context model (SCCTX/ELIC) as used by GLIC, from CompressAI latent codecs.
 
@@ -186,7 +183,6 @@ def scctx_latent_codec(
         hyper_depth (int): :class:`GatedTransformCNN` blocks per hyper stage (2).
         ctx_min_channels (int): minimum hidden width of the channel-context ramps (192).
         param_min_channels (int): minimum hidden width of the parameter ramps (384).
-        ctx_layers, param_layers (int): layers per ramp (3).
 
     For group :math:`k` the channel context maps :math:`\hat y_{<k}` to
     :math:`2g_k` channels (ramp of :class:`GatedTransformCNN`), the checkerboard
@@ -203,7 +199,6 @@ def scctx_latent_codec(
             sum(groups[:k]),
             2 * groups[k],
             min_ch=ctx_min_channels,
-            num_layers=ctx_layers,
             make_layer=GatedTransformCNN,
         )
         for k in range(1, len(groups))
@@ -215,7 +210,6 @@ def scctx_latent_codec(
                 2 * g + (2 * g if k > 0 else 0) + side_channels,
                 2 * g,
                 min_ch=param_min_channels,
-                num_layers=param_layers,
                 make_layer=ParameterAggregationBlock,
             ),
             context_prediction=checkerboard_context(g, 2 * g),

@@ -138,7 +138,7 @@ class GFABlock(nn.Module):
         mlp_ratio (float): feed-forward expansion.
         heads (int): attention heads.
         local (CandidateSet): local candidates (default
-            :class:`~gnn_lic.graph.BlockWindow` ``(8, 16)``, see the GLIC model notes).
+            :class:`~gnn_lic.graph.BlockWindow` ``(8, 16)``, the local rule of the GLIC authors' code).
         global_ (CandidateSet): global candidates (default ``GlobalGrid(16)``).
         selector (Selector): selection rule (default ``AdaptiveDegree(64)``: RMS-G,
             5 bisection steps).

@@ -1,4 +1,4 @@
-"""CNN layers and latent codecs of the models (notes 1.4, 1.10, 2.1)."""
+"""CNN layers and latent codecs of the models (GLIC Fig. 2(c), SCCTX; GABIC eq. 3)."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def test_ramp_widths_match_glic_entropy_model():
 
 
 def test_channel_ramp_builds_layers():
-    seq = channel_ramp(8, 4, min_ch=16, num_layers=3, make_layer=GatedTransformCNN)
+    seq = channel_ramp(8, 4, min_ch=16, make_layer=GatedTransformCNN)
     assert len(seq) == 3
     assert seq(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
 
