@@ -11,18 +11,15 @@ from __future__ import annotations
 from typing import Callable, List, Sequence
 
 import torch
-import torch.nn.functional as F
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
-from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
-from gnn_lic.nn.blocks import LayerNorm2d
+from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 
 __all__ = [
     "conv1x1",
     "conv3x3",
     "subpel_conv3x3",
-    "GatedFFN",
     "DepthwiseConvBlock",
     "GatedTransformCNN",
     "ParameterAggregationBlock",
@@ -32,37 +29,9 @@ __all__ = [
 ]
 
 
-def conv1x1(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
     """1x1 convolution."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
-
-
-class GatedFFN(nn.Module):
-    r"""Pointwise gated feed-forward network.
-
-    .. math:: \mathrm{FFN}(x) = W_2\,(\mathrm{GELU}(W_a x) \odot W_b x)
-
-    with 1x1 convolutions :math:`W_a, W_b: C \to eC` (one conv, split in two) and
-    :math:`W_2: eC \to C`, all without bias. Pointwise, so it can sit inside a
-    checkerboard entropy-parameter network.
-
-    Args:
-        channels (int): channels ``C``.
-        expansion (float): hidden expansion ``e`` (default 4).
-    """
-
-    def __init__(self, channels: int, expansion: float = 4):
-        super().__init__()
-        hidden = int(channels * expansion)
-        self.proj_in = conv1x1(channels, 2 * hidden, bias=False)
-        self.proj_out = conv1x1(hidden, channels, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.proj_in(x).chunk(2, dim=1)
-        if torch.is_grad_enabled():
-            return self.proj_out(F.gelu(a) * b)
-        # no autograd: gate in place, one hidden tensor instead of three
-        return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1)
 
 
 class DepthwiseConvBlock(nn.Module):
@@ -93,9 +62,7 @@ class GatedTransformCNN(nn.Module):
         h = \mathrm{DWConv}(x), \qquad
         \mathrm{out} = h + \mathrm{FFN}(\mathrm{LN}(h))
 
-    Without autograd the pointwise second term is computed band of rows by band
-    (:func:`gnn_lic.nn.banded.banded_residual`): the same numbers, without the
-    map-sized hidden tensors of the FFN.
+    The second term is :func:`~gnn_lic.nn.blocks.ffn_residual` (band by band without autograd).
 
     Args:
         in_ch (int): input channels.
@@ -111,18 +78,12 @@ class GatedTransformCNN(nn.Module):
         self.ffn = GatedFFN(out_ch, expansion)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.dwconv(x)
-        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
-        if use_bands(x, pixels):
-            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
-        return x + self._residual(x)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        return self.ffn(self.norm(x))
+        return ffn_residual(self.dwconv(x), self.norm, self.ffn)
 
 
 class ParameterAggregationBlock(nn.Module):
-    """1x1 conv ``in -> out`` then ``x + FFN(LN(x))``: pointwise, for entropy parameters."""
+    """1x1 conv ``in -> out`` then ``x + FFN(LN(x))`` (:func:`~gnn_lic.nn.blocks.ffn_residual`): pointwise,
+    for entropy parameters."""
 
     def __init__(self, in_ch: int, out_ch: int, expansion: float = 4):
         super().__init__()
@@ -131,14 +92,7 @@ class ParameterAggregationBlock(nn.Module):
         self.ffn = GatedFFN(out_ch, expansion)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(x)
-        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
-        if use_bands(x, pixels):  # pointwise: banded without autograd, as in GatedTransformCNN
-            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
-        return x + self._residual(x)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        return self.ffn(self.norm(x))
+        return ffn_residual(self.proj(x), self.norm, self.ffn)
 
 
 def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> List[int]:

@@ -5,14 +5,8 @@ import torch
 
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.scctx import elic_groups, scctx_latent_codec
-from gnn_lic.models.layers import (
-    DepthwiseConvBlock,
-    GatedFFN,
-    GatedTransformCNN,
-    ParameterAggregationBlock,
-    channel_ramp,
-    ramp_widths,
-)
+from gnn_lic.models.layers import DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, channel_ramp, ramp_widths
+from gnn_lic.nn.blocks import GatedFFN
 
 
 def test_ramp_widths_match_glic_entropy_model():
