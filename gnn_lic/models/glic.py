@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -59,7 +59,7 @@ from gnn_lic.models.registry import register_model
 from gnn_lic.models.wavelet import WLS, iWLS
 from gnn_lic.nn.blocks import GFABlock
 
-__all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "GLIC_PRESETS", "GLIC_VARIANTS",
+__all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "glic_stages", "GLIC_PRESETS", "GLIC_VARIANTS",
            "build_glic"]
 
 BLOCK_KINDS = ("gfa", "cnn")
@@ -136,14 +136,29 @@ class GFAConfig:
                     selector=AdaptiveDegree(self.avg_degree, score=self.score, iters=self.iters), **common)
 
 
-def _stage_blocks(kind: str, channels: int, depth: int, mlp_ratio: float, options: Dict[str, Any]) -> nn.Module:
-    if depth == 0:
-        return nn.Identity()
-    if kind == "gfa":
-        return GFABlock(channels, depth, mlp_ratio=mlp_ratio, **options)
-    if kind == "cnn":
-        return nn.Sequential(*(GatedTransformCNN(channels, expansion=mlp_ratio) for _ in range(depth)))
-    raise ValueError(f"block must be one of {BLOCK_KINDS}, got {kind!r}")
+#: ``stage(level, channels)``: the blocks of one resolution, ``level`` 1 (1/2), 2 (1/4) or 3 (1/8)
+StageFactory = Callable[[int, int], nn.Module]
+
+
+def glic_stages(depths: Sequence[int], mlp_ratios: Sequence[float], conv_expansion: float, block: str,
+                block_options: Dict[str, Any]) -> StageFactory:
+    """The :data:`StageFactory` of a GLIC model: :math:`L_1` conv blocks at 1/2, then at 1/4 and 1/8
+    :math:`L_2, L_3` GFA layers (``block="gfa"``, one :class:`~gnn_lic.nn.GFABlock`) or conv blocks
+    (``block="cnn"``) with the MLP ratios of their resolution."""
+    if block not in BLOCK_KINDS:
+        raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
+
+    def stage(level: int, channels: int) -> nn.Module:
+        if level == 1:
+            return nn.Sequential(*(GatedTransformCNN(channels, expansion=conv_expansion) for _ in range(depths[0])))
+        depth, ratio = depths[level - 1], mlp_ratios[level - 2]
+        if depth == 0:
+            return nn.Identity()
+        if block == "gfa":
+            return GFABlock(channels, depth, mlp_ratio=ratio, **block_options)
+        return nn.Sequential(*(GatedTransformCNN(channels, expansion=ratio) for _ in range(depth)))
+
+    return stage
 
 
 class _StagedTransform(nn.Module):
@@ -169,32 +184,16 @@ class _StagedTransform(nn.Module):
 class GLICAnalysis(_StagedTransform):
     """GLIC analysis transform ``g_a``: ``(B, 3, H, W) -> (B, C4, H/16, W/16)``.
 
-    Stage ``i`` = stride-2 conv, then its blocks, then (with ``wavelet``) the
-    output of a chain of :class:`~gnn_lic.models.wavelet.WLS` fed from the image
-    is added. The wavelet chain never reads the main branch.
+    Stage ``i`` = stride-2 conv, then ``stage(i + 1, C_{i+1})`` (nothing at 1/16), then
+    (with ``wavelet``) the output of a chain of :class:`~gnn_lic.models.wavelet.WLS` fed
+    from the image is added. The wavelet chain never reads the main branch.
     """
 
-    def __init__(
-        self,
-        channels: Sequence[int],
-        depths: Sequence[int],
-        mlp_ratios: Sequence[float],
-        block: str,
-        block_options: Dict[str, Any],
-        wavelet: bool,
-        conv_expansion: float = 4,
-    ):
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
         super().__init__()
         c = [3, *channels]
         self.down = nn.ModuleList(conv3x3(c[i], c[i + 1], stride=2) for i in range(4))
-        self.blocks = nn.ModuleList(
-            [
-                nn.Sequential(*(GatedTransformCNN(c[1], expansion=conv_expansion) for _ in range(depths[0]))),
-                _stage_blocks(block, c[2], depths[1], mlp_ratios[0], block_options),
-                _stage_blocks(block, c[3], depths[2], mlp_ratios[1], block_options),
-                nn.Identity(),
-            ]
-        )
+        self.blocks = nn.ModuleList([stage(1, c[1]), stage(2, c[2]), stage(3, c[3]), nn.Identity()])
         self.wavelet = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
@@ -209,27 +208,11 @@ class GLICSynthesis(_StagedTransform):
     the optional :class:`~gnn_lic.models.wavelet.iWLS` chain is fed from ``y_hat``.
     """
 
-    def __init__(
-        self,
-        channels: Sequence[int],
-        depths: Sequence[int],
-        mlp_ratios: Sequence[float],
-        block: str,
-        block_options: Dict[str, Any],
-        wavelet: bool,
-        conv_expansion: float = 4,
-    ):
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
         super().__init__()
         c = [3, *channels][::-1]  # C4, C3, C2, C1, 3
         self.up = nn.ModuleList(subpel_conv3x3(c[i], c[i + 1], 2) for i in range(4))
-        self.blocks = nn.ModuleList(
-            [
-                _stage_blocks(block, c[1], depths[2], mlp_ratios[1], block_options),
-                _stage_blocks(block, c[2], depths[1], mlp_ratios[0], block_options),
-                nn.Sequential(*(GatedTransformCNN(c[3], expansion=conv_expansion) for _ in range(depths[0]))),
-                nn.Identity(),
-            ]
-        )
+        self.blocks = nn.ModuleList([stage(3, c[1]), stage(2, c[2]), stage(1, c[3]), nn.Identity()])
         self.wavelet = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
@@ -284,15 +267,13 @@ class GLIC(PaddedCompressionModel):
         super().__init__()
         if len(channels) != 4 or len(depths) != 3 or len(mlp_ratios) != 2:
             raise ValueError("channels needs 4 values, depths 3 and mlp_ratios 2")
-        if block not in BLOCK_KINDS:
-            raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
-        options = gfa.block_options(compat)
+        stage = glic_stages(depths, mlp_ratios, conv_expansion, block, gfa.block_options(compat))
         self.compat = compat
         if compat == "official":
             self.pad_multiple = 128
         self.wavelet = bool(wavelet)
-        self.g_a = GLICAnalysis(channels, depths, mlp_ratios, block, options, self.wavelet, conv_expansion)
-        self.g_s = GLICSynthesis(channels, depths, mlp_ratios, block, options, self.wavelet, conv_expansion)
+        self.g_a = GLICAnalysis(channels, stage, self.wavelet)
+        self.g_s = GLICSynthesis(channels, stage, self.wavelet)
         self.latent_codec = scctx_latent_codec(
             M=channels[3],
             groups=groups,
