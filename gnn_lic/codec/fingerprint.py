@@ -38,7 +38,7 @@ import json
 import struct
 import threading
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -126,19 +126,23 @@ def identity_config(net: torch.nn.Module, entropy: str) -> dict:
     return {"name": cfg.get("name"), "size": cfg.get("size"), "model": model, "entropy": str(entropy)}
 
 
-def identity_digest(net: torch.nn.Module, entropy: str) -> bytes:
-    """sha256 (32 bytes) of the resolved configuration, the entropy arithmetic and the weights."""
-    return bytes.fromhex(_digest(net, _IDENTITY_TAG, canonical_config_json(identity_config(net, entropy))))
+def identity_digest(net: torch.nn.Module, entropy: str, state: Optional[dict] = None) -> bytes:
+    """sha256 (32 bytes) of the resolved configuration, the entropy arithmetic and the weights.
+
+    ``state`` replaces ``net.state_dict()`` (e.g. the same tensors under earlier key names).
+    """
+    return bytes.fromhex(_digest(net, _IDENTITY_TAG, canonical_config_json(identity_config(net, entropy)), state))
 
 
-def model_fingerprint(net: torch.nn.Module) -> str:
-    """sha256 hex digest identifying the configuration and the exact weights of ``net``."""
-    return _digest(net, _TAG, canonical_config_json(net))
+def model_fingerprint(net: torch.nn.Module, state: Optional[dict] = None) -> str:
+    """sha256 hex digest identifying the configuration and the exact weights of ``net`` (or of ``state``)."""
+    return _digest(net, _TAG, canonical_config_json(net), state)
 
 
-def _digest(net: torch.nn.Module, tag: bytes, cfg_json: bytes) -> str:
-    state = net.state_dict()
-    key = _cache_key(state)
+def _digest(net: torch.nn.Module, tag: bytes, cfg_json: bytes, state: Optional[dict] = None) -> str:
+    cache = state is None
+    state = net.state_dict() if state is None else state
+    key = _cache_key(state) if cache else None
     slot = tag + cfg_json
     if key is not None:
         with _LOCK:

@@ -223,8 +223,10 @@ def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
 
         if parsed.fixed_point and not supports_fixed_point(net):
             raise ModelMismatchError("the stream needs fixed-point entropy parameters, which this model lacks")
-        identity = identity_digest(net, _entropy_label(parsed.fixed_point))[:IDENTITY_BYTES]
-        if parsed.identity != identity:
+        label = _entropy_label(parsed.fixed_point)
+        identity = identity_digest(net, label)[:IDENTITY_BYTES]
+        if parsed.identity != identity and not _earlier_layout_matches(
+                net, parsed.identity, lambda state: identity_digest(net, label, state=state)):
             raise ModelMismatchError(
                 f"the model configuration or weights differ from the ones used for encoding "
                 f"(stream identity {parsed.identity.hex()}, model {identity.hex()}); decode with the same checkpoint"
@@ -237,12 +239,23 @@ def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
             f"the model configuration differs from the one used for encoding "
             f"(stream config hash {parsed.config_hash.hex()}, model {cfg_hash.hex()})"
         )
-    if parsed.weights_hash != weights_hash:
+    if parsed.weights_hash != weights_hash and not _earlier_layout_matches(
+            net, parsed.weights_hash, lambda state: bytes.fromhex(model_fingerprint(net, state=state))):
         raise ModelMismatchError(
             f"the model weights differ from the ones used for encoding "
             f"(stream weights hash {parsed.weights_hash.hex()}, model {weights_hash.hex()}); "
             "decode with the same checkpoint"
         )
+
+
+def _earlier_layout_matches(net: torch.nn.Module, stored: bytes, digest) -> bool:
+    """Whether ``stored`` is ``digest(state)`` of ``net``'s weights under the keys of an earlier
+    module layout: a stream encoded before a module of the model was renamed
+    (:func:`gnn_lic.models.base.earlier_state_dict`)."""
+    from gnn_lic.models.base import earlier_state_dict  # noqa: PLC0415
+
+    state = earlier_state_dict(net)
+    return state is not None and digest(state)[: len(stored)] == stored
 
 
 def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:

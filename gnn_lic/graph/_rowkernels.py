@@ -22,8 +22,8 @@ their own order (the score in float64), so they agree with the PyTorch path to
 float rounding, not bit for bit (tested with tolerances); so do the
 local-window dot products, whose sums are vectorised in their own order.
 
-All are used for CPU tensors when numba is installed; ``GNN_LIC_NUMBA=0`` (or
-:func:`set_enabled`) turns them off.
+All are used for CPU tensors; ``GNN_LIC_NUMBA=0`` (or :func:`set_enabled`) turns them
+off, for the pure-PyTorch path.
 """
 
 from __future__ import annotations
@@ -31,29 +31,20 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
 
-try:  # numba is a dependency, but the package must work without it
-    import numba
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-
 __all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "rms_gradient", "unit_features",
            "local_window_similarity"]
 
-_enabled = numba is not None and os.environ.get("GNN_LIC_NUMBA", "1") != "0"
+_enabled = os.environ.get("GNN_LIC_NUMBA", "1") != "0"
 
 
 def set_enabled(flag: bool) -> bool:
-    """Switch the compiled loops on or off; returns the previous setting.
-
-    Switching on without numba installed raises :class:`ImportError`.
-    """
+    """Switch the compiled loops on or off; returns the previous setting."""
     global _enabled
-    if flag and numba is None:
-        raise ImportError("numba is not installed")
     previous, _enabled = _enabled, bool(flag)
     return previous
 
@@ -76,125 +67,123 @@ def _jit(fn, **extra):
         return numba.njit(**options)(fn)
 
 
-if numba is not None:
-
-    def _bisect_loop(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no cover - compiled
-        rows, K = sim.shape
-        # counts are summed as floats of the similarities' dtype (exact: K < 2^24), which
-        # vectorises over 8 lanes; numba would widen integer counts to int64
-        one, zero = half + half, half - half
-        for r in range(rows):
-            t, a, b, d = theta[r], lo[r], hi[r], target[r]
-            for _ in range(iters):
-                m = zero
-                for k in range(K):
-                    m += one if sim[r, k] >= t else zero
-                if m > d:
-                    a = t
-                else:
-                    b = t
-                t = (a + b) * half
+def _bisect_loop(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no cover - compiled
+    rows, K = sim.shape
+    # counts are summed as floats of the similarities' dtype (exact: K < 2^24), which
+    # vectorises over 8 lanes; numba would widen integer counts to int64
+    one, zero = half + half, half - half
+    for r in range(rows):
+        t, a, b, d = theta[r], lo[r], hi[r], target[r]
+        for _ in range(iters):
             m = zero
             for k in range(K):
-                s = sim[r, k]
-                m += one if (s >= t) & (s != -np.inf) else zero
-            theta[r] = t
-            degree[r] = np.int64(m)
+                m += one if sim[r, k] >= t else zero
+            if m > d:
+                a = t
+            else:
+                b = t
+            t = (a + b) * half
+        m = zero
+        for k in range(K):
+            s = sim[r, k]
+            m += one if (s >= t) & (s != -np.inf) else zero
+        theta[r] = t
+        degree[r] = np.int64(m)
 
-    # reassociating the count sums changes nothing (sums of 0/1 are exact) and lets them vectorise
-    _bisect_kernel = _jit(_bisect_loop, fastmath={"reassoc"})
+# reassociating the count sums changes nothing (sums of 0/1 are exact) and lets them vectorise
+_bisect_kernel = _jit(_bisect_loop, fastmath={"reassoc"})
 
-    @_jit
-    def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col, row):  # pragma: no cover - compiled
-        K = sim.shape[1]
-        N = row_of_node.shape[0]
-        R = sim.shape[0] // ((crow.shape[0] - 1) // N)  # rows per image
-        Q = R // key.shape[0]
-        p = 0
-        for target in range(crow.shape[0] - 1):  # targets in order: sequential writes
-            b, node = target // N, target % N
-            r = row_of_node[node]
-            fr = b * R + r
-            blk, q = r // Q, r % Q
-            t = theta[fr]
-            start = p
-            for k in range(K):
-                s = sim[fr, k]
-                # branch-free (a kept/dropped branch would be unpredictable): always
-                # write, advance only on a kept edge; col has a spare slot at the end
-                col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
-                p += (s >= t) & (s != -np.inf)
-            row[start:p] = target
+@_jit
+def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col, row):  # pragma: no cover - compiled
+    K = sim.shape[1]
+    N = row_of_node.shape[0]
+    R = sim.shape[0] // ((crow.shape[0] - 1) // N)  # rows per image
+    Q = R // key.shape[0]
+    p = 0
+    for target in range(crow.shape[0] - 1):  # targets in order: sequential writes
+        b, node = target // N, target % N
+        r = row_of_node[node]
+        fr = b * R + r
+        blk, q = r // Q, r % Q
+        t = theta[fr]
+        start = p
+        for k in range(K):
+            s = sim[fr, k]
+            # branch-free (a kept/dropped branch would be unpredictable): always
+            # write, advance only on a kept edge; col has a spare slot at the end
+            col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
+            p += (s >= t) & (s != -np.inf)
+        row[start:p] = target
 
-    @_jit
-    def _sobel_rms_kernel(x, score):  # pragma: no cover - compiled
-        # eqs. (3)-(5) with replicate padding, as scores.sobel_gradients: per channel
-        # sx = dx[u-1] + 2 dx[u] + dx[u+1] (dx: central differences along v),
-        # sy = sm[u+1] - sm[u-1] (sm: [1, 2, 1] along v); summed over channels in float64
-        B, C, H, W = x.shape
-        two = x.dtype.type(2)
-        last = W - 1
-        acc = np.empty((H, W), np.float64)
-        for b in range(B):
-            acc[:] = 0
-            for c in range(C):
-                for u in range(H):
-                    um, up = max(u - 1, 0), min(u + 1, H - 1)
-                    for v in range(1, last):  # interior columns: a branch-free loop that vectorises
-                        sx = ((x[b, c, um, v + 1] - x[b, c, um, v - 1]) + two * (x[b, c, u, v + 1] - x[b, c, u, v - 1])
-                              + (x[b, c, up, v + 1] - x[b, c, up, v - 1]))
-                        sy = ((x[b, c, up, v - 1] + two * x[b, c, up, v] + x[b, c, up, v + 1])
-                              - (x[b, c, um, v - 1] + two * x[b, c, um, v] + x[b, c, um, v + 1]))
-                        acc[u, v] += sx * sx + sy * sy
-                    for v in range(0, W, max(last, 1)):  # first and last column (once when W = 1)
-                        vm, vp = max(v - 1, 0), min(v + 1, last)
-                        sx = ((x[b, c, um, vp] - x[b, c, um, vm]) + two * (x[b, c, u, vp] - x[b, c, u, vm])
-                              + (x[b, c, up, vp] - x[b, c, up, vm]))
-                        sy = ((x[b, c, up, vm] + two * x[b, c, up, v] + x[b, c, up, vp])
-                              - (x[b, c, um, vm] + two * x[b, c, um, v] + x[b, c, um, vp]))
-                        acc[u, v] += sx * sx + sy * sy
+@_jit
+def _sobel_rms_kernel(x, score):  # pragma: no cover - compiled
+    # eqs. (3)-(5) with replicate padding, as scores.sobel_gradients: per channel
+    # sx = dx[u-1] + 2 dx[u] + dx[u+1] (dx: central differences along v),
+    # sy = sm[u+1] - sm[u-1] (sm: [1, 2, 1] along v); summed over channels in float64
+    B, C, H, W = x.shape
+    two = x.dtype.type(2)
+    last = W - 1
+    acc = np.empty((H, W), np.float64)
+    for b in range(B):
+        acc[:] = 0
+        for c in range(C):
             for u in range(H):
-                for v in range(W):
-                    score[b, u, v] = np.sqrt(acc[u, v] / C)
+                um, up = max(u - 1, 0), min(u + 1, H - 1)
+                for v in range(1, last):  # interior columns: a branch-free loop that vectorises
+                    sx = ((x[b, c, um, v + 1] - x[b, c, um, v - 1]) + two * (x[b, c, u, v + 1] - x[b, c, u, v - 1])
+                          + (x[b, c, up, v + 1] - x[b, c, up, v - 1]))
+                    sy = ((x[b, c, up, v - 1] + two * x[b, c, up, v] + x[b, c, up, v + 1])
+                          - (x[b, c, um, v - 1] + two * x[b, c, um, v] + x[b, c, um, v + 1]))
+                    acc[u, v] += sx * sx + sy * sy
+                for v in range(0, W, max(last, 1)):  # first and last column (once when W = 1)
+                    vm, vp = max(v - 1, 0), min(v + 1, last)
+                    sx = ((x[b, c, um, vp] - x[b, c, um, vm]) + two * (x[b, c, u, vp] - x[b, c, u, vm])
+                          + (x[b, c, up, vp] - x[b, c, up, vm]))
+                    sy = ((x[b, c, up, vm] + two * x[b, c, up, v] + x[b, c, up, vp])
+                          - (x[b, c, um, vm] + two * x[b, c, um, v] + x[b, c, um, vp]))
+                    acc[u, v] += sx * sx + sy * sy
+        for u in range(H):
+            for v in range(W):
+                score[b, u, v] = np.sqrt(acc[u, v] / C)
 
-    def _local_window_loop(xn, H, W, L, row_of_node, out):  # pragma: no cover - compiled
-        # out[b, row_of_node[i], a * lw + c'] = <xn_i, xn_j>, j the (a, c')-th node of i's window
-        # (LocalWindow, border "shift": the window start is clamped inside the map)
-        B, N, C = xn.shape
-        lh, lw = min(L, H), min(L, W)
-        for b in range(B):
-            for u in range(H):
-                su = min(max(u - L // 2, 0), max(H - L, 0))
-                for v in range(W):
-                    sv = min(max(v - L // 2, 0), max(W - L, 0))
-                    i = u * W + v
-                    r = row_of_node[i]
-                    for a in range(lh):
-                        j0 = (su + a) * W + sv
-                        for t in range(lw):
-                            s = xn.dtype.type(0)
-                            for c in range(C):
-                                s += xn[b, i, c] * xn[b, j0 + t, c]
-                            out[b, r, a * lw + t] = s
+def _local_window_loop(xn, H, W, L, row_of_node, out):  # pragma: no cover - compiled
+    # out[b, row_of_node[i], a * lw + c'] = <xn_i, xn_j>, j the (a, c')-th node of i's window
+    # (LocalWindow, border "shift": the window start is clamped inside the map)
+    B, N, C = xn.shape
+    lh, lw = min(L, H), min(L, W)
+    for b in range(B):
+        for u in range(H):
+            su = min(max(u - L // 2, 0), max(H - L, 0))
+            for v in range(W):
+                sv = min(max(v - L // 2, 0), max(W - L, 0))
+                i = u * W + v
+                r = row_of_node[i]
+                for a in range(lh):
+                    j0 = (su + a) * W + sv
+                    for t in range(lw):
+                        s = xn.dtype.type(0)
+                        for c in range(C):
+                            s += xn[b, i, c] * xn[b, j0 + t, c]
+                        out[b, r, a * lw + t] = s
 
-    # reassociation lets the channel sum vectorise (the only difference from a plain loop)
-    _local_window_kernel = _jit(_local_window_loop, fastmath={"reassoc", "contract"})
+# reassociation lets the channel sum vectorise (the only difference from a plain loop)
+_local_window_kernel = _jit(_local_window_loop, fastmath={"reassoc", "contract"})
 
-    @_jit
-    def _unit_kernel(x, out, eps):  # pragma: no cover - compiled
-        # x (B, C, N) -> out (B, C, Np): out[b, :, i] = x[b, :, i] / max(||x[b, :, i]||, eps)
-        B, C, N = x.shape
-        norm = np.empty(N, x.dtype)
-        for b in range(B):
-            norm[:] = 0
-            for c in range(C):
-                for i in range(N):
-                    norm[i] += x[b, c, i] * x[b, c, i]
+@_jit
+def _unit_kernel(x, out, eps):  # pragma: no cover - compiled
+    # x (B, C, N) -> out (B, C, Np): out[b, :, i] = x[b, :, i] / max(||x[b, :, i]||, eps)
+    B, C, N = x.shape
+    norm = np.empty(N, x.dtype)
+    for b in range(B):
+        norm[:] = 0
+        for c in range(C):
             for i in range(N):
-                norm[i] = max(np.sqrt(norm[i]), eps)
-            for c in range(C):
-                for i in range(N):
-                    out[b, c, i] = x[b, c, i] / norm[i]
+                norm[i] += x[b, c, i] * x[b, c, i]
+        for i in range(N):
+            norm[i] = max(np.sqrt(norm[i]), eps)
+        for c in range(C):
+            for i in range(N):
+                out[b, c, i] = x[b, c, i] / norm[i]
 
 
 def _np(t: Tensor) -> np.ndarray:

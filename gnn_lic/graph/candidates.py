@@ -68,6 +68,12 @@ class CandidateSet:
     def axis_layout(self, n: int, device=None) -> AxisLayout:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def window_side(self) -> Optional[int]:
+        """``L`` when every node's candidates are the ``L x L`` window around it, moved inside the
+        map at its borders (a compiled kernel then computes exactly those similarities,
+        :func:`gnn_lic.graph._rowkernels.local_window_similarity`); ``None`` otherwise."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{self.__class__.__name__}({args})"
@@ -104,6 +110,9 @@ class LocalWindow(CandidateSet):
         self.size = int(size)
         self.border = border
         self.block = int(block or size)
+
+    def window_side(self) -> Optional[int]:
+        return self.size if self.border == "shift" else None
 
     def axis_layout(self, n: int, device=None) -> AxisLayout:
         L, b = self.size, self.block

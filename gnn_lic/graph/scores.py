@@ -62,7 +62,7 @@ def rms_gradient(x: Tensor) -> Tensor:
     .. math::
         s(u, v) = \sqrt{\frac{1}{C} \sum_{c=1}^{C} |\nabla F_c(u, v)|^2}
 
-    No smoothing is applied (the paper's definition). On a CPU with numba this is
+    No smoothing is applied (the paper's definition). On a CPU with the compiled kernels on (the default) this is
     one compiled pass over the map (:mod:`gnn_lic.graph._rowkernels`), equal to
     the PyTorch expression up to float rounding.
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gnn_lic.graph import _rowkernels
-from gnn_lic.graph.candidates import AxisLayout, CandidateSet, LocalWindow
+from gnn_lic.graph.candidates import AxisLayout, CandidateSet
 
 __all__ = ["Candidates", "candidates", "unit_features", "row_similarity", "SIMILARITY_CHUNK_BYTES"]
 
@@ -37,8 +37,9 @@ class Candidates:
         row_of_node: ``(N,)`` row of each node.
         valid_rows: ``(R, K)`` bool, which entries are real candidates (padding
             rows have none).
-        window: ``(L, H, W)`` when the candidates are a :class:`LocalWindow` with
-            the shift border (computed by a compiled kernel on a CPU), else ``None``.
+        window: ``(L, H, W)`` when the candidate set is the ``L x L`` window of every
+            node (:meth:`CandidateSet.window_side`; computed by a compiled kernel on a
+            CPU), else ``None``.
         zero: ``(R, K)`` bool, which entries are zero-padding candidates (positions
             outside the map with zero features, ``border="zero"``), or ``None``.
         groups: ``(N,)`` quota group of every node, or ``None`` (one group per image).
@@ -145,7 +146,8 @@ def _make_candidates(cset: CandidateSet, H: int, W: int, device) -> Candidates:
         zero = (ids < 0) & real[:, None]
         valid = valid | zero
         zero = zero if bool(zero.any()) else None
-    window = (cset.size, H, W) if isinstance(cset, LocalWindow) and cset.border == "shift" else None
+    side = cset.window_side()
+    window = None if side is None else (side, H, W)
     groups = None
     if rows.group is not None and cols.group is not None:
         ncols = int(cols.group.max()) + 1
@@ -186,7 +188,7 @@ def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
 
     Row ``b, i`` is :math:`x_i / \max(\|x_i\|_2, \epsilon)` (``F.normalize``).
     Computed once per map and shared by every graph built from it
-    (:func:`build_graphs`). On a CPU with numba the normalisation is one compiled
+    (:func:`build_graphs`). On a CPU with the compiled kernels on the normalisation is one compiled
     pass (:mod:`gnn_lic.graph._rowkernels`), equal to this up to float rounding.
     """
     if _rowkernels.enabled(x) and x.numel() > 0:
@@ -209,8 +211,8 @@ def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
     One matrix product of the normalised features per block of the candidate
     layout (dense BLAS), run over cache-sized chunks of blocks on a CPU; entries
     that are not candidates, and the rows of padding queries, are unspecified.
-    ``xn`` comes from :func:`unit_features`. On a CPU with numba, a shift-border
-    :class:`LocalWindow` is computed as exactly the needed dot products
+    ``xn`` comes from :func:`unit_features`. On a CPU with the compiled kernels on, a window candidate
+    set (:meth:`~gnn_lic.graph.CandidateSet.window_side`) is computed as exactly the needed dot products
     (:func:`gnn_lic.graph._rowkernels.local_window_similarity`).
     """
     if cands.window is not None and _rowkernels.enabled(xn):

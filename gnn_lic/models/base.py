@@ -1,9 +1,9 @@
 r"""Shared plumbing of the gnn_lic models: padding, cropping and the codec contract.
 
-Every model is ``g_a -> latent_codec -> g_s`` on top of CompressAI's
-:class:`~compressai.models.CompressionModel` (which owns ``update``,
-``aux_loss`` and the CDF-buffer-aware ``load_state_dict``). This base adds what
-the paper models leave to their test scripts: **any image size works**.
+Every model is CompressAI's :class:`~compressai.models.SimpleVAECompressionModel`,
+``g_a -> latent_codec -> g_s`` (its :class:`~compressai.models.CompressionModel` owns
+``update``, ``aux_loss`` and the CDF-buffer-aware ``load_state_dict``). This base adds
+what the paper models leave to their test scripts: **any image size works**.
 
 .. code-block:: none
 
@@ -22,39 +22,42 @@ Exactness of the codec: rANS decoding returns the very symbols
 reproduces ``compress``'s ``y_hat`` bit for bit. Against the eval-mode
 ``forward`` the difference is floating-point noise only:
 
-* GABIC/WACNN (:class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`) run the
-  same tensors through the same layers in both paths: **exactly equal** (0).
+* GABIC/WACNN (:class:`~gnn_lic.models.channel_slice.ChannelSliceLatentCodec`) run the
+  same tensors through the same layers in both paths: **exactly equal**.
 * The GLIC family (CompressAI's checkerboard codec) computes the entropy
   parameters on full-size maps in ``forward`` but on the half-width
   "unembedded" anchor/non-anchor maps in ``compress``; the pointwise network
-  gives the same numbers up to summation order (means differ by ~1e-7), so
-  ``y_hat = round(y - mu) + mu`` differs by at most one ulp of ``y``. On the
-  untrained, latent-amplified tiny test models ``|x_hat|`` differs by at most
-  ~5e-6; the tests use ``atol = 1e-4``. A rounding flip (``y - mu`` within 1e-7
-  of a half-integer) would give a larger, local difference; it was never observed.
+  gives the same numbers up to summation order, so the means, and
+  ``y_hat = round(y - mu) + mu`` with them, differ by float rounding (the tests
+  bound ``x_hat`` with an absolute tolerance). Only a ``y - mu`` within that
+  rounding of a half-integer would quantise differently, a larger but local difference.
 
 These statements hold for the float entropy path
 (:func:`~gnn_lic.models.entropy.entropy_arithmetic` ``"float"``). By default both latent
 codecs code with fixed-point entropy parameters (:mod:`gnn_lic.models.fixed_point`):
 ``decompress`` still reproduces ``compress`` bit for bit, on any machine, but the means
-differ from the float ones by about :math:`2^{-16}`, so a latent near a rounding tie may
-quantise the other way than in ``forward``.
+differ from the float ones by up to the fixed-point step :math:`2^{-16}`, so a latent near
+a rounding tie may quantise the other way than in ``forward``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from compressai.models import CompressionModel
+from compressai.models import SimpleVAECompressionModel
 from torch import Tensor, nn
 
 from gnn_lic.models.variable_rate import GainUnits, QualityLike
+from gnn_lic.models.wavelet import OLP
 
-__all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "PaddedCompressionModel"]
+__all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "upgrade_state_dict", "earlier_state_dict",
+           "PaddedCompressionModel"]
 
 
 def pad_to_multiple(x: Tensor, multiple: int, mode: str = "replicate") -> Tuple[Tensor, Tuple[int, int]]:
@@ -101,21 +104,75 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------- state-dict key history
+#
+# A module whose parameters moved declares ``renamed_keys = {old: new}``: key prefixes
+# relative to the module, as PyTorch modules version their own state (``_version`` and
+# ``_load_from_state_dict``). Checkpoints written before the move load through
+# :func:`upgrade_state_dict`; :func:`earlier_state_dict` gives the state under the old names,
+# which the file codec needs to recognise streams encoded before the move (its model identity
+# hashes the state-dict keys).
+
+
+def _renames(net: nn.Module) -> List[Tuple[str, str]]:
+    """``(old, new)`` full key prefixes of every module of ``net``, parents first."""
+    out = []
+    for name, module in net.named_modules():
+        prefix = f"{name}." if name else ""
+        out += [(prefix + old, prefix + new) for old, new in getattr(module, "renamed_keys", {}).items()]
+    return out
+
+
+def _rename(state: Mapping[str, Any], pairs: List[Tuple[str, str]]) -> "OrderedDict[str, Any]":
+    def rename(key: str) -> str:
+        for src, dst in pairs:
+            if key.startswith(src):
+                key = dst + key[len(src):]
+        return key
+
+    out = OrderedDict((rename(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # per-module versions, keyed by module path (no trailing dot)
+        out._metadata = OrderedDict((rename(k + ".")[:-1] if k else k, v) for k, v in metadata.items())
+    return out
+
+
+def upgrade_state_dict(net: nn.Module, state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state`` with the keys of earlier layouts of ``net``'s modules renamed to the current ones.
+
+    Keys already in the current layout are kept; ``state`` is returned unchanged when no
+    module of ``net`` was renamed.
+    """
+    pairs = _renames(net)
+    return _rename(state, pairs) if pairs else state
+
+
+def earlier_state_dict(net: nn.Module) -> "OrderedDict[str, Any] | None":
+    """``net.state_dict()`` under the keys its modules had before their renames, or ``None`` (no renames)."""
+    pairs = [(new, old) for old, new in reversed(_renames(net))]  # children first
+    return _rename(net.state_dict(), pairs) if pairs else None
+
+
 #: constructor arguments added after format-2 streams were first written: at these values
 #: they are left out of ``init_config``, so the identity of every model that existed
 #: before them (and the streams it wrote) stays the same
 IDENTITY_NEUTRAL_ARGS: Dict[str, Any] = {"rate_lambdas": None}
 
 
-class PaddedCompressionModel(CompressionModel):
-    """``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
+class PaddedCompressionModel(SimpleVAECompressionModel):
+    """CompressAI's ``g_a -> latent_codec -> g_s`` with internal padding to :attr:`pad_multiple`.
 
     Subclasses set ``g_a``, ``g_s`` and ``latent_codec``; the latent codec follows
     CompressAI's latent-codec contract: ``forward(y) -> {"likelihoods", "y_hat"}``,
     ``compress(y) -> {"strings", "shape", ...}``, ``decompress(strings, shape) -> {"y_hat"}``.
 
     ``compress`` returns ``{"strings", "shape": {"latent": ..., "image": [H, W]}}``
-    (JSON-able ints); ``decompress`` crops to ``image`` and clamps to ``[0, 1]``.
+    (JSON-able ints); ``decompress`` crops to ``image`` (CompressAI's clamps to ``[0, 1]``).
+    ``load_state_dict`` also accepts the keys of earlier layouts (:func:`upgrade_state_dict`).
+
+    A variable-rate model (built with ``rate_lambdas``, :meth:`_init_rate`) scales the latent
+    by its gain units around the latent codec and takes a ``quality`` in ``forward``,
+    ``compress`` (recorded in ``shape``) and ``decompress`` (read from ``shape``).
     """
 
     #: the padded height and width are multiples of this
@@ -128,7 +185,9 @@ class PaddedCompressionModel(CompressionModel):
 
         The file codec hashes them (with the class name) as the model identity, so a
         changed preset or graph hyper-parameter changes the identity even when
-        ``model_config`` (the arguments given to ``create_model``) does not.
+        ``model_config`` (the arguments given to ``create_model``) does not. An options
+        object (a dataclass) is recorded field by field, so grouping options into one
+        does not change the identity.
         """
         super().__init_subclass__(**kwargs)
         if "__init__" not in cls.__dict__:
@@ -142,20 +201,11 @@ class PaddedCompressionModel(CompressionModel):
             if type(self).__init__ is recording_init:  # the most derived class records
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
-                args_ = dict(bound.arguments)
-                args_.pop("self", None)
-                for name, p in signature.parameters.items():  # flatten **kwargs
-                    if p.kind is inspect.Parameter.VAR_KEYWORD:
-                        args_.update(args_.pop(name, {}))
-                for name, default in IDENTITY_NEUTRAL_ARGS.items():  # added later: at the default, no trace
-                    if name in args_ and args_[name] == default:
-                        del args_[name]
-                object.__setattr__(self, "init_config", {"class": type(self).__qualname__, "args": args_})
+                object.__setattr__(self, "init_config", {"class": type(self).__qualname__,
+                                                         "args": _flat_arguments(signature, bound.arguments)})
 
         cls.__init__ = recording_init
-    g_a: nn.Module
-    g_s: nn.Module
-    latent_codec: nn.Module
+
     #: gain units of a variable-rate model (:mod:`gnn_lic.models.variable_rate`), else None
     gain: Optional[GainUnits]
 
@@ -189,33 +239,33 @@ class PaddedCompressionModel(CompressionModel):
         """Reconstruction and likelihoods; ``quality`` (scalar or one per image) for a variable-rate model."""
         q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
-        y = self.g_a(x_pad)
-        if q is not None:
-            y = self.gain.scale(y, q)
-        y_out = self.latent_codec(y)
-        y_hat = y_out["y_hat"] if q is None else self.gain.unscale(y_out["y_hat"], q)
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": crop_to(x_hat, hw), "likelihoods": y_out["likelihoods"]}
+        if q is None:
+            out = super().forward(x_pad)
+        else:  # CompressAI's forward with the gains around the latent codec
+            y_out = self.latent_codec(self.gain.scale(self.g_a(x_pad), q))
+            out = {"x_hat": self.g_s(self.gain.unscale(y_out["y_hat"], q)), "likelihoods": y_out["likelihoods"]}
+        return {"x_hat": crop_to(out["x_hat"], hw), "likelihoods": out["likelihoods"]}
 
     def ortho_loss(self) -> Tensor:
         """Sum of the orthogonality losses of every OLP (0 for a model without one)."""
-        from gnn_lic.models.wavelet import OLP  # noqa: PLC0415 - avoid an import cycle in docs
-
         losses = [m.loss() for m in self.modules() if isinstance(m, OLP)]
         if not losses:
             return next(self.parameters()).new_zeros(())
         return torch.stack(losses).sum()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
+        return super().load_state_dict(upgrade_state_dict(self, state_dict), strict=strict)
 
     @torch.no_grad()
     def compress(self, x: Tensor, quality: Optional[float] = None) -> Dict[str, Any]:
         """``{"strings", "shape"}``; a variable-rate model records the (scalar) ``quality`` in ``shape``."""
         q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
-        y = self.g_a(x_pad)
-        if q is not None:
+        if q is None:
+            out = super().compress(x_pad)
+        else:
             q = float(q)
-            y = self.gain.scale(y, q)
-        out = self.latent_codec.compress(y)
+            out = self.latent_codec.compress(self.gain.scale(self.g_a(x_pad), q))
         shape = {"latent": to_jsonable(out["shape"]), "image": list(hw)}
         if q is not None:
             shape["quality"] = q
@@ -226,8 +276,30 @@ class PaddedCompressionModel(CompressionModel):
         if not isinstance(shape, dict) or "latent" not in shape or "image" not in shape:
             raise ValueError("shape must be the dict returned by compress: {'latent': ..., 'image': [H, W]}")
         q = self._quality(shape.get("quality"))
-        y_hat = self.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"]
-        if q is not None:
-            y_hat = self.gain.unscale(y_hat, q)
-        x_hat = self.g_s(y_hat)
-        return {"x_hat": crop_to(x_hat, shape["image"]).clamp_(0, 1)}
+        if q is None:
+            x_hat = super().decompress(strings, from_jsonable(shape["latent"]))["x_hat"]
+        else:
+            y_hat = self.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"]
+            x_hat = self.g_s(self.gain.unscale(y_hat, q)).clamp_(0, 1)
+        return {"x_hat": crop_to(x_hat, shape["image"])}
+
+
+def _flat_arguments(signature: inspect.Signature, arguments: Mapping[str, Any]) -> Dict[str, Any]:
+    """Bound constructor arguments without ``self``, ``**kwargs`` and dataclass options flattened."""
+    args = dict(arguments)
+    args.pop("self", None)
+    for name, p in signature.parameters.items():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            args.update(args.pop(name, {}))
+    for name, value in list(args.items()):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            clash = sorted(set(fields) & (set(args) - {name}))
+            if clash:
+                raise TypeError(f"options {name!r} repeat the arguments {clash}")
+            del args[name]
+            args.update(fields)
+    for name, default in IDENTITY_NEUTRAL_ARGS.items():  # added later: at the default, no trace
+        if name in args and args[name] == default:
+            del args[name]
+    return args

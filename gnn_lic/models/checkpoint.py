@@ -37,6 +37,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 import torch
 
 from gnn_lic.errors import CheckpointError
+from gnn_lic.models.base import upgrade_state_dict
 from gnn_lic.models.registry import build_registered, registered_models
 from gnn_lic.utils import atomic_write
 
@@ -239,7 +240,11 @@ def _examples(keys: list, n: int = 3) -> str:
 
 
 def load_state_into(net: torch.nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
-    """Strictly load ``state_dict`` into ``net``; one-line :class:`CheckpointError` if it does not fit."""
+    """Strictly load ``state_dict`` into ``net``; one-line :class:`CheckpointError` if it does not fit.
+
+    Keys of earlier module layouts are renamed first (:func:`~gnn_lic.models.base.upgrade_state_dict`).
+    """
+    state_dict = upgrade_state_dict(net, state_dict)
     label = f"model '{getattr(net, 'model_name', type(net).__name__)}' size '{getattr(net, 'model_size', '?')}'"
     own = net.state_dict()
     missing = [k for k in own if k not in state_dict]

@@ -41,7 +41,7 @@ from torch import nn
 
 from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
-from gnn_lic.models.entropy import ChannelSliceLatentCodec
+from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.blocks import GraphWindowBlock
 
@@ -94,7 +94,7 @@ class GABIC(PaddedCompressionModel):
         cc_hidden (sequence of int): hidden widths of the slice networks ((224, 176, 128, 64)).
         hyper_widths (sequence of int, optional): widths of the hyper transforms from
             ``N`` to ``M`` (default: evenly spaced, 192..320), see
-            :class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`.
+            :class:`~gnn_lic.models.channel_slice.ChannelSliceLatentCodec`.
         impl (str): aggregation path of the graph blocks.
         compat (str or None): ``"official"`` builds the authors' code's variant of
             the graph blocks: the ``k + 1`` most similar window nodes, the node itself

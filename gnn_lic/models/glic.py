@@ -45,20 +45,22 @@ Registered names (every one at sizes ``tiny``, ``small`` and ``paper``):
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
 from gnn_lic.graph import AdaptiveDegree, BlockWindow, CandidateSet, GlobalGrid, LocalWindow
 
 from gnn_lic.models.base import PaddedCompressionModel
-from gnn_lic.models.entropy import scctx_latent_codec
+from gnn_lic.models.scctx import scctx_latent_codec
 from gnn_lic.models.layers import GatedTransformCNN, conv3x3, subpel_conv3x3
 from gnn_lic.models.registry import register_model
 from gnn_lic.models.wavelet import WLS, iWLS
 from gnn_lic.nn.blocks import GFABlock
 
-__all__ = ["GLIC", "GLICAnalysis", "GLICSynthesis", "GLIC_PRESETS", "GLIC_VARIANTS", "build_glic"]
+__all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "glic_stages", "GLIC_PRESETS", "GLIC_VARIANTS",
+           "build_glic"]
 
 BLOCK_KINDS = ("gfa", "cnn")
 #: local candidate rules: "block" (query blocks sharing a window, the authors' code)
@@ -70,92 +72,129 @@ COMPAT = (None, "official")
 OFFICIAL_MAX_TEMPERATURE = math.exp(4.6052)
 
 
-def gfa_options(compat: Optional[str], local_rule: str, local_window: int, local_sample: int, global_grid: int,
-                avg_degree: float, iters: int, score: Optional[str], order: str, impl: str, heads: int) -> Dict[str, Any]:
-    """Keyword arguments of every :class:`~gnn_lic.nn.GFABlock` of a GLIC model.
+@dataclass(frozen=True)
+class GFAConfig:
+    r"""Options of every :class:`~gnn_lic.nn.GFABlock` of a GLIC model (GLIC Sec. 3.3 and 4.1.3).
 
-    ``compat="official"`` configures the same graph API and layers as the authors'
-    code: zero-padded block windows, quotas normalised within 64-query groups, the
-    blurred and mean-pulled RMS-G score, strict bisection with its upper bound at 1,
-    SwinV2 relative-position terms, layer-norm epsilon ``1e-5`` and the logit-scale cap
-    ``exp(4.6052)``.
+    Attributes:
+        heads (int): attention heads (8).
+        local_rule (str): ``"block"`` (default): ``local_window x local_window`` query
+            blocks share the ``local_sample x local_sample`` window around them
+            (:class:`~gnn_lic.graph.BlockWindow`, the authors' rule: 256 candidates per
+            node); ``"window"``: the ``local_window x local_window`` window centred on
+            each node (:class:`~gnn_lic.graph.LocalWindow`, GLIC eq. 1 read literally).
+        local_window (int): dense sampling size (8).
+        local_sample (int): side of the window a query block shares (16, ``"block"`` only).
+        global_grid (int): side ``G`` of the global lattice, GLIC eq. 2 (16).
+        avg_degree (float): average node degree, GLIC eq. 6 (64).
+        iters (int): bisection steps, GLIC Algorithm 1 (5).
+        score (str or None): complexity score, a name of :data:`gnn_lic.graph.SCORES`
+            (``"rms"``, GLIC eqs. 3-5); ``None``: uniform quotas.
+        order (str): layer order, one of :data:`gnn_lic.nn.GFA_ORDERS` (``"local-global"``).
+        impl (str): aggregation path of the layers (``"sparse"``).
     """
-    if compat not in COMPAT:
-        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
-    if local_rule not in LOCAL_RULES:
-        raise ValueError(f"local_rule must be one of {LOCAL_RULES}, got {local_rule!r}")
-    if compat == "official":
-        if local_rule != "block" or score != "rms":
-            raise ValueError("compat='official' fixes local_rule='block' and score='rms'")
-        return dict(
-            local=BlockWindow(local_window, local_sample, border="zero", group_quota=True),
-            global_=GlobalGrid(global_grid, groups=local_window),
-            selector=AdaptiveDegree(avg_degree, score="rms-official", iters=iters, bisection="official"),
-            order=order, impl=impl, heads=heads, position_bias=True, norm_eps=1e-5,
-            max_temperature=OFFICIAL_MAX_TEMPERATURE,
-        )  # fmt: skip
-    local: CandidateSet = BlockWindow(local_window, local_sample) if local_rule == "block" else LocalWindow(local_window)
-    return dict(local=local, global_=GlobalGrid(global_grid), selector=AdaptiveDegree(avg_degree, score=score, iters=iters),
-                order=order, impl=impl, heads=heads)
+
+    heads: int = 8
+    local_rule: str = "block"
+    local_window: int = 8
+    local_sample: int = 16
+    global_grid: int = 16
+    avg_degree: float = 64
+    iters: int = 5
+    score: Optional[str] = "rms"
+    order: str = "local-global"
+    impl: str = "sparse"
+
+    def __post_init__(self):
+        if self.local_rule not in LOCAL_RULES:
+            raise ValueError(f"local_rule must be one of {LOCAL_RULES}, got {self.local_rule!r}")
+
+    def block_options(self, compat: Optional[str] = None) -> Dict[str, Any]:
+        """Keyword arguments of :class:`~gnn_lic.nn.GFABlock` besides its width, depth and MLP ratio.
+
+        ``compat="official"`` configures the same graph API and layers as the authors'
+        code: zero-padded block windows, quotas normalised within 64-query groups, the
+        blurred and mean-pulled RMS-G score, strict bisection with its upper bound at 1,
+        SwinV2 relative-position terms, layer-norm epsilon ``1e-5`` and the logit-scale cap
+        ``exp(4.6052)``.
+        """
+        if compat not in COMPAT:
+            raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+        common = dict(order=self.order, impl=self.impl, heads=self.heads)
+        if compat == "official":
+            if self.local_rule != "block" or self.score != "rms":
+                raise ValueError("compat='official' fixes local_rule='block' and score='rms'")
+            return dict(
+                local=BlockWindow(self.local_window, self.local_sample, border="zero", group_quota=True),
+                global_=GlobalGrid(self.global_grid, groups=self.local_window),
+                selector=AdaptiveDegree(self.avg_degree, score="rms-official", iters=self.iters, bisection="official"),
+                position_bias=True, norm_eps=1e-5, max_temperature=OFFICIAL_MAX_TEMPERATURE, **common,
+            )  # fmt: skip
+        local: CandidateSet = (BlockWindow(self.local_window, self.local_sample) if self.local_rule == "block"
+                               else LocalWindow(self.local_window))
+        return dict(local=local, global_=GlobalGrid(self.global_grid),
+                    selector=AdaptiveDegree(self.avg_degree, score=self.score, iters=self.iters), **common)
 
 
-def _stage_blocks(kind: str, channels: int, depth: int, mlp_ratio: float, gfa: Dict[str, Any]) -> nn.Module:
-    if depth == 0:
-        return nn.Identity()
-    if kind == "gfa":
-        return GFABlock(channels, depth, mlp_ratio=mlp_ratio, **gfa)
-    if kind == "cnn":
-        return nn.Sequential(*(GatedTransformCNN(channels, expansion=mlp_ratio) for _ in range(depth)))
-    raise ValueError(f"block must be one of {BLOCK_KINDS}, got {kind!r}")
+#: ``stage(level, channels)``: the blocks of one resolution, ``level`` 1 (1/2), 2 (1/4) or 3 (1/8)
+StageFactory = Callable[[int, int], nn.Module]
+
+
+def glic_stages(depths: Sequence[int], mlp_ratios: Sequence[float], conv_expansion: float, block: str,
+                block_options: Dict[str, Any]) -> StageFactory:
+    """The :data:`StageFactory` of a GLIC model: :math:`L_1` conv blocks at 1/2, then at 1/4 and 1/8
+    :math:`L_2, L_3` GFA layers (``block="gfa"``, one :class:`~gnn_lic.nn.GFABlock`) or conv blocks
+    (``block="cnn"``) with the MLP ratios of their resolution."""
+    if block not in BLOCK_KINDS:
+        raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
+
+    def stage(level: int, channels: int) -> nn.Module:
+        if level == 1:
+            return nn.Sequential(*(GatedTransformCNN(channels, expansion=conv_expansion) for _ in range(depths[0])))
+        depth, ratio = depths[level - 1], mlp_ratios[level - 2]
+        if depth == 0:
+            return nn.Identity()
+        if block == "gfa":
+            return GFABlock(channels, depth, mlp_ratio=ratio, **block_options)
+        return nn.Sequential(*(GatedTransformCNN(channels, expansion=ratio) for _ in range(depth)))
+
+    return stage
 
 
 class _StagedTransform(nn.Module):
-    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``aux``."""
+    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``wavelet``."""
+
+    #: checkpoints written before the wavelet chain got its name called it ``aux``
+    renamed_keys = {"aux.": "wavelet."}
 
     resample: nn.ModuleList
     blocks: nn.ModuleList
-    aux: Optional[nn.ModuleList]
+    wavelet: Optional[nn.ModuleList]
 
     def forward(self, x: Tensor) -> Tensor:
-        aux = x
+        w = x
         for i, (resample, blocks) in enumerate(zip(self.resample, self.blocks)):
             x = blocks(resample(x))
-            if self.aux is not None:
-                aux = self.aux[i](aux)
-                x = x + aux
+            if self.wavelet is not None:
+                w = self.wavelet[i](w)
+                x = x + w
         return x
 
 
 class GLICAnalysis(_StagedTransform):
     """GLIC analysis transform ``g_a``: ``(B, 3, H, W) -> (B, C4, H/16, W/16)``.
 
-    Stage ``i`` = stride-2 conv, then its blocks, then (with ``wavelet``) the
-    output of a chain of :class:`~gnn_lic.models.wavelet.WLS` fed from the image
-    is added. The wavelet chain never reads the main branch.
+    Stage ``i`` = stride-2 conv, then ``stage(i + 1, C_{i+1})`` (nothing at 1/16), then
+    (with ``wavelet``) the output of a chain of :class:`~gnn_lic.models.wavelet.WLS` fed
+    from the image is added. The wavelet chain never reads the main branch.
     """
 
-    def __init__(
-        self,
-        channels: Sequence[int],
-        depths: Sequence[int],
-        mlp_ratios: Sequence[float],
-        block: str,
-        gfa: Dict[str, Any],
-        wavelet: bool,
-        conv_expansion: float = 4,
-    ):
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
         super().__init__()
         c = [3, *channels]
         self.down = nn.ModuleList(conv3x3(c[i], c[i + 1], stride=2) for i in range(4))
-        self.blocks = nn.ModuleList(
-            [
-                nn.Sequential(*(GatedTransformCNN(c[1], expansion=conv_expansion) for _ in range(depths[0]))),
-                _stage_blocks(block, c[2], depths[1], mlp_ratios[0], gfa),
-                _stage_blocks(block, c[3], depths[2], mlp_ratios[1], gfa),
-                nn.Identity(),
-            ]
-        )
-        self.aux = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+        self.blocks = nn.ModuleList([stage(1, c[1]), stage(2, c[2]), stage(3, c[3]), nn.Identity()])
+        self.wavelet = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
     def resample(self) -> nn.ModuleList:
@@ -169,28 +208,12 @@ class GLICSynthesis(_StagedTransform):
     the optional :class:`~gnn_lic.models.wavelet.iWLS` chain is fed from ``y_hat``.
     """
 
-    def __init__(
-        self,
-        channels: Sequence[int],
-        depths: Sequence[int],
-        mlp_ratios: Sequence[float],
-        block: str,
-        gfa: Dict[str, Any],
-        wavelet: bool,
-        conv_expansion: float = 4,
-    ):
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
         super().__init__()
         c = [3, *channels][::-1]  # C4, C3, C2, C1, 3
         self.up = nn.ModuleList(subpel_conv3x3(c[i], c[i + 1], 2) for i in range(4))
-        self.blocks = nn.ModuleList(
-            [
-                _stage_blocks(block, c[1], depths[2], mlp_ratios[1], gfa),
-                _stage_blocks(block, c[2], depths[1], mlp_ratios[0], gfa),
-                nn.Sequential(*(GatedTransformCNN(c[3], expansion=conv_expansion) for _ in range(depths[0]))),
-                nn.Identity(),
-            ]
-        )
-        self.aux = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+        self.blocks = nn.ModuleList([stage(3, c[1]), stage(2, c[2]), stage(1, c[3]), nn.Identity()])
+        self.wavelet = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
     @property
     def resample(self) -> nn.ModuleList:
@@ -208,21 +231,14 @@ class GLIC(PaddedCompressionModel):
         conv_expansion (float): FFN expansion of the conv blocks at 1/2 resolution (4).
         block (str): ``"gfa"`` (default) or ``"cnn"`` (the conv baseline).
         wavelet (bool): add the auxiliary wavelet branch (WLS/iWLS); see :meth:`ortho_loss`.
-        local_rule (str): ``"block"`` (default): ``local_window x local_window``
-            query blocks share the ``local_sample x local_sample`` window around them
-            (:class:`~gnn_lic.graph.BlockWindow`, the authors' rule: 256 candidates per
-            node); ``"window"``: the ``local_window x local_window`` window centred on
-            each node (:class:`~gnn_lic.graph.LocalWindow`, GLIC eq. 1 read literally).
-        heads, local_window, local_sample, global_grid, avg_degree, iters, score, order, impl:
-            options of every :class:`~gnn_lic.nn.GFABlock` (defaults 8, 8, 16, 16, 64, 5,
-            ``"rms"``, ``"local-global"``, ``"sparse"``), see :func:`gfa_options`.
+        gfa (GFAConfig): options of every GFA block (graphs, heads, layer order).
         compat (str or None): ``"official"`` builds the authors' code's variant of
-            every graph block (:func:`gfa_options`) and pads images to 128, as its
+            every graph block (:meth:`GFAConfig.block_options`) and pads images to 128, as its
             test script does; with the authors' weights
             (:func:`gnn_lic.models.load_official`) it reproduces their model.
         groups (sequence of int): SCCTX channel groups, summing to :math:`C_4`.
         hyper_channels, side_channels, hyper_depth, ctx_min_channels, param_min_channels:
-            entropy-model widths, see :func:`~gnn_lic.models.entropy.scctx_latent_codec`.
+            entropy-model widths, see :func:`~gnn_lic.models.scctx.scctx_latent_codec`.
         rate_lambdas (sequence of float, optional): make the model variable-rate: gain
             units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
             per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
@@ -242,16 +258,7 @@ class GLIC(PaddedCompressionModel):
         conv_expansion: float = 4,
         block: str = "gfa",
         wavelet: bool = True,
-        heads: int = 8,
-        local_rule: str = "block",
-        local_window: int = 8,
-        local_sample: int = 16,
-        global_grid: int = 16,
-        avg_degree: float = 64,
-        iters: int = 5,
-        score: Optional[str] = "rms",
-        order: str = "local-global",
-        impl: str = "sparse",
+        gfa: GFAConfig = GFAConfig(),
         groups: Sequence[int] = (16, 16, 32, 64, 192),
         hyper_channels: int = 192,
         side_channels: int = 384,
@@ -264,16 +271,13 @@ class GLIC(PaddedCompressionModel):
         super().__init__()
         if len(channels) != 4 or len(depths) != 3 or len(mlp_ratios) != 2:
             raise ValueError("channels needs 4 values, depths 3 and mlp_ratios 2")
-        if block not in BLOCK_KINDS:
-            raise ValueError(f"block must be one of {BLOCK_KINDS}, got {block!r}")
-        gfa = gfa_options(compat, local_rule, local_window, local_sample, global_grid, avg_degree, iters, score,
-                          order, impl, heads)
+        stage = glic_stages(depths, mlp_ratios, conv_expansion, block, gfa.block_options(compat))
         self.compat = compat
         if compat == "official":
             self.pad_multiple = 128
         self.wavelet = bool(wavelet)
-        self.g_a = GLICAnalysis(channels, depths, mlp_ratios, block, gfa, self.wavelet, conv_expansion)
-        self.g_s = GLICSynthesis(channels, depths, mlp_ratios, block, gfa, self.wavelet, conv_expansion)
+        self.g_a = GLICAnalysis(channels, stage, self.wavelet)
+        self.g_s = GLICSynthesis(channels, stage, self.wavelet)
         self.latent_codec = scctx_latent_codec(
             M=channels[3],
             groups=groups,
@@ -286,8 +290,8 @@ class GLIC(PaddedCompressionModel):
         self._init_rate(rate_lambdas, channels[3])
 
 
-#: per-size defaults. "paper": GLIC Sec. 4.1.3 (the block-window local graph, see
-#: :func:`gfa_options`; GLIC Table 2 reports 67.20 M parameters); "small": sized to train on
+#: per-size defaults, as keywords of :class:`GLIC` and of :class:`GFAConfig`. "paper": GLIC
+#: Sec. 4.1.3 (the block-window local graph, see :class:`GFAConfig`; GLIC Table 2 reports 67.20 M parameters); "small": sized to train on
 #: a laptop CPU; "tiny": the smallest configuration that runs every code path (tests). ``wavelet`` is on for "paper"
 #: (as released) and "tiny", off for "small" (speed); pass ``wavelet=`` to override.
 GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -326,11 +330,22 @@ GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: the keywords of :func:`build_glic` that go into :class:`GFAConfig`
+GFA_KEYWORDS = tuple(f.name for f in fields(GFAConfig))
+
+
 def build_glic(size: str = "paper", **kwargs) -> GLIC:
-    """``GLIC(**{**GLIC_PRESETS[size], **kwargs})``."""
+    """``GLIC`` with ``{**GLIC_PRESETS[size], **kwargs}``; the keywords of :data:`GFA_KEYWORDS` form its :class:`GFAConfig`.
+
+    Options are keywords (JSON-able, as ``create_model`` records them), never a ``GFAConfig``.
+    """
     if size not in GLIC_PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(GLIC_PRESETS)}")
-    return GLIC(**{**GLIC_PRESETS[size], **kwargs})
+    if "gfa" in kwargs:
+        raise ValueError(f"pass the GFA options as keywords ({', '.join(GFA_KEYWORDS)}), not gfa=")
+    options = {**GLIC_PRESETS[size], **kwargs}
+    gfa = GFAConfig(**{k: options.pop(k) for k in GFA_KEYWORDS if k in options})
+    return GLIC(gfa=gfa, **options)
 
 
 #: registered variants: name -> options fixed by the variant (GLIC Tables 3 and 4)

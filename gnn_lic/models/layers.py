@@ -11,18 +11,15 @@ from __future__ import annotations
 from typing import Callable, List, Sequence
 
 import torch
-import torch.nn.functional as F
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
-from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
-from gnn_lic.nn.blocks import LayerNorm2d
+from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 
 __all__ = [
     "conv1x1",
     "conv3x3",
     "subpel_conv3x3",
-    "GatedFFN",
     "DepthwiseConvBlock",
     "GatedTransformCNN",
     "ParameterAggregationBlock",
@@ -32,37 +29,9 @@ __all__ = [
 ]
 
 
-def conv1x1(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
     """1x1 convolution."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
-
-
-class GatedFFN(nn.Module):
-    r"""Pointwise gated feed-forward network.
-
-    .. math:: \mathrm{FFN}(x) = W_2\,(\mathrm{GELU}(W_a x) \odot W_b x)
-
-    with 1x1 convolutions :math:`W_a, W_b: C \to eC` (one conv, split in two) and
-    :math:`W_2: eC \to C`, all without bias. Pointwise, so it can sit inside a
-    checkerboard entropy-parameter network.
-
-    Args:
-        channels (int): channels ``C``.
-        expansion (float): hidden expansion ``e`` (default 4).
-    """
-
-    def __init__(self, channels: int, expansion: float = 4):
-        super().__init__()
-        hidden = int(channels * expansion)
-        self.proj_in = conv1x1(channels, 2 * hidden, bias=False)
-        self.proj_out = conv1x1(hidden, channels, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.proj_in(x).chunk(2, dim=1)
-        if torch.is_grad_enabled():
-            return self.proj_out(F.gelu(a) * b)
-        # no autograd: gate in place, one hidden tensor instead of three
-        return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1)
 
 
 class DepthwiseConvBlock(nn.Module):
@@ -93,9 +62,7 @@ class GatedTransformCNN(nn.Module):
         h = \mathrm{DWConv}(x), \qquad
         \mathrm{out} = h + \mathrm{FFN}(\mathrm{LN}(h))
 
-    Without autograd the pointwise second term is computed band of rows by band
-    (:func:`gnn_lic.nn.banded.banded_residual`): the same numbers, without the
-    map-sized hidden tensors of the FFN.
+    The second term is :func:`~gnn_lic.nn.blocks.ffn_residual` (band by band without autograd).
 
     Args:
         in_ch (int): input channels.
@@ -103,7 +70,7 @@ class GatedTransformCNN(nn.Module):
         expansion (float): FFN expansion (default 4; 2 inside the hyper transforms).
     """
 
-    def __init__(self, in_ch: int, out_ch: int | None = None, expansion: float = 4, **unused):
+    def __init__(self, in_ch: int, out_ch: int | None = None, expansion: float = 4):
         super().__init__()
         out_ch = in_ch if out_ch is None else out_ch
         self.dwconv = DepthwiseConvBlock(in_ch, out_ch)
@@ -111,34 +78,21 @@ class GatedTransformCNN(nn.Module):
         self.ffn = GatedFFN(out_ch, expansion)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.dwconv(x)
-        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
-        if use_bands(x, pixels):
-            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
-        return x + self._residual(x)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        return self.ffn(self.norm(x))
+        return ffn_residual(self.dwconv(x), self.norm, self.ffn)
 
 
 class ParameterAggregationBlock(nn.Module):
-    """1x1 conv ``in -> out`` then ``x + FFN(LN(x))``: pointwise, for entropy parameters."""
+    """1x1 conv ``in -> out`` then ``x + FFN(LN(x))`` (:func:`~gnn_lic.nn.blocks.ffn_residual`): pointwise,
+    for entropy parameters."""
 
-    def __init__(self, in_ch: int, out_ch: int, expansion: float = 4, **unused):
+    def __init__(self, in_ch: int, out_ch: int, expansion: float = 4):
         super().__init__()
         self.proj = conv1x1(in_ch, out_ch)
         self.norm = LayerNorm2d(out_ch)
         self.ffn = GatedFFN(out_ch, expansion)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(x)
-        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
-        if use_bands(x, pixels):  # pointwise: banded without autograd, as in GatedTransformCNN
-            return banded_residual(x, self._residual, pixels=pixels, inplace=True)
-        return x + self._residual(x)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        return self.ffn(self.norm(x))
+        return ffn_residual(self.proj(x), self.norm, self.ffn)
 
 
 def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> List[int]:
@@ -157,30 +111,17 @@ def ramp_widths(in_ch: int, out_ch: int, num_layers: int, min_ch: int = 0) -> Li
     return widths
 
 
-def channel_ramp(
-    in_ch: int,
-    out_ch: int,
-    *,
-    min_ch: int = 0,
-    num_layers: int = 3,
-    make_layer: Callable[[int, int], nn.Module],
-    make_act: Callable[[], nn.Module] | None = None,
-) -> nn.Sequential:
-    """``num_layers`` layers ``make_layer(a, b)`` over :func:`ramp_widths`, activations between."""
-    widths = ramp_widths(in_ch, out_ch, num_layers, min_ch)
-    layers: List[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(make_layer(a, b))
-        if make_act is not None and i < num_layers - 1:
-            layers.append(make_act())
-    return nn.Sequential(*layers)
+def channel_ramp(in_ch: int, out_ch: int, *, min_ch: int, make_layer: Callable[[int, int], nn.Module]) -> nn.Sequential:
+    """ELIC's three-layer ramp: ``make_layer(a, b)`` over :func:`ramp_widths` (each block carries its own nonlinearity)."""
+    widths = ramp_widths(in_ch, out_ch, 3, min_ch)
+    return nn.Sequential(*(make_layer(a, b) for a, b in zip(widths[:-1], widths[1:])))
 
 
-def conv_stack(widths: Sequence[int], kernel_size: int = 3, act: Callable[[], nn.Module] = nn.GELU) -> nn.Sequential:
-    """Stride-1 convolutions through ``widths`` with ``act`` between them (none after the last)."""
+def conv_stack(widths: Sequence[int]) -> nn.Sequential:
+    """Stride-1 3x3 convolutions through ``widths`` with GELUs between them (none after the last)."""
     layers: List[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2))
+        layers.append(conv3x3(a, b))
         if i < len(widths) - 2:
-            layers.append(act())
+            layers.append(nn.GELU())
     return nn.Sequential(*layers)

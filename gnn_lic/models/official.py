@@ -67,8 +67,8 @@ _GTC = [  # GatedTransformCNN blocks (conv stages, h_a/h_s, channel context)
 _GLIC_RULES: List[_Rule] = [
     (r"^g_a\.down(\d)\.", r"g_a.down.\1."),
     (r"^g_s\.up(\d)\.", r"g_s.up.\1."),
-    (r"^g_a\.AuxT_enc\.(\d)\.", r"g_a.aux.\1."),
-    (r"^g_s\.AuxT_dec\.(\d)\.", r"g_s.aux.\1."),
+    (r"^g_a\.AuxT_enc\.(\d)\.", r"g_a.wavelet.\1."),
+    (r"^g_s\.AuxT_dec\.(\d)\.", r"g_s.wavelet.\1."),
     (r"\.scaling_factors$", ".log_scale"),
     (r"\.OLP\.linear\.", ".proj.linear."),
     (r"^g_a\.g1\.(\d+)\.", r"g_a.blocks.0.\1."),
@@ -96,8 +96,11 @@ def _gabic_branch_b(m: re.Match) -> str:
 
 
 _GABIC_RULES: List[_Rule] = [
-    (r"^(h_a|h_mean_s|h_scale_s|cc_mean_transforms|cc_scale_transforms|lrp_transforms|entropy_bottleneck|"
-     r"gaussian_conditional)\.", r"latent_codec.\1."),
+    # the entropy model: CompressAI's hyperprior codec of hyper (h_a, EB, h_s) and slices (y)
+    (r"^(h_a|entropy_bottleneck)\.", r"latent_codec.hyper.\1."),
+    (r"^h_mean_s\.", "latent_codec.hyper.h_s.mean."),
+    (r"^h_scale_s\.", "latent_codec.hyper.h_s.scale."),
+    (r"^(cc_mean_transforms|cc_scale_transforms|lrp_transforms|gaussian_conditional)\.", r"latent_codec.y.\1."),
     (r"\.conv_a\.(\d)\.conv\.", r".branch_a.\1.body."),
     (r"\.conv_b\.0\.conv\.qkv\.", ".attn.theta_phi_g."),
     (r"\.conv_b\.0\.conv\.proj\.", ".attn.w_z."),

@@ -5,7 +5,7 @@ Compression*, CVPR 2022 (their "CNN-based model"; "Zou2022" in GABIC's Table 1 a
 Fig. 4). GABIC (ICIP 2024) is this model with each window block replaced by a graph
 window block, so the two share everything else here: the transforms' layout
 (:func:`~gnn_lic.models.gabic.window_codec_transforms`, Zou et al., CVPR 2022) and the
-channel-slice entropy model with LRP (:class:`~gnn_lic.models.entropy.ChannelSliceLatentCodec`).
+channel-slice entropy model with LRP (:class:`~gnn_lic.models.channel_slice.ChannelSliceLatentCodec`).
 
 .. code-block:: none
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from gnn_lic.models.base import PaddedCompressionModel
-from gnn_lic.models.entropy import ChannelSliceLatentCodec
+from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.gabic import GABIC_PRESETS, window_codec_transforms
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.window_attention import WindowAttentionBlock

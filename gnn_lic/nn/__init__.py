@@ -17,7 +17,7 @@ __all__ = [
 
 from gnn_lic.nn.blocks import (  # noqa: E402
     GFA_ORDERS,
-    GatedDWFeedForward,
+    GatedFFN,
     GFABlock,
     GFALayer,
     GraphWindowBlock,
@@ -25,7 +25,7 @@ from gnn_lic.nn.blocks import (  # noqa: E402
     ResidualUnit,
 )
 
-__all__ += ["GFABlock", "GFALayer", "GraphWindowBlock", "LayerNorm2d", "GatedDWFeedForward", "ResidualUnit", "GFA_ORDERS"]
+__all__ += ["GFABlock", "GFALayer", "GraphWindowBlock", "LayerNorm2d", "GatedFFN", "ResidualUnit", "GFA_ORDERS"]
 
 from gnn_lic.nn.window_attention import (  # noqa: E402
     WindowAttention,

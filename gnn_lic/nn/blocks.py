@@ -5,7 +5,7 @@ Blocks never build graphs their own way: they call :func:`gnn_lic.graph.build_gr
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
-__all__ = ["LayerNorm2d", "GatedDWFeedForward", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
+__all__ = ["LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
            "window_offset_attr"]
 
 
@@ -44,34 +44,55 @@ class LayerNorm2d(nn.Module):
         return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
 
 
-class GatedDWFeedForward(nn.Module):
-    """Gated depthwise feed-forward: 1x1 -> depthwise 3x3 -> GELU gate -> 1x1.
+class GatedFFN(nn.Module):
+    r"""Gated feed-forward network of GLIC's blocks (as in the authors' code), all convolutions without bias.
 
-    The feed-forward part of a GFA layer (as in the authors' code): the
-    depthwise convolution gives the aggregation a positional signal.
+    .. math:: \mathrm{FFN}(x) = W_2\,(\mathrm{GELU}(a) \odot b), \qquad [a \,|\, b] = D(W_1 x)
+
+    with 1x1 convolutions :math:`W_1: C \to 2eC` and :math:`W_2: eC \to C`. :math:`D` is a
+    3x3 depthwise convolution with ``depthwise=True`` (the feed-forward of a GFA layer: it
+    gives the aggregation a positional signal), else the identity (pointwise, so it can sit
+    inside a checkerboard entropy-parameter network: GLIC Fig. 2(c)).
+
+    Args:
+        channels (int): channels ``C``.
+        expansion (float): hidden expansion ``e`` (default 4).
+        depthwise (bool): the 3x3 depthwise convolution :math:`D` (default ``False``).
     """
 
-    def __init__(self, channels: int, expansion: float = 2.0):
+    def __init__(self, channels: int, expansion: float = 4.0, depthwise: bool = False):
         super().__init__()
         hidden = int(channels * expansion)
         self.proj_in = nn.Conv2d(channels, 2 * hidden, 1, bias=False)
-        self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False)
+        self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False) if depthwise else None
         self.proj_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.dwconv(self.proj_in(x)).chunk(2, dim=1)
+        h = self.proj_in(x)
+        a, b = (h if self.dwconv is None else self.dwconv(h)).chunk(2, dim=1)
         if torch.is_grad_enabled():
             return self.proj_out(F.gelu(a) * b)
         # no autograd: gate in place, one hidden tensor instead of three
         return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
 
 
-class GFALayer(nn.Module):
-    """One GFA layer: ``x + Agg(LN(x))`` on a graph, then ``x + FFN(LN(x))``.
+def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:
+    """``x + ffn(norm(x))``; without autograd computed band of rows by band into ``x``
+    (:func:`gnn_lic.nn.banded.banded_residual`, bands sized for a :class:`GatedFFN`'s hidden
+    width, one row of halo for its depthwise convolution): the same numbers, without
+    map-sized hidden tensors. Another ``ffn`` (no band size known) runs on the whole map."""
+    def residual(t: Tensor) -> Tensor:
+        return ffn(norm(t))
 
-    Without autograd the feed-forward term is computed band of rows by band
-    (:func:`gnn_lic.nn.banded.banded_residual`, one row of halo for its 3x3
-    depthwise convolution): the same numbers, without map-sized hidden tensors.
+    if isinstance(ffn, GatedFFN):
+        pixels = band_pixels(ffn.proj_in.out_channels, x.element_size())
+        if use_bands(x, pixels):
+            return banded_residual(x, residual, halo=0 if ffn.dwconv is None else 1, pixels=pixels, inplace=True)
+    return x + residual(x)
+
+
+class GFALayer(nn.Module):
+    """One GFA layer: ``x + Agg(LN(x))`` on a graph, then ``x + FFN(LN(x))`` (:func:`ffn_residual`).
 
     Args:
         channels, heads, mlp_ratio, impl: widths and aggregation path.
@@ -89,22 +110,14 @@ class GFALayer(nn.Module):
         self.conv = GraphAggregationConv(channels, heads=heads, impl=impl, position_bias=position_bias,
                                          max_temperature=max_temperature)
         self.norm2 = LayerNorm2d(channels, eps=norm_eps)
-        self.ffn = GatedDWFeedForward(channels, mlp_ratio)
+        self.ffn = GatedFFN(channels, mlp_ratio, depthwise=True)
 
     def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
         B, C, H, W = x.shape
         agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
         x = x + agg.view(B, H, W, C).permute(0, 3, 1, 2)
         del agg
-        if not isinstance(self.ffn, GatedDWFeedForward):  # a replaced feed-forward: no band size known
-            return x + self._residual(x)
-        pixels = band_pixels(self.ffn.proj_in.out_channels, x.element_size())
-        if use_bands(x, pixels):
-            return banded_residual(x, self._residual, halo=1, pixels=pixels, inplace=True)
-        return x + self._residual(x)
-
-    def _residual(self, x: Tensor) -> Tensor:
-        return self.ffn(self.norm2(x))
+        return ffn_residual(x, self.norm2, self.ffn)
 
 
 #: layer orders of a GFA block; "local-global" alternates starting with local
@@ -138,7 +151,7 @@ class GFABlock(nn.Module):
         mlp_ratio (float): feed-forward expansion.
         heads (int): attention heads.
         local (CandidateSet): local candidates (default
-            :class:`~gnn_lic.graph.BlockWindow` ``(8, 16)``, see the GLIC model notes).
+            :class:`~gnn_lic.graph.BlockWindow` ``(8, 16)``, the local rule of the GLIC authors' code).
         global_ (CandidateSet): global candidates (default ``GlobalGrid(16)``).
         selector (Selector): selection rule (default ``AdaptiveDegree(64)``: RMS-G,
             5 bisection steps).

@@ -179,7 +179,6 @@ class WindowAttention(nn.Module):
         channels (int): ``C`` (a multiple of ``heads``).
         window (int): window side ``M``.
         heads (int): ``h`` (default 8); ``d = C / h``.
-        qkv_bias (bool): bias of the ``q, k, v`` projection (default True).
 
     Shapes:
         input ``(B, H, W, C)`` (channels last, any ``H, W >= 1``), output the same.
@@ -187,14 +186,14 @@ class WindowAttention(nn.Module):
     The bias table starts from a truncated normal (std 0.02), as in Swin.
     """
 
-    def __init__(self, channels: int, window: int, heads: int = 8, qkv_bias: bool = True):
+    def __init__(self, channels: int, window: int, heads: int = 8):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be a multiple of heads ({heads})")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.channels, self.window, self.heads = channels, int(window), heads
-        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)

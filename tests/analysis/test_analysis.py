@@ -69,7 +69,7 @@ def test_stage_features_stop_at_intermediate_stage():
     assert f.shape[-2:] == (16, 16) and not calls  # stopped before the last down-sampling
     with torch.no_grad():
         ref = net.g_a.blocks[1](net.g_a.down[1](net.g_a.blocks[0](net.g_a.down[0](x))))
-    if net.g_a.aux is None:
+    if net.g_a.wavelet is None:
         torch.testing.assert_close(f, ref)
     with pytest.raises(ValueError, match="no module"):
         stage_features(net, x, "g_a.nope")

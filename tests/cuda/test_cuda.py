@@ -90,7 +90,7 @@ def test_compress_decompress_roundtrip(name):
     # scale y and z so that untrained latents do not all round to zero
     net.g_a.register_forward_hook(lambda mod, inp, out: out * 30.0)
     lc = net.latent_codec
-    (lc.hyper.h_a if hasattr(lc, "hyper") else lc.h_a).register_forward_hook(lambda mod, inp, out: out * 10.0)
+    lc.hyper.h_a.register_forward_hook(lambda mod, inp, out: out * 10.0)
     net.update(force=True)
     net.eval()
     x = _images(2, 72, 88, seed=2)

@@ -7,7 +7,7 @@ import pytest
 
 from gnn_lic.graph import _rowkernels
 
-PATHS = ["compiled", "torch"] if _rowkernels.numba is not None else ["torch"]
+PATHS = ["compiled", "torch"]
 #: test modules that switch between the paths themselves
 _SELF_COMPARING = ("test_rowkernels.py",)
 

@@ -135,3 +135,20 @@ def test_repr():
     assert repr(LocalWindow(8)) == "LocalWindow(size=8, border='shift', block=8)"
     assert repr(GlobalGrid(16)) == "GlobalGrid(size=16, groups=None)"
     assert repr(WindowPartition(4)) == "WindowPartition(size=4)"
+
+
+def test_the_compiled_window_path_is_a_hook_of_the_candidate_set():
+    """``window_side`` decides the compiled local-window similarities; the builder asks no type."""
+    from gnn_lic.graph import BlockWindow, CandidateSet, candidates
+
+    assert LocalWindow(4).window_side() == 4 and LocalWindow(4, border="drop").window_side() is None
+    assert BlockWindow(4, 8).window_side() is None and GlobalGrid(4).window_side() is None
+    assert candidates(LocalWindow(4), 6, 7).window == (4, 6, 7)
+    assert candidates(LocalWindow(4, border="drop"), 6, 7).window is None
+
+    class Renamed(LocalWindow):  # another class with the same rule takes the same path
+        pass
+
+    assert isinstance(Renamed(3), CandidateSet) and candidates(Renamed(3), 5, 5).window == (3, 5, 5)
+    x = torch.randn(1, 3, 5, 6)
+    assert torch.equal(build_graph(x, Renamed(3), KeepAll()), build_graph(x, LocalWindow(3), KeepAll()))

@@ -32,7 +32,6 @@ from gnn_lic.graph import (
 
 from gnn_lic.graph import build as build_module
 
-needs_numba = pytest.mark.skipif(_rowkernels.numba is None, reason="numba is not installed")
 
 CSETS = [
     LocalWindow(8),
@@ -78,7 +77,6 @@ def torch_features(monkeypatch):
     monkeypatch.setattr(build_module, "row_similarity", _torch_only(row_similarity))
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cset", CSETS, ids=repr)
@@ -92,7 +90,6 @@ def test_row_loops_equal_torch(cset, shape, dtype, torch_features):
         assert torch.equal(info_c.target_degree, info_t.target_degree)
 
 
-@needs_numba
 def test_row_loops_equal_torch_on_ties_and_zero_vectors(torch_features):
     """One-hot features: similarities are exactly 0 or 1, so thresholds hit ties."""
     g = torch.Generator().manual_seed(3)
@@ -103,7 +100,6 @@ def test_row_loops_equal_torch_on_ties_and_zero_vectors(torch_features):
         assert torch.equal(a, b), cset
 
 
-@needs_numba
 def test_bisection_threshold_compiled_equals_torch_with_invalid_entries():
     from gnn_lic.graph import bisection_threshold
 
@@ -155,18 +151,13 @@ def test_switch(monkeypatch):
     previous = _rowkernels.set_enabled(False)
     try:
         assert not _rowkernels.enabled(torch.zeros(2, 2))
-        if _rowkernels.numba is None:
-            with pytest.raises(ImportError):
-                _rowkernels.set_enabled(True)
-        else:
-            _rowkernels.set_enabled(True)
-            assert _rowkernels.enabled(torch.zeros(2, 2))
-            assert not _rowkernels.enabled(torch.zeros(2, 2, dtype=torch.float16))
+        _rowkernels.set_enabled(True)
+        assert _rowkernels.enabled(torch.zeros(2, 2))
+        assert not _rowkernels.enabled(torch.zeros(2, 2, dtype=torch.float16))
     finally:
         _rowkernels.set_enabled(previous)
 
 
-@needs_numba
 def test_jit_falls_back_without_a_cache_directory(monkeypatch):
     calls = []
 
@@ -188,7 +179,6 @@ def test_jit_falls_back_without_a_cache_directory(monkeypatch):
 FEATURE_SHAPES = [(1, 192, 16, 24), (2, 5, 7, 9), (1, 3, 1, 6), (2, 4, 5, 1), (1, 1, 1, 1), (3, 2, 2, 2)]
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", FEATURE_SHAPES)
 def test_feature_passes_match_torch(shape, dtype):
@@ -209,7 +199,6 @@ def test_feature_passes_match_torch(shape, dtype):
         assert not fn(xt).requires_grad
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size, block, shape", [(8, None, (1, 192, 20, 27)), (8, None, (2, 5, 13, 11)),
                                                  (5, None, (1, 3, 3, 17)), (4, 3, (1, 4, 6, 7)),
@@ -231,7 +220,6 @@ def test_local_window_products_match_torch(size, block, shape, dtype):
     assert candidates(GlobalGrid(4), *shape[2:]).window is None
 
 
-@needs_numba
 def test_compiled_graphs_match_torch_graphs():
     """End to end, the two paths' features differ only by rounding, so on random maps
     (no similarity within rounding of a threshold) the graphs are the same."""

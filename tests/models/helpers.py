@@ -8,9 +8,8 @@ from gnn_lic.models import create_model
 
 
 def hyper_analysis(net):
-    """The ``h_a`` of either latent codec (GLIC: CompressAI hyperprior, GABIC: channel slices)."""
-    lc = net.latent_codec
-    return lc.hyper.h_a if hasattr(lc, "hyper") else lc.h_a
+    """The ``h_a`` of the latent codec (a CompressAI hyperprior in every model)."""
+    return net.latent_codec.hyper.h_a
 
 
 def amplify(net, y_gain: float = 30.0, z_gain: float = 10.0):

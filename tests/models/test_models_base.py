@@ -2,8 +2,19 @@
 
 import pytest
 import torch
+from torch import nn
 
-from gnn_lic.models.base import crop_to, from_jsonable, pad_to_multiple, to_jsonable
+from gnn_lic.models import create_model
+from gnn_lic.models.base import (
+    PaddedCompressionModel,
+    crop_to,
+    earlier_state_dict,
+    from_jsonable,
+    pad_to_multiple,
+    to_jsonable,
+    upgrade_state_dict,
+)
+from gnn_lic.models.checkpoint import load_checkpoint, load_state_into
 
 from .helpers import images, make
 
@@ -61,3 +72,80 @@ def test_decompress_needs_the_compress_shape():
         net.decompress(enc["strings"], enc["shape"]["latent"])
     out = net.decompress(enc["strings"], {"latent": enc["shape"]["latent"], "image": [10, 12]})
     assert out["x_hat"].shape == (1, 3, 10, 12)
+
+
+class _Inner(nn.Module):
+    renamed_keys = {"old.": "new."}
+
+    def __init__(self):
+        super().__init__()
+        self.new = nn.Linear(2, 2)
+
+
+class _Outer(nn.Module):
+    renamed_keys = {"a.": "inner."}
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _Inner()
+        self.keep = nn.Linear(2, 1)
+
+
+def test_state_dict_key_history_renames_nested_modules_both_ways():
+    net = _Outer()
+    old = {"a.old.weight": torch.ones(2, 2), "a.old.bias": torch.zeros(2), "keep.weight": torch.ones(1, 2),
+           "keep.bias": torch.zeros(1)}
+    new = upgrade_state_dict(net, old)
+    assert list(new) == ["inner.new.weight", "inner.new.bias", "keep.weight", "keep.bias"]
+    net.load_state_dict(new)
+    assert list(earlier_state_dict(net)) == list(old)
+    assert list(upgrade_state_dict(net, net.state_dict())) == list(net.state_dict())  # current keys stay
+    assert earlier_state_dict(nn.Linear(2, 2)) is None
+
+
+def test_a_glic_checkpoint_from_before_the_wavelet_rename_loads(tmp_path):
+    """``g_a.aux``/``g_s.aux`` (the wavelet chains' earlier name) load into ``.wavelet``."""
+    torch.manual_seed(0)
+    net = create_model("glic", size="tiny")
+    old = {k.replace(".wavelet.", ".aux."): v for k, v in net.state_dict().items()}
+    assert sum(".aux." in k for k in old) > 0 and not any(".aux." in k for k in net.state_dict())
+    fresh = create_model("glic", size="tiny")
+    fresh.load_state_dict(old)  # CompressAI-style: the model's own load_state_dict
+    other = create_model("glic", size="tiny")
+    load_state_into(other, old)  # the checkpoint loader
+    for a, b, c in zip(net.state_dict().values(), fresh.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    torch.save({"format": "gnn_lic-checkpoint", "version": 1, "model_config": net.model_config, "state_dict": old},
+               tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    assert torch.equal(loaded.g_s.wavelet[0].proj.linear.weight, net.g_s.wavelet[0].proj.linear.weight)
+
+
+@pytest.mark.parametrize("name", ["glic", "gabic", "wacnn"])
+def test_no_current_key_looks_like_an_earlier_one(name):
+    """An earlier key prefix must never match a current key, or upgrading would move it."""
+    net = create_model(name, size="tiny")
+    state = net.state_dict()
+    assert list(upgrade_state_dict(net, state)) == list(state)
+
+
+def test_init_config_flattens_an_options_dataclass_and_refuses_clashes():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Options:
+        width: int = 2
+        depth: int = 1
+
+    class Toy(PaddedCompressionModel):
+        def __init__(self, scale: float = 1.0, options: Options = Options()):
+            super().__init__()
+
+    class Clash(PaddedCompressionModel):
+        def __init__(self, width: int = 3, options: Options = Options()):
+            super().__init__()
+
+    assert Toy(options=Options(width=5)).init_config == {"class": Toy.__qualname__,
+                                                          "args": {"scale": 1.0, "width": 5, "depth": 1}}
+    with pytest.raises(TypeError, match="width"):
+        Clash()

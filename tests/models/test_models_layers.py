@@ -1,17 +1,12 @@
-"""CNN layers and latent codecs of the models (notes 1.4, 1.10, 2.1)."""
+"""CNN layers and latent codecs of the models (GLIC Fig. 2(c), SCCTX; GABIC eq. 3)."""
 
 import pytest
 import torch
 
-from gnn_lic.models.entropy import ChannelSliceLatentCodec, elic_groups, scctx_latent_codec
-from gnn_lic.models.layers import (
-    DepthwiseConvBlock,
-    GatedFFN,
-    GatedTransformCNN,
-    ParameterAggregationBlock,
-    channel_ramp,
-    ramp_widths,
-)
+from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
+from gnn_lic.models.scctx import elic_groups, scctx_latent_codec
+from gnn_lic.models.layers import DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, channel_ramp, ramp_widths
+from gnn_lic.nn.blocks import GatedFFN
 
 
 def test_ramp_widths_match_glic_entropy_model():
@@ -29,7 +24,7 @@ def test_ramp_widths_match_glic_entropy_model():
 
 
 def test_channel_ramp_builds_layers():
-    seq = channel_ramp(8, 4, min_ch=16, num_layers=3, make_layer=GatedTransformCNN)
+    seq = channel_ramp(8, 4, min_ch=16, make_layer=GatedTransformCNN)
     assert len(seq) == 3
     assert seq(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
 
@@ -77,16 +72,17 @@ def test_scctx_latent_codec_structure():
 def test_channel_slices_use_the_first_support_slices():
     lc = ChannelSliceLatentCodec(M=32, N=16, num_slices=4, max_support_slices=2, cc_hidden=(8, 8, 8, 8))
     # slice i sees M + 8 * min(i, 2) channels; LRP one slice more
-    assert [t[0].in_channels for t in lc.cc_mean_transforms] == [32, 40, 48, 48]
-    assert [t[0].in_channels for t in lc.lrp_transforms] == [40, 48, 56, 56]
+    slices = lc.latent_codec["y"]
+    assert [t[0].in_channels for t in slices.cc_mean_transforms] == [32, 40, 48, 48]
+    assert [t[0].in_channels for t in slices.lrp_transforms] == [40, 48, 56, 56]
     # the parameters of slice 3 depend on slices 0 and 1 only (the *first* two), not on slice 2
     torch.manual_seed(0)
     hyper = torch.randn(1, 32, 4, 4)
     decoded = [torch.randn(1, 8, 4, 4) for _ in range(3)]
     other = decoded[:2] + [torch.randn(1, 8, 4, 4)]
-    for a, b in zip(lc._slice_params(3, hyper, hyper, decoded), lc._slice_params(3, hyper, hyper, other)):
+    for a, b in zip(slices._slice_params(3, hyper, hyper, decoded), slices._slice_params(3, hyper, hyper, other)):
         assert torch.equal(a, b)
     changed = [decoded[0] + 1.0] + decoded[1:]
-    assert not torch.equal(lc._slice_params(3, hyper, hyper, decoded)[0], lc._slice_params(3, hyper, hyper, changed)[0])
+    assert not torch.equal(slices._slice_params(3, hyper, hyper, decoded)[0], slices._slice_params(3, hyper, hyper, changed)[0])
     with pytest.raises(ValueError):
         ChannelSliceLatentCodec(M=30, N=16, num_slices=4)

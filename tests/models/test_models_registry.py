@@ -6,6 +6,7 @@ import torch
 import gnn_lic.models as models
 from gnn_lic.models import SIZES, create_model, list_models
 from gnn_lic.models.base import PaddedCompressionModel
+from gnn_lic.models.glic import GFA_KEYWORDS, GLIC_PRESETS, GFAConfig
 
 EXPECTED = {
     "glic",
@@ -58,7 +59,7 @@ def test_paper_glic_matches_table2(paper_model):
 def test_paper_gabic_width(paper_model):
     net = paper_model("gabic")
     assert (net.N, net.M) == (192, 320)
-    lc = net.latent_codec
+    lc = net.latent_codec.y
     assert (lc.num_slices, lc.slice_channels, lc.max_support_slices) == (10, 32, 5)
 
 
@@ -109,8 +110,21 @@ def test_wacnn_is_the_gabic_layout_with_shifted_window_blocks(paper_model):
 def test_kwargs_override_presets_and_are_recorded():
     net = create_model("glic", size="tiny", wavelet=False, avg_degree=3)
     assert net.model_config == {"name": "glic", "size": "tiny", "wavelet": False, "avg_degree": 3}
-    assert net.g_a.aux is None and net.g_a.blocks[1].selector.avg_degree == 3
+    assert net.g_a.wavelet is None and net.g_a.blocks[1].selector.avg_degree == 3
     assert float(net.ortho_loss()) == 0.0
+
+
+def test_glic_gfa_options_are_one_config_recorded_field_by_field():
+    """The GFA keywords of create_model form GLIC's GFAConfig; init_config (the identity) lists its fields."""
+    net = create_model("glic", size="tiny", local_window=3, heads=2)
+    assert net.g_a.blocks[1].local.size == 3 and net.g_s.blocks[0].layers[0].conv.heads == 2
+    args = net.init_config["args"]
+    assert "gfa" not in args and set(GFA_KEYWORDS) <= set(args)
+    assert (args["local_window"], args["heads"], args["global_grid"]) == (3, 2, GLIC_PRESETS["tiny"]["global_grid"])
+    with pytest.raises(ValueError, match="keywords"):
+        create_model("glic", size="tiny", gfa=GFAConfig())
+    with pytest.raises(ValueError, match="local_rule"):
+        create_model("glic", size="tiny", local_rule="nope")
 
 
 def test_create_model_rejects_unknown_names_and_sizes():

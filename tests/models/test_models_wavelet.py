@@ -1,4 +1,4 @@
-"""Wavelet branch (GLIC ref. [38], notes 1.5): Haar DWT/IDWT, OLP orthogonality loss, WLS/iWLS."""
+"""Wavelet branch (GLIC ref. [38]): Haar DWT/IDWT, OLP orthogonality loss, WLS/iWLS."""
 
 import math
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
-from gnn_lic.models.layers import GatedFFN, GatedTransformCNN, ParameterAggregationBlock
+from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock
 from gnn_lic.nn import banded
 from gnn_lic.nn.banded import banded_residual, row_bands, use_bands
-from gnn_lic.nn.blocks import GatedDWFeedForward, GFABlock, LayerNorm2d
+from gnn_lic.nn.blocks import GatedFFN, GFABlock, LayerNorm2d
 
 
 def test_band_pixels_bound_the_hidden_tensor():
@@ -41,7 +41,7 @@ def _dw_residual(ffn, norm):
 def test_banded_residual_with_halo_equals_whole_map(pixels, inplace):
     """A 3x3 depthwise FFN (halo 1): bands of 1 row up to the whole map, the same bits."""
     torch.manual_seed(0)
-    ffn, norm = GatedDWFeedForward(16, 2.0), LayerNorm2d(16)
+    ffn, norm = GatedFFN(16, 2.0, depthwise=True), LayerNorm2d(16)
     x = torch.randn(2, 16, 11, 8)
     fn = _dw_residual(ffn, norm)
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_banded_residual_with_halo_equals_whole_map(pixels, inplace):
 def test_banded_residual_needs_the_halo():
     """Without the halo the band edges read zeros: the check above can fail."""
     torch.manual_seed(0)
-    ffn, norm = GatedDWFeedForward(8, 2.0), LayerNorm2d(8)
+    ffn, norm = GatedFFN(8, 2.0, depthwise=True), LayerNorm2d(8)
     x = torch.randn(1, 8, 9, 6)
     fn = _dw_residual(ffn, norm)
     with torch.no_grad():
@@ -66,9 +66,9 @@ def test_banded_residual_needs_the_halo():
 
 def test_gelu_gate_in_place_is_bitwise():
     torch.manual_seed(0)
-    for ffn in (GatedFFN(24, 4), GatedDWFeedForward(24, 2)):
+    for ffn in (GatedFFN(24, 4), GatedFFN(24, 2, depthwise=True)):
         x = torch.randn(2, 24, 9, 13)
-        a, b = ffn.dwconv(ffn.proj_in(x)).chunk(2, 1) if hasattr(ffn, "dwconv") else ffn.proj_in(x).chunk(2, 1)
+        a, b = ffn.dwconv(ffn.proj_in(x)).chunk(2, 1) if ffn.dwconv is not None else ffn.proj_in(x).chunk(2, 1)
         ref = ffn.proj_out(F.gelu(a) * b)
         with torch.no_grad():
             assert torch.equal(ffn(x), ref)

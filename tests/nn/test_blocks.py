@@ -7,7 +7,7 @@ from torch import nn
 
 from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
 from gnn_lic.nn import blocks
-from gnn_lic.nn.blocks import GFA_ORDERS, GatedDWFeedForward, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d
+from gnn_lic.nn.blocks import GFA_ORDERS, GatedFFN, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d
 
 
 class Const(nn.Module):
@@ -38,7 +38,7 @@ def test_layer_norm_2d_matches_a_per_pixel_layer_norm():
 
 
 def test_gated_dw_feed_forward_shape_and_formula():
-    ffn = GatedDWFeedForward(8, expansion=1.5)
+    ffn = GatedFFN(8, expansion=1.5, depthwise=True)
     x = _x()
     out = ffn(x)
     assert out.shape == x.shape and ffn.proj_in.out_channels == 2 * 12
@@ -59,7 +59,7 @@ def test_gfa_layer_is_two_residual_steps():
     torch.testing.assert_close(layer(x, g), x)  # both branches zero: identity
     layer.conv = Const(1.0)  # Agg adds 1, then the FFN branch (zero) adds nothing
     torch.testing.assert_close(layer(x, g), x + 1)
-    layer.conv, layer.ffn = Const(0.0), GatedDWFeedForward(8)
+    layer.conv, layer.ffn = Const(0.0), GatedFFN(8, 2.0, depthwise=True)
     torch.testing.assert_close(layer(x, g), x + layer.ffn(layer.norm2(x)))
 
 

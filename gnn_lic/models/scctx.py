@@ -1,0 +1,225 @@
+r"""GLIC's space-channel context model (SCCTX of ELIC), composed from CompressAI's latent codecs.
+
+GLIC Sec. 4.1.3, as in the authors' released model: uneven channel groups, each group
+coded in two checkerboard passes, on a hyperprior.
+
+.. code-block:: none
+
+             ┌─────┐  z  ┌────┐ z_hat ┌─────┐
+    y ──┬─►──┤ h_a ├──►──┤ EB ├───►───┤ h_s ├──►── side params ───────────────┐
+        │    └─────┘     └────┘       └─────┘                                  │
+        │  groups y0 | y1 | ... | yK      y_hat_{<k} ─► channel ctx_k ─────────┤
+        │                                  anchors   ─► checkerboard ctx ──────┤
+        └─►── y_k ──► GC( scales, means = param-agg_k[spatial, channel, side] )┘
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.latent_codecs import (
+    ChannelGroupsLatentCodec,
+    CheckerboardLatentCodec,
+    GaussianConditionalLatentCodec,
+    HyperLatentCodec,
+)
+from compressai.layers import CheckerboardMaskedConv2d
+from torch import Tensor, nn
+
+from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_dequantize, fixed_symbols, fixed_z_hat
+from gnn_lic.models.fixed_point import from_act
+from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock, channel_ramp, conv3x3, subpel_conv3x3
+
+__all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "checkerboard_context", "SCCTXLatentCodec",
+           "scctx_latent_codec"]
+
+#: ELIC's uneven channel groups for M = 320 (the GLIC authors' model keeps them)
+ELIC_GROUPS = (16, 16, 32, 64, 192)
+
+
+def elic_groups(M: int, num_groups: int = 5) -> List[int]:
+    """ELIC-style uneven groups for ``M`` channels: doubling sizes, the rest in the last.
+
+    The first ``num_groups - 1`` groups are ``g, g, 2g, 4g, ...`` with ``g = M / 20``
+    (16 for ``M = 320``) rounded down to at least 1.
+
+    >>> elic_groups(320)
+    [16, 16, 32, 64, 192]
+    >>> elic_groups(32)
+    [1, 1, 2, 4, 24]
+    >>> elic_groups(128, 4)
+    [6, 6, 12, 104]
+    """
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    g = max(M // 20, 1)
+    head = [g] + [g * 2**i for i in range(num_groups - 2)] if num_groups > 1 else []
+    if sum(head) >= M:
+        raise ValueError(f"cannot split {M} channels into {num_groups} ELIC groups")
+    return head + [M - sum(head)]
+
+
+def glic_hyper_transforms(M: int, hyper_channels: int, side_channels: int, depth: int = 2
+                          ) -> Tuple[nn.Sequential, nn.Sequential]:
+    """GLIC's ``h_a`` (``M -> hyper``, /4) and ``h_s`` (``hyper -> side``, x4), as in the authors' released model.
+
+    Each resolution step is followed by ``depth`` :class:`GatedTransformCNN` blocks
+    (expansion 2): ``h_a`` = conv s1, blocks, conv s2, blocks, conv s2;
+    ``h_s`` = subpel x2, blocks, subpel x2, blocks, conv s1.
+    """
+
+    def blocks():
+        return [GatedTransformCNN(hyper_channels, expansion=2) for _ in range(depth)]
+
+    h_a = nn.Sequential(
+        conv3x3(M, hyper_channels),
+        *blocks(),
+        conv3x3(hyper_channels, hyper_channels, stride=2),
+        *blocks(),
+        conv3x3(hyper_channels, hyper_channels, stride=2),
+    )
+    h_s = nn.Sequential(
+        subpel_conv3x3(hyper_channels, hyper_channels, 2),
+        *blocks(),
+        subpel_conv3x3(hyper_channels, hyper_channels, 2),
+        *blocks(),
+        conv3x3(hyper_channels, side_channels),
+    )
+    return h_a, h_s
+
+
+def checkerboard_context(in_ch: int, out_ch: int) -> CheckerboardMaskedConv2d:
+    """Checkerboard-masked 5x5 spatial context convolution (ELIC's), with its weight masked from the start.
+
+    CompressAI's masked convolutions multiply their weight by the mask in place on
+    every call; masking once at construction makes that a no-op, so the state dict
+    (and a model fingerprint) does not change on the first forward or compress.
+    """
+    conv = CheckerboardMaskedConv2d(in_ch, out_ch, kernel_size=5, stride=1, padding=2)
+    with torch.no_grad():
+        conv.weight.mul_(conv.mask)
+    return conv
+
+
+class SCCTXLatentCodec(FixedPointHyperpriorCodec):
+    r"""CompressAI's hyperprior codec over channel groups of checkerboard codecs, coded deterministically.
+
+    ``forward`` is CompressAI's (float, differentiable). With ``arithmetic = "fixed"``
+    (default) ``compress``/``decompress`` evaluate ``h_s``, every channel context,
+    checkerboard context and parameter network in fixed point
+    (:mod:`gnn_lic.models.fixed_point`), in the same order as CompressAI's codecs: for
+    group :math:`k`, anchors (spatial context 0) then non-anchors (spatial context from the
+    decoded anchors), with :math:`\hat y_k = q + \mu` on the fixed-point grid. Every
+    symbol of one image goes into a single rANS string (see
+    :class:`~gnn_lic.models.entropy.FixedPointHyperpriorCodec`). With
+    ``arithmetic = "float"`` the CompressAI paths run unchanged (format-1 streams).
+    """
+
+    def _fixed_modules(self) -> Dict[str, nn.Module]:
+        hyper, ycodec = self.latent_codec["hyper"], self.latent_codec["y"]
+        modules: Dict[str, nn.Module] = {"h_s": hyper.h_s}
+        for k in range(len(ycodec.groups)):
+            cb = ycodec.latent_codec[f"y{k}"]
+            gcl = cb.latent_codec["y"]
+            if not isinstance(gcl.entropy_parameters, nn.Identity) or gcl.chunks != ("scales", "means"):
+                raise TypeError("fixed-point SCCTX needs GaussianConditionalLatentCodec(chunks=('scales', 'means'))")
+            modules[f"ep{k}"] = cb.entropy_parameters
+            modules[f"sp{k}"] = cb.context_prediction
+            if k > 0:
+                modules[f"cc{k}"] = ycodec.channel_context[f"y{k}"]
+        return modules
+
+    def _code(self, z_hat: Tensor, y: Optional[Tensor] = None, strings: Optional[Sequence[bytes]] = None):
+        """Encode ``y`` (``strings=None``) or decode ``strings``; returns ``(y_hat, y_strings)``."""
+        ycodec = self.latent_codec["y"]
+        nets = self._fixed_nets(z_hat.device)
+        side = nets["h_s"](fixed_z_hat(self.latent_codec["hyper"].entropy_bottleneck, z_hat))
+        B, _, H, W = side.shape
+        groups = list(ycodec.groups)
+        y_hat = side.new_zeros((B, sum(groups), H, W))
+        coder = RansCoder(B, strings)
+        ij = torch.arange(H, device=side.device).reshape(-1, 1) + torch.arange(W, device=side.device)
+        start = 0
+        for k, g in enumerate(groups):
+            cb = ycodec.latent_codec[f"y{k}"]
+            gc = cb.latent_codec["y"].gaussian_conditional
+            anchor = (ij % 2 == 0) if cb.anchor_parity == "even" else (ij % 2 == 1)
+            channel_ctx = [nets[f"cc{k}"](y_hat[:, :start])] if k > 0 else []
+            y_hat_k = y_hat[:, start : start + g]
+            for step, mask in enumerate((anchor, ~anchor)):
+                if step == 0:
+                    spatial = side.new_zeros((B, 2 * g, H, W))
+                else:
+                    spatial = nets[f"sp{k}"](y_hat_k)  # non-anchors are still 0 here
+                # the parameter network is pointwise: run it on the positions being coded only
+                ctx = torch.cat([spatial, *channel_ctx, side], dim=1)[:, :, mask].unsqueeze(-1)
+                scales, means = nets[f"ep{k}"](ctx).squeeze(-1).chunk(2, dim=1)
+                indexes = gc.build_indexes(from_act(scales, torch.float64))
+                sym = None if y is None else fixed_symbols(y[:, start : start + g][:, :, mask], means)
+                sym = coder.code(gc, indexes, sym)
+                y_hat_k[:, :, mask] = fixed_dequantize(sym, means)
+            start += g
+        return from_act(y_hat, z_hat.dtype), (None if coder.decoding else coder.flush())
+
+
+def scctx_latent_codec(
+    M: int = 320,
+    groups: Sequence[int] = ELIC_GROUPS,
+    hyper_channels: int = 192,
+    side_channels: int = 384,
+    hyper_depth: int = 2,
+    ctx_min_channels: int = 192,
+    param_min_channels: int = 384,
+) -> "SCCTXLatentCodec":
+    r"""Space-channel context model (SCCTX/ELIC) as used by GLIC, from CompressAI latent codecs.
+
+    Args:
+        M (int): latent channels (``sum(groups)``).
+        groups (sequence of int): channel group sizes :math:`g_0, \dots, g_K`.
+        hyper_channels (int): channels of ``z`` and of the hyper transforms (192).
+        side_channels (int): channels of the hyper-synthesis output (384).
+        hyper_depth (int): :class:`GatedTransformCNN` blocks per hyper stage (2).
+        ctx_min_channels (int): minimum hidden width of the channel-context ramps (192).
+        param_min_channels (int): minimum hidden width of the parameter ramps (384).
+
+    For group :math:`k` the channel context maps :math:`\hat y_{<k}` to
+    :math:`2g_k` channels (ramp of :class:`GatedTransformCNN`), the checkerboard
+    context is a 5x5 masked convolution :math:`g_k \to 2g_k`, and the pointwise
+    parameter network (ramp of :class:`ParameterAggregationBlock`) maps
+    ``[spatial ctx, channel ctx, side params]`` to ``(scales, means)``.
+    """
+    groups = [int(g) for g in groups]
+    if sum(groups) != M or min(groups) < 1:
+        raise ValueError(f"groups {groups} must be positive and sum to M={M}")
+    h_a, h_s = glic_hyper_transforms(M, hyper_channels, side_channels, hyper_depth)
+    channel_context = {
+        f"y{k}": channel_ramp(
+            sum(groups[:k]),
+            2 * groups[k],
+            min_ch=ctx_min_channels,
+            make_layer=GatedTransformCNN,
+        )
+        for k in range(1, len(groups))
+    }
+    group_codecs = {
+        f"y{k}": CheckerboardLatentCodec(
+            latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
+            entropy_parameters=channel_ramp(
+                2 * g + (2 * g if k > 0 else 0) + side_channels,
+                2 * g,
+                min_ch=param_min_channels,
+                make_layer=ParameterAggregationBlock,
+            ),
+            context_prediction=checkerboard_context(g, 2 * g),
+            forward_method="twopass",
+        )
+        for k, g in enumerate(groups)
+    }
+    return SCCTXLatentCodec(
+        latent_codec={
+            "hyper": HyperLatentCodec(EntropyBottleneck(hyper_channels), h_a, h_s, quantizer="ste"),
+            "y": ChannelGroupsLatentCodec(group_codecs, channel_context, groups=groups),
+        }
+    )
