@@ -29,8 +29,10 @@ depend on the summation order, so not on threads, BLAS, SIMD width or device.
 
 Only three kinds of operation occur, and each is deterministic:
 
-* reductions (convolutions as ``unfold`` + matrix product, channel sums of the layer
-  norm) over integers whose absolute sum is bounded below :math:`2^{53}`: exact;
+* reductions (convolutions as matrix products, channel sums of the layer norm) over
+  integers whose absolute sum is bounded below :math:`2^{53}`: exact, however the sum is
+  split or ordered and whether or not products are fused into the additions
+  (:mod:`~gnn_lic.models.fixed_point.conv`);
 * single elementwise IEEE-754 operations (``+ - * /``, ``sqrt``, ``round``, ``frexp``,
   comparisons): correctly rounded, hence identical on every conforming machine. A fused
   multiply-add appears only where its product is an exact integer, so it rounds the sum
@@ -39,6 +41,10 @@ Only three kinds of operation occur, and each is deterministic:
   :math:`[-8, 8]`, computed once with Python's :mod:`decimal` (software arithmetic,
   ``exp`` correctly rounded), read with exact linear interpolation
   (:mod:`~gnn_lic.models.fixed_point.tables`).
+
+Scaling by a power of two is exact, so a layer multiplies its integer weights and bias by
+:math:`2^{-F_w}` once, at conversion: products and sums are then the integer ones times
+:math:`2^{-F_w}`, still exact, and the output needs only ``round`` and ``clamp``.
 
 The networks are converted from the trained float modules (:func:`to_fixed`) when a
 latent codec first compresses or decompresses, and again whenever a parameter changes (the

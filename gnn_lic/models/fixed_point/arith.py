@@ -69,9 +69,16 @@ def shift(x: Tensor, bits: int) -> Tensor:
     return x * (2.0**bits)
 
 
-def requantize_(acc: Tensor, frac_bits: int) -> Tensor:
-    """Drop ``frac_bits`` fractional bits (round half to even) and clamp, in place on ``acc``."""
-    return acc.mul_(2.0**-frac_bits).round_().clamp_(-ACT_MAX, ACT_MAX)
+def requantize_(acc: Tensor) -> Tensor:
+    r"""Round (half to even) and clamp to the activation range, in place.
+
+    ``acc`` is an accumulator already scaled to activation units: a layer multiplies its
+    integer weights and bias by :math:`2^{-F_w}` once, at conversion (exact, a power of
+    two), so every product and partial sum is the integer one times :math:`2^{-F_w}`,
+    still exact, and ``round(acc)`` is the re-quantisation
+    :math:`\mathrm{round}(2^{-F_w}(b + \sum_i w_i a_i))` without a separate scaling pass.
+    """
+    return acc.round_().clamp_(-ACT_MAX, ACT_MAX)
 
 
 def choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:

@@ -1,7 +1,9 @@
 r"""Fixed-point layer norm, activations and the composite blocks of the entropy networks.
 
 Every function here is an exact integer operation or a single correctly rounded IEEE-754
-operation per element (see :mod:`gnn_lic.models.fixed_point`).
+operation per element (see :mod:`gnn_lic.models.fixed_point`); a fused multiply-add is
+used only where the product is an exact integer (then fused or not, the sum is rounded
+once, the same way).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ __all__ = [
     "gate",
 ]
 
-#: exact powers of two 2**0 .. 2**1023, indexed by a per-element shift
-_POW2 = torch.tensor([2.0**k for k in range(1024)], dtype=DTYPE)
+#: exact powers of two 2**0 .. 2**63 and their reciprocals, indexed by a per-element shift
+_POW2 = torch.tensor([2.0**k for k in range(64)], dtype=DTYPE)
+_INV_POW2 = torch.tensor([2.0**-k for k in range(64)], dtype=DTYPE)
 
 
 class FixedLayerNorm:
@@ -39,6 +42,8 @@ class FixedLayerNorm:
     power-of-two shift from ``frexp`` of the exact maximum, so :math:`C\,2^{42} < 2^{53}`)
     and the output is :math:`\mathrm{round}(d_c / (C\sqrt{\sigma^2 + \epsilon}))`
     followed by the affine map; every step is exact or one correctly rounded operation.
+    The normalised values are below :math:`(\sqrt C + 1)\,2^{16}` in magnitude, so their
+    products with the integer gains stay below :math:`2^{52}` (exact).
     """
 
     _VAR_BITS = 21
@@ -57,25 +62,31 @@ class FixedLayerNorm:
         self.frac_bits = bits
         self.weight = torch.round(shift(g, bits)).reshape(1, C, 1, 1)
         self.bias = torch.round(shift(b, bits + ACT_FRAC_BITS)).reshape(1, C, 1, 1)
-        self._pow2 = _POW2[:64]
+        self._prepare()
+
+    def _prepare(self) -> None:
+        s = 2.0**-self.frac_bits  # the affine map in activation units (exact, as in FixedConv2d)
+        self._weight, self._bias = self.weight * s, self.bias * s
+        self._pow2, self._inv_pow2 = _POW2, _INV_POW2
 
     def to(self, device: torch.device) -> "FixedLayerNorm":
-        self.weight, self.bias, self._pow2 = self.weight.to(device), self.bias.to(device), self._pow2.to(device)
+        self.weight, self.bias = self.weight.to(device), self.bias.to(device)
+        self._weight, self._bias = self._weight.to(device), self._bias.to(device)
+        self._pow2, self._inv_pow2 = self._pow2.to(device), self._inv_pow2.to(device)
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
         C = self.channels
-        s = x.sum(1, keepdim=True)
-        d = x * C - s
-        _, e = torch.frexp(d.abs().amax(1, keepdim=True))
+        d = torch.mul(x, float(C)).sub_(x.sum(1, keepdim=True))
+        _, e = torch.frexp(d.abs().amax(1, keepdim=True))  # of max |d_c|, exact
         k = (e.long() - self._VAR_BITS).clamp_(min=0)
         pow2 = self._pow2[k]
-        dq = torch.round(d / pow2)
-        v = (dq * dq).sum(1, keepdim=True)
+        dq = torch.mul(d, self._inv_pow2[k]).round_()  # round(d / 2**k): the product is exact
+        v = dq.mul_(dq).sum(1, keepdim=True)
         var = shift(v * pow2 * pow2, -2 * ACT_FRAC_BITS) / float(C**3)
         r = torch.sqrt(var + self.eps)
-        n = torch.round(d / (r * float(C)))
-        return requantize_(n * self.weight + self.bias, self.frac_bits)
+        n = d.div_(r * float(C)).round_()
+        return requantize_(torch.addcmul(self._bias, n, self._weight))
 
 
 class FixedLeakyReLU:
@@ -94,8 +105,8 @@ class FixedLeakyReLU:
 
 
 def gate(g: Tensor, b: Tensor) -> Tensor:
-    """Product of two activations, rounded to the grid (one IEEE product, exact scaling)."""
-    return requantize_(g * b, ACT_FRAC_BITS)
+    """Product of two activations rounded to the grid, in place on ``g`` (one IEEE product, exact scaling)."""
+    return requantize_(g.mul_(b).mul_(2.0**-ACT_FRAC_BITS))
 
 
 class FixedSequential:
