@@ -194,3 +194,11 @@ def test_table_lookup_equals_exact_interpolation(kind):
     dense = dense_table(tuple(table))
     idx = torch.randint(0, 2 * lim + 1, (2000,), generator=g)
     assert all(float(dense[i]) == _reference_table(table, "tanh", int(i) - lim) for i in idx.tolist())
+
+
+def test_empty_inputs_give_empty_outputs():
+    """A checkerboard pass over no positions (the parameter network on an empty selection)."""
+    t = fp.FixedTable(fp.gelu_table(), "gelu")
+    assert t(torch.zeros(1, 4, 0, 1, dtype=torch.float64)).shape == (1, 4, 0, 1)
+    f = fp.FixedConv2d(_seeded(_conv("1x1"), seed=10))
+    assert f(torch.zeros(1, 12, 0, 1, dtype=torch.float64)).shape == (1, 7, 0, 1)

@@ -76,11 +76,12 @@ def tanh_table() -> Tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def dense_table(table: Tuple[int, ...]) -> Tensor:
+def dense_table(table: Tuple[int, ...], device: str = "cpu") -> Tensor:
     """The interpolated table at every point of the 2**-16 grid in [-8, 8] (2**20 + 1 values).
 
     Linear interpolation between the 2**-8 grid points, each value computed with exact
     integer arithmetic then rounded once (half to even): the table is the same everywhere.
+    One copy per table and device, shared by every layer that reads it.
     """
     step = ACT_FRAC_BITS - TABLE_FRAC_BITS
     t = torch.tensor(table, dtype=DTYPE)
@@ -90,7 +91,7 @@ def dense_table(table: Tuple[int, ...]) -> Tensor:
     frac = x - shift(pos, step)  # 0 .. 2**step (the top end only at x = 8), exact
     i = (pos + half).long()
     lo, hi = t[i], t[i + 1]
-    return torch.round(lo + shift((hi - lo) * frac, -step))
+    return torch.round(lo + shift((hi - lo) * frac, -step)).to(device)
 
 
 class FixedTable:
@@ -104,16 +105,23 @@ class FixedTable:
         if kind not in ("gelu", "tanh"):
             raise ValueError(f"unknown table kind {kind!r}")
         self.kind = kind
-        self.table = dense_table(tuple(table))
+        self._values = tuple(table)
+        self.table = dense_table(self._values)
 
     def to(self, device: torch.device) -> "FixedTable":
-        self.table = self.table.to(device)
+        self.table = dense_table(self._values, str(torch.device(device)))
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        lim = float(TABLE_RANGE << ACT_FRAC_BITS)
-        i = (x + lim).clamp_(0, 2 * lim).long().reshape(-1)
-        y = self.table.index_select(0, i).reshape(x.shape)
-        if self.kind == "gelu":
-            y += (x - lim).clamp_(min=0)  # GELU(x) = x beyond 8 (to the grid)
+        lim = TABLE_RANGE << ACT_FRAC_BITS
+        if x.numel() == 0:
+            return x.clone()
+        lo, hi = torch.aminmax(x)
+        if float(lo) >= -lim and float(hi) <= lim:  # the usual case: no clamp, no tail
+            i = x.to(torch.int32).add_(lim)  # integers 0 .. 2 lim, exact
+            return self.table.index_select(0, i.reshape(-1)).reshape(x.shape)
+        i = torch.clamp(x, -lim, lim).add_(lim).to(torch.int32)
+        y = self.table.index_select(0, i.reshape(-1)).reshape(x.shape)
+        if self.kind == "gelu":  # GELU(x) = x beyond 8 (the table ends at 8, to the grid)
+            y = torch.where(x > lim, x, y)
         return y
