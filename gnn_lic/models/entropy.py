@@ -50,7 +50,7 @@ from compressai.layers import CheckerboardMaskedConv2d
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, FixedTable, from_act, tanh_table, to_act, to_fixed
+from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, FixedTable, from_act, scale_indexes, tanh_table, to_act, to_fixed
 from gnn_lic.models.layers import (
     GatedTransformCNN,
     ParameterAggregationBlock,
@@ -354,7 +354,7 @@ class SCCTXLatentCodec(HyperpriorLatentCodec):
                 # the parameter network is pointwise: run it on the positions being coded only
                 ctx = torch.cat([spatial, *channel_ctx, side], dim=1)[:, :, mask].unsqueeze(-1)
                 scales, means = nets[f"ep{k}"](ctx).squeeze(-1).chunk(2, dim=1)
-                indexes = gc.build_indexes(from_act(scales, torch.float64))
+                indexes = scale_indexes(gc, scales)
                 sym = None if y is None else _symbols(y[:, start : start + g][:, :, mask], means)
                 sym = coder.code(gc, indexes, sym)
                 y_hat_k[:, :, mask] = _dequantize(sym, means)
@@ -578,7 +578,7 @@ class ChannelSliceLatentCodec(nn.Module):
             mean_support = torch.cat([means, *support], dim=1)
             mu = nets[f"cc_mean{i}"](mean_support)
             sigma = nets[f"cc_scale{i}"](torch.cat([scales, *support], dim=1))
-            indexes = self.gaussian_conditional.build_indexes(from_act(sigma, torch.float64))
+            indexes = scale_indexes(self.gaussian_conditional, sigma)
             sym = None if y_slice is None else _symbols(y_slice, mu)
             y_hat_slice = _dequantize(coder.code(self.gaussian_conditional, indexes, sym), mu)
             lrp = nets[f"lrp{i}"](torch.cat([mean_support, y_hat_slice], dim=1))

@@ -202,3 +202,21 @@ def test_empty_inputs_give_empty_outputs():
     assert t(torch.zeros(1, 4, 0, 1, dtype=torch.float64)).shape == (1, 4, 0, 1)
     f = fp.FixedConv2d(_seeded(_conv("1x1"), seed=10))
     assert f(torch.zeros(1, 12, 0, 1, dtype=torch.float64)).shape == (1, 7, 0, 1)
+
+
+def test_scale_indexes_equal_build_indexes():
+    from compressai.entropy_models import GaussianConditional
+    from compressai.models.google import get_scale_table
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(get_scale_table())
+    t = gc.scale_table.double()
+    # at, just below and just above every table entry and the lower bound, on and off the 2**-16 grid
+    near = torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1), torch.tensor([0.0, 1e-9, 0.109, 0.11, 1e6])])
+    on_grid = torch.round(near * 2**16)
+    g = torch.Generator().manual_seed(11)
+    scales = torch.cat([on_grid, on_grid - 1, on_grid + 1, torch.randint(-fp.ACT_MAX, fp.ACT_MAX, (5000,), generator=g).double()])
+    scales = scales.reshape(1, 1, -1, 1)
+    got = fp.scale_indexes(gc, scales)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, gc.build_indexes(fp.from_act(scales, torch.float64)))

@@ -55,7 +55,8 @@ identity, since changing it changes the decoded symbols.
 Modules: :mod:`~gnn_lic.models.fixed_point.arith` (format, conversions, bounds),
 :mod:`~gnn_lic.models.fixed_point.conv`, :mod:`~gnn_lic.models.fixed_point.tables`,
 :mod:`~gnn_lic.models.fixed_point.blocks` (layer norm, activations, composite blocks),
-and :mod:`~gnn_lic.models.fixed_point.convert` (:func:`to_fixed`).
+:mod:`~gnn_lic.models.fixed_point.convert` (:func:`to_fixed`) and
+:mod:`~gnn_lic.models.fixed_point.coding` (scale -> CDF index).
 """
 
 from gnn_lic.models.fixed_point.arith import (
@@ -70,6 +71,7 @@ from gnn_lic.models.fixed_point.arith import (
     to_act,
 )
 from gnn_lic.models.fixed_point.blocks import FixedLayerNorm, FixedLeakyReLU, FixedSequential
+from gnn_lic.models.fixed_point.coding import scale_indexes
 from gnn_lic.models.fixed_point.conv import FixedConv2d
 from gnn_lic.models.fixed_point.convert import fixed_networks, to_fixed
 from gnn_lic.models.fixed_point.tables import TABLE_FRAC_BITS, TABLE_RANGE, FixedTable, gelu_table, tanh_table
@@ -95,4 +97,5 @@ __all__ = [
     "fixed_networks",
     "gelu_table",
     "tanh_table",
+    "scale_indexes",
 ]
