@@ -31,7 +31,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_dequantize, fixed_symbols, fixed_z_hat
-from gnn_lic.models.fixed_point import ACT_MAX, FixedTable, from_act, tanh_table
+from gnn_lic.models.fixed_point import ACT_MAX, FixedTable, from_act, scale_indexes, tanh_table
 from gnn_lic.models.layers import conv3x3, conv_stack, ramp_widths, subpel_conv3x3
 
 __all__ = ["MeanScaleSynthesis", "ChannelSliceConditional", "ChannelSliceLatentCodec"]
@@ -242,7 +242,7 @@ class ChannelSliceLatentCodec(FixedPointHyperpriorCodec):
             mean_support = torch.cat([means, *support], dim=1)
             mu = nets[f"cc_mean{i}"](mean_support)
             sigma = nets[f"cc_scale{i}"](torch.cat([scales, *support], dim=1))
-            indexes = gc.build_indexes(from_act(sigma, torch.float64))
+            indexes = scale_indexes(gc, sigma)
             sym = None if y_slice is None else fixed_symbols(y_slice, mu)
             y_hat_slice = fixed_dequantize(coder.code(gc, indexes, sym), mu)
             lrp = nets[f"lrp{i}"](torch.cat([mean_support, y_hat_slice], dim=1))

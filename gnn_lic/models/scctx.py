@@ -29,7 +29,7 @@ from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
 from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_dequantize, fixed_symbols, fixed_z_hat
-from gnn_lic.models.fixed_point import from_act
+from gnn_lic.models.fixed_point import scale_indexes
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock, channel_ramp, conv3x3, subpel_conv3x3
 
 __all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "checkerboard_context", "SCCTXLatentCodec",
@@ -156,7 +156,7 @@ class SCCTXLatentCodec(FixedPointHyperpriorCodec):
                 # the parameter network is pointwise: run it on the positions being coded only
                 ctx = torch.cat([spatial, *channel_ctx, side], dim=1)[:, :, mask].unsqueeze(-1)
                 scales, means = nets[f"ep{k}"](ctx).squeeze(-1).chunk(2, dim=1)
-                indexes = gc.build_indexes(from_act(scales, torch.float64))
+                indexes = scale_indexes(gc, scales)
                 sym = None if y is None else fixed_symbols(y[:, start : start + g][:, :, mask], means)
                 sym = coder.code(gc, indexes, sym)
                 y_hat_k[:, :, mask] = fixed_dequantize(sym, means)

@@ -1,0 +1,157 @@
+r"""Fixed-point convolution: exact integer accumulation in float64, one re-quantisation.
+
+.. math::
+    o = \mathrm{clamp}\Big(\mathrm{round}\big(2^{-F_w}\,(b + \textstyle\sum_i w_i a_i)\big), -A, A\Big).
+
+Every product and partial sum is an integer (times :math:`2^{-F_w}`) of absolute value
+below :math:`2^{52}` (:func:`~gnn_lic.models.fixed_point.arith.choose_frac_bits`), hence
+exact in float64 in any order, fused or not. So the way a sum is split does not matter,
+and the layer may use whichever split is fastest:
+
+* ``1x1``: one matrix product per image, bias added by the product (``addmm``);
+* stride 1, ``groups = 1``: one matrix product per kernel tap, accumulated into the
+  output (``addmm_``) from shifted views of the zero-padded input flattened to rows of
+  width :math:`W + 2p` (output pixel :math:`(i, j)` and tap :math:`(d_y, d_x)` read
+  flat index :math:`i (W + 2p) + j + d_y (W + 2p) + d_x`), so no ``unfold`` copy with
+  :math:`k^2` times the input is made; taps whose weights are all zero (the masked half
+  of a checkerboard context) are skipped, their terms being exact zeros;
+* stride 1, depthwise: one multiply-add per tap over the same shifted views;
+* otherwise: ``unfold`` and one matrix product.
+
+No path goes through a convolution algorithm that transforms the operands (FFT,
+Winograd), whose intermediate values are not integers.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from compressai.layers import CheckerboardMaskedConv2d
+from torch import Tensor, nn
+
+from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
+
+__all__ = ["FixedConv2d"]
+
+
+class FixedConv2d:
+    """A :class:`torch.nn.Conv2d` (groups 1 or depthwise, zero padding) in fixed point.
+
+    ``weight`` ``(out, in/groups * kh * kw)`` and ``bias`` hold the integer weights
+    (units :math:`2^{-F_w}`) and bias (units :math:`2^{-(16 + F_w)}`); the kernels use
+    them times :math:`2^{-F_w}` (exact), so the output needs only rounding.
+    """
+
+    def __init__(self, conv: nn.Conv2d, name: str = "conv"):
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise TypeError(f"{name}: only numeric zero padding is supported")
+        if tuple(conv.dilation) != (1, 1):
+            raise TypeError(f"{name}: dilation is not supported")
+        self.groups = conv.groups
+        self.depthwise = conv.groups > 1
+        if self.depthwise and not (conv.groups == conv.in_channels == conv.out_channels):
+            raise TypeError(f"{name}: only groups=1 or depthwise convolutions are supported")
+        w = conv.weight.detach().to("cpu", DTYPE)
+        if isinstance(conv, CheckerboardMaskedConv2d):
+            w = w * conv.mask.detach().to("cpu", DTYPE)
+        self.out_channels, self.in_channels = conv.out_channels, conv.in_channels
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride = tuple(conv.stride)
+        self.padding = tuple(conv.padding)
+        b = conv.bias.detach().to("cpu", DTYPE) if conv.bias is not None else None
+        flat = w.reshape(w.shape[0], -1)
+        self.frac_bits, self.in_max = choose_frac_bits(flat, b, name)
+        self.weight = torch.round(shift(flat, self.frac_bits))  # (out, in/groups * kh * kw)
+        self.bias = None if b is None else torch.round(shift(b, self.frac_bits + ACT_FRAC_BITS))
+        kh, kw = self.kernel_size
+        if kh * kw == 1 and self.stride == (1, 1) and self.padding == (0, 0):
+            self.kind = "pointwise"
+        elif self.stride != (1, 1):
+            self.kind = "unfold"
+        else:
+            self.kind = "depthwise" if self.depthwise else "taps"
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """The kernels' operands: integer weights and bias times 2**-F_w (exact)."""
+        s = 2.0**-self.frac_bits
+        w = self.weight * s
+        self._bias = None if self.bias is None else (self.bias * s).reshape(-1, 1)
+        kh, kw = self.kernel_size
+        if self.kind in ("pointwise", "unfold"):
+            self._w = w
+            self._taps: List[int] = []
+            return
+        if self.kind == "depthwise":  # (T, C, 1): one column of per-channel weights per tap
+            taps = w.t().reshape(kh * kw, -1, 1)
+        else:  # (T, out, in): one weight matrix per tap
+            taps = w.reshape(self.out_channels, self.in_channels, kh * kw).permute(2, 0, 1)
+        self._taps = [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
+        self._w = taps.contiguous()
+
+    def to(self, device: torch.device) -> "FixedConv2d":
+        self.weight = self.weight.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+        self._w = self._w.to(device)
+        self._bias = None if self._bias is None else self._bias.to(device)
+        return self
+
+    def __call__(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        if C != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} channels, got {C}")
+        if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
+            x = x.clamp(-self.in_max, self.in_max)
+        if self.kind == "pointwise":
+            return requantize_(self._pointwise(x.reshape(B, C, H * W))).reshape(B, self.out_channels, H, W)
+        if self.kind == "unfold":
+            return self._unfold(x)
+        return self._shifted(x)
+
+    def _pointwise(self, x: Tensor) -> Tensor:
+        """``(B, C, L)`` -> ``(B, out, L)`` accumulators."""
+        out = x.new_empty((x.shape[0], self.out_channels, x.shape[2]))
+        for b in range(x.shape[0]):
+            if self._bias is None:
+                torch.mm(self._w, x[b], out=out[b])
+            else:
+                torch.addmm(self._bias, self._w, x[b], out=out[b])
+        return out
+
+    def _unfold(self, x: Tensor) -> Tensor:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        B, C, H, W = x.shape
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (B, C*k, L)
+        if self.depthwise:
+            cols = cols.reshape(B, C, kh * kw, Ho * Wo)
+            acc = (cols * self._w.reshape(1, C, kh * kw, 1)).sum(2)
+            if self._bias is not None:
+                acc += self._bias.reshape(1, -1, 1)
+        else:
+            acc = self._pointwise(cols)
+        return requantize_(acc).reshape(B, self.out_channels, Ho, Wo)
+
+    def _shifted(self, x: Tensor) -> Tensor:
+        """Stride 1: one product (or multiply-add) per tap over shifted views of the padded input."""
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        B, C, H, W = x.shape
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        Ho, Wo = Hp - kh + 1, Wp - kw + 1
+        L = Ho * Wp  # every output row at the padded width; the last kw - 1 columns are discarded
+        # one more zero row at the bottom keeps the last row's discarded columns inside the buffer
+        xp = F.pad(x, (pw, pw, ph, ph + 1)).reshape(B, C, (Hp + 1) * Wp)
+        if self._bias is None:
+            out = x.new_zeros((B, self.out_channels, L))
+        else:
+            out = self._bias.expand(B, -1, L).contiguous()
+        for t in self._taps:
+            off = (t // kw) * Wp + t % kw
+            if self.kind == "depthwise":
+                out.addcmul_(xp[:, :, off : off + L], self._w[t])
+            else:
+                for b in range(B):
+                    out[b].addmm_(self._w[t], xp[b, :, off : off + L])
+        return requantize_(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]

@@ -1,0 +1,222 @@
+"""Fixed-point kernels against brute-force references: the fast paths give the same integers.
+
+The convolution reference accumulates in int64 and re-quantises with integer division
+(round half to even), so it depends on nothing but integer arithmetic; the inputs include
+the worst case, where one output's sum reaches the bound the layer was converted for.
+"""
+
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+from compressai.layers import CheckerboardMaskedConv2d
+from torch import nn
+
+from gnn_lic.models import fixed_point as fp
+from gnn_lic.models.fixed_point.tables import TABLE_RANGE, dense_table
+
+
+def _round_half_even_shift(acc: torch.Tensor, bits: int) -> torch.Tensor:
+    """``round(acc / 2**bits)``, half to even, in int64."""
+    if bits == 0:
+        return acc
+    q = torch.div(acc, 2**bits, rounding_mode="floor")
+    r = acc - q * 2**bits
+    half = 2 ** (bits - 1)
+    return q + ((r > half) | ((r == half) & (q % 2 == 1))).long()
+
+
+def reference_conv(f: fp.FixedConv2d, x: torch.Tensor) -> torch.Tensor:
+    """``clamp(round((b + sum w a) / 2**F_w))`` with int64 sums, tap by tap."""
+    (kh, kw), (sh, sw), (ph, pw) = f.kernel_size, f.stride, f.padding
+    B, C, H, W = x.shape
+    O = f.out_channels
+    xi = F.pad(x.clamp(-f.in_max, f.in_max).long(), (pw, pw, ph, ph))
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    w = f.weight.long().reshape(O, -1, kh, kw)
+    acc = torch.zeros(B, O, Ho, Wo, dtype=torch.long)
+    if f.bias is not None:
+        acc += f.bias.long().reshape(1, O, 1, 1)
+    for dy in range(kh):
+        for dx in range(kw):
+            patch = xi[:, :, dy : dy + sh * (Ho - 1) + 1 : sh, dx : dx + sw * (Wo - 1) + 1 : sw]
+            if f.depthwise:
+                acc += w[:, 0, dy, dx].reshape(1, O, 1, 1) * patch
+            else:
+                acc += (w[:, :, dy, dx].reshape(1, O, C, 1, 1) * patch.unsqueeze(1)).sum(2)
+    return _round_half_even_shift(acc, f.frac_bits).clamp(-fp.ACT_MAX, fp.ACT_MAX).double()
+
+
+def _conv(kind: str) -> nn.Conv2d:
+    if kind == "1x1":
+        return nn.Conv2d(12, 7, 1)
+    if kind == "3x3":
+        return nn.Conv2d(9, 6, 3, padding=1)
+    if kind == "3x3-nobias-nopad":
+        return nn.Conv2d(5, 4, 3, bias=False)
+    if kind == "5x5-checkerboard":
+        return CheckerboardMaskedConv2d(4, 8, kernel_size=5, padding=2)
+    if kind == "5x5-depthwise":
+        return nn.Conv2d(6, 6, 5, padding=2, groups=6)
+    if kind == "3x3-stride2":
+        return nn.Conv2d(5, 3, 3, stride=2, padding=1)
+    if kind == "1x3-asymmetric":
+        return nn.Conv2d(4, 3, (1, 3), padding=(0, 1))
+    raise ValueError(kind)
+
+
+KINDS = ["1x1", "3x3", "3x3-nobias-nopad", "5x5-checkerboard", "5x5-depthwise", "3x3-stride2", "1x3-asymmetric"]
+
+
+def _seeded(conv: nn.Conv2d, seed: int, same_sign_per_input: bool = False) -> nn.Conv2d:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = torch.randn(conv.weight.shape, generator=g) * 0.3
+        if same_sign_per_input:  # every weight of input channel c has the sign s_c
+            s = torch.where(torch.arange(w.shape[1]) % 2 == 0, 1.0, -1.0).reshape(1, -1, 1, 1)
+            w = w.abs() * s
+        conv.weight.copy_(w)
+        if conv.bias is not None:
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g).abs() * 3)
+    return conv.eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conv_equals_the_int64_reference_on_random_inputs(kind):
+    f = fp.FixedConv2d(_seeded(_conv(kind), seed=1), kind)
+    g = torch.Generator().manual_seed(2)
+    (kh, kw), (ph, pw) = f.kernel_size, f.padding
+    for B, H, W, scale in [(1, 7, 9, 4.0), (2, 6, 5, 300.0), (1, 1, 1, 1.0), (3, 4, 11, 2.0**14)]:
+        if H + 2 * ph < kh or W + 2 * pw < kw:
+            continue
+        x = fp.to_act(torch.randn(B, f.in_channels, H, W, generator=g) * scale)
+        got = f(x.clone())
+        assert torch.equal(got, reference_conv(f, x)), (kind, B, H, W, scale)
+        assert got.dtype == torch.float64
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conv_is_exact_at_the_accumulation_bound(kind):
+    """Inputs at +-in_max with the weights' signs: an interior output sums |w| * in_max + |b|,
+    the worst case the layer's fractional bits were chosen for (within 2**52)."""
+    conv = _seeded(_conv(kind), seed=3, same_sign_per_input=True)
+    f = fp.FixedConv2d(conv, kind)
+    bound = float(f.weight.abs().sum(1).max()) * f.in_max + (0.0 if f.bias is None else float(f.bias.abs().max()))
+    assert 2**50 < bound <= fp.ACC_LIMIT  # the conversion pushed the weights to the bound
+    s = torch.where(torch.arange(f.in_channels) % 2 == 0, 1.0, -1.0).double().reshape(1, -1, 1, 1)
+    for sign in (1.0, -1.0):
+        x = (sign * s * fp.ACT_MAX).expand(2, -1, 7, 8).contiguous()
+        got = f(x.clone())
+        assert torch.equal(got, reference_conv(f, x)), (kind, sign)
+    # alternating extremes everywhere, beyond the layer's own input range too
+    g = torch.Generator().manual_seed(4)
+    x = torch.where(torch.rand(1, f.in_channels, 6, 7, generator=g) < 0.5, -1.0, 1.0).double() * fp.ACT_MAX
+    assert torch.equal(f(x.clone()), reference_conv(f, x))
+
+
+def test_conv_skips_the_masked_taps_of_a_checkerboard_context():
+    f = fp.FixedConv2d(_seeded(_conv("5x5-checkerboard"), seed=5), "ctx")
+    assert len(f._taps) == 12  # 12 of 25 taps are unmasked
+
+
+def test_conv_is_the_same_with_one_and_two_threads():
+    f = fp.FixedConv2d(_seeded(nn.Conv2d(64, 48, 3, padding=1), seed=6), "c")
+    x = fp.to_act(torch.randn(1, 64, 24, 20, generator=torch.Generator().manual_seed(7)) * 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = f(x.clone())
+        torch.set_num_threads(2)
+        two = f(x.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and torch.equal(one, reference_conv(f, x))
+
+
+_POW2 = torch.tensor([2.0**k for k in range(64)], dtype=torch.float64)
+
+
+def reference_layer_norm(n: fp.FixedLayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """The layer norm's defining sequence of operations, each one separate and unfused."""
+    C = n.channels
+    d = x * C - x.sum(1, keepdim=True)
+    _, e = torch.frexp(d.abs().amax(1, keepdim=True))
+    pow2 = _POW2[(e.long() - 21).clamp(min=0)]
+    dq = torch.round(d / pow2)
+    var = (dq * dq).sum(1, keepdim=True) * pow2 * pow2 * 2.0**-32 / float(C**3)
+    r = torch.sqrt(var + n.eps)
+    out = torch.round(d / (r * float(C))) * n.weight + n.bias
+    return torch.round(out * 2.0**-n.frac_bits).clamp(-fp.ACT_MAX, fp.ACT_MAX)
+
+
+def test_layer_norm_equals_its_defining_operations():
+    norm = nn.Module()
+    g = torch.Generator().manual_seed(8)
+    norm.weight = nn.Parameter(torch.randn(24, generator=g))
+    norm.bias = nn.Parameter(torch.randn(24, generator=g))
+    norm.eps = 1e-6
+    n = fp.FixedLayerNorm(norm)
+    for scale in (1e-4, 1.0, 50.0, 2.0**14):
+        x = fp.to_act(torch.randn(2, 24, 5, 6, generator=g) * scale)
+        x[0, :, 0, 0] = fp.ACT_MAX  # a constant pixel (zero variance)
+        x[1, ::2, 1, 1], x[1, 1::2, 1, 1] = fp.ACT_MAX, -fp.ACT_MAX  # the largest spread
+        assert torch.equal(n(x.clone()), reference_layer_norm(n, x)), scale
+
+
+def _reference_table(table, kind: str, a: int) -> int:
+    """Exact interpolation in Python integers (round half to even), GELU's tail beyond 8."""
+    lim = TABLE_RANGE << fp.ACT_FRAC_BITS
+    if kind == "gelu" and a > lim:
+        return a
+    c = max(-lim, min(lim, a))
+    half = TABLE_RANGE << fp.TABLE_FRAC_BITS
+    step = 1 << (fp.ACT_FRAC_BITS - fp.TABLE_FRAC_BITS)
+    pos = min(max(c // step, -half), half - 1)
+    lo, hi = table[pos + half], table[pos + half + 1]
+    return round(Fraction(lo * step + (hi - lo) * (c - pos * step), step))
+
+
+@pytest.mark.parametrize("kind", ["gelu", "tanh"])
+def test_table_lookup_equals_exact_interpolation(kind):
+    table = fp.gelu_table() if kind == "gelu" else fp.tanh_table()
+    f = fp.FixedTable(table, kind)
+    lim = TABLE_RANGE << fp.ACT_FRAC_BITS
+    g = torch.Generator().manual_seed(9)
+    edges = [0, 1, -1, 255, 256, 257, lim - 1, lim, lim + 1, -lim + 1, -lim, -lim - 1, fp.ACT_MAX, -fp.ACT_MAX]
+    inside = torch.randint(-lim, lim + 1, (3000,), generator=g).tolist()
+    beyond = torch.randint(-fp.ACT_MAX, fp.ACT_MAX + 1, (500,), generator=g).tolist()
+    for values in (inside + edges[:6], inside + edges, beyond):  # in range only (fast path), then mixed
+        x = torch.tensor(values, dtype=torch.float64).reshape(1, -1, 1, 1)
+        expected = torch.tensor([_reference_table(table, kind, v) for v in values], dtype=torch.float64)
+        assert torch.equal(f(x).reshape(-1), expected)
+    # the dense table is the exact interpolation at every grid point
+    dense = dense_table(tuple(table))
+    idx = torch.randint(0, 2 * lim + 1, (2000,), generator=g)
+    assert all(float(dense[i]) == _reference_table(table, "tanh", int(i) - lim) for i in idx.tolist())
+
+
+def test_empty_inputs_give_empty_outputs():
+    """A checkerboard pass over no positions (the parameter network on an empty selection)."""
+    t = fp.FixedTable(fp.gelu_table(), "gelu")
+    assert t(torch.zeros(1, 4, 0, 1, dtype=torch.float64)).shape == (1, 4, 0, 1)
+    f = fp.FixedConv2d(_seeded(_conv("1x1"), seed=10))
+    assert f(torch.zeros(1, 12, 0, 1, dtype=torch.float64)).shape == (1, 7, 0, 1)
+
+
+def test_scale_indexes_equal_build_indexes():
+    from compressai.entropy_models import GaussianConditional
+    from compressai.models.google import get_scale_table
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(get_scale_table())
+    t = gc.scale_table.double()
+    # at, just below and just above every table entry and the lower bound, on and off the 2**-16 grid
+    near = torch.cat([t, torch.nextafter(t, t - 1), torch.nextafter(t, t + 1), torch.tensor([0.0, 1e-9, 0.109, 0.11, 1e6])])
+    on_grid = torch.round(near * 2**16)
+    g = torch.Generator().manual_seed(11)
+    scales = torch.cat([on_grid, on_grid - 1, on_grid + 1, torch.randint(-fp.ACT_MAX, fp.ACT_MAX, (5000,), generator=g).double()])
+    scales = scales.reshape(1, 1, -1, 1)
+    got = fp.scale_indexes(gc, scales)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, gc.build_indexes(fp.from_act(scales, torch.float64)))
