@@ -191,7 +191,7 @@ def _run(argv: Optional[List[str]]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark; bad arguments print one line and return 2 (:mod:`gnn_lic.cli`)."""
-    from gnn_lic.codec.errors import CodecError  # noqa: PLC0415
+    from gnn_lic.errors import CodecError  # noqa: PLC0415
 
     return run_main(lambda: _run(argv), "python -m gnn_lic.bench.entropy", expected=(CodecError,))
 

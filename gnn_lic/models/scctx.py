@@ -29,7 +29,7 @@ from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
 from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_dequantize, fixed_symbols, fixed_z_hat
-from gnn_lic.models.fixed_point import scale_indexes
+from gnn_lic.models.fixed_point import from_act, scale_indexes
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock, channel_ramp, conv3x3, subpel_conv3x3
 
 __all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "checkerboard_context", "SCCTXLatentCodec",

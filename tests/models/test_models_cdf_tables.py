@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gnn_lic.models import create_model
-from gnn_lic.models.pretrained import available_pretrained
+from gnn_lic.models.zoo import shipped_weights
 
 pytestmark = pytest.mark.slow  # every case rebuilds the tables of a shipped model
 
@@ -48,9 +48,9 @@ def _moved_by(net, reference, monkeypatch, functions, direction):
 
 @pytest.fixture(scope="module", params=SHIPPED)
 def shipped(request):
-    if request.param not in available_pretrained():
-        pytest.skip(f"{request.param} is not shipped here")
     name, size = request.param.rsplit("-", 1)
+    if not shipped_weights(name, size):
+        pytest.skip(f"{request.param} is not shipped here")
     net = create_model(name, size=size, pretrained=True)
     reference = _tables(net)
     assert reference and all(v.numel() for v in reference.values())
