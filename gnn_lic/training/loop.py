@@ -48,9 +48,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
-from gnn_lic.evaluation import SmallImageWarning, evaluate_model
 from gnn_lic.evaluation.images import load_images
 from gnn_lic.evaluation.results import write_json
 from gnn_lic.models import create_model
@@ -59,11 +57,12 @@ from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
+from gnn_lic.training.rates import evaluate_rates, init_weights, rate_points, sample_rates
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
-    LRSchedule,
     configure_optimizers,
+    extend_schedule,
     grad_norm_and_clip,
     make_scheduler,
     split_parameters,
@@ -81,23 +80,6 @@ BEST = "checkpoints/best.pt"
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.out) / f"{cfg.model}-{cfg.size}-{cfg.metric}-lambda{cfg.lmbda:g}-{stamp}"
-
-
-def init_weights(net: nn.Module, source: str) -> None:
-    """Load the weights of ``source`` (a checkpoint file, or ``"pretrained"``: the shipped ones) into ``net``.
-
-    Every parameter and buffer of ``source`` must fit ``net``; ``net`` may have more: the
-    gain units of a variable-rate model (``gain.*``), which keep their initialisation.
-    """
-    if source == "pretrained":
-        state = create_model(net.model_name, size=net.model_size, pretrained=True).state_dict()
-        label = f"the shipped {net.model_name}-{net.model_size} weights"
-    else:
-        state = read_checkpoint(source, map_location="cpu")["state_dict"]
-        label = f"checkpoint '{source}'"
-    own = net.state_dict()
-    extra = {k: v for k, v in own.items() if k not in state and k.startswith("gain.")}
-    load_state_into(net, {**state, **extra}, source=label)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -207,12 +189,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.aux_scheduler.load_state_dict(ckpt["aux_scheduler"])
         for sched in (self.scheduler, self.aux_scheduler):
-            if not isinstance(sched, LambdaLR):  # plateau: nothing depends on the number of steps
-                continue
-            old = sched.lr_lambdas[0]
-            if getattr(old, "steps", self.cfg.steps) != self.cfg.steps:  # extended run
-                sched.lr_lambdas[0] = LRSchedule(old.kind, self.cfg.steps, self.cfg.lr_drop,
-                                                 warmup=getattr(old, "warmup", 0))
+            extend_schedule(sched, self.cfg.steps, self.cfg.lr_drop)
         set_rng_state(ckpt.get("rng_state") or {})
         self.step = int(ckpt["step"])
         self.skipped = int(ckpt.get("skipped", 0))
@@ -256,14 +233,9 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
 
-        gain = getattr(self.net, "gain", None)
-        if gain is not None:  # variable rate: each crop its own quality in [1, L] and its lambda
-            quality = 1 + torch.rand(x.shape[0]) * (gain.levels - 1)
-            out = self.model(x, quality=quality.to(x.device))
-            terms = self.criterion(out, x, self.net, lmbda=gain.lmbda(quality, x.shape[0]))
-        else:
-            out = self.model(x)
-            terms = self.criterion(out, x, self.net)
+        quality, lmbda = sample_rates(self.net, x.shape[0])  # variable rate: each crop its quality and lambda
+        out = self.model(x) if quality is None else self.model(x, quality=quality.to(x.device))
+        terms = self.criterion(out, x, self.net, lmbda=lmbda)
         aux = self.net.aux_loss()
         if not isinstance(aux, torch.Tensor):  # a model without entropy bottleneck
             aux = torch.zeros((), device=x.device)
@@ -296,32 +268,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation / checkpoints
     def _levels(self) -> List[Tuple[Optional[int], float]]:
-        """``(quality, lambda)`` of each evaluated rate: every level of a variable-rate model, else ``(None, lmbda)``."""
-        if self.cfg.rate_lambdas:
-            return [(i + 1, lam) for i, lam in enumerate(self.cfg.rate_lambdas)]
-        return [(None, self.cfg.lmbda)]
+        return rate_points(self.cfg.lmbda, self.cfg.rate_lambdas)
 
     def evaluate(self) -> Dict[str, Any]:
-        """Entropy-estimation bpp, PSNR and MS-SSIM on the test images, and the evaluation loss.
-
-        A variable-rate model is evaluated at every quality level; the result holds the
-        means over the levels and ``bpp-q<l>`` / ``psnr-q<l>`` of each level.
-        """
-        rows = []
-        for quality, lam in self._levels():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SmallImageWarning)
-                res = evaluate_model(self.net, self.test_images, entropy_estimation=True, quality=quality)
-            rows.append((quality, res, eval_loss(res, lam, self.cfg.metric)))
-        out = {"step": self.step}
-        for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
-            out[key] = sum(r[key] for _, r, _ in rows) / len(rows)
-        out["eval_loss"] = sum(loss for _, _, loss in rows) / len(rows)
-        for quality, res, _ in rows:
-            if quality is not None:
-                out[f"bpp-q{quality}"] = res["bpp"]
-                out[f"psnr-q{quality}"] = res["psnr-rgb"]
-        return out
+        """Entropy-estimation bpp, PSNR and MS-SSIM on the test images, and the evaluation loss
+        (:func:`~gnn_lic.training.rates.evaluate_rates`: every quality of a variable-rate model)."""
+        return {"step": self.step, **evaluate_rates(self.net, self.test_images, self._levels(), self.cfg.metric)}
 
     def _metrics(self) -> Dict[str, Any]:
         return {"best_eval_loss": self.best_eval_loss, "last_eval": dict(self.last_eval)}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-__all__ = ["split_parameters", "configure_optimizers", "LRSchedule", "make_scheduler", "grad_norm_and_clip",
+__all__ = ["split_parameters", "configure_optimizers", "LRSchedule", "make_scheduler", "grad_norm_and_clip", "extend_schedule",
            "PER_STEP_SCHEDULES"]
 
 #: schedules stepped once per training step; ``plateau`` is stepped on evaluation losses instead
@@ -131,6 +131,15 @@ def make_scheduler(
             raise ValueError("warm-up is for the per-step schedules, not 'plateau'")
         return ReduceLROnPlateau(optimizer, mode="min", factor=plateau_factor, patience=plateau_patience)
     return LambdaLR(optimizer, LRSchedule(kind, steps, drop_at, warmup=warmup))
+
+
+def extend_schedule(scheduler: Union[LambdaLR, ReduceLROnPlateau], steps: int, drop_at: float = 0.8) -> None:
+    """Stretch a resumed run's per-step schedule to ``steps`` (a run extended with more steps); plateau: nothing to do."""
+    if not isinstance(scheduler, LambdaLR):  # plateau: nothing depends on the number of steps
+        return
+    old = scheduler.lr_lambdas[0]
+    if getattr(old, "steps", steps) != steps:
+        scheduler.lr_lambdas[0] = LRSchedule(old.kind, steps, drop_at, warmup=getattr(old, "warmup", 0))
 
 
 def grad_norm_and_clip(params, max_norm: float) -> float:

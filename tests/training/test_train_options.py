@@ -26,7 +26,7 @@ def test_defaults_are_the_dataclass_defaults():
     assert d["model"] is None  # a job must name its model
     for name in ("steps", "batch_size", "patch_size", "lr", "metric", "flips", "out", "threads"):
         assert d[name] == getattr(cfg, name)
-    assert d["lambdas"] is None and d["anchors"] is False
+    assert d["lambdas"] is None and d["anchors"] is True and d["shipped"] is True
 
 
 def test_convert_reads_by_type_and_bounds():

@@ -8,7 +8,7 @@ import torch
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint
 from gnn_lic.training import LATEST, ConfigError, RateDistortionLoss, Trainer, train
-from gnn_lic.training.loop import init_weights
+from gnn_lic.training.rates import init_weights
 from gnn_lic.training.optim import LRSchedule
 
 LAMBDAS = [0.004, 0.016, 0.064]

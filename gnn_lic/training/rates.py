@@ -1,0 +1,77 @@
+"""What a variable-rate run adds to training: initial weights, the rate points, their evaluation.
+
+A variable-rate model (:mod:`gnn_lic.models.variable_rate`) is trained over all its
+trade-offs at once; it usually starts from a trained single-rate model
+(:func:`init_weights`) and is evaluated at every quality level (:func:`evaluate_rates`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from gnn_lic.evaluation import SmallImageWarning, evaluate_model
+from gnn_lic.models import create_model
+from gnn_lic.models.checkpoint import load_state_into, read_checkpoint
+from gnn_lic.training.losses import eval_loss
+
+__all__ = ["init_weights", "rate_points", "sample_rates", "evaluate_rates"]
+
+
+def init_weights(net: nn.Module, source: str) -> None:
+    """Load the weights of ``source`` (a checkpoint file, or ``"pretrained"``: the shipped ones) into ``net``.
+
+    Every parameter and buffer of ``source`` must fit ``net``; ``net`` may have more: the
+    gain units of a variable-rate model (``gain.*``), which keep their initialisation.
+    """
+    if source == "pretrained":
+        state = create_model(net.model_name, size=net.model_size, pretrained=True).state_dict()
+        label = f"the shipped {net.model_name}-{net.model_size} weights"
+    else:
+        state = read_checkpoint(source, map_location="cpu")["state_dict"]
+        label = f"checkpoint '{source}'"
+    own = net.state_dict()
+    extra = {k: v for k, v in own.items() if k not in state and k.startswith("gain.")}
+    load_state_into(net, {**state, **extra}, source=label)
+
+
+def sample_rates(net: nn.Module, batch: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Qualities drawn uniformly in ``[1, L]`` (global RNG) and their interpolated lambdas, one per
+    crop; ``(None, None)`` for a single-rate model."""
+    gain = getattr(net, "gain", None)
+    if gain is None:
+        return None, None
+    quality = 1 + torch.rand(batch) * (gain.levels - 1)
+    return quality, gain.lmbda(quality, batch)
+
+
+def rate_points(lmbda: float, rate_lambdas: Optional[Sequence[float]]) -> List[Tuple[Optional[int], float]]:
+    """``(quality, lambda)`` of each rate a run trains: every level of a variable-rate model, else ``(None, lmbda)``."""
+    if rate_lambdas:
+        return [(i + 1, float(lam)) for i, lam in enumerate(rate_lambdas)]
+    return [(None, float(lmbda))]
+
+
+def evaluate_rates(net: nn.Module, images, points: Sequence[Tuple[Optional[int], float]], metric: str
+                   ) -> Dict[str, Any]:
+    r"""Entropy-estimation evaluation at each rate point: the means over the points of bpp,
+    PSNR, MS-SSIM and the evaluation loss :math:`R + \lambda D`, and ``bpp-q<l>`` /
+    ``psnr-q<l>`` of each quality level."""
+    rows = []
+    for quality, lam in points:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallImageWarning)
+            res = evaluate_model(net, images, entropy_estimation=True, quality=quality)
+        rows.append((quality, res, eval_loss(res, lam, metric)))
+    out: Dict[str, Any] = {}
+    for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
+        out[key] = sum(r[key] for _, r, _ in rows) / len(rows)
+    out["eval_loss"] = sum(loss for _, _, loss in rows) / len(rows)
+    for quality, res, _ in rows:
+        if quality is not None:
+            out[f"bpp-q{quality}"] = res["bpp"]
+            out[f"psnr-q{quality}"] = res["psnr-rgb"]
+    return out
