@@ -101,9 +101,7 @@ class GABIC(PaddedCompressionModel):
             included, minus the most similar (``TopK(k, skip_first=True)``), and the
             edge attribute :math:`(\Delta u + \Delta v)^2` through a learned
             projection (``use_edge_attr`` of the released models).
-        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
-            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
-            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
+        rate_lambdas (sequence of float, optional): variable rate (:mod:`~gnn_lic.models.variable_rate`).
 
     Images of any size are padded (replicate, bottom/right) to :attr:`pad_multiple` = 64.
     """

@@ -239,9 +239,7 @@ class GLIC(PaddedCompressionModel):
         groups (sequence of int): SCCTX channel groups, summing to :math:`C_4`.
         hyper_channels, side_channels, hyper_depth, ctx_min_channels, param_min_channels:
             entropy-model widths, see :func:`~gnn_lic.models.scctx.scctx_latent_codec`.
-        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
-            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
-            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
+        rate_lambdas (sequence of float, optional): variable rate (:mod:`~gnn_lic.models.variable_rate`).
 
     ``forward`` returns ``{"x_hat", "likelihoods": {"y", "z"}}``; training adds
     ``0.1 * ortho_loss()`` (the wavelet branch's orthogonality loss, 0 without it).

@@ -56,9 +56,7 @@ class WACNN(PaddedCompressionModel):
             ``x + SW-MSA(x)`` layer of the authors' code (False).
         mlp_ratio (float): MLP width of the Swin pair (4); unused otherwise.
         cc_hidden (sequence of int): hidden widths of the slice networks ((224, 176, 128, 64)).
-        rate_lambdas (sequence of float, optional): make the model variable-rate: gain
-            units (:class:`~gnn_lic.models.variable_rate.GainUnits`) with one quality level
-            per trade-off, ``forward(x, quality)`` / ``compress(x, quality)``.
+        rate_lambdas (sequence of float, optional): variable rate (:mod:`~gnn_lic.models.variable_rate`).
 
     Images of any size are padded (replicate, bottom/right) to :attr:`pad_multiple` = 64.
     """
