@@ -220,3 +220,41 @@ def test_scale_indexes_equal_build_indexes():
     got = fp.scale_indexes(gc, scales)
     assert got.dtype == torch.int32
     assert torch.equal(got, gc.build_indexes(fp.from_act(scales, torch.float64)))
+
+
+def _frac_bits_by_full_scan(w, b):
+    """Every weight fractional bits from the top, each checked on the rounded integers."""
+    for drop in range(7):
+        in_max = fp.ACT_MAX >> drop
+        for bits in range(fp.MAX_WEIGHT_FRAC_BITS, -1, -1):
+            wi = torch.round(w * 2.0**bits)
+            bound = wi.abs().sum(1) * in_max
+            if b is not None:
+                bound = bound + torch.round(b * 2.0 ** (bits + fp.ACT_FRAC_BITS)).abs()
+            if float(bound.max()) <= fp.ACC_LIMIT:
+                levels = float(wi.abs().max())
+                if levels == 0 or levels >= fp.MIN_WEIGHT_LEVELS:
+                    return bits, in_max
+                break
+    return None
+
+
+def test_frac_bits_equal_a_full_scan():
+    from gnn_lic.models.fixed_point.arith import choose_frac_bits
+
+    g = torch.Generator().manual_seed(12)
+    cases = []
+    for fan_in, scale, bias_scale in [(1, 1.0, 1.0), (9, 0.3, 3.0), (300, 0.05, 0.1), (4608, 0.015, 0.0), (64, 1e-7, 1e3),
+                                      (16, 30.0, None), (2, 2.0**-30, 2.0**-40), (5000, 1.0, None), (3, 0.0, None)]:
+        w = torch.randn(7, fan_in, generator=g, dtype=torch.float64) * scale
+        b = None if bias_scale is None else torch.randn(7, generator=g, dtype=torch.float64) * bias_scale
+        cases.append((w, b))
+    w = torch.full((3, 8), 0.5**10, dtype=torch.float64)  # sums at a power of two: bound exactly at the limit
+    cases.append((w, None))
+    for w, b in cases:
+        expected = _frac_bits_by_full_scan(w, b)
+        if expected is None:
+            with pytest.raises(ValueError, match="too large"):
+                choose_frac_bits(w, b, "layer")
+        else:
+            assert choose_frac_bits(w, b, "layer") == expected

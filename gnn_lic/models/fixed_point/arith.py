@@ -82,7 +82,7 @@ def requantize_(acc: Tensor) -> Tensor:
 
 
 def choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:
-    """Weight fractional bits and input clamp of one layer, for exact accumulation.
+    r"""Weight fractional bits and input clamp of one layer, for exact accumulation.
 
     The largest weight fractional bits (at most :data:`MAX_WEIGHT_FRAC_BITS`) whose
     accumulation bound ``sum_i |w_i| * in_max + |b|`` stays within :data:`ACC_LIMIT`,
@@ -90,10 +90,22 @@ def choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:
     weights would then keep fewer than :data:`MIN_WEIGHT_LEVELS` levels clamps its own
     input to a smaller power of two instead (down to 2^-6 of the activation range).
     ``w`` is ``(out, fan_in)`` float64; the bound is checked on the rounded integers.
+
+    Bits that cannot pass are skipped without rounding the weights: since
+    :math:`|\mathrm{round}(y)| \ge |y| - 1/2`, the bound is at least
+    :math:`A'\,(2^{F_w}\sum_i |w_i| - n/2) + 2^{F_w + 16}|b| - 1/2` per output, and where
+    that (with a relative margin far above its float error) exceeds the limit, the
+    rounded check fails too. The result is the one of checking every value from the top.
     """
+    n = w.shape[1]
+    w_sum = w.abs().sum(1)
+    b_abs = b.abs() if b is not None else torch.zeros_like(w_sum)
     for drop in range(0, 7):
         in_max = ACT_MAX >> drop
         for bits in range(MAX_WEIGHT_FRAC_BITS, -1, -1):
+            low = in_max * (shift(w_sum, bits) - n / 2).clamp(min=0) + (shift(b_abs, bits + ACT_FRAC_BITS) - 0.5).clamp(min=0)
+            if float(low.max()) * (1 - 2**-30) > ACC_LIMIT:
+                continue
             wi = torch.round(shift(w, bits))
             bound = wi.abs().sum(1) * in_max
             if b is not None:
