@@ -11,11 +11,11 @@ Two modes:
 * **Entropy estimation** (``entropy_estimation=True``): ``net(x)`` in eval mode with
   ``x`` the float ``(1, 3, H, W)`` image in ``[0, 1]``; ``bpp = sum over
   out["likelihoods"] of -log2(likelihood) / (H * W)``; metrics on
-  ``out["x_hat"].clamp(0, 1)`` rounded to 8 bits. Images whose sides are not
-  multiples of ``pad_multiple`` are padded as the models pad themselves
-  (:func:`gnn_lic.models.base.pad_to_multiple`: replicate, bottom and right), so both
-  modes code the same padded image; the reconstruction is cropped back and the rate is
-  still divided by the original ``H * W``.
+  ``out["x_hat"].clamp(0, 1)`` rounded to 8 bits. The models pad the image
+  themselves (:func:`gnn_lic.models.base.pad_to_multiple`: replicate, bottom and right,
+  to their ``pad_multiple``), so both modes code the same padded image; the
+  reconstruction is cropped back and the rate is still divided by the original ``H * W``.
+  ``pad_multiple`` pads first, for a model that does not pad itself.
 
 Per-image values are averaged over the images (CompressAI's convention);
 ``ms-ssim-db`` of the result is ``-10*log10(1 - mean MS-SSIM)``.
@@ -77,7 +77,7 @@ def evaluate_model(
     images: Iterable[tuple[str, np.ndarray]],
     entropy_estimation: bool = False,
     codec: Codec | None = None,
-    pad_multiple: int | None = 64,
+    pad_multiple: int | None = None,
     ms_ssim_small: str = "reflect",
     quality: float | None = None,
 ) -> dict:
