@@ -66,8 +66,8 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
         degree = sel.degree[:, cands.row_of_node].reshape(-1)
         crow = crow_from_degree(degree)
         masked = sim if sel.masked_sim is None else sel.masked_sim
-        col, row = _rowkernels.fill_columns(masked.reshape(-1, K), sel.threshold.reshape(-1), cands.key,
-                                            cands.cand, cands.row_of_node, crow)
+        col, _ = _rowkernels.fill_columns(masked.reshape(-1, K), sel.threshold.reshape(-1), cands.key,
+                                          cands.cand, cands.row_of_node, crow)
     else:
         keep = sel.keep
         if keep is None:
@@ -90,7 +90,6 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
             qy, qx, kw = cands.coords
             node, slot = local // K, local % K
             rel_index = _relative_index(qy[node], qx[node], slot // kw, slot % kw, *cset.position_window)
-        row = torch.repeat_interleave(degree, output_size=col.numel())
     order = None
     if cset.scattered:  # aggregate in block order (each block's candidates are its keys)
         real = cands.rows[cands.rows >= 0]
@@ -98,7 +97,8 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
     num_cols = B * N + 1 if zero_col is not None else None
     if num_cols is not None:
         order = None  # the zero node has no place in a block order
-    graph = CSRGraph(crow, col, row, B * N, order=order, num_cols=num_cols, rel_index=rel_index)
+    # the targets are implied by crow: made again only if a layer needs them (training, gather path)
+    graph = CSRGraph(crow, col, None, B * N, order=order, num_cols=num_cols, rel_index=rel_index)
     if not return_info:
         return graph, None
 

@@ -33,7 +33,8 @@ class CSRGraph:
     Attributes:
         crow (Tensor): ``(N + 1,)`` row pointers (rows = targets).
         col (Tensor): ``(E,)`` sources, in CSR order.
-        row (Tensor): ``(E,)`` targets, in CSR order.
+        row (Tensor): ``(E,)`` targets, in CSR order (pass ``None`` to make it from
+            ``crow`` when first used: a graph that only meets row-wise kernels never holds it).
         num_nodes (int): ``N``.
         perm (Tensor or None): CSR position of each edge of the ``edge_index``
             this graph was built from (``None`` if it was already in CSR order).
@@ -48,9 +49,9 @@ class CSRGraph:
             in CSR order (see :func:`gnn_lic.graph.build_graphs`), or ``None``.
     """
 
-    def __init__(self, crow: Tensor, col: Tensor, row: Tensor, num_nodes: int, perm: Optional[Tensor] = None,
+    def __init__(self, crow: Tensor, col: Tensor, row: Optional[Tensor], num_nodes: int, perm: Optional[Tensor] = None,
                  order: Optional[Tensor] = None, num_cols: Optional[int] = None, rel_index: Optional[Tensor] = None):
-        self.crow, self.col, self.row = crow, col, row
+        self.crow, self.col, self._row = crow, col, row
         self.num_nodes = int(num_nodes)
         self.num_cols = self.num_nodes if num_cols is None else int(num_cols)
         if self.num_cols not in (self.num_nodes, self.num_nodes + 1):
@@ -83,6 +84,14 @@ class CSRGraph:
             perm = torch.argsort(dst, stable=True)
             src, dst = src[perm], dst[perm]
         return cls(_crow(dst, num_nodes), src.contiguous(), dst.contiguous(), num_nodes, perm)
+
+    @property
+    def row(self) -> Tensor:
+        """``(E,)`` targets, in CSR order."""
+        if self._row is None:
+            self._row = torch.repeat_interleave(torch.arange(self.num_nodes, device=self.crow.device), self.degree(),
+                                                output_size=self.num_edges)
+        return self._row
 
     @property
     def num_edges(self) -> int:

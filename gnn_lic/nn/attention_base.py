@@ -10,6 +10,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
 from gnn_lic.graph.sparse import CSRGraph
+from gnn_lic.nn import functional
 from gnn_lic.nn.functional import sparse_attention
 
 __all__ = ["SparseAttentionConv", "as_csr"]
@@ -71,8 +72,10 @@ class SparseAttentionConv(MessagePassing):
         if self.impl == "gather":
             bias = None if edge_bias is None else edge_bias(graph)
             return self.propagate(graph.edge_index, q=q, k=k, v=v, bias=bias, size=(graph.num_cols, N))
-        if graph.order is not None:
+        chunked = not torch.is_grad_enabled() and graph.num_edges > functional.CHUNK_EDGES
+        if graph.order is not None and not chunked:
             # run in the graph's cache-friendly node order; the same sums, bit for bit
+            # (not when the rows run in chunks: the relabelled copies would be whole maps)
             order, inverse, graph = graph.relabelled()
             q, k, v = (t.index_select(0, order) for t in (q, k, v))
             return self._attend_sparse(graph, q, k, v, logit_bound, edge_bias).index_select(0, inverse)

@@ -20,15 +20,15 @@ edge values are ``(H, E)`` in the graph's CSR order.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from gnn_lic.graph.sparse import CSRGraph
+from gnn_lic.graph.sparse import CSRGraph, crow_from_degree
 
-__all__ = ["sddmm", "spmm", "sparse_attention"]
+__all__ = ["sddmm", "spmm", "sparse_attention", "row_chunks", "CHUNK_EDGES"]
 
 _UNDERFLOW = 1e-30
 
@@ -167,39 +167,87 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
     return num / den.clamp_min(_UNDERFLOW)  # rows without edges: 0 / tiny = 0
 
 
-def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],
-                       edge_bias: Optional[Tensor]) -> Tensor:
-    """:func:`sparse_attention` without autograd, one head at a time.
+#: edges per chunk of rows of the no-autograd path (bounds its per-edge temporaries)
+CHUNK_EDGES = 1 << 22
+#: edge buffers are padded to a multiple of this times the thread count, so the vectorised
+#: ``exp`` never meets the scalar tail loop: each logit's ``exp`` is then the same whatever the
+#: chunk it falls in (the scalar and vectorised ``exp`` may differ in the last bit)
+_EXP_ALIGN = 64
 
-    Each head goes through the operations of the batched path on its own slice
-    (SDDMM, bias, shift, ``exp``, SpMM with ``[v, 1]``), in place on one ``(E,)``
-    buffer; the underflow test and its fallback to the row maximum cover all
-    heads at once, as there. Equal to the batched path up to float rounding
-    (vectorised ``exp`` loops treat the tail of a slice differently).
+
+def row_chunks(crow: Tensor, max_edges: int) -> List[Tuple[int, int]]:
+    """Rows ``[(a, b), ...]`` of a CSR matrix, in order, each with at most ``max_edges`` entries
+    (or one row, when a row alone holds more).
+
+    >>> row_chunks(torch.tensor([0, 2, 5, 5, 9]), 5)
+    [(0, 2), (2, 4)]
+    """
+    n = crow.numel() - 1
+    chunks, a = [], 0
+    while a < n:
+        limit = int(crow[a]) + max_edges
+        b = int(torch.searchsorted(crow, limit, right=True)) - 1  # last row end within the limit
+        b = min(n, max(a + 1, b))
+        chunks.append((a, b))
+        a = b
+    return chunks
+
+
+def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],
+                       edge_bias: Optional[Tensor], max_edges: Optional[int] = None) -> Tensor:
+    """:func:`sparse_attention` without autograd: one head and one chunk of rows at a time.
+
+    Each head of each chunk goes through the operations of the batched path on its own
+    slice (SDDMM, bias, shift, ``exp``, SpMM with ``[v, 1]``) in one ``(E_chunk,)`` buffer.
+    With a logit bound, the rows whose denominator underflows in some head are computed
+    again, shifted by their row maximum. Every row's numbers depend on that row alone, so
+    they are the same for every chunking (``max_edges``, default :data:`CHUNK_EDGES`); they
+    equal the batched path's up to float rounding.
     """
     H, M, dv = v.shape
-    N, E = graph.num_nodes, graph.num_edges
-    pattern = _csr(graph.crow, graph.col, q.new_zeros(E), N, M)
+    N = graph.num_nodes
     out = v.new_empty(H, N, dv + 1)
     ones = v.new_ones(M, 1)
+    align = _EXP_ALIGN * max(1, torch.get_num_threads())
+    bound = None if logit_bound is None else logit_bound.detach()
 
-    def run(shift) -> None:
+    def run(h: int, kt: Tensor, v1: Tensor, rows: Tensor, crow: Tensor, edges, use_bound: bool) -> None:
+        """Head ``h`` of output rows ``rows``, whose edges are ``edges`` of the graph (CSR pointers ``crow``)."""
+        n, col = rows.numel(), graph.col[edges]
+        E = col.numel()
+        buf = q.new_zeros(-(-max(E, 1) // align) * align)
+        logits = buf[:E]
+        pattern = _csr(crow, col, logits, n, M)
+        logits.copy_(torch.sparse.sampled_addmm(pattern, q[h].index_select(0, rows), kt, beta=0.0).values())
+        if edge_bias is not None:
+            logits.add_(edge_bias[h][edges])
+        if use_bound:
+            logits.sub_(bound[h])
+        else:
+            m = torch.segment_reduce(logits, "max", offsets=crow, axis=0)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            logits.sub_(torch.repeat_interleave(m, crow.diff(), output_size=E))
+        buf.exp_()
+        out[h].index_copy_(0, rows, torch.mm(_csr(crow, col, logits, n, M), v1))
+
+    def run_rows(rows: Tensor, crow: Tensor, edges, use_bound: bool, chunks) -> None:
         for h in range(H):
-            logits = torch.sparse.sampled_addmm(pattern, q[h].contiguous(), k[h].contiguous().t(), beta=0.0).values()
-            if edge_bias is not None:
-                logits.add_(edge_bias[h])
-            logits.sub_(shift(h, logits)).exp_()
-            torch.mm(_csr(graph.crow, graph.col, logits, N, M), torch.cat([v[h], ones], -1), out=out[h])
+            kt, v1 = k[h].contiguous().t(), torch.cat([v[h], ones], -1)
+            for a, b in chunks:
+                lo, hi = int(crow[a]), int(crow[b])
+                sub = edges[lo:hi] if isinstance(edges, Tensor) else slice(lo, hi)
+                run(h, kt, v1, rows[a:b], crow[a : b + 1] - lo, sub, use_bound)
 
-    def row_max(h: int, logits: Tensor) -> Tensor:
-        m = torch.segment_reduce(logits, "max", offsets=graph.crow, axis=0)
-        return torch.where(torch.isfinite(m), m, torch.zeros_like(m)).index_select(0, graph.row)
-
-    if logit_bound is not None:
-        bound = logit_bound.detach()
-        run(lambda h, logits: bound[h])
-        den = out[..., -1:]
-        if not bool(((den < _UNDERFLOW) & (graph.degree() > 0).view(1, -1, 1)).any()):
-            return out[..., :-1] / den.clamp_min(_UNDERFLOW)
-    run(row_max)
-    return out[..., :-1] / out[..., -1:].clamp_min(_UNDERFLOW)  # rows without edges: 0 / tiny = 0
+    every = torch.arange(N, device=graph.crow.device)
+    run_rows(every, graph.crow, None, bound is not None, row_chunks(graph.crow, max_edges or CHUNK_EDGES))
+    if bound is not None:
+        degree = graph.degree()
+        bad = ((out[..., -1] < _UNDERFLOW).any(0) & (degree > 0)).nonzero().squeeze(1)
+        if bad.numel():  # these rows again, shifted by their own maximum
+            sub_degree = degree[bad]
+            crow = crow_from_degree(sub_degree)
+            E = int(crow[-1])
+            first = torch.repeat_interleave(graph.crow[bad] - crow[:-1], sub_degree, output_size=E)
+            edges = first + torch.arange(E, device=every.device)
+            run_rows(bad, crow, edges, False, row_chunks(crow, max_edges or CHUNK_EDGES))
+    return out[..., :-1].div_(out[..., -1:].clamp_min(_UNDERFLOW))  # rows without edges: 0 / tiny = 0

@@ -97,10 +97,16 @@ class GraphAggregationConv(SparseAttentionConv):
 
     def forward(self, x: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
         N, H = x.shape[0], self.heads
-        q, k = self.qk(x).view(N, 2, H, -1).unbind(1)
         tau = self.log_temperature.clamp(max=math.log(self.max_temperature)).exp()
-        q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
-        k = F.normalize(k, dim=-1)
+        if torch.is_grad_enabled():
+            q, k = self.qk(x).view(N, 2, H, -1).unbind(1)
+            q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
+            k = F.normalize(k, dim=-1)
+        else:  # the same numbers as F.normalize, in place: no copies of q and k
+            qk = self.qk(x).view(N, 2, H, -1)
+            qk.div_(qk.norm(2, dim=-1, keepdim=True).clamp_min_(1e-12))
+            q, k = qk.unbind(1)
+            q.mul_(tau.view(1, H, 1))
         v = self.phi(x).view(N, H, -1)
         if self.position_bias is None:
             # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed

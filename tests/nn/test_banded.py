@@ -101,3 +101,124 @@ def test_gfa_block_banded_equals_whole_map(order, monkeypatch):
     with torch.no_grad():
         out = block(x)
     assert torch.equal(out, ref)
+
+
+# --- banded_stage: chains of local layers that change the resolution ---------------------------
+
+from gnn_lic.nn.banded import band_memory, banded_stage, stage_bands  # noqa: E402
+
+
+def test_stage_bands_even_bounded_aligned_and_a_function_of_the_height():
+    for H, rows, step in [(512, 256, 4), (64, 256, 4), (40, 16, 4), (3072, 256, 4), (7, 2, 1), (128, 64, 1)]:
+        bands = stage_bands(H, rows, step)
+        assert bands[0][0] == 0 and bands[-1][1] == H
+        assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))  # every row once
+        assert all(r0 % step == 0 for r0, _ in bands)
+        assert all(r1 - r0 <= -(-rows // step) * step for r0, r1 in bands)
+        assert len(bands) % 2 == 0 or len(bands) < 2 * -(-H // (2 * rows))  # an even count unless rounding ate one
+    assert stage_bands(512, 256, 4) == [(0, 256), (256, 512)]
+
+
+def _strided_chain(channels=64):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(channels, channels, 5, padding=2, groups=channels),
+        torch.nn.Conv2d(channels, 2 * channels, 1),
+        torch.nn.Conv2d(2 * channels, channels, 3, stride=2, padding=1),
+    ).eval()
+
+
+def _upsampling_chain(channels=64):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 4 * channels, 3, padding=1),
+        torch.nn.PixelShuffle(2),
+        torch.nn.Conv2d(channels, channels, 5, padding=2, groups=channels),
+        torch.nn.Conv2d(channels, 12, 3, padding=1),
+        torch.nn.PixelShuffle(2),
+    ).eval()
+
+
+# receptive radii in input rows: 1 + 2 * (2 + 1) = 7 for the strided chain; 1 + ceil((2 + 1) / 2) = 3 upsampling
+CHAINS = {"strided": (_strided_chain, dict(down=4, halo=7), 96), "upsampling": (_upsampling_chain, dict(up=4, halo=3), 48)}
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_banded_stage_equals_the_whole_map_on_one_thread(chain, monkeypatch):
+    make, geometry, H = CHAINS[chain]
+    fn = make()
+    x = torch.randn(1, 64, H, 96)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            ref = fn(x)
+    finally:
+        torch.set_num_threads(threads)
+    step = geometry.get("down", 1)
+    for max_rows in (step * 4, step * 6, H // 2):
+        with torch.no_grad():
+            out = banded_stage([x], fn, max_rows=max_rows, **geometry)
+        assert len(stage_bands(H, max_rows, step)) >= 2
+        assert torch.equal(out, ref), (chain, max_rows)
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_banded_stage_needs_its_halo(chain):
+    make, geometry, H = CHAINS[chain]
+    fn = make()
+    x = torch.randn(1, 64, H, 96)
+    with torch.no_grad():
+        out = banded_stage([x], fn, max_rows=geometry.get("down", 1) * 4, **{**geometry, "halo": 0})
+        assert (out - fn(x)).abs().max() > 1e-3
+
+
+def test_banded_stage_same_bits_for_every_budget_and_thread_count():
+    fn = _strided_chain()
+    x = torch.randn(1, 64, 96, 80)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n, budget in [(1, 1 << 40), (2, 1 << 40), (2, 1), (3, 1 << 20)]:
+            torch.set_num_threads(n)
+            with torch.no_grad(), band_memory(budget):
+                outs.append(banded_stage([x], fn, down=4, halo=7, max_rows=16, row_bytes=1000))
+            assert torch.get_num_threads() == n  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_banded_stage_several_inputs_and_bad_arguments():
+    a, b = torch.randn(1, 4, 12, 5), torch.randn(1, 4, 12, 5)
+    with torch.no_grad():
+        assert torch.equal(banded_stage([a, b], torch.add, max_rows=2), a + b)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        banded_stage([torch.zeros(1, 1, 10, 4)], lambda t: t, down=4)
+    with pytest.raises(ValueError, match="different heights"):
+        banded_stage([a, torch.zeros(1, 4, 11, 5)], torch.add)
+    with pytest.raises(ValueError, match="band memory"):
+        with band_memory(0):
+            pass
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_banded_stage_threads_keep_the_callers_autograd_mode(mode):
+    seen = []
+
+    def fn(t):
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return t * 2
+
+    x = torch.randn(1, 2, 16, 3, requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with getattr(torch, mode)():
+            out = banded_stage([x], fn, max_rows=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert not out.requires_grad and len(seen) == 4
+    assert all(s == (False, mode == "inference_mode") for s in seen)

@@ -373,3 +373,69 @@ def test_sparse_attention_without_autograd_equals_batched_path(case):
     assert bool(torch.isfinite(out).all())
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     assert bool((out[:, 3] == 0).all())  # the node without in-edges
+
+
+def test_row_chunks_cover_the_rows_within_the_edge_limit():
+    from gnn_lic.nn.functional import row_chunks
+
+    crow = torch.tensor([0, 2, 5, 5, 9, 20, 21])
+    for limit in (1, 3, 5, 9, 100):
+        chunks = row_chunks(crow, limit)
+        assert chunks[0][0] == 0 and chunks[-1][1] == 6 and all(x[1] == y[0] for x, y in zip(chunks, chunks[1:]))
+        for a, b in chunks:
+            assert b - a == 1 or int(crow[b] - crow[a]) <= limit
+
+
+@pytest.mark.parametrize("position_bias", [False, True])
+def test_chunked_aggregation_gives_the_same_bits_for_every_chunk_size(position_bias, monkeypatch):
+    """No autograd: rows run in chunks of edges; every chunking (and the relabelled block order
+    the layer uses when the graph fits one chunk) gives the same bits."""
+    from gnn_lic.graph import BlockWindow, GlobalGrid, AdaptiveDegree, build_graphs
+    from gnn_lic.nn import functional
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 40, 48)
+    window = (4, 8)
+    graphs = build_graphs(x, {"local": BlockWindow(*window), "global": GlobalGrid(8, groups=4 if position_bias else None)},
+                          AdaptiveDegree(16), positions=position_bias)
+    layer = GraphAggregationConv(32, heads=4, position_bias=window if position_bias else None).eval()
+    if position_bias:
+        graphs.pop("global")
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, 32)
+    for name, graph in graphs.items():
+        outs = []
+        for limit in (1 << 40, graph.num_edges - 1, 5000, 777):
+            monkeypatch.setattr(functional, "CHUNK_EDGES", limit)
+            with torch.no_grad():
+                outs.append(layer(tokens, graph))
+        assert all(torch.equal(o, outs[0]) for o in outs[1:]), name
+        torch.testing.assert_close(outs[0], layer(tokens, graph).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bound", [None, 30.0, 300.0])
+def test_attention_rows_do_not_depend_on_the_chunking(bound):
+    """Row-max shift, logit bound, and a bound so large that rows underflow and are redone alone."""
+    from gnn_lic.nn.functional import _attention_by_head
+
+    H, n = 3, 300
+    gen = torch.Generator().manual_seed(5)
+    ei = _graph(4000, n=n, isolated=7)
+    g = CSRGraph.from_edge_index(ei, n)
+    q, k, v = (torch.randn(H, n, 6, generator=gen) for _ in range(3))
+    b = None if bound is None else torch.full((H,), bound)
+    outs = [_attention_by_head(g, q, k, v, b, None, max_edges=m) for m in (1 << 30, 999, 64, 1)]
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    assert bool(torch.isfinite(outs[0]).all())
+    if bound == 300.0:  # the underflowing rows were redone: not all zeros
+        assert bool((outs[0].abs().sum(-1) > 0).sum() > n // 2)
+
+
+def test_aggregation_without_autograd_normalises_in_place_to_the_same_numbers():
+    torch.manual_seed(0)
+    layer = GraphAggregationConv(16, heads=4)
+    x = torch.randn(40, 16)
+    g = CSRGraph.from_edge_index(_graph(3, n=40), 40)
+    ref = layer(x, g).detach()
+    with torch.no_grad():
+        out = layer(x, g)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)

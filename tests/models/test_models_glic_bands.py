@@ -1,0 +1,58 @@
+"""GLIC's transforms without autograd run their full- and half-resolution layers band by band:
+the same function as the whole-map path, and bits that no memory budget or thread count changes."""
+
+import numpy as np
+import pytest
+import torch
+
+from gnn_lic.codec import decode_image, encode_image
+from gnn_lic.models import create_model
+from gnn_lic.nn import banded
+from gnn_lic.nn.banded import band_memory
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = create_model("glic", size="tiny").eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.mark.parametrize("hw", [(64, 128), (192, 64)])
+def test_banded_transforms_compute_the_whole_map_function(net, hw):
+    x = torch.rand(1, 3, *hw)
+    y_ref, x_ref = net.g_a(x).detach(), None  # autograd on: the whole-map path
+    x_ref = net.g_s(y_ref).detach()
+    with torch.no_grad():
+        y, x_hat = net.g_a(x), net.g_s(y_ref)
+    # a band that missed part of its receptive field would be off by far more than rounding
+    assert torch.allclose(y, y_ref, atol=1e-4, rtol=0)
+    assert torch.allclose(x_hat, x_ref, atol=1e-4, rtol=0)
+
+
+def test_the_transforms_use_several_bands(net, monkeypatch):
+    calls = []
+    real = banded.stage_bands
+    monkeypatch.setattr(banded, "stage_bands", lambda *a: calls.append(real(*a)) or calls[-1])
+    with torch.no_grad():
+        net.g_s(net.g_a(torch.rand(1, 3, 128, 64)))
+    assert len(calls) == 3 and all(len(bands) >= 2 for bands in calls)
+
+
+def test_budget_and_threads_change_no_bit_of_a_stream(net):
+    rng = np.random.default_rng(0)
+    img = (rng.random((70, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 128x128
+    threads = torch.get_num_threads()
+    streams, pixels = [], []
+    try:
+        for n, budget in [(2, 1 << 40), (2, 1), (1, 1 << 40)]:
+            torch.set_num_threads(n)
+            with band_memory(budget):
+                blob = encode_image(net, img)
+                streams.append(blob)
+                pixels.append(decode_image(net, blob))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(s == streams[0] for s in streams[1:])
+    assert all(np.array_equal(p, pixels[0]) for p in pixels[1:])
