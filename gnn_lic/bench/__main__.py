@@ -28,7 +28,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--json", default=None, help="also write the figures to this JSON file")
     k = sub.add_parser("codec", help="whole-model forward/encode/decode/training-step benchmark")
     k.add_argument("--models", nargs="+", default=["glic", "gabic"])
-    k.add_argument("--sizes", nargs="+", default=["small", "paper"])
+    k.add_argument("--sizes", nargs="+", default=None,
+                   help="model sizes (tiny, small, paper; default: small paper) and image sizes WIDTHxHEIGHT "
+                        "(noise images; default 768x512), space- or comma-separated: with several image sizes the "
+                        "log-log slopes of time and memory against pixels are printed (default model size then: paper)")
     k.add_argument("--image", default=None, help="image file (default: 768x512 noise)")
     k.add_argument("--runs", type=int, default=1, help="timed runs after one warm-up forward")
     k.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
@@ -56,9 +59,22 @@ def _check(args) -> None:
     for name in args.models:
         if name not in list_models():
             raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    for size in args.sizes:
-        if size not in SIZES:
-            raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
+    tokens = [t for item in (args.sizes or []) for t in item.split(",") if t]
+    args.image_sizes = []
+    model_sizes = []
+    for token in tokens:
+        if token in SIZES:
+            model_sizes.append(token)
+            continue
+        try:
+            codec.parse_image_size(token)
+        except ValueError:
+            raise UsageError(f"unknown size '{token}'; choose model sizes ({', '.join(SIZES)}) or image sizes "
+                             "WIDTHxHEIGHT") from None
+        args.image_sizes.append(token.lower())
+    args.sizes = model_sizes or (["paper"] if args.image_sizes else ["small", "paper"])
+    if args.image and args.image_sizes:
+        raise UsageError("give --image or image sizes in --sizes, not both")
     if args.image and not os.path.isfile(args.image):
         raise UsageError(f"--image: '{args.image}' is not a file")
     if args.runs < 1:
@@ -91,7 +107,7 @@ def _run(argv: Optional[List[str]]) -> int:
         authors = {k: v for k, v in (("glic", args.authors_glic), ("gabic", args.authors_gabic)) if v}
         result = codec.bench_codec(args.models, args.sizes, args.image, args.runs,
                              {"tiny": 8, "small": 8, "paper": 2}, {"tiny": 128, "small": 128, "paper": 256},
-                             args.train, authors, args.rounds)
+                             args.train, authors, args.rounds, args.image_sizes)
     else:
         result = graph.bench_graph(quick=args.quick, threads=args.threads)
     if args.json:

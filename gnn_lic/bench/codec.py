@@ -12,27 +12,57 @@ drifts, so only figures measured side by side compare.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from gnn_lic.bench.runner import run_child
 from gnn_lic.evaluation.complexity import process_memory, reset_peak_memory
 
-__all__ = ["bench_codec", "CHILD_TASKS"]
+__all__ = ["bench_codec", "CHILD_TASKS", "parse_image_size", "loglog_slope", "DEFAULT_IMAGE_SIZE"]
 
 
-def _bench_image(image: Optional[str]):
+#: the default image size (width x height) of the benchmark
+DEFAULT_IMAGE_SIZE = "768x512"
+
+
+def parse_image_size(text: str) -> Tuple[int, int]:
+    """``"WxH"`` -> ``(W, H)``.
+
+    >>> parse_image_size("768x512")
+    (768, 512)
+    """
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+        raise ValueError(f"image size must be WIDTHxHEIGHT, got {text!r}")
+    return int(w), int(h)
+
+
+def _bench_image(image: Optional[str], size: Optional[str] = None):
+    """The image file ``image``, else noise of ``size`` (``"WxH"``, default :data:`DEFAULT_IMAGE_SIZE`)."""
     import numpy as np  # noqa: PLC0415
 
     from gnn_lic.codec.image_io import read_image  # noqa: PLC0415
 
     if image:
         return read_image(image)
-    return (np.random.default_rng(0).random((512, 768, 3)) * 255).astype(np.uint8)
+    w, h = parse_image_size(size or DEFAULT_IMAGE_SIZE)
+    return (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def loglog_slope(pixels: Sequence[float], seconds: Sequence[float]) -> float:
+    r"""Least-squares slope of :math:`\log t` against :math:`\log p` (1: time linear in the pixels).
+
+    >>> round(loglog_slope([1e5, 4e5, 1.6e6], [1.0, 4.0, 16.0]), 6)
+    1.0
+    """
+    xs, ys = [math.log(p) for p in pixels], [math.log(t) for t in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: int, train_patch: int,
@@ -85,13 +115,13 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
 
 
 def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
-               train: bool) -> Dict:
+               train: bool, image_size: Optional[str] = None) -> Dict:
     from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
     from gnn_lic.models import create_model  # noqa: PLC0415
     from gnn_lic.nn import blocks  # noqa: PLC0415
 
     torch.manual_seed(0)
-    img = _bench_image(image)
+    img = _bench_image(image, image_size)
     net = create_model(name, size=size).eval()
     net.update(force=True)
     graph_time = [0.0]
@@ -135,12 +165,12 @@ def _authors_model(name: str, code: str):
 
 
 def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
-                   train: bool) -> Dict:
+                   train: bool, image_size: Optional[str] = None) -> Dict:
     """:func:`_codec_one` for the authors' model (their forward, compress and decompress)."""
     from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
 
     torch.manual_seed(0)
-    img = _bench_image(image)
+    img = _bench_image(image, image_size)
     net = _authors_model(name, code).eval()
     net.update(force=True)
 
@@ -158,41 +188,74 @@ def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_
 
 
 def _codec_row(r: Dict) -> str:
-    return (f"{r['model']:6} {r['size']:7} {r['params_M']:9.2f} {r['forward_s']:7.2f} {100 * r['graph_share']:8.1f} "
-            f"{r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
+    return (f"{r['model']:6} {r['size']:7} {r['image']:>9} {r['params_M']:9.2f} {r['forward_s']:7.2f} "
+            f"{100 * r['graph_share']:8.1f} {r['encode_s']:7.2f} {r['decode_s']:7.2f} {r['peak_gb']:8.2f} "
             f"{r.get('train_step_s', float('nan')):8.2f} {r.get('train_peak_gb', float('nan')):9.2f}  "
             f"{r.get('train_batch', '-')}")
 
 
+def _print_slopes(label: str, rows: List[Dict]) -> None:
+    """Log-log slopes of time against pixels over the image sizes of ``rows`` (best run per size)."""
+    best: Dict[str, Dict[str, float]] = {}
+    for r in rows:
+        w, h = parse_image_size(r["image"])
+        b = best.setdefault(r["image"], {"pixels": w * h})
+        for k in ("forward_s", "encode_s", "decode_s", "peak_gb"):
+            b[k] = min(b.get(k, math.inf), r[k])
+    if len(best) < 2:
+        return
+    pts = sorted(best.values(), key=lambda b: b["pixels"])
+    px = [b["pixels"] for b in pts]
+    print(f"{label:14} log-log slope against pixels ({len(px)} sizes): "
+          + ", ".join(f"{k} {loglog_slope(px, [b[k] for b in pts]):.2f}" for k in ("forward_s", "encode_s", "decode_s",
+                                                                                     "peak_gb")), flush=True)
+
+
 def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs: int, train_batch: Dict[str, int],
                 train_patch: Dict[str, int], train: bool, authors: Optional[Dict[str, str]] = None,
-                rounds: int = 1) -> List[Dict]:
+                rounds: int = 1, image_sizes: Optional[List[str]] = None) -> List[Dict]:
     """Whole models, each in a fresh process. With ``authors`` (model name -> the authors'
     checkout), the paper models alternate with the authors' own, process by process, for
-    ``rounds`` rounds, and the ratios of the best figures of each side are printed."""
+    ``rounds`` rounds, and the ratios of the best figures of each side are printed. With
+    several ``image_sizes`` (``"WxH"``, noise images) every model runs at each, the training
+    step only at the first, and the log-log slopes of time and peak memory against the
+    pixel count are printed for each side."""
     authors = authors or {}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image {image or '768x512 noise'}")
-    print(f"{'model':6} {'size':7} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
+    image_sizes = list(image_sizes or [None])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, image "
+          f"{image or ', '.join(s or DEFAULT_IMAGE_SIZE for s in image_sizes) + ' noise'}")
+    print(f"{'model':6} {'size':7} {'image':>9} {'params M':>9} {'fwd s':>7} {'graph %':>8} {'enc s':>7} {'dec s':>7} "
           f"{'peak GB':>8} {'train s':>8} {'train GB':>9}  batch")
     rows = []
     for size in sizes:
         for name in models:
             side_by_side = size == "paper" and name in authors
-            ours, theirs = [], []
-            for _ in range(rounds if side_by_side else 1):
-                r = run_child("codec", [name, size, image, runs, train_batch[size], train_patch[size], train])
-                ours.append(r)
-                print(_codec_row(r), flush=True)
-                if side_by_side:
-                    a = run_child("authors", [name, authors[name], image, runs, train_batch[size], train_patch[size], train])
-                    theirs.append(a)
-                    print(_codec_row(a), flush=True)
-            rows += ours + theirs
-            if theirs:
-                keys = ["forward_s", "encode_s", "decode_s", "peak_gb"] + (["train_step_s", "train_peak_gb"] if train else [])
-                best = {k: (min(r[k] for r in ours), min(r[k] for r in theirs)) for k in keys}
-                print(f"{'':14} ours / authors (best of {rounds}): "
-                      + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()), flush=True)
+            all_ours, all_theirs = [], []
+            for i, image_size in enumerate(image_sizes):
+                step = train and i == 0
+                ours, theirs = [], []
+                for _ in range(rounds if side_by_side else 1):
+                    args = [image, runs, train_batch[size], train_patch[size], step, image_size]
+                    r = run_child("codec", [name, size, *args])
+                    ours.append(r)
+                    print(_codec_row(r), flush=True)
+                    if side_by_side:
+                        a = run_child("authors", [name, authors[name], *args])
+                        theirs.append(a)
+                        print(_codec_row(a), flush=True)
+                rows += ours + theirs
+                all_ours += ours
+                all_theirs += theirs
+                if theirs:
+                    keys = ["forward_s", "encode_s", "decode_s", "peak_gb"] + (["train_step_s", "train_peak_gb"] if step
+                                                                               else [])
+                    best = {k: (min(r[k] for r in ours), min(r[k] for r in theirs)) for k in keys}
+                    print(f"{'':14} ours / authors (best of {rounds}): "
+                          + ", ".join(f"{k} {a / b:.2f}x" for k, (a, b) in best.items()), flush=True)
+            if not image:
+                _print_slopes(f"{name} {size}", all_ours)
+                if all_theirs:
+                    _print_slopes(f"{name} authors", all_theirs)
     return rows
 
 

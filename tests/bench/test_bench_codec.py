@@ -21,3 +21,26 @@ def test_codec_rows_for_ours_and_an_authors_checkout(tmp_path):
     theirs = _codec_authors("glic", str(tmp_path / "checkout"), str(image), 1, 1, 64, True)
     assert KEYS <= theirs.keys() and theirs["size"] == "authors"
     assert theirs["bpp"] > 0 and theirs["params_M"] == ours["params_M"]
+
+
+def test_image_sizes_and_slopes(capsys):
+    import math
+
+    import pytest
+
+    from gnn_lic.bench import codec
+    from gnn_lic.bench.__main__ import main
+
+    assert codec.parse_image_size("96X64") == (96, 64)
+    for bad in ("96", "x64", "0x5", "axb"):
+        with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+            codec.parse_image_size(bad)
+    assert math.isclose(codec.loglog_slope([1, 2, 4], [3, 6, 12]), 1.0)
+    assert math.isclose(codec.loglog_slope([1, 4], [1, 8]), 1.5)
+    # two image sizes of the tiny model in fresh processes: rows per size, then the slopes
+    rows = codec.bench_codec(["glic"], ["tiny"], None, 1, {"tiny": 1}, {"tiny": 64}, False, image_sizes=["64x64", "128x64"])
+    assert [r["image"] for r in rows] == ["64x64", "128x64"]
+    out = capsys.readouterr().out
+    assert "log-log slope against pixels (2 sizes): forward_s" in out
+    assert main(["codec", "--sizes", "tiny,64y64"]) == 2
+    assert "unknown size '64y64'" in capsys.readouterr().err
