@@ -29,7 +29,7 @@ off, for the pure-PyTorch path.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import numba
 import numpy as np
@@ -94,7 +94,7 @@ def _bisect_loop(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no
 _bisect_kernel = _jit(_bisect_loop, fastmath={"reassoc"})
 
 @_jit
-def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col, row):  # pragma: no cover - compiled
+def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col):  # pragma: no cover - compiled
     K = sim.shape[1]
     N = row_of_node.shape[0]
     R = sim.shape[0] // ((crow.shape[0] - 1) // N)  # rows per image
@@ -106,14 +106,12 @@ def _fill_kernel(sim, theta, key, cand, has_cand, row_of_node, crow, col, row): 
         fr = b * R + r
         blk, q = r // Q, r % Q
         t = theta[fr]
-        start = p
         for k in range(K):
             s = sim[fr, k]
             # branch-free (a kept/dropped branch would be unpredictable): always
             # write, advance only on a kept edge; col has a spare slot at the end
             col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
             p += (s >= t) & (s != -np.inf)
-        row[start:p] = target
 
 @_jit
 def _sobel_rms_kernel(x, score):  # pragma: no cover - compiled
@@ -206,8 +204,8 @@ def bisect_rows(sim: Tensor, theta: Tensor, lo: Tensor, hi: Tensor, target: Tens
 
 
 def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor], row_of_node: Tensor, crow: Tensor
-                 ) -> Tuple[Tensor, Tensor]:
-    """CSR sources and targets of the edges ``S_ij >= theta_i`` (rows of ``sim`` in block order).
+                 ) -> Tensor:
+    """CSR sources of the edges ``S_ij >= theta_i`` (rows of ``sim`` in block order; the targets follow from ``crow``).
 
     Args:
         sim: ``(B * R, K)`` similarities, ``-inf`` where ``j`` is not a candidate.
@@ -220,16 +218,14 @@ def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor]
         crow: ``(B * N + 1,)`` row pointers of the result.
 
     Returns:
-        ``(col, row)``: sources and targets of the edges, in CSR order.
+        ``col``: sources of the edges, in CSR order.
     """
     num_edges = int(crow[-1])
     col = torch.empty(num_edges + 1, dtype=torch.long)  # + the spare slot
-    row = torch.empty(num_edges, dtype=torch.long)
     has_cand = cand is not None
     cand_np = _np(cand) if has_cand else np.zeros((1, 1, 1), np.int64)
-    _fill_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(row_of_node), _np(crow), col.numpy(),
-                 row.numpy())
-    return col[:num_edges], row
+    _fill_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(row_of_node), _np(crow), col.numpy())
+    return col[:num_edges]
 
 
 def rms_gradient(x: Tensor) -> Tensor:

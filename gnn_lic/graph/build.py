@@ -66,8 +66,8 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
         degree = sel.degree[:, cands.row_of_node].reshape(-1)
         crow = crow_from_degree(degree)
         masked = sim if sel.masked_sim is None else sel.masked_sim
-        col, _ = _rowkernels.fill_columns(masked.reshape(-1, K), sel.threshold.reshape(-1), cands.key,
-                                          cands.cand, cands.row_of_node, crow)
+        col = _rowkernels.fill_columns(masked.reshape(-1, K), sel.threshold.reshape(-1), cands.key, cands.cand,
+                                       cands.row_of_node, crow)
     else:
         keep = sel.keep
         if keep is None:

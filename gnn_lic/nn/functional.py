@@ -206,7 +206,8 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
     """
     H, M, dv = v.shape
     N = graph.num_nodes
-    out = v.new_empty(H, N, dv + 1)
+    out = v.new_empty(N, H, dv)  # node-major, so the caller's (N, H * dv) view needs no copy
+    den = v.new_empty(H, N)
     ones = v.new_ones(M, 1)
     align = _EXP_ALIGN * max(1, torch.get_num_threads())
     bound = None if logit_bound is None else logit_bound.detach()
@@ -228,7 +229,9 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
             logits.sub_(torch.repeat_interleave(m, crow.diff(), output_size=E))
         buf.exp_()
-        out[h].index_copy_(0, rows, torch.mm(_csr(crow, col, logits, n, M), v1))
+        num = torch.mm(_csr(crow, col, logits, n, M), v1)
+        out[:, h].index_copy_(0, rows, num[:, :-1])
+        den[h].index_copy_(0, rows, num[:, -1])
 
     def run_rows(rows: Tensor, crow: Tensor, edges, use_bound: bool, chunks) -> None:
         for h in range(H):
@@ -242,7 +245,7 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
     run_rows(every, graph.crow, None, bound is not None, row_chunks(graph.crow, max_edges or CHUNK_EDGES))
     if bound is not None:
         degree = graph.degree()
-        bad = ((out[..., -1] < _UNDERFLOW).any(0) & (degree > 0)).nonzero().squeeze(1)
+        bad = ((den < _UNDERFLOW).any(0) & (degree > 0)).nonzero().squeeze(1)
         if bad.numel():  # these rows again, shifted by their own maximum
             sub_degree = degree[bad]
             crow = crow_from_degree(sub_degree)
@@ -250,4 +253,5 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
             first = torch.repeat_interleave(graph.crow[bad] - crow[:-1], sub_degree, output_size=E)
             edges = first + torch.arange(E, device=every.device)
             run_rows(bad, crow, edges, False, row_chunks(crow, max_edges or CHUNK_EDGES))
-    return out[..., :-1].div_(out[..., -1:].clamp_min(_UNDERFLOW))  # rows without edges: 0 / tiny = 0
+    out.div_(den.t().unsqueeze(-1).clamp_min(_UNDERFLOW))  # rows without edges: 0 / tiny = 0
+    return out.transpose(0, 1)

@@ -110,7 +110,9 @@ class GraphAggregationConv(SparseAttentionConv):
         v = self.phi(x).view(N, H, -1)
         if self.position_bias is None:
             # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed
-            return self.out(self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1))
+            agg = self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1)
+            del q, k, v  # not held while the output projection runs
+            return self.out(agg)
         table = self.position_table()
 
         def edge_bias(graph: CSRGraph) -> Tensor:
@@ -119,7 +121,9 @@ class GraphAggregationConv(SparseAttentionConv):
             return table.index_select(0, graph.rel_index)
 
         bound = tau + table.detach().amax(0)
-        return self.out(self.attend(q, k, v, edge_index, logit_bound=bound, edge_bias=edge_bias).reshape(N, -1))
+        agg = self.attend(q, k, v, edge_index, logit_bound=bound, edge_bias=edge_bias).reshape(N, -1)
+        del q, k, v
+        return self.out(agg)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, heads={self.heads}, impl={self.impl!r})"
