@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import torch
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import nn
@@ -43,13 +44,44 @@ from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
+from gnn_lic.nn.banded import banded_stage, conv_radius
 from gnn_lic.nn.blocks import GraphWindowBlock
 
-__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms"]
+__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential"]
+
+
+#: most image rows of one band of the analysis transform (the synthesis transform's bands match)
+BAND_ROWS = 512
+
+
+class BandedSequential(nn.Sequential):
+    """``nn.Sequential`` whose layers ``[start, stop)`` run band by band without autograd
+    (:func:`~gnn_lic.nn.banded.banded_stage`, with ``geometry`` its keywords and ``row_bytes``
+    times the input width and element size its memory per input row); its state dict is the
+    plain ``nn.Sequential``'s. The layers must be local (convolutions, GDN, window blocks whose
+    windows the bands' ``align`` keeps on the map's grid). The bands depend on the input
+    height alone, so the result does not depend on the memory budget or the thread count."""
+
+    def __init__(self, *layers: nn.Module, band: Tuple[int, int], row_bytes: int, **geometry: Any):
+        super().__init__(*layers)
+        self.band, self.row_bytes, self.geometry = band, row_bytes, geometry
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        start, stop = self.band
+        layers = list(self)
+        for layer in layers[:start]:
+            x = layer(x)
+        x = banded_stage([x], nn.Sequential(*layers[start:stop]), row_bytes=self.row_bytes * x.shape[-1] * x.element_size(),
+                         max_rows=max(1, BAND_ROWS * self.geometry.get("down", 1) // self.geometry.get("up", 1)), **self.geometry)
+        for layer in layers[stop:]:
+            x = layer(x)
+        return x
 
 
 def window_codec_transforms(
-    N: int, M: int, block: Callable[[int, int, str], nn.Module], windows: Sequence[int]
+    N: int, M: int, block: Callable[[int, int, str], nn.Module], windows: Sequence[int], banded: bool = False
 ) -> Tuple[nn.Sequential, nn.Sequential]:
     """``(g_a, g_s)`` of the WACNN layout (Zou et al., CVPR 2022; GABIC Fig. 2(a)), blocks made by ``block``.
 
@@ -57,9 +89,13 @@ def window_codec_transforms(
     ``stage`` = ``"high"`` (1/4 resolution, ``windows[0]``) or ``"low"`` (1/16,
     ``windows[1]``): ``g_a[4]`` (N, high), ``g_a[8]`` (M, low), ``g_s[0]`` (M, low),
     ``g_s[5]`` (N, high).
+
+    With ``banded`` (blocks confined to their non-overlapping windows, as GABIC's are) the
+    layers down to the 1/4-resolution block (``g_a[:5]``) and from it up (``g_s[3:]``) run
+    band by band without autograd (:class:`BandedSequential`).
     """
     w_hi, w_lo = windows
-    g_a = nn.Sequential(
+    layers_a = (
         conv(3, N, kernel_size=5, stride=2), GDN(N),
         conv(N, N, kernel_size=5, stride=2), GDN(N),
         block(N, w_hi, "high"),
@@ -67,7 +103,7 @@ def window_codec_transforms(
         conv(N, M, kernel_size=5, stride=2),
         block(M, w_lo, "low"),
     )  # fmt: skip
-    g_s = nn.Sequential(
+    layers_s = (
         block(M, w_lo, "low"),
         deconv(M, N, kernel_size=5, stride=2), GDN(N, inverse=True),
         deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
@@ -75,6 +111,17 @@ def window_codec_transforms(
         deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
         deconv(N, 3, kernel_size=5, stride=2),
     )  # fmt: skip
+    if not banded:
+        return nn.Sequential(*layers_a), nn.Sequential(*layers_s)
+    # rows of context at 1/4 of the high block: its residual units, and the window a row shares
+    quarter = max(conv_radius(layers_a[4].branch_a), conv_radius(layers_a[4].branch_b)) + w_hi
+    # analysis, in image rows: two 5x5 stride-2 convolutions, then the block at 1/4; windows on the grid
+    halo_a = 4 * (quarter + 1) + 2 * conv_radius(layers_a[2]) + conv_radius(layers_a[0])
+    g_a = BandedSequential(*layers_a, band=(0, 5), row_bytes=2 * N, down=4, align=4 * w_hi, halo=halo_a)
+    # synthesis, in rows at 1/8: a 5x5 stride-2 deconvolution, the block at 1/4, two more deconvolutions
+    halo_s = 2 + (quarter + 1) // 2 + 2
+    g_s = BandedSequential(*layers_s, band=(3, 9), row_bytes=48 * N, up=8, align=max(1, w_hi // 2),
+                           halo=halo_s)
     return g_a, g_s
 
 
@@ -137,7 +184,7 @@ class GABIC(PaddedCompressionModel):
             return GraphWindowBlock(ch, window=window, knn=knn, heads=heads, impl=impl, selector=selector,
                                     edge_attr=official)
 
-        self.g_a, self.g_s = window_codec_transforms(N, M, block, windows)
+        self.g_a, self.g_s = window_codec_transforms(N, M, block, windows, banded=True)
         self.latent_codec = ChannelSliceLatentCodec(
             M=M, N=N, num_slices=num_slices, max_support_slices=max_support_slices, cc_hidden=cc_hidden,
             hyper_widths=hyper_widths,

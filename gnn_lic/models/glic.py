@@ -58,7 +58,7 @@ from gnn_lic.models.scctx import scctx_latent_codec
 from gnn_lic.models.layers import GatedTransformCNN, conv3x3, subpel_conv3x3
 from gnn_lic.models.registry import register_model
 from gnn_lic.models.wavelet import WLS, iWLS
-from gnn_lic.nn.banded import banded_stage
+from gnn_lic.nn.banded import banded_stage, conv_radius
 from gnn_lic.nn.blocks import GFABlock
 
 __all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "glic_stages", "GLIC_PRESETS", "GLIC_VARIANTS",
@@ -183,12 +183,6 @@ class _StagedTransform(nn.Module):
         return x
 
 
-def _conv_radius(module: nn.Module) -> int:
-    """Rows of context one output row of ``module`` needs on each side: the sum over its
-    convolutions of ``dilation * (kernel - 1) / 2`` (its layers run one after another)."""
-    return sum(m.dilation[0] * (m.kernel_size[0] // 2) for m in module.modules() if isinstance(m, nn.Conv2d))
-
-
 class GLICAnalysis(_StagedTransform):
     """GLIC analysis transform ``g_a``: ``(B, 3, H, W) -> (B, C4, H/16, W/16)``.
 
@@ -227,7 +221,7 @@ class GLICAnalysis(_StagedTransform):
         if torch.is_grad_enabled():
             return super().forward(x)
         # image rows a 1/4 row reads: 3x3 stride-2 convolutions around the blocks at 1/2
-        halo = 2 * (1 + _conv_radius(self.blocks[0])) + 1
+        halo = 2 * (1 + conv_radius(self.blocks[0])) + 1
         width = x.shape[-1] // 2 * self.down[0].out_channels * x.element_size()
         h = banded_stage([x], self._head, down=4, halo=halo, max_rows=256, row_bytes=4 * width)
         h = self.blocks[1](h)
@@ -276,7 +270,7 @@ class GLICSynthesis(_StagedTransform):
                 w = self.wavelet[i](w)
                 x = x + w
         # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
-        halo = 2 + _conv_radius(self.blocks[2])
+        halo = 2 + conv_radius(self.blocks[2])
         width = 2 * x.shape[-1] * self.up[2][0].out_channels // 4 * x.element_size()
         inputs = [x] if self.wavelet is None else [x, w]
         return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=64, row_bytes=2 * 4 * width)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "band_memory", "BAND_MEMORY"]
+           "band_memory", "BAND_MEMORY", "conv_radius"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -108,6 +108,17 @@ def banded_residual(x: Tensor, fn: Callable[[Tensor], Tensor], halo: int = 0, pi
     return out
 
 
+def conv_radius(module: torch.nn.Module) -> int:
+    """Rows of context one output row of ``module`` needs on each side, at its resolution: the sum
+    over its 2-D convolutions of ``dilation * (kernel - 1) / 2`` (a chain of stride-1 layers).
+
+    >>> conv_radius(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3), torch.nn.Conv2d(1, 1, 5, groups=1)))
+    3
+    """
+    return sum(m.dilation[0] * (m.kernel_size[0] // 2) for m in module.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+
+
 #: default memory for the bands of :func:`banded_stage` in flight together (see :func:`band_memory`)
 BAND_MEMORY = 2 << 30
 _band_memory = threading.local()
@@ -148,16 +159,16 @@ def stage_bands(height: int, max_rows: int, step: int = 1) -> List[Tuple[int, in
 
 
 def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int = 1, down: int = 1, halo: int = 0,
-                 max_rows: int = 256, row_bytes: int = 0) -> Tensor:
+                 max_rows: int = 256, row_bytes: int = 0, align: Optional[int] = None) -> Tensor:
     r"""``fn(*inputs)`` for a chain of local layers, computed from bands of input rows.
 
     ``fn`` maps maps of ``h`` rows to maps of ``h * up / down`` rows (``h`` a multiple of
     ``down``), and its output row ``r`` depends on input rows within ``halo`` of
     ``r * down / up`` only, with the layers' own zero padding at the map's border
     (strided convolutions sample the rows ``0, down, 2 down, ...`` of every band, as of the
-    map, because bands start at multiples of ``down``). The bands are
-    :func:`stage_bands` ``(H, max_rows, down)``; band ``[r_0, r_1)`` runs ``fn`` on rows
-    ``r_0 - h .. r_1 + h`` (``h`` = ``halo`` rounded up to a multiple of ``down``, clipped
+    map, because bands start at multiples of ``align``, a multiple of ``down``). The bands are
+    :func:`stage_bands` ``(H, max_rows, align)``; band ``[r_0, r_1)`` runs ``fn`` on rows
+    ``r_0 - h .. r_1 + h`` (``h`` = ``halo`` rounded up to a multiple of ``align``, clipped
     at the border) and keeps output rows ``r_0 up/down .. r_1 up/down``.
 
     Each band runs on one thread, so its numbers do not depend on the thread count; bands
@@ -172,14 +183,20 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
         halo (int): input rows of context above and below a band.
         max_rows (int): most input rows of a band (before the halo).
         row_bytes (int): working memory of ``fn`` per input row.
+        align (int, optional): bands and halos start at multiples of ``align`` input rows, a
+            multiple of ``down`` (default ``down``): e.g. the window grid of a windowed layer
+            inside ``fn`` then falls on the same rows in every band as in the map.
     """
     H = inputs[0].shape[-2]
     if any(t.shape[-2] != H for t in inputs):
         raise ValueError("banded_stage: inputs of different heights")
     if H % down:
         raise ValueError(f"banded_stage: height {H} is not a multiple of {down}")
-    halo = -(-halo // down) * down
-    bands = stage_bands(H, max_rows, down)
+    align = down if align is None else int(align)
+    if align < 1 or align % down:
+        raise ValueError(f"banded_stage: align must be a positive multiple of {down}, got {align}")
+    halo = -(-halo // align) * align
+    bands = stage_bands(H, max_rows, align)
     budget = getattr(_band_memory, "value", None) or BAND_MEMORY
     band_bytes = (bands[0][1] - bands[0][0] + 2 * halo) * max(1, row_bytes)
     workers = max(1, min(torch.get_num_threads(), len(bands), budget // band_bytes))

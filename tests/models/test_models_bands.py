@@ -1,4 +1,4 @@
-"""GLIC's transforms without autograd run their full- and half-resolution layers band by band:
+"""GLIC's and GABIC's transforms without autograd run their high-resolution layers band by band:
 the same function as the whole-map path, and bits that no memory budget or thread count changes."""
 
 import numpy as np
@@ -6,23 +6,30 @@ import pytest
 import torch
 
 from gnn_lic.codec import decode_image, encode_image
-from gnn_lic.models import create_model
+from gnn_lic.models import create_model, gabic
 from gnn_lic.nn import banded
 from gnn_lic.nn.banded import band_memory
 
+MODELS = ["glic", "gabic"]
 
-@pytest.fixture(scope="module")
-def net():
+
+@pytest.fixture(autouse=True)
+def small_bands(monkeypatch):
+    monkeypatch.setattr(gabic, "BAND_ROWS", 64)  # several GABIC bands on test-sized images
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def net(request):
     torch.manual_seed(0)
-    model = create_model("glic", size="tiny").eval()
+    model = create_model(request.param, size="tiny").eval()
     model.update(force=True)
     return model
 
 
-@pytest.mark.parametrize("hw", [(64, 128), (192, 64)])
+@pytest.mark.parametrize("hw", [(64, 128), (256, 64)])
 def test_banded_transforms_compute_the_whole_map_function(net, hw):
     x = torch.rand(1, 3, *hw)
-    y_ref, x_ref = net.g_a(x).detach(), None  # autograd on: the whole-map path
+    y_ref = net.g_a(x).detach()  # autograd on: the whole-map path
     x_ref = net.g_s(y_ref).detach()
     with torch.no_grad():
         y, x_hat = net.g_a(x), net.g_s(y_ref)
@@ -31,18 +38,28 @@ def test_banded_transforms_compute_the_whole_map_function(net, hw):
     assert torch.allclose(x_hat, x_ref, atol=1e-4, rtol=0)
 
 
+def test_gabic_bands_need_their_halo(monkeypatch):
+    torch.manual_seed(0)
+    net = create_model("gabic", size="tiny").eval()
+    x = torch.rand(1, 3, 256, 64)
+    y_ref = net.g_a(x).detach()
+    monkeypatch.setitem(net.g_a.geometry, "halo", 0)
+    with torch.no_grad():
+        assert (net.g_a(x) - y_ref).abs().max() > 1e-3
+
+
 def test_the_transforms_use_several_bands(net, monkeypatch):
     calls = []
     real = banded.stage_bands
     monkeypatch.setattr(banded, "stage_bands", lambda *a: calls.append(real(*a)) or calls[-1])
     with torch.no_grad():
-        net.g_s(net.g_a(torch.rand(1, 3, 128, 64)))
-    assert len(calls) == 3 and all(len(bands) >= 2 for bands in calls)
+        net.g_s(net.g_a(torch.rand(1, 3, 256, 64)))
+    assert len(calls) >= 2 and all(len(bands) >= 2 for bands in calls)
 
 
 def test_budget_and_threads_change_no_bit_of_a_stream(net):
     rng = np.random.default_rng(0)
-    img = (rng.random((70, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 128x128
+    img = (rng.random((200, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 256x128
     threads = torch.get_num_threads()
     streams, pixels = [], []
     try:
