@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "rms_gradient", "unit_features",
+__all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
            "local_window_similarity"]
 
 _enabled = os.environ.get("GNN_LIC_NUMBA", "1") != "0"
@@ -226,6 +226,44 @@ def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor]
     cand_np = _np(cand) if has_cand else np.zeros((1, 1, 1), np.int64)
     _fill_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(row_of_node), _np(crow), col.numpy())
     return col[:num_edges]
+
+
+@_jit
+def _fill_rows_kernel(sim, theta, key, cand, has_cand, rows, r0, Q, N, crow, col):  # pragma: no cover - compiled
+    B, rc, K = sim.shape
+    for b in range(B):
+        for i in range(rc):
+            node = rows[r0 + i]
+            if node < 0:  # padding row of a partial block
+                continue
+            r = r0 + i
+            blk, q = r // Q, r % Q
+            t = theta[b, i]
+            p = crow[b * N + node]
+            for k in range(K):
+                s = sim[b, i, k]
+                if (s >= t) & (s != -np.inf):  # rows come in block order: no write past a row's end
+                    col[p] = key[blk, cand[blk, q, k] if has_cand else k] + b * N
+                    p += 1
+
+
+def fill_rows(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor], rows: Tensor, r0: int, crow: Tensor,
+              col: Tensor) -> None:
+    """:func:`fill_columns` for the similarity rows ``r0 .. r0 + rc`` only (block order), into ``col``.
+
+    Args:
+        sim: ``(B, rc, K)`` similarities of those rows, ``-inf`` where ``j`` is not a candidate.
+        theta: ``(B, rc)`` their thresholds.
+        key, cand: as for :func:`fill_columns`.
+        rows: ``(R,)`` node id of every row of an image (``-1`` = padding).
+        crow: ``(B * N + 1,)`` row pointers of the whole graph; ``col`` its ``(E,)`` sources.
+    """
+    has_cand = cand is not None
+    cand_np = _np(cand) if has_cand else np.zeros((1, 1, 1), np.int64)
+    N = (crow.shape[0] - 1) // sim.shape[0]
+    Q = rows.shape[0] // key.shape[0]  # rows per block
+    _fill_rows_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(rows), int(r0), Q, N, _np(crow),
+                      col.numpy())
 
 
 def rms_gradient(x: Tensor) -> Tensor:

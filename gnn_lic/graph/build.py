@@ -41,6 +41,46 @@ class GraphInfo:
     candidates: Optional[Candidates] = None
 
 
+#: similarities of at most this many bytes are computed at once when a graph of a row-wise
+#: selector is built in chunks of blocks (large maps, see :func:`_columns_by_chunks`)
+GRAPH_CHUNK_BYTES = 4 << 20
+
+
+def _columns_by_chunks(xn: Tensor, x: Tensor, cands, selector: Selector, valid: Optional[Tensor], n: Tensor,
+                       scores: Optional[Tensor], step: int) -> Tuple[Tensor, Tensor]:
+    """``(crow, col)`` of a row-wise selector's graph, ``step`` blocks of similarity rows at a time.
+
+    Every row's threshold and kept candidates depend on that row's similarities and target
+    alone, so the graph is the one the whole ``(B, R, K)`` computation gives. Two passes:
+    thresholds and degrees, then (the similarities computed again) the columns, each row
+    written at its place in the CSR order.
+    """
+    B = x.shape[0]
+    nb, Q = cands.query.shape
+    R = nb * Q
+    target, _ = selector.row_targets(x, cands=cands, num_candidates=n, scores=scores, dtype=xn.dtype)
+    theta = xn.new_empty(B, R)
+    degree = torch.empty(B, R, dtype=torch.long, device=x.device)
+    chunks = [(s0, min(nb, s0 + step)) for s0 in range(0, nb, step)]
+
+    def rows_of(s0: int, s1: int) -> Tuple[Tensor, Optional[Tensor]]:
+        sim = row_similarity(xn, cands, blocks=(s0, s1))
+        return sim, None if valid is None else valid[s0 * Q : s1 * Q].expand(B, -1, -1)
+
+    for s0, s1 in chunks:
+        sim, v = rows_of(s0, s1)
+        th, deg, _ = selector.threshold_rows(sim, v, target[:, s0 * Q : s1 * Q])
+        theta[:, s0 * Q : s1 * Q], degree[:, s0 * Q : s1 * Q] = th, deg
+    crow = crow_from_degree(degree[:, cands.row_of_node].reshape(-1))
+    col = torch.empty(int(crow[-1]), dtype=torch.long)
+    for s0, s1 in chunks:
+        sim, v = rows_of(s0, s1)
+        if v is not None:
+            sim.masked_fill_(~v, float("-inf"))
+        _rowkernels.fill_rows(sim, theta[:, s0 * Q : s1 * Q], cands.key, cands.cand, cands.rows, s0 * Q, crow, col)
+    return crow, col
+
+
 def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, scores: Optional[Tensor],
                return_info: bool, positions: bool = False) -> Tuple[CSRGraph, Optional[GraphInfo]]:
     """One graph of a map whose normalised features ``xn`` are already computed."""
@@ -52,6 +92,18 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
     if not selector.self_loops:
         valid, n = cands.without_self_loops()
         full = False
+    nb, Q = cands.query.shape
+    K = cands.valid_rows.shape[-1]
+    per_block = B * Q * K * xn.element_size()
+    if (selector.row_wise and not return_info and not positions and cands.zero is None and cands.window is None
+            and _rowkernels.enabled(xn) and nb * per_block > GRAPH_CHUNK_BYTES):
+        crow, col = _columns_by_chunks(xn, x, cands, selector, None if full else valid, n, scores,
+                                       max(1, GRAPH_CHUNK_BYTES // per_block))
+        order = None
+        if cset.scattered:
+            real = cands.rows[cands.rows >= 0]
+            order = (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
+        return CSRGraph(crow, col, None, B * N, order=order), None
     sim = row_similarity(xn, cands)  # (B, R, K)
     if cands.zero is not None:  # zero-feature candidates: cosine similarity 0
         sim.masked_fill_(cands.zero, 0.0)

@@ -57,6 +57,9 @@ class Selector:
 
     #: whether the node itself may be its own neighbour
     self_loops: bool = True
+    #: whether the rule is a per-row threshold whose rows can be decided chunk by chunk
+    #: (:meth:`row_targets` and :meth:`threshold_rows`; see :func:`gnn_lic.graph.build_graphs`)
+    row_wise: bool = False
 
     def prepare(self, x: Tensor) -> Optional[Tensor]:
         """Per-map data shared by all graphs built from ``x`` (e.g. complexity scores)."""
@@ -201,18 +204,34 @@ class AdaptiveDegree(Selector):
     def prepare(self, x: Tensor) -> Tensor:
         return complexity_score(x, self.score)
 
-    def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
-        B = sim.shape[0]
+    @property
+    def row_wise(self) -> bool:  # type: ignore[override]
+        return self.bisection == "paper"
+
+    def row_targets(self, x: Tensor, *, cands, num_candidates: Tensor, scores: Optional[Tensor] = None,
+                    dtype=None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Targets :math:`d_i^*` of the ``(B, R)`` similarity rows (block order; padding rows
+        borrow node 0's), and the node-order ``scores``, ``quota`` and ``target_degree`` (eq. 6)."""
+        B = x.shape[0]
         if scores is None:
             scores = self.prepare(x)
-        scores = scores.reshape(B, -1).to(sim.dtype)
-        official = self.bisection == "official"
+        scores = scores.reshape(B, -1).to(dtype or x.dtype)
         quota, target = degree_quota(scores, self.avg_degree, num_candidates, groups=cands.groups,
-                                     rounding=not official)  # node order
-        # rows in block order; padding rows borrow node 0's target and are dropped later
-        theta, degree, masked = _bisection(sim, valid, target[:, cands.rows.clamp_min(0)], self.iters, official)
-        info = {"scores": scores, "quota": quota, "target_degree": target, "threshold": theta[:, cands.row_of_node]}
-        return Selection(threshold=theta, degree=degree, masked_sim=masked, info=info, strict=official)
+                                     rounding=self.bisection == "paper")  # node order
+        return target[:, cands.rows.clamp_min(0)], {"scores": scores, "quota": quota, "target_degree": target}
+
+    def threshold_rows(self, sim: Tensor, valid: Optional[Tensor], target: Tensor
+                       ) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+        """Thresholds, degrees (when counted) and masked similarities of rows with targets ``target``
+        (Algorithm 1; each row on its own, so rows may come in chunks)."""
+        return _bisection(sim, valid, target, self.iters, self.bisection == "official")
+
+    def select(self, sim, valid, x, *, cands, num_candidates, scores=None):
+        target, info = self.row_targets(x, cands=cands, num_candidates=num_candidates, scores=scores, dtype=sim.dtype)
+        theta, degree, masked = self.threshold_rows(sim, valid, target)
+        info["threshold"] = theta[:, cands.row_of_node]
+        return Selection(threshold=theta, degree=degree, masked_sim=masked, info=info,
+                         strict=self.bisection == "official")
 
 
 class TopK(Selector):

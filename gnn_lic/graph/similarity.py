@@ -203,7 +203,7 @@ def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
 SIMILARITY_CHUNK_BYTES = 4 << 20
 
 
-def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
+def row_similarity(xn: Tensor, cands: Candidates, blocks: Optional[Tuple[int, int]] = None) -> Tensor:
     r"""Cosine similarities, GLIC eq. (7), as ``(B, R, K)`` rows in block order.
 
     .. math:: S_{ij} = \frac{\langle x_i, x_j \rangle}{\|x_i\|_2 \|x_j\|_2}
@@ -214,27 +214,35 @@ def row_similarity(xn: Tensor, cands: Candidates) -> Tensor:
     ``xn`` comes from :func:`unit_features`. On a CPU with the compiled kernels on, a window candidate
     set (:meth:`~gnn_lic.graph.CandidateSet.window_side`) is computed as exactly the needed dot products
     (:func:`gnn_lic.graph._rowkernels.local_window_similarity`).
+
+    ``blocks=(b0, b1)`` computes only the rows of blocks ``b0 .. b1 - 1`` (rows ``b0 Q .. b1 Q``),
+    the same numbers as those rows of the whole computation (a graph built in chunks;
+    not with the compiled window kernel).
     """
-    if cands.window is not None and _rowkernels.enabled(xn):
+    if blocks is not None:
+        if cands.window is not None and _rowkernels.enabled(xn):
+            raise ValueError("row_similarity: blocks= needs the block-product path, not the compiled window kernel")
+    elif cands.window is not None and _rowkernels.enabled(xn):
         L, H, W = cands.window
         return _rowkernels.local_window_similarity(xn, L, H, W, cands.row_of_node, cands.rows.numel())
     B, _, C = xn.shape
     nb, Q = cands.query.shape
     Kb = cands.key.shape[1]
     K = Kb if cands.cand is None else cands.cand.shape[-1]
-    out = xn.new_empty(B, nb * Q, K)
+    b0, b1 = (0, nb) if blocks is None else blocks
+    out = xn.new_empty(B, (b1 - b0) * Q, K)
     qr, kr = cands.query_rows.view(nb, Q), cands.key_rows.view(nb, Kb)
     step = nb
     if xn.device.type == "cpu":
         per_block = (Q * C + (0 if cands.shared_keys else Kb * C) + Q * Kb) * xn.element_size()
         step = max(1, SIMILARITY_CHUNK_BYTES // per_block)
     for b in range(B):
-        for s0 in range(0, nb, step):
-            s1 = min(nb, s0 + step)
+        for s0 in range(b0, b1, step):
+            s1 = min(b1, s0 + step)
             # index_select copies whole rows, which is faster than advanced indexing
             q = xn[b].index_select(0, qr[s0:s1].flatten()).view(s1 - s0, Q, C)
             k = q if cands.shared_keys else xn[b].index_select(0, kr[s0:s1].flatten()).view(s1 - s0, Kb, C)
-            dst = out[b, s0 * Q : s1 * Q].view(s1 - s0, Q, K)
+            dst = out[b, (s0 - b0) * Q : (s1 - b0) * Q].view(s1 - s0, Q, K)
             if cands.cand is None:
                 torch.bmm(q, k.transpose(1, 2), out=dst)
             else:

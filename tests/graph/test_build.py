@@ -5,6 +5,7 @@ import torch
 
 from gnn_lic.graph import (
     AdaptiveDegree,
+    BlockWindow,
     CSRGraph,
     GlobalGrid,
     KeepAll,
@@ -357,3 +358,30 @@ def test_global_graphs_carry_their_block_order():
     u, v = (order[:N] // 18) % 5, (order[:N] % 18) % 4
     cls = u * 4 + v
     assert int((cls[1:] != cls[:-1]).sum()) == 5 * 4 - 1
+
+
+@pytest.mark.parametrize("cset", [BlockWindow(4, 8), GlobalGrid(4), LocalWindow(5, border="drop"),
+                                  BlockWindow(4, 8, group_quota=True)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_graph_built_in_chunks_of_blocks_is_the_same_graph(cset, batch, monkeypatch):
+    """Large maps of a row-wise selector are built a few blocks of similarity rows at a time."""
+    from gnn_lic.graph import build as build_module
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 8, 21, 19)
+    selector = AdaptiveDegree(6)
+    ref = build_graphs(x, {"g": cset}, selector)["g"]
+    seen = []
+    real = build_module._columns_by_chunks
+    monkeypatch.setattr(build_module, "_columns_by_chunks", lambda *a: seen.append(a[-1]) or real(*a))
+    for limit in (1, 2000, 10**4):
+        monkeypatch.setattr(build_module, "GRAPH_CHUNK_BYTES", limit)
+        g = build_graphs(x, {"g": cset}, selector)["g"]
+        assert torch.equal(g.crow, ref.crow) and torch.equal(g.col, ref.col)
+        assert (g.order is None) == (ref.order is None) and (g.order is None or torch.equal(g.order, ref.order))
+    from gnn_lic.graph import _rowkernels
+
+    if _rowkernels.enabled(x):  # the chunks need the compiled kernels; else the whole-map path runs
+        assert len(seen) == 3 and seen[0] == 1
+    else:
+        assert not seen
