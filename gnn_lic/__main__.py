@@ -41,6 +41,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -169,7 +170,64 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="quality (1 = lowest rate): the rate of a variable-rate model (any number between its "
                         "levels), or which shipped weights to use when several are shipped")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
+    p.add_argument("--max-memory", metavar="SIZE", default=None,
+                   help="memory the job may use, e.g. 8G or 512M (default: the memory available now); an image "
+                        "whose estimated need is larger is refused, and the bands of the high-resolution layers "
+                        "run side by side only as far as it allows (the bits do not change)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
+
+
+#: memory of the Python process, torch and its libraries, besides the model's own (for --max-memory)
+RUNTIME_BYTES = 600 << 20
+#: images of at least this many pixels get a line with their memory estimate before the job starts
+ANNOUNCE_PIXELS = 4_000_000
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """``"8G"``, ``"8GB"``, ``"8GiB"``, ``"512M"``, ``"1.5g"`` or plain bytes -> bytes (powers of 1024).
+
+    >>> parse_memory("1.5G") == 3 << 29, parse_memory("512 MiB") == 1 << 29
+    (True, True)
+    """
+    m = _SIZE.match(text)
+    if m is None:
+        raise UsageError(f"--max-memory: '{text}' is not a size such as 8G, 512M or 2000000000")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 1:
+        raise UsageError(f"--max-memory must be positive, got '{text}'")
+    return value
+
+
+def _available_memory() -> int:
+    """``MemAvailable`` of ``/proc/meminfo``, else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_plan(net, height: int, width: int, max_memory: Optional[str], label: str):
+    """The band budget for a ``height x width`` image, after refusing one whose estimate exceeds ``--max-memory``."""
+    from gnn_lic.nn.banded import band_memory  # noqa: PLC0415
+
+    budget = parse_memory(max_memory) if max_memory else _available_memory()
+    estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
+    need = (0 if estimate is None else estimate(height, width)) + RUNTIME_BYTES
+    gb = 1 << 30
+    if need > budget:
+        source = "--max-memory allows" if max_memory else "the machine has available"
+        raise UsageError(f"a {width}x{height} image needs about {need / gb:.1f} GB with {label} (estimate); "
+                         f"{source} {budget / gb:.1f} GB")
+    if height * width >= ANNOUNCE_PIXELS:
+        print(f"{width}x{height} image: about {need / gb:.1f} GB of memory (estimate), "
+              f"{budget / gb:.1f} GB allowed", file=sys.stderr, flush=True)
+    return band_memory(max(1, budget - need))
 
 
 # ----------------------------------------------------------------------------- compress
@@ -205,12 +263,14 @@ def _run_compress(args: argparse.Namespace) -> int:
     net.to(device)
     quality = args.quality if getattr(net, "qualities", 1) > 1 else None
 
-    start = time.perf_counter()
-    data = encode_image(net, image, quality=quality)
-    seconds = time.perf_counter() - start
+    h, w = image.shape[:2]
+    label = f"{getattr(net, 'model_name', 'the model')} ({getattr(net, 'model_size', '?')})"
+    with _memory_plan(net, h, w, args.max_memory, label):
+        start = time.perf_counter()
+        data = encode_image(net, image, quality=quality)
+        seconds = time.perf_counter() - start
     write_bytes(args.output, data, force=args.force)
     nbytes = os.path.getsize(args.output)
-    h, w = image.shape[:2]
     bpp = nbytes * 8 / (h * w)
     rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
     print(f"{args.output}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
@@ -241,9 +301,11 @@ def _run_decompress(args: argparse.Namespace) -> int:
         net = _pretrained_for_stream(data, header["model_name"], header["model_size"], args.quality)
     net.to(device)
 
-    start = time.perf_counter()
-    image = decode_image(net, data)
-    seconds = time.perf_counter() - start
+    label = f"{getattr(net, 'model_name', 'the model')} ({getattr(net, 'model_size', '?')})"
+    with _memory_plan(net, header["height"], header["width"], args.max_memory, label):
+        start = time.perf_counter()
+        image = decode_image(net, data)
+        seconds = time.perf_counter() - start
     write_image(args.output, image, force=args.force)
     h, w = image.shape[:2]
     print(f"{args.output}: {w}x{h} pixels, decode {seconds:.3f} s")

@@ -256,6 +256,22 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True):
         return super().load_state_dict(upgrade_state_dict(self, state_dict), strict=strict)
 
+    def map_bytes_per_pixel(self) -> float:
+        """Bytes per image pixel of the feature maps held at once without autograd (for
+        :meth:`memory_estimate`): here 12 maps of the first convolution's width at 1/2
+        resolution, for transforms that hold their high-resolution maps whole."""
+        conv = next(m for m in self.g_a.modules() if isinstance(m, nn.Conv2d))
+        return 12 * conv.out_channels * 4 / 4
+
+    def memory_estimate(self, height: int, width: int) -> int:
+        """Rough peak bytes of ``compress`` or ``decompress`` of a ``height x width`` image: the
+        weights and buffers, plus :meth:`map_bytes_per_pixel` per padded pixel. An estimate, not
+        a bound: ``python -m gnn_lic.bench codec`` prints it next to the measured peak."""
+        m = self.pad_multiple
+        pixels = -(-height // m) * m * (-(-width // m) * m)
+        weights = sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))
+        return int(weights + pixels * self.map_bytes_per_pixel())
+
     @torch.no_grad()
     def compress(self, x: Tensor, quality: Optional[float] = None) -> Dict[str, Any]:
         """``{"strings", "shape"}``; a variable-rate model records the (scalar) ``quality`` in ``shape``."""

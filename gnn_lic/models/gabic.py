@@ -191,6 +191,10 @@ class GABIC(PaddedCompressionModel):
         )
         self._init_rate(rate_lambdas, M)
 
+    def map_bytes_per_pixel(self) -> float:
+        """The whole maps at 1/4 resolution (the layers above run in bands): about 10 maps of ``N`` channels."""
+        return 10 * self.N * 4 / 16
+
 
 #: per-size defaults. "paper": GABIC/WACNN (N=192, M=320, 10 slices, support 5);
 #: "small": sized to train on a laptop CPU;

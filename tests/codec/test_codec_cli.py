@@ -261,3 +261,32 @@ def test_usage_help_and_command_hook(capsys):
             cli.main(["--debug", "hello", "--fail"])
     finally:
         del cli.COMMANDS["hello"]
+
+
+def test_max_memory_refuses_what_cannot_fit_and_changes_no_bit(work, capsys, tmp_path):
+    ck = str(work / "model.pth.tar")
+    src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
+    assert cli.parse_memory("8G") == 8 << 30 and cli.parse_memory("512 MiB") == 512 << 20
+    assert cli.parse_memory("1.5g") == 3 << 29 and cli.parse_memory("2000") == 2000
+    code, _, err = _main(capsys, "compress", src, out, "-c", ck, "--max-memory", "1M")
+    assert code == 2 and "needs about" in _one_error(err) and "--max-memory allows" in err
+    assert not Path(out).exists()
+    code, _, err = _main(capsys, "compress", src, out, "-c", ck, "--max-memory", "lots")
+    assert code == 2 and "not a size" in _one_error(err)
+    assert _main(capsys, "compress", src, out, "-c", ck)[0] == 0
+    plain = Path(out).read_bytes()
+    assert _main(capsys, "compress", src, out, "-c", ck, "-f", "--max-memory", "700M")[0] == 0
+    assert Path(out).read_bytes() == plain
+    code, _, err = _main(capsys, "decompress", out, png, "-c", ck, "--max-memory", "1M")
+    assert code == 2 and "needs about" in _one_error(err) and not Path(png).exists()
+    assert _main(capsys, "decompress", out, png, "-c", ck, "--max-memory", "64G")[0] == 0
+
+
+def test_memory_estimates_grow_with_the_image():
+    from gnn_lic.models import create_model
+
+    for name in ("glic", "gabic", "wacnn"):
+        net = create_model(name, size="tiny")
+        small, large = net.memory_estimate(64, 64), net.memory_estimate(640, 640)
+        weights = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+        assert weights < small < large and abs((large - weights) - 100 * (small - weights)) <= 100
