@@ -290,3 +290,17 @@ def test_memory_estimates_grow_with_the_image():
         small, large = net.memory_estimate(64, 64), net.memory_estimate(640, 640)
         weights = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
         assert weights < small < large and abs((large - weights) - 100 * (small - weights)) <= 100
+
+
+def test_large_images_get_estimates_and_a_progress_bar(work, capsys, tmp_path, monkeypatch):
+    ck = str(work / "model.pth.tar")
+    src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
+    assert _main(capsys, "compress", src, out, "-c", ck)[0] == 0
+    plain = Path(out).read_bytes()
+    monkeypatch.setattr(cli, "ANNOUNCE_PIXELS", 1)  # every image is "large"
+    monkeypatch.setattr(cli, "CALIBRATION_SIDE", 16)
+    code, stdout, err = _main(capsys, "compress", src, out, "-c", ck, "-f")
+    assert code == 0 and "bpp" in stdout and Path(out).read_bytes() == plain
+    assert f"{W}x{H} image with" in err and "GB and" in err and "min (estimates" in err
+    code, stdout, err = _main(capsys, "decompress", out, png, "-c", ck)
+    assert code == 0 and "min (estimates" in err and Path(png).exists()
