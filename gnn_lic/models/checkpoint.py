@@ -20,9 +20,10 @@ refused at save time, so every checkpoint can be loaded without unpickling arbit
 :func:`load_checkpoint` rebuilds the model from the registry
 (:func:`gnn_lic.models.registry.build_registered` with ``cfg["name"]``, ``cfg["size"]``
 and the other keys), loads the state dict
-strictly, calls ``net.update(force=True)`` (on the CPU, so the CDF tables and therefore
-the model fingerprint do not depend on the device) and ``net.eval()``.  Every problem
-raises a one-line :class:`CheckpointError`.
+strictly, keeps the entropy coder's tables when the file stores them (shipped files, see
+:func:`export_checkpoint`) or else calls ``net.update(force=True)`` (on the CPU, so the CDF
+tables and therefore the model fingerprint do not depend on the device), and ``net.eval()``.
+Every problem raises a one-line :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -51,11 +52,31 @@ __all__ = [
     "build_model",
     "load_state_into",
     "export_checkpoint",
+    "finish_loading",
+    "is_table_key",
+    "TABLE_KEYS",
 ]
 
 CHECKPOINT_FORMAT = "gnn_lic-checkpoint"
 CHECKPOINT_VERSION = 1
-_RESERVED = ("format", "version", "model_config", "state_dict")
+_RESERVED = ("format", "version", "model_config", "state_dict", "tables")
+#: buffers of CompressAI's entropy models that hold the entropy coder's tables
+TABLE_KEYS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def is_table_key(key: str) -> bool:
+    """Whether a state-dict key names an entropy-coder table buffer (:data:`TABLE_KEYS`)."""
+    return key.rsplit(".", 1)[-1] in TABLE_KEYS
+
+
+def finish_loading(net: torch.nn.Module, ckpt: Mapping[str, Any]) -> None:
+    """Make a freshly loaded model ready to code: keep the entropy coder's tables of a file that
+    stores them (``ckpt["tables"]``, written by :func:`export_checkpoint`), else build them
+    (``update(force=True)``, on the CPU). Tables read from the file make decoding independent of
+    this machine's float math (``update`` computes them with ``exp``, ``erfc``, ...)."""
+    if ckpt.get("tables") is True or not hasattr(net, "update"):
+        return
+    net.update(force=True)
 
 PathLike = Union[str, os.PathLike]
 
@@ -288,8 +309,7 @@ def load_checkpoint(
     ckpt = read_checkpoint(p, map_location=map_location, trusted=trusted)
     net = build_model(ckpt["model_config"], source=f"checkpoint '{p}'")
     load_state_into(net, ckpt["state_dict"], source=f"checkpoint '{p}'")
-    if hasattr(net, "update"):
-        net.update(force=True)
+    finish_loading(net, ckpt)
     net.eval()
     device = _target_device(map_location)
     if device is not None and device.type != "cpu":
@@ -306,9 +326,11 @@ def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, **metadat
 
     Optimizer state, step counters and everything else of a training checkpoint are
     dropped. With ``half``, the model's *parameters* are stored as float16 (halving the
-    file) unless a value exceeds the float16 range; buffers (entropy-model tables, scale
-    tables) keep their dtype. Loading casts the parameters back to float32, and the codec
-    fingerprints the loaded weights, so encoder and decoder agree bit for bit.
+    file) unless a value exceeds the float16 range; buffers keep their dtype. Loading casts
+    the parameters back to float32, and the codec fingerprints the loaded weights, so
+    encoder and decoder agree bit for bit. The entropy coder's tables are built here
+    (``update(force=True)`` on the stored parameters) and stored with ``tables: True``, so
+    loading reads them instead of computing them with the loading machine's float math.
     """
     ckpt = read_checkpoint(src)
     net = build_model(ckpt["model_config"], source=f"checkpoint '{src}'")
@@ -320,12 +342,23 @@ def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, **metadat
             value = value.half()
         state[key] = value
     load_state_into(net, state, source=f"checkpoint '{src}'")  # it still fits the model
+    tables = hasattr(net, "update")
+    if tables:
+        net.update(force=True)
+        seen: Dict[Tuple[str, Tuple[int, ...], bytes], torch.Tensor] = {}
+        for key, value in net.state_dict().items():
+            if is_table_key(key):  # equal tables (one scale table per entropy model) share one stored copy
+                value = value.detach().cpu().contiguous()
+                state[key] = seen.setdefault((str(value.dtype), tuple(value.shape), value.numpy().tobytes()),
+                                             value.clone())
     payload: Dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model_config": ckpt["model_config"],
         "state_dict": state,
     }
+    if tables:
+        payload["tables"] = True
     for key, value in metadata.items():
         if key in _RESERVED:
             raise CheckpointError(f"metadata key {key!r} is reserved")

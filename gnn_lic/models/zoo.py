@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from gnn_lic.errors import CheckpointError, NoPretrainedWeightsError
-from gnn_lic.models.checkpoint import load_state_into, read_checkpoint
+from gnn_lic.models.checkpoint import finish_loading, load_state_into, read_checkpoint
 from gnn_lic.models.registry import canonical_config_json
 from gnn_lic.utils import atomic_write, module_device
 
@@ -277,8 +277,9 @@ def load_pretrained(net: torch.nn.Module, quality: Optional[int] = None) -> torc
     """Load the shipped weights for ``net.model_name``/``net.model_size`` at ``quality`` into ``net``.
 
     The file must match its sha256 in the index and its model configuration must equal
-    ``net.model_config``. The model is then updated (``update(force=True)``, computed on
-    the CPU) and put in eval mode on its device. One-line errors:
+    ``net.model_config``. The entropy coder's tables are those stored in the file, or when it
+    stores none built by ``update(force=True)`` on the CPU
+    (:func:`~gnn_lic.models.checkpoint.finish_loading`); the model is put in eval mode on its device. One-line errors:
     :class:`NoPretrainedWeightsError` when nothing serves the request,
     :class:`CheckpointError` for a missing, altered or unfitting file.
     """
@@ -302,8 +303,7 @@ def load_pretrained(net: torch.nn.Module, quality: Optional[int] = None) -> torc
     device = module_device(net)
     if device.type != "cpu":
         net.to("cpu")
-    if hasattr(net, "update"):
-        net.update(force=True)
+    finish_loading(net, ckpt)
     net.to(device)
     net.eval()
     return net

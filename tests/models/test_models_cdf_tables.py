@@ -2,13 +2,13 @@
 
 ``update()`` (CompressAI) builds the tables at every load from float32 math: ``erfc`` for
 the Gaussian conditional's CDFs and ``exp`` for its scale table; ``softplus``, ``tanh``,
-``sigmoid`` and small matrix products for the factorized prior's CDFs. The shipped
-checkpoints hold no tables. These functions may differ by an ulp between machines, and a
+``sigmoid`` and small matrix products for the factorized prior's CDFs. These functions may differ by an ulp between machines, and a
 decoder whose tables differ from the encoder's is refused by the identity check (the
 tables are part of the model identity). The tests pin which one-ulp changes the tables
 absorb (every rounding decision keeps a margin) and which they do not: the scale table
-is stored bit for bit, so one ulp of ``exp`` changes it. Storing the tables in the shipped
-checkpoints would remove that dependence.
+is stored bit for bit, so one ulp of ``exp`` changes it. That is why the shipped files store
+their tables and loading them never calls ``update()``: the last test nudges every function
+while the shipped weights load, and the tables stay those of the file.
 """
 
 import pytest
@@ -69,3 +69,14 @@ def test_one_ulp_in_one_function_leaves_the_tables(shipped, function, direction,
 def test_one_ulp_of_exp_leaves_the_scale_table(shipped, monkeypatch):
     net, reference = shipped
     assert _moved_by(net, reference, monkeypatch, [(torch, "exp")], float("inf")) == []
+
+
+def test_loading_the_shipped_weights_reads_their_tables(shipped, monkeypatch):
+    net, reference = shipped
+    name, size = net.model_name, net.model_size
+    with monkeypatch.context() as m:
+        for module, attr in [(torch, "exp"), (torch, "erfc"), (torch, "tanh"), (torch, "sigmoid"), (F, "softplus")]:
+            m.setattr(module, attr, _nudged(getattr(module, attr), float("inf")))
+        loaded = create_model(name, size=size, pretrained=True)
+    assert {k: v for k, v in _tables(loaded).items()}.keys() == reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in _tables(loaded).items())

@@ -36,11 +36,48 @@ def test_export_halves_parameters_keeps_buffers(trained_tiny, tmp_path):
             assert value.dtype == torch.float16, key
         else:
             assert value.dtype == net.state_dict()[key].dtype, key
-    assert dst.stat().st_size < 0.7 * src.stat().st_size
+    stored = sum(v.numel() * v.element_size() for k, v in raw["state_dict"].items() if k in params)
+    assert stored == sum(p.numel() * 2 for p in params.values())  # every parameter in float16
     loaded, _ = load_checkpoint(dst)
     for key, p in loaded.named_parameters():
         assert p.dtype == torch.float32
         torch.testing.assert_close(p, params[key].detach(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["glic", "gabic"])
+def test_exported_files_store_the_coder_tables_and_loading_reads_them(name, tmp_path, monkeypatch):
+    """Shipped files hold the entropy coder's tables (equal ones stored once); loading keeps them
+    instead of computing them with this machine's float math, and codes the same bits."""
+    from compressai.models import CompressionModel
+
+    from gnn_lic.models.checkpoint import is_table_key
+
+    torch.manual_seed(0)
+    src = save_checkpoint(tmp_path / "train.pt", create_model(name, size="tiny"))
+    trained, _ = load_checkpoint(src)  # a training checkpoint: tables built at load
+    dst = export_checkpoint(src, tmp_path / "ship.pt")
+    raw = torch.load(dst, weights_only=True)
+    tables = {k: v for k, v in raw["state_dict"].items() if is_table_key(k)}
+    assert raw["tables"] is True and tables and all(v.numel() for v in tables.values())
+    storages = {v.untyped_storage().data_ptr() for v in tables.values()}
+    assert name != "glic" or len(storages) < len(tables)  # GLIC's five Gaussian conditionals share a copy
+    monkeypatch.setattr(CompressionModel, "update", lambda *a, **k: pytest.fail("update() called at load"))
+    shipped, _ = load_checkpoint(dst)
+    own = shipped.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in tables.items())
+    img = (torch.rand(40, 56, 3) * 255).to(torch.uint8).numpy()
+    blob = encode_image(shipped, img)
+    assert decode_image(shipped, blob).shape == img.shape
+
+
+def test_training_checkpoints_build_their_tables_at_load(trained_tiny, monkeypatch):
+    from compressai.models import CompressionModel
+
+    calls = []
+    real = CompressionModel.update
+    monkeypatch.setattr(CompressionModel, "update", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    load_checkpoint(trained_tiny[1])
+    assert calls
 
 
 def test_export_keeps_out_of_range_parameters_in_float32(tmp_path):
