@@ -114,7 +114,13 @@ class GFALayer(nn.Module):
 
     def forward(self, x: Tensor, graph: CSRGraph) -> Tensor:
         B, C, H, W = x.shape
-        agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
+        if torch.is_grad_enabled():
+            agg = self.conv(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)), graph)
+        else:  # the same operations, each map dropped as soon as the next no longer needs it
+            q, k, v, tau = self.conv.project(self.norm1(x.permute(0, 2, 3, 1).reshape(-1, C)))
+            agg = self.conv.attention(q, k, v, tau, graph)
+            del q, k, v
+            agg = self.conv.out(agg)
         x = x + agg.view(B, H, W, C).permute(0, 3, 1, 2)
         del agg
         return ffn_residual(x, self.norm2, self.ffn)

@@ -95,7 +95,9 @@ class GraphAggregationConv(SparseAttentionConv):
         r"""``((Q + S - 1)^2, H)`` relative-position terms, :math:`16\,\sigma(\mathrm{MLP}(c))`."""
         return 16 * torch.sigmoid(self.cpb_mlp(self.position_coords))
 
-    def forward(self, x: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
+    def project(self, x: Tensor):
+        """``(q, k, v)`` of node features ``x``: unit queries scaled by :math:`\\tau_h`, unit keys and
+        values, each ``(N, H, d)``, and the logit bound of :meth:`attention`."""
         N, H = x.shape[0], self.heads
         tau = self.log_temperature.clamp(max=math.log(self.max_temperature)).exp()
         if torch.is_grad_enabled():
@@ -107,12 +109,14 @@ class GraphAggregationConv(SparseAttentionConv):
             qk.div_(qk.norm(2, dim=-1, keepdim=True).clamp_min_(1e-12))
             q, k = qk.unbind(1)
             q.mul_(tau.view(1, H, 1))
-        v = self.phi(x).view(N, H, -1)
+        return q, k, self.phi(x).view(N, H, -1), tau
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
+        """The heads' attention-weighted sums ``(N, C)``, before the output projection ``out``."""
+        N = q.shape[0]
         if self.position_bias is None:
             # |cos| <= 1, so tau bounds the logits: no per-row maximum is needed
-            agg = self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1)
-            del q, k, v  # not held while the output projection runs
-            return self.out(agg)
+            return self.attend(q, k, v, edge_index, logit_bound=tau).reshape(N, -1)
         table = self.position_table()
 
         def edge_bias(graph: CSRGraph) -> Tensor:
@@ -121,8 +125,12 @@ class GraphAggregationConv(SparseAttentionConv):
             return table.index_select(0, graph.rel_index)
 
         bound = tau + table.detach().amax(0)
-        agg = self.attend(q, k, v, edge_index, logit_bound=bound, edge_bias=edge_bias).reshape(N, -1)
-        del q, k, v
+        return self.attend(q, k, v, edge_index, logit_bound=bound, edge_bias=edge_bias).reshape(N, -1)
+
+    def forward(self, x: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
+        q, k, v, tau = self.project(x)
+        agg = self.attention(q, k, v, tau, edge_index)
+        del q, k, v  # not held while the output projection runs
         return self.out(agg)
 
     def __repr__(self) -> str:
