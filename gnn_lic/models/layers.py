@@ -52,7 +52,14 @@ class DepthwiseConvBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else conv1x1(in_ch, out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.skip(x) + self.body(x)
+        if torch.is_grad_enabled():
+            return self.skip(x) + self.body(x)
+        # no autograd: the activation and the sum in place, the same numbers with two maps fewer
+        conv_in, act, dw, conv_out = self.body
+        h = conv_in(x)
+        torch.nn.functional.leaky_relu_(h, act.negative_slope)
+        h = conv_out(dw(h))
+        return h.add_(self.skip(x))
 
 
 class GatedTransformCNN(nn.Module):

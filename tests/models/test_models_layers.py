@@ -86,3 +86,13 @@ def test_channel_slices_use_the_first_support_slices():
     assert not torch.equal(slices._slice_params(3, hyper, hyper, decoded)[0], slices._slice_params(3, hyper, hyper, changed)[0])
     with pytest.raises(ValueError):
         ChannelSliceLatentCodec(M=30, N=16, num_slices=4)
+
+
+@pytest.mark.parametrize("in_ch, out_ch", [(8, 8), (8, 12)])
+def test_depthwise_block_without_autograd_is_bitwise_the_same(in_ch, out_ch):
+    torch.manual_seed(0)
+    block = DepthwiseConvBlock(in_ch, out_ch)
+    x = torch.randn(2, in_ch, 13, 11)
+    ref = block(x).detach()
+    with torch.no_grad():
+        assert torch.equal(block(x), ref)
