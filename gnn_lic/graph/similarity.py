@@ -7,6 +7,7 @@ node's candidates (cached per rule, shape and device); :func:`unit_features` and
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -130,6 +131,7 @@ def _combine(rows: AxisLayout, cols: AxisLayout, W: int):
 
 _CACHE: "OrderedDict[tuple, Candidates]" = OrderedDict()
 _CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()  # bands of a map may build graphs on several threads at once
 
 
 def _make_candidates(cset: CandidateSet, H: int, W: int, device) -> Candidates:
@@ -173,13 +175,17 @@ def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
         raise ValueError(f"feature map must be at least 1x1, got {H}x{W}")
     device = torch.device(device or "cpu")
     key = (repr(cset), int(H), int(W), str(device))
-    hit = _CACHE.get(key)
-    if hit is None:
-        hit = _CACHE[key] = _make_candidates(cset, int(H), int(W), device)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    made = _make_candidates(cset, int(H), int(W), device)
+    with _CACHE_LOCK:
+        hit = _CACHE.setdefault(key, made)
+        _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
     return hit
 
 
