@@ -248,7 +248,7 @@ def _job_plan(net, height: int, width: int, max_memory: Optional[str], label: st
     """What runs a job on a ``height x width`` image: refuses one whose memory estimate exceeds
     ``--max-memory`` (or the available memory); for a large image announces the memory and time
     estimates (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the
-    pixel count) and shows a progress bar; bounds the bands in flight by the memory left."""
+    pixel count) and, on a terminal, shows a progress bar; bounds the bands in flight by the memory left."""
     from gnn_lic.nn.banded import band_memory  # noqa: PLC0415
 
     budget = parse_memory(max_memory) if max_memory else _available_memory()
@@ -266,7 +266,7 @@ def _job_plan(net, height: int, width: int, max_memory: Optional[str], label: st
         when = "" if seconds is None else f" and {seconds / 60:.1f} min"
         print(f"{width}x{height} image with {label}: about {need / gb:.1f} GB{when} (estimates; "
               f"{budget / gb:.1f} GB allowed)", file=sys.stderr, flush=True)
-        if seconds is not None:
+        if seconds is not None and sys.stderr.isatty():  # a bar redrawn twice a second is no use in a log file
             stack.enter_context(_progress(seconds, label))
     return stack
 

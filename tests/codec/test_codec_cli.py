@@ -304,3 +304,12 @@ def test_large_images_get_estimates_and_a_progress_bar(work, capsys, tmp_path, m
     assert f"{W}x{H} image with" in err and "GB and" in err and "min (estimates" in err
     code, stdout, err = _main(capsys, "decompress", out, png, "-c", ck)
     assert code == 0 and "min (estimates" in err and Path(png).exists()
+
+
+def test_progress_bar_over_the_estimated_time(capsys):
+    import time
+
+    with cli._progress(2.0, "job"):
+        time.sleep(0.7)
+    err = capsys.readouterr().err
+    assert "job:" in err and "of about 2 s" in err
