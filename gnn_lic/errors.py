@@ -16,6 +16,7 @@ __all__ = [
     "OutputExistsError",
     "NoPretrainedWeightsError",
     "CheckpointError",
+    "MemoryBudgetError",
 ]
 
 
@@ -45,3 +46,7 @@ class NoPretrainedWeightsError(CodecError):
 
 class CheckpointError(CodecError):
     """A checkpoint file is missing, not a torch file, not ours, or does not fit its model."""
+
+
+class MemoryBudgetError(CodecError):
+    """An image needs more memory than the budget allows, or the budget is not a size."""

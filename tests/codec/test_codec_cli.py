@@ -266,8 +266,10 @@ def test_usage_help_and_command_hook(capsys):
 def test_max_memory_refuses_what_cannot_fit_and_changes_no_bit(work, capsys, tmp_path):
     ck = str(work / "model.pth.tar")
     src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
-    assert cli.parse_memory("8G") == 8 << 30 and cli.parse_memory("512 MiB") == 512 << 20
-    assert cli.parse_memory("1.5g") == 3 << 29 and cli.parse_memory("2000") == 2000
+    from gnn_lic.codec.budget import parse_memory
+
+    assert parse_memory("8G") == 8 << 30 and parse_memory("512 MiB") == 512 << 20
+    assert parse_memory("1.5g") == 3 << 29 and parse_memory("2000") == 2000
     code, _, err = _main(capsys, "compress", src, out, "-c", ck, "--max-memory", "1M")
     assert code == 2 and "needs about" in _one_error(err) and "--max-memory allows" in err
     assert not Path(out).exists()
@@ -297,8 +299,10 @@ def test_large_images_get_estimates_and_a_progress_bar(work, capsys, tmp_path, m
     src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
     assert _main(capsys, "compress", src, out, "-c", ck)[0] == 0
     plain = Path(out).read_bytes()
-    monkeypatch.setattr(cli, "ANNOUNCE_PIXELS", 1)  # every image is "large"
-    monkeypatch.setattr(cli, "CALIBRATION_SIDE", 16)
+    from gnn_lic.codec import budget
+
+    monkeypatch.setattr(budget, "ANNOUNCE_PIXELS", 1)  # every image is "large"
+    monkeypatch.setattr(budget, "CALIBRATION_SIDE", 16)
     code, stdout, err = _main(capsys, "compress", src, out, "-c", ck, "-f")
     assert code == 0 and "bpp" in stdout and Path(out).read_bytes() == plain
     assert f"{W}x{H} image with" in err and "GB and" in err and "min (estimates" in err
@@ -309,7 +313,9 @@ def test_large_images_get_estimates_and_a_progress_bar(work, capsys, tmp_path, m
 def test_progress_bar_over_the_estimated_time(capsys):
     import time
 
-    with cli._progress(2.0, "job"):
+    from gnn_lic.codec.budget import _progress
+
+    with _progress(2.0, "job"):
         time.sleep(0.7)
     err = capsys.readouterr().err
     assert "job:" in err and "of about 2 s" in err

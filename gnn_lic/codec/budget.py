@@ -1,0 +1,147 @@
+"""Large images on the command line: a memory budget, estimates of memory and time, a progress bar.
+
+``python -m gnn_lic compress/decompress --max-memory SIZE`` (:func:`job_plan`) refuses an image
+whose estimated need (the model's :meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate`
+plus :data:`RUNTIME_BYTES`) exceeds the budget, and gives the rest of the budget to the bands of
+the high-resolution layers (:func:`gnn_lic.nn.banded.band_memory`), which changes no bit. For
+images of :data:`ANNOUNCE_PIXELS` and more it prints the memory and time estimates first (time
+fitted to two calibration crops) and, on a terminal, shows a progress bar over the estimated time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import threading
+import time
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from gnn_lic.codec.image_codec import decode_image, encode_image
+from gnn_lic.errors import MemoryBudgetError
+from gnn_lic.nn.banded import band_memory
+
+__all__ = ["parse_memory", "job_plan", "time_encode", "time_decode", "RUNTIME_BYTES", "ANNOUNCE_PIXELS",
+           "CALIBRATION_SIDE"]
+
+#: memory of the Python process, torch and its libraries, besides the model's own (for --max-memory)
+RUNTIME_BYTES = 600 << 20
+#: images of at least this many pixels get a line with their memory estimate before the job starts
+ANNOUNCE_PIXELS = 4_000_000
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """``"8G"``, ``"8GB"``, ``"8GiB"``, ``"512M"``, ``"1.5g"`` or plain bytes -> bytes (powers of 1024).
+
+    >>> parse_memory("1.5G") == 3 << 29, parse_memory("512 MiB") == 1 << 29
+    (True, True)
+    """
+    m = _SIZE.match(text)
+    if m is None:
+        raise MemoryBudgetError(f"--max-memory: '{text}' is not a size such as 8G, 512M or 2000000000")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 1:
+        raise MemoryBudgetError(f"--max-memory must be positive, got '{text}'")
+    return value
+
+
+def _available_memory() -> int:
+    """``MemAvailable`` of ``/proc/meminfo``, else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+#: side of the crop whose coding time, scaled by the pixel count, estimates a large image's
+CALIBRATION_SIDE = 256
+
+
+@contextlib.contextmanager
+def _progress(seconds: float, label: str) -> Iterator[None]:
+    """A progress bar on stderr over the estimated ``seconds`` of a job (it stops at 99 % until the job ends)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    done = threading.Event()
+    bar = tqdm(total=max(1, round(seconds)), desc=label, unit="s", file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} of about {total} s")
+    start = time.perf_counter()
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            bar.n = min(bar.total - 1, round(time.perf_counter() - start))
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        bar.close()
+
+
+def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str,
+              calibrate: Optional[Callable[[int], float]] = None):
+    """What runs a job on a ``height x width`` image: refuses one whose memory estimate exceeds
+    ``--max-memory`` (or the available memory); for a large image announces the memory and time
+    estimates (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the
+    pixel count) and, on a terminal, shows a progress bar; bounds the bands in flight by the memory left."""
+    budget = parse_memory(max_memory) if max_memory else _available_memory()
+    estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
+    need = (0 if estimate is None else estimate(height, width)) + RUNTIME_BYTES
+    gb = 1 << 30
+    if need > budget:
+        source = "--max-memory allows" if max_memory else "the machine has available"
+        raise MemoryBudgetError(f"a {width}x{height} image needs about {need / gb:.1f} GB with {label} (estimate); "
+                         f"{source} {budget / gb:.1f} GB")
+    stack = contextlib.ExitStack()
+    stack.enter_context(band_memory(max(1, budget - need)))
+    if height * width >= ANNOUNCE_PIXELS:
+        seconds = None if calibrate is None else _time_estimate(calibrate, height * width)
+        when = "" if seconds is None else f" and {seconds / 60:.1f} min"
+        print(f"{width}x{height} image with {label}: about {need / gb:.1f} GB{when} (estimates; "
+              f"{budget / gb:.1f} GB allowed)", file=sys.stderr, flush=True)
+        if seconds is not None and sys.stderr.isatty():  # a bar redrawn twice a second is no use in a log file
+            stack.enter_context(_progress(seconds, label))
+    return stack
+
+
+def _time_estimate(calibrate: Callable[[int], float], pixels: int) -> float:
+    """Seconds for ``pixels``: a fixed cost plus a cost per pixel, fitted to the times of two crops
+    (sides ``CALIBRATION_SIDE`` and twice that) after one untimed run."""
+    a = CALIBRATION_SIDE
+    calibrate(a)  # first calls pay for caches and compilation
+    t1, t2 = calibrate(a), calibrate(2 * a)
+    per_pixel = max(t2 - t1, 0.0) / (3 * a * a)
+    return max(t1 - per_pixel * a * a, 0.0) + per_pixel * pixels
+
+
+def time_encode(net, quality) -> Callable[[int], float]:
+    def run(side: int) -> float:
+        crop = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        encode_image(net, crop, quality=quality)
+        return time.perf_counter() - start
+
+    return run
+
+
+def time_decode(net) -> Callable[[int], float]:
+    def run(side: int) -> float:
+        blob = encode_image(net, np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+        start = time.perf_counter()
+        decode_image(net, blob)
+        return time.perf_counter() - start
+
+    return run

@@ -1,0 +1,132 @@
+"""The analysis and synthesis transforms of GLIC (GLIC Fig. 2(a)): four resolutions of resampling
+and blocks, with the optional wavelet chain; the blocks come from a :data:`StageFactory`
+(:func:`gnn_lic.models.glic.glic_stages`)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gnn_lic.models.layers import conv3x3, subpel_conv3x3
+from gnn_lic.models.wavelet import WLS, iWLS
+from gnn_lic.nn.banded import banded_stage, conv_radius
+
+__all__ = ["StageFactory", "GLICAnalysis", "GLICSynthesis"]
+
+#: ``stage(level, channels)``: the blocks of one resolution, ``level`` 1 (1/2), 2 (1/4) or 3 (1/8)
+StageFactory = Callable[[int, int], nn.Module]
+
+
+class _StagedTransform(nn.Module):
+    """Four stages of ``resample[i]`` then ``blocks[i]``, plus the optional wavelet chain ``wavelet``."""
+
+    #: checkpoints written before the wavelet chain got its name called it ``aux``
+    renamed_keys = {"aux.": "wavelet."}
+
+    resample: nn.ModuleList
+    blocks: nn.ModuleList
+    wavelet: Optional[nn.ModuleList]
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = x
+        for i, (resample, blocks) in enumerate(zip(self.resample, self.blocks)):
+            x = blocks(resample(x))
+            if self.wavelet is not None:
+                w = self.wavelet[i](w)
+                x = x + w
+        return x
+
+
+class GLICAnalysis(_StagedTransform):
+    """GLIC analysis transform ``g_a``: ``(B, 3, H, W) -> (B, C4, H/16, W/16)``.
+
+    Stage ``i`` = stride-2 conv, then ``stage(i + 1, C_{i+1})`` (nothing at 1/16), then
+    (with ``wavelet``) the output of a chain of :class:`~gnn_lic.models.wavelet.WLS` fed
+    from the image is added. The wavelet chain never reads the main branch.
+
+    Without autograd the layers before the first graph block (full and 1/2 resolution,
+    all local) run band by band of image rows (:func:`~gnn_lic.nn.banded.banded_stage`):
+    no map of the 1/2 resolution is ever whole, and the result does not depend on the
+    memory budget (:func:`~gnn_lic.nn.banded.band_memory`) or the thread count.
+    """
+
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
+        super().__init__()
+        c = [3, *channels]
+        self.down = nn.ModuleList(conv3x3(c[i], c[i + 1], stride=2) for i in range(4))
+        self.blocks = nn.ModuleList([stage(1, c[1]), stage(2, c[2]), stage(3, c[3]), nn.Identity()])
+        self.wavelet = nn.ModuleList(WLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+
+    @property
+    def resample(self) -> nn.ModuleList:
+        return self.down
+
+    def _head(self, x: Tensor) -> Tensor:
+        """Input of the 1/4 blocks: ``down_1(blocks_0(down_0(x)) + wavelet_0(x))``."""
+        h = self.blocks[0](self.down[0](x))
+        if self.wavelet is not None:
+            h = h + self.wavelet[0](x)
+        return self.down[1](h)
+
+    def _wavelet_quarter(self, x: Tensor) -> Tensor:
+        return self.wavelet[1](self.wavelet[0](x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        # image rows a 1/4 row reads: 3x3 stride-2 convolutions around the blocks at 1/2
+        halo = 2 * (1 + conv_radius(self.blocks[0])) + 1
+        width = x.shape[-1] // 2 * self.down[0].out_channels * x.element_size()
+        h = banded_stage([x], self._head, down=4, halo=halo, max_rows=256, row_bytes=4 * width)
+        h = self.blocks[1](h)
+        if self.wavelet is None:
+            return self.down[3](self.blocks[2](self.down[2](h)))
+        w = banded_stage([x], self._wavelet_quarter, down=4, max_rows=256, row_bytes=2 * width)
+        h = h + w
+        w = self.wavelet[2](w)
+        h = self.blocks[2](self.down[2](h)) + w
+        return self.down[3](h) + self.wavelet[3](w)
+
+
+class GLICSynthesis(_StagedTransform):
+    """GLIC synthesis transform ``g_s``: ``(B, C4, h, w) -> (B, 3, 16h, 16w)``, mirror of :class:`GLICAnalysis`.
+
+    Up-sampling is CompressAI's ``subpel_conv3x3`` (3x3 conv + PixelShuffle(2));
+    the optional :class:`~gnn_lic.models.wavelet.iWLS` chain is fed from ``y_hat``.
+    """
+
+    def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
+        super().__init__()
+        c = [3, *channels][::-1]  # C4, C3, C2, C1, 3
+        self.up = nn.ModuleList(subpel_conv3x3(c[i], c[i + 1], 2) for i in range(4))
+        self.blocks = nn.ModuleList([stage(3, c[1]), stage(2, c[2]), stage(1, c[3]), nn.Identity()])
+        self.wavelet = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
+
+    @property
+    def resample(self) -> nn.ModuleList:
+        return self.up
+
+    def _tail(self, x: Tensor, w: Optional[Tensor] = None) -> Tensor:
+        """The image from the output of the 1/4 blocks ``x`` (and the wavelet chain's ``w``)."""
+        x = self.blocks[2](self.up[2](x))
+        if w is None:
+            return self.up[3](x)
+        w = self.wavelet[2](w)
+        return self.up[3](x + w) + self.wavelet[3](w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        w = x
+        for i in range(2):
+            x = self.blocks[i](self.up[i](x))
+            if self.wavelet is not None:
+                w = self.wavelet[i](w)
+                x = x + w
+        # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
+        halo = 2 + conv_radius(self.blocks[2])
+        width = 2 * x.shape[-1] * self.up[2][0].out_channels // 4 * x.element_size()
+        inputs = [x] if self.wavelet is None else [x, w]
+        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=64, row_bytes=2 * 4 * width)
