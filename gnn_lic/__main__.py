@@ -158,6 +158,11 @@ def _quality_of(data: bytes) -> float:
     return parse_stream(data).quality
 
 
+def _label(net) -> str:
+    """``"name (size)"`` of a model, for messages."""
+    return f"{getattr(net, 'model_name', 'the model')} ({getattr(net, 'model_size', '?')})"
+
+
 def _check_quality(args: argparse.Namespace) -> None:
     if args.checkpoint and args.quality is not None:
         raise UsageError("--quality selects shipped weights; a stream records its own quality")
@@ -211,8 +216,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     quality = args.quality if getattr(net, "qualities", 1) > 1 else None
 
     h, w = image.shape[:2]
-    label = f"{getattr(net, 'model_name', 'the model')} ({getattr(net, 'model_size', '?')})"
-    with job_plan(net, h, w, args.max_memory, label, time_encode(net, quality)):
+    with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
         start = time.perf_counter()
         data = encode_image(net, image, quality=quality)
         seconds = time.perf_counter() - start
@@ -249,8 +253,7 @@ def _run_decompress(args: argparse.Namespace) -> int:
         net = _pretrained_for_stream(data, header["model_name"], header["model_size"], args.quality)
     net.to(device)
 
-    label = f"{getattr(net, 'model_name', 'the model')} ({getattr(net, 'model_size', '?')})"
-    with job_plan(net, header["height"], header["width"], args.max_memory, label, time_decode(net)):
+    with job_plan(net, header["height"], header["width"], args.max_memory, _label(net), time_decode(net)):
         start = time.perf_counter()
         image = decode_image(net, data)
         seconds = time.perf_counter() - start

@@ -92,7 +92,7 @@ def _progress(seconds: float, label: str) -> Iterator[None]:
 
 
 def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str,
-              calibrate: Optional[Callable[[int], float]] = None):
+             calibrate: Optional[Callable[[int], float]] = None) -> contextlib.ExitStack:
     """What runs a job on a ``height x width`` image: refuses one whose memory estimate exceeds
     ``--max-memory`` (or the available memory); for a large image announces the memory and time
     estimates (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the
@@ -104,7 +104,7 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
     if need > budget:
         source = "--max-memory allows" if max_memory else "the machine has available"
         raise MemoryBudgetError(f"a {width}x{height} image needs about {need / gb:.1f} GB with {label} (estimate); "
-                         f"{source} {budget / gb:.1f} GB")
+                                f"{source} {budget / gb:.1f} GB")
     stack = contextlib.ExitStack()
     stack.enter_context(band_memory(max(1, budget - need)))
     if height * width >= ANNOUNCE_PIXELS:
@@ -127,9 +127,15 @@ def _time_estimate(calibrate: Callable[[int], float], pixels: int) -> float:
     return max(t1 - per_pixel * a * a, 0.0) + per_pixel * pixels
 
 
+def _noise(side: int) -> np.ndarray:
+    """A ``side x side`` 8-bit noise image (the calibration crop)."""
+    return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
 def time_encode(net, quality) -> Callable[[int], float]:
+    """``calibrate(side)`` for :func:`job_plan`: seconds to encode a ``side x side`` crop at ``quality``."""
     def run(side: int) -> float:
-        crop = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        crop = _noise(side)
         start = time.perf_counter()
         encode_image(net, crop, quality=quality)
         return time.perf_counter() - start
@@ -138,8 +144,9 @@ def time_encode(net, quality) -> Callable[[int], float]:
 
 
 def time_decode(net) -> Callable[[int], float]:
+    """``calibrate(side)`` for :func:`job_plan`: seconds to decode a ``side x side`` crop."""
     def run(side: int) -> float:
-        blob = encode_image(net, np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+        blob = encode_image(net, _noise(side))
         start = time.perf_counter()
         decode_image(net, blob)
         return time.perf_counter() - start

@@ -46,6 +46,12 @@ class GraphInfo:
 GRAPH_CHUNK_BYTES = 4 << 20
 
 
+def _block_order(cands, B: int, N: int) -> Tensor:
+    """The node order in which a scattered candidate set aggregates: each block's members together."""
+    real = cands.rows[cands.rows >= 0]
+    return (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
+
+
 def _columns_by_chunks(xn: Tensor, x: Tensor, cands, selector: Selector, valid: Optional[Tensor], n: Tensor,
                        scores: Optional[Tensor], step: int) -> Tuple[Tensor, Tensor]:
     """``(crow, col)`` of a row-wise selector's graph, ``step`` blocks of similarity rows at a time.
@@ -99,10 +105,7 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
             and _rowkernels.enabled(xn) and nb * per_block > GRAPH_CHUNK_BYTES):
         crow, col = _columns_by_chunks(xn, x, cands, selector, None if full else valid, n, scores,
                                        max(1, GRAPH_CHUNK_BYTES // per_block))
-        order = None
-        if cset.scattered:
-            real = cands.rows[cands.rows >= 0]
-            order = (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
+        order = _block_order(cands, B, N) if cset.scattered else None
         return CSRGraph(crow, col, None, B * N, order=order), None
     sim = row_similarity(xn, cands)  # (B, R, K)
     if cands.zero is not None:  # zero-feature candidates: cosine similarity 0
@@ -142,10 +145,8 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
             qy, qx, kw = cands.coords
             node, slot = local // K, local % K
             rel_index = _relative_index(qy[node], qx[node], slot // kw, slot % kw, *cset.position_window)
-    order = None
-    if cset.scattered:  # aggregate in block order (each block's candidates are its keys)
-        real = cands.rows[cands.rows >= 0]
-        order = (torch.arange(B, device=real.device)[:, None] * N + real).reshape(-1)
+    # aggregate in block order (each block's candidates are its keys)
+    order = _block_order(cands, B, N) if cset.scattered else None
     num_cols = B * N + 1 if zero_col is not None else None
     if num_cols is not None:
         order = None  # the zero node has no place in a block order

@@ -266,7 +266,7 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
     def memory_estimate(self, height: int, width: int) -> int:
         """Rough peak bytes of ``compress`` or ``decompress`` of a ``height x width`` image: the
         weights and buffers, plus :meth:`map_bytes_per_pixel` per padded pixel. An estimate, not
-        a bound: ``python -m gnn_lic.bench codec`` prints it next to the measured peak."""
+        a bound (the README compares it with measured peaks)."""
         m = self.pad_multiple
         pixels = -(-height // m) * m * (-(-width // m) * m)
         weights = sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))

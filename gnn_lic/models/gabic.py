@@ -73,8 +73,9 @@ class BandedSequential(nn.Sequential):
         layers = list(self)
         for layer in layers[:start]:
             x = layer(x)
-        x = banded_stage([x], nn.Sequential(*layers[start:stop]), row_bytes=self.row_bytes * x.shape[-1] * x.element_size(),
-                         max_rows=max(1, BAND_ROWS * self.geometry.get("down", 1) // self.geometry.get("up", 1)), **self.geometry)
+        max_rows = max(1, BAND_ROWS * self.geometry.get("down", 1) // self.geometry.get("up", 1))
+        x = banded_stage([x], nn.Sequential(*layers[start:stop]), max_rows=max_rows,
+                         row_bytes=self.row_bytes * x.shape[-1] * x.element_size(), **self.geometry)
         for layer in layers[stop:]:
             x = layer(x)
         return x

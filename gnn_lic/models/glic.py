@@ -136,8 +136,6 @@ class GFAConfig:
                     selector=AdaptiveDegree(self.avg_degree, score=self.score, iters=self.iters), **common)
 
 
-
-
 def glic_stages(depths: Sequence[int], mlp_ratios: Sequence[float], conv_expansion: float, block: str,
                 block_options: Dict[str, Any]) -> StageFactory:
     """The :data:`StageFactory` of a GLIC model: :math:`L_1` conv blocks at 1/2, then at 1/4 and 1/8

@@ -4,7 +4,7 @@ and blocks, with the optional wavelet chain; the blocks come from a :data:`Stage
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +29,17 @@ class _StagedTransform(nn.Module):
     blocks: nn.ModuleList
     wavelet: Optional[nn.ModuleList]
 
-    def forward(self, x: Tensor) -> Tensor:
-        w = x
-        for i, (resample, blocks) in enumerate(zip(self.resample, self.blocks)):
-            x = blocks(resample(x))
+    def _stages(self, x: Tensor, w: Optional[Tensor], stages: Sequence[int]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Stages ``stages`` from the main branch ``x`` and the wavelet chain's ``w``; both after them."""
+        for i in stages:
+            x = self.blocks[i](self.resample[i](x))
             if self.wavelet is not None:
                 w = self.wavelet[i](w)
                 x = x + w
-        return x
+        return x, w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._stages(x, x, range(4))[0]
 
 
 class GLICAnalysis(_StagedTransform):
@@ -65,10 +68,7 @@ class GLICAnalysis(_StagedTransform):
 
     def _head(self, x: Tensor) -> Tensor:
         """Input of the 1/4 blocks: ``down_1(blocks_0(down_0(x)) + wavelet_0(x))``."""
-        h = self.blocks[0](self.down[0](x))
-        if self.wavelet is not None:
-            h = h + self.wavelet[0](x)
-        return self.down[1](h)
+        return self.down[1](self._stages(x, x, range(1))[0])
 
     def _wavelet_quarter(self, x: Tensor) -> Tensor:
         return self.wavelet[1](self.wavelet[0](x))
@@ -81,13 +81,11 @@ class GLICAnalysis(_StagedTransform):
         width = x.shape[-1] // 2 * self.down[0].out_channels * x.element_size()
         h = banded_stage([x], self._head, down=4, halo=halo, max_rows=256, row_bytes=4 * width)
         h = self.blocks[1](h)
-        if self.wavelet is None:
-            return self.down[3](self.blocks[2](self.down[2](h)))
-        w = banded_stage([x], self._wavelet_quarter, down=4, max_rows=256, row_bytes=2 * width)
-        h = h + w
-        w = self.wavelet[2](w)
-        h = self.blocks[2](self.down[2](h)) + w
-        return self.down[3](h) + self.wavelet[3](w)
+        w = None
+        if self.wavelet is not None:
+            w = banded_stage([x], self._wavelet_quarter, down=4, max_rows=256, row_bytes=2 * width)
+            h = h + w
+        return self._stages(h, w, range(2, 4))[0]
 
 
 class GLICSynthesis(_StagedTransform):
@@ -95,6 +93,8 @@ class GLICSynthesis(_StagedTransform):
 
     Up-sampling is CompressAI's ``subpel_conv3x3`` (3x3 conv + PixelShuffle(2));
     the optional :class:`~gnn_lic.models.wavelet.iWLS` chain is fed from ``y_hat``.
+    Without autograd the layers after the last graph block (1/2 and full resolution) run
+    band by band, as in :class:`GLICAnalysis`.
     """
 
     def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
@@ -110,21 +110,12 @@ class GLICSynthesis(_StagedTransform):
 
     def _tail(self, x: Tensor, w: Optional[Tensor] = None) -> Tensor:
         """The image from the output of the 1/4 blocks ``x`` (and the wavelet chain's ``w``)."""
-        x = self.blocks[2](self.up[2](x))
-        if w is None:
-            return self.up[3](x)
-        w = self.wavelet[2](w)
-        return self.up[3](x + w) + self.wavelet[3](w)
+        return self._stages(x, w, range(2, 4))[0]
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             return super().forward(x)
-        w = x
-        for i in range(2):
-            x = self.blocks[i](self.up[i](x))
-            if self.wavelet is not None:
-                w = self.wavelet[i](w)
-                x = x + w
+        x, w = self._stages(x, x, range(2))
         # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
         halo = 2 + conv_radius(self.blocks[2])
         width = 2 * x.shape[-1] * self.up[2][0].out_channels // 4 * x.element_size()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from gnn_lic.errors import CheckpointError
+from gnn_lic.models.checkpoint import TABLE_KEYS
 from gnn_lic.models.factory import create_model
 
 __all__ = ["OFFICIAL_MODELS", "official_state_dict", "convert_official", "load_official"]
@@ -37,7 +38,7 @@ OFFICIAL_MODELS = ("glic", "gabic")
 _REBUILT = (
     "relative_coords_table", "relative_position_index",  # GLIC position tables
     "dwt.w_ll", "dwt.w_lh", "dwt.w_hl", "dwt.w_hh", "idwt.filters",  # Haar filters
-    "_offset", "_quantized_cdf", "_cdf_length", "scale_table",  # entropy-coder tables
+    *TABLE_KEYS,  # entropy-coder tables
     "scale_bound", "likelihood_lower_bound.bound", "lower_bound_scale.bound", "target",
     "context_prediction.mask", "pedestal", "lower_bound.bound",
 )  # fmt: skip

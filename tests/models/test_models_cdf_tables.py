@@ -16,16 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from gnn_lic.models import create_model
+from gnn_lic.models.checkpoint import is_table_key
 from gnn_lic.models.zoo import shipped_weights
 
 pytestmark = pytest.mark.slow  # every case rebuilds the tables of a shipped model
 
 SHIPPED = ["glic-small", "gabic-small"]
-TABLE_KEYS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-
 def _tables(net):
-    return {k: v.clone() for k, v in net.state_dict().items() if k.rsplit(".", 1)[-1] in TABLE_KEYS}
+    return {k: v.clone() for k, v in net.state_dict().items() if is_table_key(k)}
 
 
 def _nudged(fn, direction: float):
@@ -78,5 +76,6 @@ def test_loading_the_shipped_weights_reads_their_tables(shipped, monkeypatch):
         for module, attr in [(torch, "exp"), (torch, "erfc"), (torch, "tanh"), (torch, "sigmoid"), (F, "softplus")]:
             m.setattr(module, attr, _nudged(getattr(module, attr), float("inf")))
         loaded = create_model(name, size=size, pretrained=True)
-    assert {k: v for k, v in _tables(loaded).items()}.keys() == reference.keys()
-    assert all(torch.equal(v, reference[k]) for k, v in _tables(loaded).items())
+    tables = _tables(loaded)
+    assert tables.keys() == reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in tables.items())
