@@ -4,11 +4,12 @@
 
 For each model: the whole-image encode (``net.compress``) and decode
 (``net.decompress``), and the latent codec alone (``latent_codec.compress`` /
-``decompress`` on the same ``y``), once with the fixed-point entropy parameters of
-format-2 streams (:mod:`gnn_lic.models.fixed_point`, the default) and once with the
-float ones (:func:`gnn_lic.models.entropy.entropy_arithmetic` ``"float"``, format 1).
-The two paths alternate within one process, round after round with the order swapped
-every round, and the medians are compared: on a shared host only figures measured side
+``decompress`` on the same ``y``), with the fixed-point entropy parameters of
+format-2 streams (:mod:`gnn_lic.models.fixed_point`: scheme w8, the default, and scheme
+fx16, ``"fixed16"``) and with the float ones
+(:func:`gnn_lic.models.entropy.entropy_arithmetic` ``"float"``, format 1).
+The paths alternate within one process, round after round with each path first in
+turn, and the medians are compared: on a shared host only figures measured side
 by side compare. With one thread the clock is the process CPU time, which other
 processes disturb less than wall time; with more, wall time.
 
@@ -32,7 +33,8 @@ from gnn_lic.cli import ArgumentParser, UsageError, run_main
 
 __all__ = ["time_paths", "bench_entropy", "build_parser", "main"]
 
-PATHS = ("fixed", "float")
+#: scheme w8 (the default), scheme fx16 (float64 products), the float networks
+PATHS = ("fixed", "fixed16", "float")
 STEPS = ("encode", "decode", "latent_encode", "latent_decode")
 
 
@@ -86,10 +88,12 @@ def time_paths(net: torch.nn.Module, x: torch.Tensor, rounds: int, clock: Callab
     times: Dict[str, Dict[str, List[float]]] = {s: {p: [] for p in PATHS} for s in STEPS}
     payload: Dict[str, int] = {}
     exact = True
+    from gnn_lic.models.base import pad_to_multiple  # noqa: PLC0415
+
     with torch.inference_mode():
-        y = net.g_a(x)
+        y = net.g_a(pad_to_multiple(x, int(getattr(net, "pad_multiple", 64)))[0])  # the latent compress codes
         for r in range(rounds + 1):  # round 0 warms up (conversion to fixed point, caches)
-            for path in PATHS if r % 2 else PATHS[::-1]:
+            for path in PATHS[r % len(PATHS):] + PATHS[: r % len(PATHS)]:  # each path first in turn
                 with entropy_arithmetic(net, path):
                     t0 = clock()
                     enc = net.compress(x)
@@ -104,15 +108,16 @@ def time_paths(net: torch.nn.Module, x: torch.Tensor, rounds: int, clock: Callab
                     for step, dt in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                         times[step][path].append(dt)
                 payload[path] = _payload(enc["strings"])
-                if path == "fixed":
+                if path != "float":
                     exact = exact and torch.equal(dec["y_hat"], lat["y_hat"])
     medians = {s: {p: statistics.median(v) for p, v in d.items()} for s, d in times.items()}
     return {"seconds": medians, "payload_bytes": payload, "fixed_latents_exact": exact}
 
 
 def _row(step: str, t: Dict[str, float]) -> str:
-    ratio = t["fixed"] / t["float"]
-    return f"  {step:14} {t['fixed']:9.3f} s {t['float']:9.3f} s   {ratio:6.3f}  ({100 * (ratio - 1):+.1f} %)"
+    cells = " ".join(f"{t[p]:9.3f} s" for p in PATHS)
+    ratios = "  ".join(f"{100 * (t[p] / t['float'] - 1):+6.1f} %" for p in PATHS[:-1])
+    return f"  {step:14} {cells}   {ratios}"
 
 
 def bench_entropy(models: List[str], size: str, image: Optional[str], height: int, width: int, rounds: int,
@@ -136,12 +141,12 @@ def bench_entropy(models: List[str], size: str, image: Optional[str], height: in
         rows.append(r)
         print(f"{r['model']}: {label} {x.shape[-1]}x{x.shape[-2]}, {n} thread(s), {r['clock']} time, "
               f"median of {rounds} alternating rounds")
-        print(f"  {'':14} {'fixed':>11} {'float':>11}   fixed/float")
+        print(f"  {'':14} {'fixed (w8)':>11} {'fixed16':>11} {'float':>11}   w8 / fixed16 vs float")
         for step in STEPS:
             print(_row(step.replace("_", " "), r["seconds"][step]))
         b = r["payload_bytes"]
-        print(f"  payload bytes: fixed {b['fixed']:,}, float {b['float']:,}; fixed-point latents decode "
-              f"bit-exactly: {'yes' if r['fixed_latents_exact'] else 'NO'}", flush=True)
+        print(f"  payload bytes: fixed (w8) {b['fixed']:,}, fixed16 {b['fixed16']:,}, float {b['float']:,}; "
+              f"fixed-point latents decode bit-exactly: {'yes' if r['fixed_latents_exact'] else 'NO'}", flush=True)
     return rows
 
 

@@ -15,7 +15,9 @@ offset  size     field
                  (:mod:`gnn_lic.models.fixed_point`; decodes the same everywhere);
                  bit 1 = explicit shape; bit 2 = explicit strings structure;
                  bit 3 = model named by labels; bit 4 = quality field;
-                 other bits must be 0
+                 bit 5 (only with bit 0) = fixed-point scheme w8 (8-bit weights,
+                 integer products; :mod:`gnn_lic.models.fixed_point.int8`), clear:
+                 scheme fx16 (float64 products); other bits must be 0
 7       var      model: ``uvarint`` code into :data:`MODEL_CODES` (bit 3 clear), or
                  the name and size labels of version 1 (bit 3 set)
 ...     4        identity: the first 4 bytes of
@@ -81,6 +83,7 @@ from gnn_lic.errors import CodecError, CorruptStreamError
 __all__ = [
     "MODEL_CODES",
     "FLAG_FIXED_POINT",
+    "FLAG_W8",
     "IDENTITY_BYTES",
     "QUALITY_STEPS",
     "quality_code",
@@ -88,6 +91,7 @@ __all__ = [
     "pack_stream",
     "parse_stream",
     "inspect_stream",
+    "stream_arithmetic",
 ]
 
 FORMAT_VERSION = 2
@@ -99,7 +103,8 @@ FLAG_SHAPE = 0x02
 FLAG_STRINGS = 0x04
 FLAG_LABELS = 0x08
 FLAG_QUALITY = 0x10
-_KNOWN_FLAGS = FLAG_FIXED_POINT | FLAG_SHAPE | FLAG_STRINGS | FLAG_LABELS | FLAG_QUALITY
+FLAG_W8 = 0x20
+_KNOWN_FLAGS = FLAG_FIXED_POINT | FLAG_SHAPE | FLAG_STRINGS | FLAG_LABELS | FLAG_QUALITY | FLAG_W8
 #: a stored quality is ``code / QUALITY_STEPS`` with ``code`` in ``QUALITY_STEPS * (1..MAX_QUALITY)``
 QUALITY_STEPS = 256
 MAX_QUALITY = 64
@@ -188,9 +193,11 @@ def pack_stream(
     shape: Any,
     strings: Any,
     quality: Optional[float] = None,
+    w8: bool = False,
 ) -> bytes:
     """Assemble a version-2 stream (layout in the module docstring).
 
+    ``w8`` (with ``fixed_point``): the entropy parameters use fixed-point scheme w8.
     ``shape=None`` means the model implies it from the image size; ``strings`` of the
     form ``[[bytes], ...]`` are stored flat, anything else as a tagged value.
     """
@@ -199,7 +206,10 @@ def pack_stream(
     check_dims(height, width)
     check_strings(strings)
     flags, model = _model_field(model_name, model_size)
+    if w8 and not fixed_point:
+        raise CodecError("scheme w8 is a fixed-point scheme: w8 needs fixed_point")
     flags |= FLAG_FIXED_POINT if fixed_point else 0
+    flags |= FLAG_W8 if w8 else 0
     flat = _flat_strings(strings)
     flags |= FLAG_SHAPE if shape is not None else 0
     flags |= FLAG_STRINGS if flat is None else 0
@@ -240,6 +250,8 @@ def _parse_v2(data: bytes) -> ParsedStream:
         flags = r.byte("the flags")
         if flags & ~_KNOWN_FLAGS:
             raise ParseError(f"unknown flags 0x{flags:02x}")
+        if flags & FLAG_W8 and not flags & FLAG_FIXED_POINT:
+            raise ParseError("the w8 flag without the fixed-point flag")
         if flags & FLAG_LABELS:
             model_name = read_label(r, "model name", MAX_NAME_BYTES)
             model_size = read_label(r, "model size", MAX_SIZE_BYTES)
@@ -282,6 +294,7 @@ def _parse_v2(data: bytes) -> ParsedStream:
         height=height, width=width, shape=shape, strings=strings, header_bytes=header_bytes,
         payload_bytes=payload_bytes, total_bytes=n, crc32=stored_crc, identity=bytes(identity),
         fixed_point=bool(flags & FLAG_FIXED_POINT), shape_implied=not flags & FLAG_SHAPE, quality=quality,
+        w8=bool(flags & FLAG_W8),
     )
 
 
@@ -307,13 +320,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def stream_arithmetic(parsed: ParsedStream) -> str:
+    """The entropy arithmetic a parsed stream was coded with: ``"fixed"`` (scheme w8),
+    ``"fixed16"`` (scheme fx16) or ``"float"`` (format 1, or format 2 without fixed point)."""
+    if parsed.version < 2 or not parsed.fixed_point:
+        return "float"
+    return "fixed" if parsed.w8 else "fixed16"
+
+
 def inspect_stream(data: bytes) -> dict:
     """Validate a stream without a model and return its header fields as a JSON-able dict.
 
     Keys: ``format``, ``kind``, ``version``, ``model_name``, ``model_size``,
     ``config_hash`` and ``weights_hash`` (format 1: hex of the stored 16-byte prefixes;
     format 2: empty), ``identity`` (format 2: hex of the stored identity prefix),
-    ``fixed_point``, ``quality`` (None: a single-rate model), ``overhead_bytes`` (``total_bytes - payload_bytes``),
+    ``fixed_point``, ``arithmetic`` (``"fixed"``: scheme w8, ``"fixed16"``: scheme fx16,
+    ``"float"``), ``quality`` (None: a single-rate model), ``overhead_bytes`` (``total_bytes - payload_bytes``),
     ``height``, ``width``, ``shape`` (lists instead of tuples), ``strings_layout`` (the
     nesting of the entropy-coded strings with each string replaced by its length),
     ``num_strings``, ``payload_bytes``, ``header_bytes`` (bytes before the shape),
@@ -330,6 +352,7 @@ def inspect_stream(data: bytes) -> dict:
         "weights_hash": p.weights_hash.hex(),
         "identity": p.identity.hex(),
         "fixed_point": p.fixed_point,
+        "arithmetic": stream_arithmetic(p),
         "quality": p.quality,
         "overhead_bytes": p.total_bytes - p.payload_bytes,
         "height": p.height,

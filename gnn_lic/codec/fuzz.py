@@ -71,7 +71,7 @@ def _repack(p, **changes) -> bytes:
     from gnn_lic.codec.container import pack_stream  # noqa: PLC0415
 
     fields = dict(model_name=p.model_name, model_size=p.model_size, identity=p.identity, fixed_point=p.fixed_point,
-                  height=p.height, width=p.width, shape=p.shape, strings=p.strings)
+                  w8=p.w8, height=p.height, width=p.width, shape=p.shape, strings=p.strings)
     fields.update(changes)
     return pack_stream(**fields)
 
@@ -160,7 +160,9 @@ def mutate(rng: random.Random, data: bytes) -> Tuple[str, bytes, bool]:
         return "shape", _repack(p, shape=shape), True
     if op == 6:  # identity / model fields
         if rng.random() < 0.5:
-            return "fixed-flag", _repack(p, fixed_point=not p.fixed_point), True
+            if p.fixed_point and rng.random() < 0.5:  # the other fixed-point scheme
+                return "fixed-flag", _repack(p, w8=not p.w8), True
+            return "fixed-flag", _repack(p, fixed_point=not p.fixed_point, w8=False), True
         ident = bytearray(p.identity)
         ident[rng.randrange(len(ident))] ^= 1 << rng.randrange(8)
         return "identity", _repack(p, identity=bytes(ident)), True

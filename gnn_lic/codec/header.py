@@ -54,6 +54,9 @@ class ParsedStream:
     identity: bytes = b""
     fixed_point: bool = False
     shape_implied: bool = False
+    #: format 2, with ``fixed_point``: the parameters use scheme w8 (8-bit weights, integer
+    #: products) rather than fx16 (float64 products)
+    w8: bool = False
     #: format 2: the quality a variable-rate model coded at (None: a single-rate model)
     quality: Optional[float] = None
 

@@ -30,7 +30,14 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from gnn_lic.codec.container import IDENTITY_BYTES, QUALITY_STEPS, pack_stream, parse_stream, quality_code
+from gnn_lic.codec.container import (
+    IDENTITY_BYTES,
+    QUALITY_STEPS,
+    pack_stream,
+    parse_stream,
+    quality_code,
+    stream_arithmetic,
+)
 from gnn_lic.codec.container_v1 import HASH_BYTES
 from gnn_lic.codec.header import MAX_IMAGE_SIDE
 from gnn_lic.errors import CodecError, CorruptStreamError, ModelMismatchError
@@ -59,17 +66,18 @@ def max_pixels() -> int:
     return value
 
 
-def _fixed_point(net: torch.nn.Module) -> bool:
-    """Whether ``net`` codes with the fixed-point entropy parameters right now."""
+def _arithmetic_of(net: torch.nn.Module) -> str:
+    """The entropy arithmetic ``net`` codes with right now (``"float"`` without a fixed-point path)."""
     from gnn_lic.models.entropy import supports_fixed_point  # noqa: PLC0415
 
-    return supports_fixed_point(net) and getattr(net.latent_codec, "arithmetic", "float") == "fixed"
+    return getattr(net.latent_codec, "arithmetic", "float") if supports_fixed_point(net) else "float"
 
 
-def _entropy_label(fixed: bool) -> str:
-    from gnn_lic.models.fixed_point import SCHEME  # noqa: PLC0415
+def _entropy_label(arithmetic: str) -> str:
+    """The arithmetic's name in the model identity: the fixed-point scheme, or ``"float"``."""
+    from gnn_lic.models.fixed_point import SCHEMES  # noqa: PLC0415
 
-    return SCHEME if fixed else "float"
+    return SCHEMES.get(arithmetic, "float")
 
 
 def implied_shape(net: torch.nn.Module, height: int, width: int) -> Optional[Dict[str, Any]]:
@@ -180,8 +188,9 @@ def encode_image(net: torch.nn.Module, image: np.ndarray, quality: Optional[floa
     arr = _check_image(image)
     height, width = arr.shape[:2]
     name, size, _, _ = model_identity(net)
-    fixed = _fixed_point(net)
-    identity = identity_digest(net, _entropy_label(fixed))
+    arithmetic = _arithmetic_of(net)
+    fixed = arithmetic != "float"
+    identity = identity_digest(net, _entropy_label(arithmetic))
     _check_updated(net)
     x = torch.from_numpy(arr).to(module_device(net)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
     q = _stream_quality(net, quality)
@@ -199,6 +208,7 @@ def encode_image(net: torch.nn.Module, image: np.ndarray, quality: Optional[floa
         model_size=size,
         identity=identity,
         fixed_point=fixed,
+        w8=arithmetic == "fixed",
         height=height,
         width=width,
         shape=shape,
@@ -223,7 +233,7 @@ def check_model_matches(net: torch.nn.Module, parsed: Any) -> None:
 
         if parsed.fixed_point and not supports_fixed_point(net):
             raise ModelMismatchError("the stream needs fixed-point entropy parameters, which this model lacks")
-        label = _entropy_label(parsed.fixed_point)
+        label = _entropy_label(stream_arithmetic(parsed))
         identity = identity_digest(net, label)[:IDENTITY_BYTES]
         if parsed.identity != identity and not _earlier_layout_matches(
                 net, parsed.identity, lambda state: identity_digest(net, label, state=state)):
@@ -292,7 +302,7 @@ def decode_image(net: torch.nn.Module, data: bytes) -> np.ndarray:
         shape = {**shape, "quality": parsed.quality}
     elif parsed.quality is not None:
         raise CorruptStreamError("the stream has a quality, but the model serves one rate")
-    arithmetic = "fixed" if parsed.version >= 2 and parsed.fixed_point else "float"
+    arithmetic = stream_arithmetic(parsed)
     if parsed.version == 1:
         print("notice: format-1 stream: its entropy parameters come from float networks, so it decodes "
               "correctly only where they give the encoder's numbers (re-encode to get format 2)", file=sys.stderr)

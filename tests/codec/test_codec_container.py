@@ -23,7 +23,7 @@ from gnn_lic.codec import (  # noqa: E402
     inspect_stream,
     model_fingerprint,
 )
-from gnn_lic.codec.container import pack_stream, parse_stream  # noqa: E402
+from gnn_lic.codec.container import FLAG_W8, pack_stream, parse_stream  # noqa: E402
 from gnn_lic.codec.container_v1 import pack_stream_v1  # noqa: E402
 from gnn_lic.codec.wire import decode_value, encode_value  # noqa: E402
 from gnn_lic.codec.fingerprint import config_hash, identity_digest  # noqa: E402
@@ -300,3 +300,19 @@ def test_evaluation_reports_file_and_payload_bpp_side_by_side(net, image):
     assert row["bytes"] == len(data) and row["payload_bytes"] == inspect_stream(data)["payload_bytes"]
     assert row["payload-bpp"] == pytest.approx(row["payload_bytes"] * 8 / 35) and row["payload-bpp"] < row["bpp"]
     assert res["payload-bpp"] == row["payload-bpp"]
+
+
+def test_the_w8_flag_names_the_fixed_point_scheme():
+    ok = dict(model_name="m", model_size="tiny", identity=b"\0" * 4, height=1, width=1, shape=[1], strings=[[b"x"]])
+    arithmetic = {(False, False): "float", (True, False): "fixed16", (True, True): "fixed"}
+    for (fixed, w8), name in arithmetic.items():
+        data = pack_stream(**ok, fixed_point=fixed, w8=w8)
+        assert inspect_stream(data)["arithmetic"] == name
+    with pytest.raises(CodecError, match="w8 needs fixed_point"):
+        pack_stream(**ok, fixed_point=False, w8=True)
+    # the flag alone, with a valid checksum: refused as corrupt
+    data = bytearray(pack_stream(**ok, fixed_point=False))
+    data[6] |= FLAG_W8
+    data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])) & 0xFFFFFFFF)
+    with pytest.raises(CorruptStreamError, match="w8 flag without the fixed-point flag"):
+        parse_stream(bytes(data))

@@ -37,7 +37,7 @@ def test_a_tiny_file_claiming_a_huge_image_fails_fast(net):
     from gnn_lic.codec.container import pack_stream
 
     huge = pack_stream(model_name=p.model_name, model_size=p.model_size, identity=p.identity,
-                       fixed_point=p.fixed_point, height=1 << 20, width=1 << 20, shape=None, strings=p.strings)
+                       fixed_point=p.fixed_point, w8=p.w8, height=1 << 20, width=1 << 20, shape=None, strings=p.strings)
     t0 = time.perf_counter()
     with pytest.raises(CorruptStreamError, match="limit"):
         decode_image(net, huge)

@@ -28,17 +28,19 @@ from gnn_lic.models import glic as glic_module  # noqa: E402
 from gnn_lic.models.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 
 
+@pytest.mark.parametrize("suffix", list(make_golden.SCHEMES))
 @pytest.mark.parametrize("name", ["glic", "gabic"])
-def test_golden_stream_decodes_to_the_committed_latents_and_pixels(name):
+def test_golden_stream_decodes_to_the_committed_latents_and_pixels(name, suffix):
     net, _ = load_checkpoint(GOLDEN / f"{name}-tiny.pt")
-    data = (GOLDEN / f"{name}-tiny.glic").read_bytes()
+    data = (GOLDEN / f"{name}-tiny{suffix}.glic").read_bytes()
     info = inspect_stream(data)
     assert info["version"] == 2 and info["fixed_point"] and (info["height"], info["width"]) == (48, 80)
+    assert info["arithmetic"] == make_golden.SCHEMES[suffix]
     assert info["overhead_bytes"] <= 32
     latents = make_golden.latents(net, data)
-    assert np.array_equal(latents, np.load(GOLDEN / f"{name}-tiny.latents.npy"))
+    assert np.array_equal(latents, np.load(GOLDEN / f"{name}-tiny{suffix}.latents.npy"))
     pixels = decode_image(net, data)
-    expected = np.asarray(Image.open(GOLDEN / f"{name}-tiny.png"))
+    expected = np.asarray(Image.open(GOLDEN / f"{name}-tiny{suffix}.png"))
     diff = np.abs(pixels.astype(int) - expected.astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 

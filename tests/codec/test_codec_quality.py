@@ -82,7 +82,7 @@ def test_corrupt_or_foreign_quality_fields_are_refused(net, image):
         decode_image(net, _with_quality_code(data, 4 * QUALITY_STEPS))
     p = parse_stream(data)
     no_quality = pack_stream(model_name=p.model_name, model_size=p.model_size, identity=p.identity,
-                             fixed_point=p.fixed_point, height=p.height, width=p.width, shape=None,
+                             fixed_point=p.fixed_point, w8=p.w8, height=p.height, width=p.width, shape=None,
                              strings=p.strings)
     with pytest.raises(CorruptStreamError, match="quality None"):
         decode_image(net, no_quality)

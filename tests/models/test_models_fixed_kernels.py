@@ -258,3 +258,112 @@ def test_frac_bits_equal_a_full_scan():
                 choose_frac_bits(w, b, "layer")
         else:
             assert choose_frac_bits(w, b, "layer") == expected
+
+
+# --- scheme w8: 8-bit weights, integer products of the inputs' byte digits ---------------------
+
+
+def reference_conv_w8(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Scheme w8's definition with Python integers: ``round(2^-f_o sum w8 a) + round(2^16 b)``."""
+    from gnn_lic.models.fixed_point.int8 import int8_weights
+
+    w = conv.weight.detach().double()
+    if isinstance(conv, CheckerboardMaskedConv2d):
+        w = w * conv.mask.double()
+    O = w.shape[0]
+    w8, f = int8_weights(w.reshape(O, -1))
+    cols = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (B, K, L)
+    B, _, L = cols.shape
+    out = torch.empty(B, O, L, dtype=torch.float64)
+    rows = [[int(v) for v in r] for r in w8.tolist()]
+    bias = [0] * O if conv.bias is None else [round(Fraction(float(b)) * 2**16) for b in conv.bias.detach().double()]
+    for b in range(B):
+        for j, col in enumerate(cols[b].t().tolist()):
+            for o in range(O):
+                acc = sum(wi * int(ci) for wi, ci in zip(rows[o], col))
+                out[b, o, j] = round(Fraction(acc, 2 ** int(f[o])) if f[o] >= 0 else Fraction(acc * 2 ** -int(f[o]))) \
+                    + bias[o]
+    Ho = (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    return out.clamp(-fp.ACT_MAX, fp.ACT_MAX).reshape(B, O, Ho, L // Ho)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
+def test_w8_conv_equals_its_definition_in_python_integers(kind):
+    conv = _seeded(_conv(kind), seed=11)
+    f = fp.FixedConv2d(conv, kind, int8=True)
+    assert f.int8 and f.weight8.abs().max() <= 127
+    g = torch.Generator().manual_seed(12)
+    for B, H, W, scale in [(1, 5, 6, 3.0), (2, 4, 5, 2.0**14)]:
+        x = fp.to_act(torch.randn(B, f.in_channels, H, W, generator=g) * scale)
+        x[0, :, 0, 0] = fp.ACT_MAX  # the digits' extremes
+        x[-1, :, -1, -1] = -fp.ACT_MAX
+        assert torch.equal(f(x.clone()), reference_conv_w8(conv, x)), (kind, B, H, W)
+
+
+def test_w8_depthwise_keeps_the_float64_products():
+    conv = _seeded(_conv("5x5-depthwise"), seed=13)
+    f = fp.FixedConv2d(conv, "dw", int8=True)
+    x = fp.to_act(torch.randn(1, 6, 5, 7, generator=torch.Generator().manual_seed(14)) * 5)
+    assert not f.int8 and torch.equal(f(x.clone()), reference_conv(f, x))
+
+
+def test_w8_weights_use_the_byte_and_are_exact_powers():
+    from gnn_lic.models.fixed_point.int8 import int8_weights
+
+    g = torch.Generator().manual_seed(15)
+    w = torch.randn(64, 30, generator=g, dtype=torch.float64) * torch.logspace(-6, 3, 64, dtype=torch.float64)[:, None]
+    w[5] = 0.0
+    w8, f = int8_weights(w)
+    top = w8.abs().amax(1)
+    assert top.max() <= 127 and bool((top[torch.arange(64) != 5] >= 64).all()) and top[5] == 0
+    for o in (0, 17, 63):  # f_o is the largest exponent that keeps the row within 127
+        assert round(Fraction(float(w[o].abs().max())) * 2 ** (int(f[o]) + 1)) > 127
+        assert w8[o].tolist() == [round(Fraction(float(v)) * 2 ** int(f[o])) for v in w[o]]
+
+
+def test_w8_digits_rebuild_every_activation():
+    from gnn_lic.models.fixed_point.int8 import DIGIT_OFFSET, byte_digits
+
+    g = torch.Generator().manual_seed(16)
+    a = torch.cat([torch.randint(-fp.ACT_MAX, fp.ACT_MAX + 1, (5000,), generator=g).double(),
+                   torch.tensor([fp.ACT_MAX, -fp.ACT_MAX, 0, -1, 127, 128, -128, -129, 255, 256])])
+    d = byte_digits(a).long()
+    assert d.dtype == torch.long and d.shape == (4, a.numel())
+    rebuilt = d[0] + 256 * d[1] + 256**2 * d[2] + 256**3 * d[3] + DIGIT_OFFSET
+    assert torch.equal(rebuilt, a.long())
+
+
+def test_w8_products_on_other_devices_are_the_same_integers():
+    """Off the CPU the products come from float64: the same integers as ``torch._int_mm``."""
+    from gnn_lic.models.fixed_point.int8 import int8_products
+
+    g = torch.Generator().manual_seed(17)
+    w = torch.randint(-127, 128, (9, 3000), generator=g, dtype=torch.int8)
+    c = torch.randint(-128, 128, (3000, 40), generator=g, dtype=torch.int8)
+    w[0], c[:, 0] = 127, -128  # the largest sum
+    exact = w.long() @ c.long()
+    assert torch.equal(int8_products(w, c).long(), exact)
+    assert torch.equal((w.double() @ c.double()).to(torch.int32).long(), exact)
+
+
+def test_w8_refuses_a_fan_in_beyond_exact_float64():
+    from gnn_lic.models.fixed_point.int8 import check_fan_in
+
+    check_fan_in(30000, "ok")
+    with pytest.raises(ValueError, match="too large"):
+        check_fan_in(40000, "big")
+
+
+def test_w8_conv_is_the_same_with_one_and_two_threads():
+    conv = _seeded(nn.Conv2d(64, 48, 3, padding=1), seed=18)
+    f = fp.FixedConv2d(conv, "c", int8=True)
+    x = fp.to_act(torch.randn(1, 64, 24, 20, generator=torch.Generator().manual_seed(19)) * 3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = f(x.clone())
+        torch.set_num_threads(2)
+        two = f(x.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

@@ -42,6 +42,17 @@ Only three kinds of operation occur, and each is deterministic:
   ``exp`` correctly rounded), read with exact linear interpolation
   (:mod:`~gnn_lic.models.fixed_point.tables`).
 
+Two schemes
+-----------
+Scheme **fx16** (:data:`SCHEME`, arithmetic ``"fixed16"``) is the one above: float64
+products of 16-bit-fraction weights. Scheme **w8** (:data:`SCHEME_W8`, arithmetic
+``"fixed"``, the default of new streams, which flag it) keeps the activations, layer
+norms, tables and depthwise convolutions of fx16 and rounds the weights of every other
+convolution to 8 bits per output channel; their products are integer matrix products of
+the inputs' byte digits with 32-bit accumulation (:mod:`~gnn_lic.models.fixed_point.int8`),
+exact like fx16's and faster for wide layers. A stream names its scheme, so streams of
+both keep decoding.
+
 Scaling by a power of two is exact, so a layer multiplies its integer weights and bias by
 :math:`2^{-F_w}` once, at conversion: products and sums are then the integer ones times
 :math:`2^{-F_w}`, still exact, and the output needs only ``round`` and ``clamp``.
@@ -53,7 +64,7 @@ the shipped weights included, gains the property; :data:`SCHEME` names this arit
 identity, since changing it changes the decoded symbols.
 
 Modules: :mod:`~gnn_lic.models.fixed_point.arith` (format, conversions, bounds),
-:mod:`~gnn_lic.models.fixed_point.conv`, :mod:`~gnn_lic.models.fixed_point.tables`,
+:mod:`~gnn_lic.models.fixed_point.conv`, :mod:`~gnn_lic.models.fixed_point.int8` (scheme w8), :mod:`~gnn_lic.models.fixed_point.tables`,
 :mod:`~gnn_lic.models.fixed_point.blocks` (layer norm, activations, composite blocks),
 :mod:`~gnn_lic.models.fixed_point.convert` (:func:`to_fixed`) and
 :mod:`~gnn_lic.models.fixed_point.coding` (scale -> CDF index).
@@ -67,6 +78,7 @@ from gnn_lic.models.fixed_point.arith import (
     MAX_WEIGHT_FRAC_BITS,
     MIN_WEIGHT_LEVELS,
     SCHEME,
+    SCHEME_W8,
     from_act,
     to_act,
 )
@@ -76,8 +88,13 @@ from gnn_lic.models.fixed_point.conv import FixedConv2d
 from gnn_lic.models.fixed_point.convert import fixed_networks, to_fixed
 from gnn_lic.models.fixed_point.tables import TABLE_FRAC_BITS, TABLE_RANGE, FixedTable, gelu_table, tanh_table
 
+#: the fixed-point arithmetics of :data:`gnn_lic.models.entropy.ARITHMETICS` -> scheme names
+SCHEMES = {"fixed": SCHEME_W8, "fixed16": SCHEME}
+
 __all__ = [
     "SCHEME",
+    "SCHEME_W8",
+    "SCHEMES",
     "ACT_FRAC_BITS",
     "ACT_LIMIT",
     "ACT_MAX",

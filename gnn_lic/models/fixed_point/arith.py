@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "SCHEME",
+    "SCHEME_W8",
     "ACT_FRAC_BITS",
     "ACT_LIMIT",
     "ACT_MAX",
@@ -27,8 +28,12 @@ __all__ = [
     "choose_frac_bits",
 ]
 
-#: name of this arithmetic, part of the model identity of fixed-point streams
+#: name of this arithmetic with float64 products (scheme fx16), part of the model identity
+#: of the fixed-point streams that use it
 SCHEME = "fx16-a14-t8-v1"
+#: name of the arithmetic with 8-bit weights and integer products (scheme w8,
+#: :mod:`~gnn_lic.models.fixed_point.int8`), the default since format-2 streams flag it
+SCHEME_W8 = "fx16-a14-t8-w8a15-v1"
 #: fractional bits of every activation
 ACT_FRAC_BITS = 16
 #: activations are clamped to [-ACT_LIMIT, ACT_LIMIT] (real units)

@@ -168,9 +168,9 @@ class Residual:
 class GatedFFN:
     """:class:`gnn_lic.models.layers.GatedFFN`: ``proj_out(GELU(a) * b)``, ``(a, b) = proj_in(x)``."""
 
-    def __init__(self, ffn: nn.Module, name: str):
-        self.proj_in = FixedConv2d(ffn.proj_in, f"{name}.proj_in")
-        self.proj_out = FixedConv2d(ffn.proj_out, f"{name}.proj_out")
+    def __init__(self, ffn: nn.Module, name: str, int8: bool = False):
+        self.proj_in = FixedConv2d(ffn.proj_in, f"{name}.proj_in", int8)
+        self.proj_out = FixedConv2d(ffn.proj_out, f"{name}.proj_out", int8)
         self.gelu = FixedTable(gelu_table(), "gelu")
 
     def to(self, device):

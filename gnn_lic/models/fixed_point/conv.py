@@ -20,10 +20,16 @@ and the layer may use whichever split is fastest:
 
 No path goes through a convolution algorithm that transforms the operands (FFT,
 Winograd), whose intermediate values are not integers.
+
+With ``int8=True`` (scheme ``w8``, :mod:`~gnn_lic.models.fixed_point.int8`) a layer that is
+not depthwise multiplies 8-bit weights by the four signed base-256 digits of its inputs
+instead: the same column layouts (input, shifted views, ``unfold``) in int8, the four
+digits side by side, one integer matrix product, exact.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -32,6 +38,15 @@ from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
+from gnn_lic.models.fixed_point.int8 import (
+    DIGIT_OFFSET,
+    byte_digits,
+    check_fan_in,
+    combine_digits,
+    int8_products,
+    int8_weights,
+    powers_of_two,
+)
 
 __all__ = ["FixedConv2d"]
 
@@ -41,10 +56,12 @@ class FixedConv2d:
 
     ``weight`` ``(out, in/groups * kh * kw)`` and ``bias`` hold the integer weights
     (units :math:`2^{-F_w}`) and bias (units :math:`2^{-(16 + F_w)}`); the kernels use
-    them times :math:`2^{-F_w}` (exact), so the output needs only rounding.
+    them times :math:`2^{-F_w}` (exact), so the output needs only rounding. With ``int8``
+    (scheme ``w8``) a layer that is not depthwise uses 8-bit weights per output channel
+    and 15-bit inputs instead (:mod:`~gnn_lic.models.fixed_point.int8`).
     """
 
-    def __init__(self, conv: nn.Conv2d, name: str = "conv"):
+    def __init__(self, conv: nn.Conv2d, name: str = "conv", int8: bool = False):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise TypeError(f"{name}: only numeric zero padding is supported")
         if tuple(conv.dilation) != (1, 1):
@@ -72,7 +89,14 @@ class FixedConv2d:
             self.kind = "unfold"
         else:
             self.kind = "depthwise" if self.depthwise else "taps"
+        self.int8 = bool(int8) and not self.depthwise
+        self.name = name
+        if self.int8:
+            self.weight8, self.weight_exp = int8_weights(flat)
+            self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
         self._prepare()
+        if self.int8:
+            self._prepare_int8()
 
     def _prepare(self) -> None:
         """The kernels' operands: integer weights and bias times 2**-F_w (exact)."""
@@ -91,17 +115,37 @@ class FixedConv2d:
         self._taps = [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
         self._w = taps.contiguous()
 
+    def _prepare_int8(self) -> None:
+        """Scheme w8's operands: ``(out, taps in use * in)`` int8 weights, tap-major, and ``2^-f`` per output."""
+        kh, kw = self.kernel_size
+        taps = self.weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
+        if self.kind == "taps":
+            self._taps8 = [t for t in range(kh * kw) if bool(taps[:, t].ne(0).any())]
+            taps = taps[:, self._taps8]
+        else:  # pointwise: one tap; unfold: F.unfold's channel-major order
+            self._taps8 = list(range(kh * kw))
+            taps = self.weight8.reshape(self.out_channels, 1, -1)
+        check_fan_in(taps.shape[1] * taps.shape[2], self.name)
+        self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
+        self._offset8 = (self.weight8.sum(1) * DIGIT_OFFSET).reshape(-1, 1)  # the digits' offset, summed
+        self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
+
     def to(self, device: torch.device) -> "FixedConv2d":
         self.weight = self.weight.to(device)
         self.bias = None if self.bias is None else self.bias.to(device)
         self._w = self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
+        if self.int8:
+            self._w8, self._scale8, self._offset8 = (t.to(device) for t in (self._w8, self._scale8, self._offset8))
+            self.bias16 = None if self.bias16 is None else self.bias16.to(device)
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {C}")
+        if self.int8:
+            return torch.cat([self._int8(x[b : b + 1]) for b in range(B)]) if B > 1 else self._int8(x)
         if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
             x = x.clamp(-self.in_max, self.in_max)
         if self.kind == "pointwise":
@@ -155,3 +199,38 @@ class FixedConv2d:
                 for b in range(B):
                     out[b].addmm_(self._w[t], xp[b, :, off : off + L])
         return requantize_(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
+
+    def _int8(self, x: Tensor) -> Tensor:
+        """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the four input digits.
+
+        The columns hold the four digits of every input side by side (``[d_0 | d_1 | d_2 | d_3]``,
+        each ``L`` wide), so one call gives the four partial sums. Zero padding is applied to
+        the integers before they are split, so padded inputs carry the digits of 0.
+        """
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        _, C, H, W = x.shape
+        if self.kind == "unfold":
+            Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+            Wp = Wo
+            cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
+            cols = byte_digits(cols).reshape(cols.shape[0], -1)  # (C*k, 4 L)
+        elif self.kind == "pointwise":
+            Ho, Wo, Wp = H, W, W
+            cols = byte_digits(x[0].reshape(C, H * W)).reshape(C, -1)
+        else:  # shifted views of the padded digits, as in _shifted, one block of rows per tap in use
+            Hp, Wp = H + 2 * ph, W + 2 * pw
+            Ho, Wo = Hp - kh + 1, Wp - kw + 1
+            n = Ho * Wp
+            padded = F.pad(x[0].to(torch.int32), (pw, pw, ph, ph + 1)).reshape(C, (Hp + 1) * Wp)
+            digits = byte_digits(padded)  # (C, 4, (Hp + 1) * Wp)
+            cols = digits.new_empty((len(self._taps8), C, 4, n))
+            for i, t in enumerate(self._taps8):
+                off = (t // kw) * Wp + t % kw
+                cols[i] = digits[:, :, off : off + n]
+            cols = cols.reshape(-1, 4 * n)
+        g = int8_products(self._w8, cols)
+        out = combine_digits(g.reshape(self.out_channels, 4, -1), self._offset8).mul_(self._scale8).round_()
+        if self.bias16 is not None:
+            out += self.bias16.reshape(-1, 1)
+        out = out.clamp_(-ACT_MAX, ACT_MAX).reshape(1, self.out_channels, Ho, Wp)
+        return out[..., :Wo] if Wp != Wo else out

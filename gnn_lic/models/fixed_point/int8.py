@@ -1,0 +1,136 @@
+r"""Integer products with 8-bit weights: the fast exact kernel of scheme ``w8``.
+
+The float64 products of :mod:`~gnn_lic.models.fixed_point.conv` are exact but run at
+float64 speed. Scheme ``w8`` (:data:`~gnn_lic.models.fixed_point.arith.SCHEME_W8`) keeps
+the activations of scheme fx16 (integers in units of :math:`2^{-16}`, :math:`|a| \le 2^{30}`)
+and changes the weights of every convolution that is not depthwise:
+
+* **weights**: per output channel :math:`o`, integers :math:`\hat w_{o,i}` with
+  :math:`|\hat w_{o,i}| \le 127` standing for :math:`\hat w_{o,i} 2^{-f_o}`, where
+  :math:`f_o` is the largest exponent that keeps the channel's largest weight within 127
+  after rounding (:func:`int8_weights`; exact: ``frexp``, products with powers of two and
+  ``round`` only);
+* **inputs**: unchanged, read as the four bytes of a 32-bit integer, the three low ones
+  offset by -128 so that every digit is a signed byte:
+  :math:`a = \sum_{k=0}^{3} 256^k d_k + 128\,(1 + 256 + 256^2)` (:func:`byte_digits`);
+* **products**: for each digit, :math:`\Sigma_k = \sum_i \hat w_{o,i} d_{k,i}` is an
+  integer matrix product with 32-bit accumulation (``torch._int_mm``, one call for the
+  four digits side by side), exact, hence independent of the summation order;
+  :math:`\mathrm{acc}_o = \sum_k 256^k \Sigma_k + 128\,(1 + 256 + 256^2) \sum_i \hat w_{o,i}`
+  is exact in float64 for fewer than
+  :math:`2^{15}` terms (checked at conversion, :func:`check_fan_in`);
+* **output**: :math:`o = \mathrm{round}(2^{-f_o}\,\mathrm{acc}_o) + \hat b_o`, with the
+  bias :math:`\hat b_o` rounded to activation units at conversion, then clamped to the
+  activation range.
+
+Every step is an integer operation or a correctly rounded IEEE operation on integers, so
+the result is the same on every machine; where ``torch._int_mm`` is not used (a device
+other than the CPU), the same integer products come from a float64 matrix product, exact
+because every partial sum stays below :math:`2^{53}`. Only the weights are rounded
+further than in scheme fx16 (to 8 bits per output channel): each output is a function of
+its own receptive field, exactly as in the float network.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from gnn_lic.models.fixed_point.arith import DTYPE
+
+__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "byte_digits", "combine_digits", "DIGIT_OFFSET", "check_fan_in",
+           "int8_products"]
+
+#: largest |integer weight| of scheme w8
+WEIGHT_MAX = 127
+
+
+def int8_weights(w: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(out, fan_in)`` float weights -> integer weights (float64, ``|w| <= 127``) and ``f`` per row.
+
+    ``f_o`` is the largest exponent with ``max_i |round(w_{o,i} 2^f_o)| <= 127``: with
+    ``max_i |w_{o,i}| = q 2^E`` (``frexp``, ``q`` in [0.5, 1)), ``f_o = 7 - E`` unless the
+    largest weight then rounds to 128, in which case ``6 - E``. Rows of zeros get ``f = 0``.
+
+    >>> w8, f = int8_weights(torch.tensor([[0.5, -0.25], [3.0, 0.0]], dtype=torch.float64))
+    >>> w8.tolist(), f.tolist()
+    ([[64.0, -32.0], [96.0, 0.0]], [7.0, 5.0])
+    """
+    w = w.to(DTYPE)
+    m = w.abs().amax(1)
+    _, E = torch.frexp(m)
+    f = (7 - E).to(DTYPE)
+    f = torch.where(torch.round(m * powers_of_two(f)) > WEIGHT_MAX, f - 1, f)
+    f = torch.where(m > 0, f, torch.zeros_like(f))
+    return torch.round(w * powers_of_two(f)[:, None]), f
+
+
+def powers_of_two(n: Tensor) -> Tensor:
+    """``2**n`` for integer-valued ``n`` (float64), exactly: ``math.ldexp`` per distinct value, not ``pow``."""
+    values = {int(v): math.ldexp(1.0, int(v)) for v in n.unique().tolist()}
+    flat = n.reshape(-1).tolist()
+    return torch.tensor([values[int(v)] for v in flat], dtype=DTYPE, device=n.device).reshape(n.shape)
+
+
+#: XOR mask on an int32 turning its little-endian bytes into signed digits: the three low
+#: bytes minus 128 (``u ^ 0x80`` read as int8), the top byte as it is (two's complement)
+_DIGIT_MASK = 0x00808080
+#: ``a = sum_k 256^k d_k + DIGIT_OFFSET`` for the offset digits of :func:`byte_digits`
+DIGIT_OFFSET = 128 * (1 + 256 + 256**2)
+
+
+def byte_digits(a: Tensor) -> Tensor:
+    """Integers ``|a| <= 2^30`` (float64 or int32, ``(..., n)``) -> ``(..., 4, n)`` int8 digits, least significant first.
+
+    ``a = d_0 + 256 d_1 + 256^2 d_2 + 256^3 d_3 + DIGIT_OFFSET``: the bytes of ``a`` as an
+    int32, the three low ones shifted to [-128, 127] (so every product fits int8) and the
+    top one signed. Read from the bytes, not computed: exact and cheap.
+
+    >>> d = byte_digits(torch.tensor([2.0**30, -129.0, 127.0, 0.0]))
+    >>> d.t().tolist()
+    [[-128, -128, -128, 64], [-1, 127, 127, -1], [-1, -128, -128, 0], [-128, -128, -128, 0]]
+    >>> ((d.double() * torch.tensor([1.0, 256.0, 65536.0, 2.0**24])[:, None]).sum(0) + DIGIT_OFFSET).tolist()
+    [1073741824.0, -129.0, 127.0, 0.0]
+    """
+    a32 = a.to(torch.int32)
+    if sys.byteorder != "little":  # the byte view below assumes the little-endian layout
+        raise RuntimeError("scheme w8 reads int32 bytes in little-endian order")
+    return (a32 ^ _DIGIT_MASK).unsqueeze(-1).view(torch.int8).transpose(-1, -2)  # bytes (..., n, 4) -> (..., 4, n)
+
+
+def combine_digits(g: Tensor, offset: Tensor) -> Tensor:
+    """``(out, 4, L)`` digit sums (int32, least significant first) and per-output ``offset`` terms -> float64.
+
+    ``sum_k 256^k g_k + offset`` is exact in float64 (:func:`check_fan_in`).
+    """
+    acc = g[:, 3].to(DTYPE)
+    for k in (2, 1, 0):
+        acc = acc.mul_(256.0).add_(g[:, k])
+    return acc.add_(offset)
+
+
+def check_fan_in(terms: int, name: str) -> None:
+    """Refuse a layer whose digit sums could leave float64's exact integers.
+
+    Each digit sum is below ``terms * 127 * 128`` (32-bit accumulation needs it below
+    ``2^31``) and the combination multiplies the top one by ``256^3``: the total stays
+    below ``2^53`` for fewer than ``2^15`` terms.
+    """
+    if terms * WEIGHT_MAX * 128 * (256**3 + 256**2 + 256 + 1) >= 2**53:
+        raise ValueError(f"{name}: a fan-in of {terms} terms is too large for scheme w8")
+
+
+def int8_products(w8: Tensor, cols: Tensor) -> Tensor:
+    """``w8 @ cols`` of an int8 ``(out, K)`` and an int8 ``(K, N)`` matrix, exactly, as int32.
+
+    On the CPU ``torch._int_mm`` (32-bit accumulation, exact for ``K`` below
+    ``2^31 / (127 * 128)`` terms); elsewhere a float64 product of the same integers (every
+    partial sum below ``2^53``: exact). Both give the same integers.
+    """
+    if w8.device.type == "cpu":
+        return torch._int_mm(w8, cols)
+    return (w8.to(DTYPE) @ cols.to(DTYPE)).to(torch.int32)
