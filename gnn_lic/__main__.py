@@ -189,6 +189,9 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="compressed file to write")
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
+    p.add_argument("--scheme", choices=("fx16", "w8"), default="fx16",
+                   help="fixed-point scheme of the entropy parameters: fx16 (default) or w8 (8-bit weights, "
+                        "integer products: faster for paper-size models); the file records it")
     _add_model_arguments(p)
 
 
@@ -196,6 +199,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     from gnn_lic.codec import encode_image, read_image, write_bytes  # noqa: PLC0415
     from gnn_lic.codec.budget import job_plan, time_encode  # noqa: PLC0415
     from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+    from gnn_lic.models.entropy import entropy_arithmetic  # noqa: PLC0415
 
     if not args.checkpoint and not args.model:
         raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
@@ -218,7 +222,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
         start = time.perf_counter()
-        data = encode_image(net, image, quality=quality)
+        with entropy_arithmetic(net, {"fx16": "fixed", "w8": "fixed8"}[args.scheme]):  # no-op without one
+            data = encode_image(net, image, quality=quality)
         seconds = time.perf_counter() - start
     write_bytes(args.output, data, force=args.force)
     nbytes = os.path.getsize(args.output)

@@ -5,8 +5,8 @@
 For each model: the whole-image encode (``net.compress``) and decode
 (``net.decompress``), and the latent codec alone (``latent_codec.compress`` /
 ``decompress`` on the same ``y``), with the fixed-point entropy parameters of
-format-2 streams (:mod:`gnn_lic.models.fixed_point`: scheme w8, the default, and scheme
-fx16, ``"fixed16"``) and with the float ones
+format-2 streams (:mod:`gnn_lic.models.fixed_point`: scheme w8, ``"fixed8"``, and scheme
+fx16, ``"fixed"``) and with the float ones
 (:func:`gnn_lic.models.entropy.entropy_arithmetic` ``"float"``, format 1).
 The paths alternate within one process, round after round with each path first in
 turn, and the medians are compared: on a shared host only figures measured side
@@ -34,7 +34,7 @@ from gnn_lic.cli import ArgumentParser, UsageError, run_main
 __all__ = ["time_paths", "bench_entropy", "build_parser", "main"]
 
 #: scheme w8 (the default), scheme fx16 (float64 products), the float networks
-PATHS = ("fixed", "fixed16", "float")
+PATHS = ("fixed8", "fixed", "float")
 STEPS = ("encode", "decode", "latent_encode", "latent_decode")
 
 
@@ -141,11 +141,11 @@ def bench_entropy(models: List[str], size: str, image: Optional[str], height: in
         rows.append(r)
         print(f"{r['model']}: {label} {x.shape[-1]}x{x.shape[-2]}, {n} thread(s), {r['clock']} time, "
               f"median of {rounds} alternating rounds")
-        print(f"  {'':14} {'fixed (w8)':>11} {'fixed16':>11} {'float':>11}   w8 / fixed16 vs float")
+        print(f"  {'':14} {'w8':>11} {'fx16':>11} {'float':>11}   w8 / fx16 vs float")
         for step in STEPS:
             print(_row(step.replace("_", " "), r["seconds"][step]))
         b = r["payload_bytes"]
-        print(f"  payload bytes: fixed (w8) {b['fixed']:,}, fixed16 {b['fixed16']:,}, float {b['float']:,}; "
+        print(f"  payload bytes: w8 {b['fixed8']:,}, fx16 {b['fixed']:,}, float {b['float']:,}; "
               f"fixed-point latents decode bit-exactly: {'yes' if r['fixed_latents_exact'] else 'NO'}", flush=True)
     return rows
 

@@ -321,11 +321,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def stream_arithmetic(parsed: ParsedStream) -> str:
-    """The entropy arithmetic a parsed stream was coded with: ``"fixed"`` (scheme w8),
-    ``"fixed16"`` (scheme fx16) or ``"float"`` (format 1, or format 2 without fixed point)."""
+    """The entropy arithmetic a parsed stream was coded with: ``"fixed"`` (scheme fx16),
+    ``"fixed8"`` (scheme w8) or ``"float"`` (format 1, or format 2 without fixed point)."""
     if parsed.version < 2 or not parsed.fixed_point:
         return "float"
-    return "fixed" if parsed.w8 else "fixed16"
+    return "fixed8" if parsed.w8 else "fixed"
 
 
 def inspect_stream(data: bytes) -> dict:
@@ -334,7 +334,7 @@ def inspect_stream(data: bytes) -> dict:
     Keys: ``format``, ``kind``, ``version``, ``model_name``, ``model_size``,
     ``config_hash`` and ``weights_hash`` (format 1: hex of the stored 16-byte prefixes;
     format 2: empty), ``identity`` (format 2: hex of the stored identity prefix),
-    ``fixed_point``, ``arithmetic`` (``"fixed"``: scheme w8, ``"fixed16"``: scheme fx16,
+    ``fixed_point``, ``arithmetic`` (``"fixed"``: scheme fx16, ``"fixed8"``: scheme w8,
     ``"float"``), ``quality`` (None: a single-rate model), ``overhead_bytes`` (``total_bytes - payload_bytes``),
     ``height``, ``width``, ``shape`` (lists instead of tuples), ``strings_layout`` (the
     nesting of the entropy-coded strings with each string replaced by its length),

@@ -208,7 +208,7 @@ def encode_image(net: torch.nn.Module, image: np.ndarray, quality: Optional[floa
         model_size=size,
         identity=identity,
         fixed_point=fixed,
-        w8=arithmetic == "fixed",
+        w8=arithmetic == "fixed8",
         height=height,
         width=width,
         shape=shape,

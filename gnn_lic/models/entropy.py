@@ -33,13 +33,13 @@ from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, from_a
 __all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_fixed_point", "FixedPointHyperpriorCodec", "RansCoder",
            "fixed_symbols", "fixed_z_hat", "fixed_dequantize"]
 
-#: ``"fixed"``: deterministic fixed-point entropy parameters with 8-bit weights and integer
-#: products (scheme w8, the default); ``"fixed16"``: the same with float64 products of 16-bit
-#: fractions (scheme fx16, written by gnn_lic 0.x before w8; still decoded); ``"float"``: the
-#: float networks (format-1 streams; not portable across machines or thread counts)
-ARITHMETICS = ("fixed", "fixed16", "float")
+#: ``"fixed"``: deterministic fixed-point entropy parameters, float64 products of 16-bit
+#: fractions (scheme fx16, the default); ``"fixed8"``: the same with 8-bit weights and
+#: integer products (scheme w8, faster for wide networks); ``"float"``: the float networks
+#: (format-1 streams; not portable across machines or thread counts)
+ARITHMETICS = ("fixed", "fixed8", "float")
 #: the fixed-point arithmetics and whether each uses scheme w8's integer products
-FIXED_ARITHMETICS = {"fixed": True, "fixed16": False}
+FIXED_ARITHMETICS = {"fixed": False, "fixed8": True}
 
 
 class _FixedNets:
@@ -72,7 +72,7 @@ class FixedPointHyperpriorCodec(HyperpriorLatentCodec):
     :meth:`_code`, which evaluates the networks of :meth:`_fixed_modules` in fixed point
     (:mod:`gnn_lic.models.fixed_point`) and puts every symbol of one image into a single
     rANS string: ``strings = [[y string per image], z_strings]``, ``shape = (h_z, w_z)``
-    (the latent is ``4 h_z x 4 w_z``); ``"fixed"`` is scheme w8, ``"fixed16"`` scheme fx16
+    (the latent is ``4 h_z x 4 w_z``); ``"fixed"`` is scheme fx16, ``"fixed8"`` scheme w8
     (:mod:`gnn_lic.models.fixed_point`). With ``arithmetic = "float"`` the float paths
     :meth:`_compress_float` / :meth:`_decompress_float` run (format-1 streams).
     """
@@ -89,7 +89,7 @@ class FixedPointHyperpriorCodec(HyperpriorLatentCodec):
 
     def _fixed_nets(self, device: torch.device) -> Dict[str, Any]:
         cache = self.__dict__.setdefault("_fixed_cache", _FixedNets())
-        return cache.get(self._fixed_modules(), device, FIXED_ARITHMETICS.get(self.arithmetic, True))
+        return cache.get(self._fixed_modules(), device, FIXED_ARITHMETICS.get(self.arithmetic, False))
 
     def _compress_float(self, y: Tensor) -> Dict[str, Any]:
         return super().compress(y)

@@ -10,10 +10,10 @@ def test_prints_every_path_for_a_smoke_run(tmp_path, capsys):
     assert main(["--models", "glic", "--size", "tiny", "--random-init", "--rounds", "1", "--height", "64",
                  "--width", "64", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "w8 / fixed16 vs float" in text and "latent decode" in text and "bit-exactly: yes" in text
+    assert "w8 / fx16 vs float" in text and "latent decode" in text and "bit-exactly: yes" in text
     (row,) = json.loads(out.read_text())
     assert set(row["seconds"]) == {"encode", "decode", "latent_encode", "latent_decode"}
-    assert all(set(v) == {"fixed", "fixed16", "float"} and min(v.values()) > 0 for v in row["seconds"].values())
+    assert all(set(v) == {"fixed8", "fixed", "float"} and min(v.values()) > 0 for v in row["seconds"].values())
     assert row["fixed_latents_exact"] and row["threads"] == 1 and row["clock"] == "cpu"
 
 

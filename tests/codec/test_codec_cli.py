@@ -319,3 +319,22 @@ def test_progress_bar_over_the_estimated_time(capsys):
         time.sleep(0.7)
     err = capsys.readouterr().err
     assert "job:" in err and "of about 2 s" in err
+
+
+def test_compress_scheme_w8_is_recorded_and_decodes(work, capsys, tmp_path):
+    """``--scheme w8`` writes a stream flagged w8; decompress picks the scheme from the file."""
+    import torch
+
+    from gnn_lic.models import create_model
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "gabic.pt", create_model("gabic", size="tiny"))
+    stream, png = tmp_path / "w8.glic", tmp_path / "w8.png"
+    assert _main(capsys, "compress", str(work / "in.png"), str(stream), "-c", str(ck), "--scheme", "w8")[0] == 0
+    assert inspect_stream(stream.read_bytes())["arithmetic"] == "fixed8"
+    assert _main(capsys, "decompress", str(stream), str(png), "-c", str(ck))[0] == 0
+    net, _ = load_checkpoint(ck)
+    assert np.array_equal(read_image(png), decode_image(net, stream.read_bytes()))
+    code, _, err = _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "x.glic"), "-c", str(ck),
+                         "--scheme", "w9")
+    assert code == 2 and not (tmp_path / "x.glic").exists()

@@ -304,7 +304,7 @@ def test_evaluation_reports_file_and_payload_bpp_side_by_side(net, image):
 
 def test_the_w8_flag_names_the_fixed_point_scheme():
     ok = dict(model_name="m", model_size="tiny", identity=b"\0" * 4, height=1, width=1, shape=[1], strings=[[b"x"]])
-    arithmetic = {(False, False): "float", (True, False): "fixed16", (True, True): "fixed"}
+    arithmetic = {(False, False): "float", (True, False): "fixed", (True, True): "fixed8"}
     for (fixed, w8), name in arithmetic.items():
         data = pack_stream(**ok, fixed_point=fixed, w8=w8)
         assert inspect_stream(data)["arithmetic"] == name

@@ -13,7 +13,7 @@ import pytest
 import gnn_lic.__main__ as cli
 from gnn_lic.codec import inspect_stream, read_image
 from gnn_lic.codec.fingerprint import identity_digest
-from gnn_lic.models.fixed_point import SCHEME_W8
+from gnn_lic.models.fixed_point import SCHEME
 from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model
 from gnn_lic.models.zoo import file_sha256, shipped_weights, weights_dir
@@ -55,7 +55,7 @@ def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
     capsys.readouterr()
     net = create_model(name, size=size, pretrained=True)
     info = inspect_stream(stream.read_bytes())
-    assert info["identity"] == identity_digest(net, SCHEME_W8)[:4].hex() and info["fixed_point"]
+    assert info["identity"] == identity_digest(net, SCHEME)[:4].hex() and info["fixed_point"]
     assert info["overhead_bytes"] <= 32  # a shipped model's stream: short model code, implied shape
     assert cli.main(["decompress", str(stream), str(png)]) == 0
     rec = read_image(png)

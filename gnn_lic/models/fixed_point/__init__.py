@@ -44,14 +44,16 @@ Only three kinds of operation occur, and each is deterministic:
 
 Two schemes
 -----------
-Scheme **fx16** (:data:`SCHEME`, arithmetic ``"fixed16"``) is the one above: float64
-products of 16-bit-fraction weights. Scheme **w8** (:data:`SCHEME_W8`, arithmetic
-``"fixed"``, the default of new streams, which flag it) keeps the activations, layer
+Scheme **fx16** (:data:`SCHEME`, arithmetic ``"fixed"``, the default) is the one above:
+float64 products of 16-bit-fraction weights. Scheme **w8** (:data:`SCHEME_W8`, arithmetic
+``"fixed8"``, flagged in the streams that use it) keeps the activations, layer
 norms, tables and depthwise convolutions of fx16 and rounds the weights of every other
 convolution to 8 bits per output channel; their products are integer matrix products of
 the inputs' byte digits with 32-bit accumulation (:mod:`~gnn_lic.models.fixed_point.int8`),
-exact like fx16's and faster for wide layers. A stream names its scheme, so streams of
-both keep decoding.
+exact like fx16's and faster for wide layers (paper-size models). Its 8-bit weights move
+the means by a fraction of a quantisation step: on the trained shipped models the rate is
+the same, but untrained or tiny models drift further from their float forward than with
+fx16, which is why fx16 stays the default. A stream names its scheme, so both decode.
 
 Scaling by a power of two is exact, so a layer multiplies its integer weights and bias by
 :math:`2^{-F_w}` once, at conversion: products and sums are then the integer ones times
@@ -89,7 +91,7 @@ from gnn_lic.models.fixed_point.convert import fixed_networks, to_fixed
 from gnn_lic.models.fixed_point.tables import TABLE_FRAC_BITS, TABLE_RANGE, FixedTable, gelu_table, tanh_table
 
 #: the fixed-point arithmetics of :data:`gnn_lic.models.entropy.ARITHMETICS` -> scheme names
-SCHEMES = {"fixed": SCHEME_W8, "fixed16": SCHEME}
+SCHEMES = {"fixed": SCHEME, "fixed8": SCHEME_W8}
 
 __all__ = [
     "SCHEME",

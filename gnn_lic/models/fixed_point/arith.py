@@ -32,7 +32,7 @@ __all__ = [
 #: of the fixed-point streams that use it
 SCHEME = "fx16-a14-t8-v1"
 #: name of the arithmetic with 8-bit weights and integer products (scheme w8,
-#: :mod:`~gnn_lic.models.fixed_point.int8`), the default since format-2 streams flag it
+#: :mod:`~gnn_lic.models.fixed_point.int8`), which the streams that use it flag
 SCHEME_W8 = "fx16-a14-t8-w8a15-v1"
 #: fractional bits of every activation
 ACT_FRAC_BITS = 16

@@ -37,7 +37,7 @@ def golden_image() -> np.ndarray:
 
 
 #: file-name suffix -> the entropy arithmetic (fixed-point scheme) of the golden stream
-SCHEMES = {"": "fixed16", "-w8": "fixed"}
+SCHEMES = {"": "fixed", "-w8": "fixed8"}
 
 
 def latents(net, data: bytes) -> np.ndarray:
