@@ -3,7 +3,7 @@
 Examples::
 
     python -m gnn_lic compress kodim01.png kodim01.glic --model glic --size small
-    python -m gnn_lic compress kodim01.png kodim01.glic --checkpoint runs/glic.pth.tar
+    python -m gnn_lic compress kodim01.png kodim01.glic --checkpoint runs/glic.pth.tar [--scheme w8]
     python -m gnn_lic decompress kodim01.glic kodim01_hat.png [--checkpoint CKPT]
     python -m gnn_lic info kodim01.glic [--json]
     python -m gnn_lic convert-official glic glic_0.013.pth glic_0013.pt   # the authors' weights
@@ -29,10 +29,9 @@ Extending
 Subcommands live in :data:`COMMANDS` (name -> :class:`Command`).  Add one with
 :func:`register_command` from a plugin module named in the environment variable
 ``GNN_LIC_PLUGINS`` (comma-separated module names, imported before the command line is
-parsed; plugins may also register extra models).  Such modules should
-``import gnn_lic.__main__`` (which is the running module even under ``-m``).
-The error convention (one line, exit status 2) is :mod:`gnn_lic.cli`'s, shared by every
-entry point.
+parsed; plugins may also register extra models).  Such modules should ``import gnn_lic.__main__``
+(which is the running module even under ``-m``). The error convention (one line, exit
+status 2) is :mod:`gnn_lic.cli`'s, shared by every entry point.
 """
 
 from __future__ import annotations
@@ -189,9 +188,8 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="compressed file to write")
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
-    p.add_argument("--scheme", choices=("fx16", "w8"), default="fx16",
-                   help="fixed-point scheme of the entropy parameters: fx16 (default) or w8 (8-bit weights, "
-                        "integer products: faster for paper-size models); the file records it")
+    p.add_argument("--scheme", choices=("fx16", "w8"), default="fx16", help="fixed-point entropy scheme: fx16 "
+                   "(default) or w8 (8-bit weights, integer products; faster for wide models), recorded in the file")
     _add_model_arguments(p)
 
 
