@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, from_act, to_act, to_fixed
 
-__all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_fixed_point", "FixedPointHyperpriorCodec", "RansCoder",
+__all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_fixed_point", "FixedPointHyperpriorCodec",
+           "RansCoder",
            "fixed_symbols", "fixed_z_hat", "fixed_dequantize"]
 
 #: ``"fixed"``: deterministic fixed-point entropy parameters, float64 products of 16-bit
@@ -88,8 +89,9 @@ class FixedPointHyperpriorCodec(HyperpriorLatentCodec):
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _fixed_nets(self, device: torch.device) -> Dict[str, Any]:
-        cache = self.__dict__.setdefault("_fixed_cache", _FixedNets())
-        return cache.get(self._fixed_modules(), device, FIXED_ARITHMETICS.get(self.arithmetic, False))
+        int8 = FIXED_ARITHMETICS.get(self.arithmetic, False)
+        cache = self.__dict__.setdefault("_fixed_cache", {}).setdefault(int8, _FixedNets())  # one per scheme
+        return cache.get(self._fixed_modules(), device, int8)
 
     def _compress_float(self, y: Tensor) -> Dict[str, Any]:
         return super().compress(y)

@@ -58,7 +58,7 @@ class FixedConv2d:
     (units :math:`2^{-F_w}`) and bias (units :math:`2^{-(16 + F_w)}`); the kernels use
     them times :math:`2^{-F_w}` (exact), so the output needs only rounding. With ``int8``
     (scheme ``w8``) a layer that is not depthwise uses 8-bit weights per output channel
-    and 15-bit inputs instead (:mod:`~gnn_lic.models.fixed_point.int8`).
+    and integer products of the inputs' byte digits instead (:mod:`~gnn_lic.models.fixed_point.int8`).
     """
 
     def __init__(self, conv: nn.Conv2d, name: str = "conv", int8: bool = False):
