@@ -303,6 +303,21 @@ def test_w8_conv_equals_its_definition_in_python_integers(kind):
         assert torch.equal(f(x.clone()), reference_conv_w8(conv, x)), (kind, B, H, W)
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
+def test_w8_conv_with_fewer_digits_equals_its_definition(kind):
+    """Inputs that fit in 1, 2 or 3 signed bytes are split into that many digits: same integers."""
+    from gnn_lic.models.fixed_point.int8 import digit_planes
+
+    conv = _seeded(_conv(kind), seed=18)
+    f = fp.FixedConv2d(conv, kind, int8=True)
+    g = torch.Generator().manual_seed(19)
+    for planes, top in [(1, 127), (2, 2**15 - 1), (3, 2**23 - 1)]:
+        x = torch.randint(-top, top + 1, (1, f.in_channels, 4, 5), generator=g).double()
+        x[0, 0, 0, 0], x[0, -1, -1, -1] = top, -top - 1  # the digits' extremes
+        assert digit_planes(float(x.min()), float(x.max())) == planes
+        assert torch.equal(f(x.clone()), reference_conv_w8(conv, x)), (kind, planes)
+
+
 def test_w8_depthwise_keeps_the_float64_products():
     conv = _seeded(_conv("5x5-depthwise"), seed=13)
     f = fp.FixedConv2d(conv, "dw", int8=True)
@@ -325,7 +340,7 @@ def test_w8_weights_use_the_byte_and_are_exact_powers():
 
 
 def test_w8_digits_rebuild_every_activation():
-    from gnn_lic.models.fixed_point.int8 import DIGIT_OFFSET, byte_digits
+    from gnn_lic.models.fixed_point.int8 import DIGIT_OFFSET, byte_digits, digit_offset
 
     g = torch.Generator().manual_seed(16)
     a = torch.cat([torch.randint(-fp.ACT_MAX, fp.ACT_MAX + 1, (5000,), generator=g).double(),
@@ -334,6 +349,13 @@ def test_w8_digits_rebuild_every_activation():
     assert d.dtype == torch.long and d.shape == (4, a.numel())
     rebuilt = d[0] + 256 * d[1] + 256**2 * d[2] + 256**3 * d[3] + DIGIT_OFFSET
     assert torch.equal(rebuilt, a.long())
+    for planes in (1, 2, 3):  # integers within p signed bytes, split into p digits
+        top = 2 ** (8 * planes - 1)
+        b = torch.cat([a[a.abs() < top], torch.tensor([top - 1.0, -top, 0.0])])
+        d = byte_digits(b, planes).long()
+        assert d.shape == (planes, b.numel()) and int(d.min()) >= -128 and int(d.max()) <= 127
+        rebuilt = sum(256**k * d[k] for k in range(planes)) + digit_offset(planes)
+        assert torch.equal(rebuilt, b.long()), planes
 
 
 def test_w8_products_on_other_devices_are_the_same_integers():

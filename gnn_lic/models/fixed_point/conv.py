@@ -39,10 +39,11 @@ from torch import Tensor, nn
 
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
 from gnn_lic.models.fixed_point.int8 import (
-    DIGIT_OFFSET,
     byte_digits,
     check_fan_in,
     combine_digits,
+    digit_offset,
+    digit_planes,
     int8_products,
     int8_weights,
     powers_of_two,
@@ -127,7 +128,7 @@ class FixedConv2d:
             taps = self.weight8.reshape(self.out_channels, 1, -1)
         check_fan_in(taps.shape[1] * taps.shape[2], self.name)
         self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
-        self._offset8 = (self.weight8.sum(1) * DIGIT_OFFSET).reshape(-1, 1)  # the digits' offset, summed
+        self._wsum8 = self.weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
         self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
 
     def to(self, device: torch.device) -> "FixedConv2d":
@@ -136,7 +137,7 @@ class FixedConv2d:
         self._w = self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
         if self.int8:
-            self._w8, self._scale8, self._offset8 = (t.to(device) for t in (self._w8, self._scale8, self._offset8))
+            self._w8, self._scale8, self._wsum8 = (t.to(device) for t in (self._w8, self._scale8, self._wsum8))
             self.bias16 = None if self.bias16 is None else self.bias16.to(device)
         return self
 
@@ -201,35 +202,41 @@ class FixedConv2d:
         return requantize_(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
 
     def _int8(self, x: Tensor) -> Tensor:
-        """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the four input digits.
+        """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the input digits.
 
-        The columns hold the four digits of every input side by side (``[d_0 | d_1 | d_2 | d_3]``,
-        each ``L`` wide), so one call gives the four partial sums. Zero padding is applied to
-        the integers before they are split, so padded inputs carry the digits of 0.
+        The inputs are split into the fewest digits ``p`` that hold them all
+        (:func:`~gnn_lic.models.fixed_point.int8.digit_planes`; zero, the padding, in every
+        range), the same integers whatever ``p``. The columns hold the ``p`` digits of every
+        input side by side (``[d_0 | ... | d_{p-1}]``, each ``L`` wide), so one call gives
+        the ``p`` partial sums. Zero padding is applied to the integers before they are
+        split, so padded inputs carry the digits of 0.
         """
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, C, H, W = x.shape
+        lo, hi = torch.aminmax(x)
+        p = digit_planes(float(lo), float(hi))
         if self.kind == "unfold":
             Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             Wp = Wo
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            cols = byte_digits(cols).reshape(cols.shape[0], -1)  # (C*k, 4 L)
+            cols = byte_digits(cols, p).reshape(cols.shape[0], -1)  # (C*k, p L)
         elif self.kind == "pointwise":
             Ho, Wo, Wp = H, W, W
-            cols = byte_digits(x[0].reshape(C, H * W)).reshape(C, -1)
+            cols = byte_digits(x[0].reshape(C, H * W), p).reshape(C, -1)
         else:  # shifted views of the padded digits, as in _shifted, one block of rows per tap in use
             Hp, Wp = H + 2 * ph, W + 2 * pw
             Ho, Wo = Hp - kh + 1, Wp - kw + 1
             n = Ho * Wp
             padded = F.pad(x[0].to(torch.int32), (pw, pw, ph, ph + 1)).reshape(C, (Hp + 1) * Wp)
-            digits = byte_digits(padded)  # (C, 4, (Hp + 1) * Wp)
-            cols = digits.new_empty((len(self._taps8), C, 4, n))
+            digits = byte_digits(padded, p)  # (C, p, (Hp + 1) * Wp)
+            cols = digits.new_empty((len(self._taps8), C, p, n))
             for i, t in enumerate(self._taps8):
                 off = (t // kw) * Wp + t % kw
                 cols[i] = digits[:, :, off : off + n]
-            cols = cols.reshape(-1, 4 * n)
+            cols = cols.reshape(-1, p * n)
         g = int8_products(self._w8, cols)
-        out = combine_digits(g.reshape(self.out_channels, 4, -1), self._offset8).mul_(self._scale8).round_()
+        out = combine_digits(g.reshape(self.out_channels, p, -1), self._wsum8 * digit_offset(p))
+        out = out.mul_(self._scale8).round_()
         if self.bias16 is not None:
             out += self.bias16.reshape(-1, 1)
         out = out.clamp_(-ACT_MAX, ACT_MAX).reshape(1, self.out_channels, Ho, Wp)

@@ -10,13 +10,17 @@ and changes the weights of every convolution that is not depthwise:
   :math:`f_o` is the largest exponent that keeps the channel's largest weight within 127
   after rounding (:func:`int8_weights`; exact: ``frexp``, products with powers of two and
   ``round`` only);
-* **inputs**: unchanged, read as the four bytes of a 32-bit integer, the three low ones
-  offset by -128 so that every digit is a signed byte:
-  :math:`a = \sum_{k=0}^{3} 256^k d_k + 128\,(1 + 256 + 256^2)` (:func:`byte_digits`);
+* **inputs**: unchanged, read as the ``p`` low bytes of a 32-bit integer, all but the top
+  one offset by -128 so that every digit is a signed byte:
+  :math:`a = \sum_{k<p} 256^k d_k + 128 \sum_{k<p-1} 256^k` (:func:`byte_digits`). ``p``
+  (1 to 4) is the fewest digits that hold the layer's inputs of this call
+  (:func:`digit_planes`: every :math:`a` in :math:`[-2^{8p-1}, 2^{8p-1})`); a different
+  ``p`` writes the same integers with more or fewer digits, so the result does not depend
+  on it;
 * **products**: for each digit, :math:`\Sigma_k = \sum_i \hat w_{o,i} d_{k,i}` is an
   integer matrix product with 32-bit accumulation (``torch._int_mm``, one call for the
-  four digits side by side), exact, hence independent of the summation order;
-  :math:`\mathrm{acc}_o = \sum_k 256^k \Sigma_k + 128\,(1 + 256 + 256^2) \sum_i \hat w_{o,i}`
+  ``p`` digits side by side), exact, hence independent of the summation order;
+  :math:`\mathrm{acc}_o = \sum_k 256^k \Sigma_k + 128 \sum_{k<p-1} 256^k \sum_i \hat w_{o,i}`
   is exact in float64 for fewer than
   :math:`2^{15}` terms (checked at conversion, :func:`check_fan_in`);
 * **output**: :math:`o = \mathrm{round}(2^{-f_o}\,\mathrm{acc}_o) + \hat b_o`, with the
@@ -42,8 +46,8 @@ from torch import Tensor
 
 from gnn_lic.models.fixed_point.arith import DTYPE
 
-__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "byte_digits", "combine_digits", "DIGIT_OFFSET", "check_fan_in",
-           "int8_products"]
+__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits", "combine_digits",
+           "DIGIT_OFFSET", "check_fan_in", "int8_products"]
 
 #: largest |integer weight| of scheme w8
 WEIGHT_MAX = 127
@@ -76,39 +80,65 @@ def powers_of_two(n: Tensor) -> Tensor:
     return torch.tensor([values[int(v)] for v in flat], dtype=DTYPE, device=n.device).reshape(n.shape)
 
 
-#: XOR mask on an int32 turning its little-endian bytes into signed digits: the three low
-#: bytes minus 128 (``u ^ 0x80`` read as int8), the top byte as it is (two's complement)
-_DIGIT_MASK = 0x00808080
-#: ``a = sum_k 256^k d_k + DIGIT_OFFSET`` for the offset digits of :func:`byte_digits`
+def digit_planes(lo: float, hi: float) -> int:
+    """The fewest signed base-256 digits ``p`` (1 to 4) that hold every integer in ``[lo, hi]``
+    (:func:`byte_digits`): ``-2^(8p-1) <= lo`` and ``hi < 2^(8p-1)``.
+
+    >>> digit_planes(-128, 127), digit_planes(-129, 0), digit_planes(0, 2.0**23), digit_planes(-2.0**30, 0)
+    (1, 2, 4, 4)
+    """
+    for p in (1, 2, 3):
+        if lo >= -(1 << (8 * p - 1)) and hi < (1 << (8 * p - 1)):
+            return p
+    return 4
+
+
+def digit_offset(planes: int) -> int:
+    """``a - sum_k 256^k d_k`` for ``planes`` digits of :func:`byte_digits`: 128 for every offset (low) digit.
+
+    >>> [digit_offset(p) for p in (1, 2, 4)] == [0, 128, DIGIT_OFFSET]
+    True
+    """
+    return 128 * sum(256**k for k in range(planes - 1))
+
+
+#: ``a = sum_k 256^k d_k + DIGIT_OFFSET`` for the four digits of :func:`byte_digits`
 DIGIT_OFFSET = 128 * (1 + 256 + 256**2)
 
 
-def byte_digits(a: Tensor) -> Tensor:
-    """Integers ``|a| <= 2^30`` (float64 or int32, ``(..., n)``) -> ``(..., 4, n)`` int8 digits, least significant first.
+def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
+    """Integers (float64 or int32, ``(..., n)``) that :func:`digit_planes` gives ``planes`` or fewer digits
+    -> ``(..., planes, n)`` contiguous int8 digits, least significant first.
 
-    ``a = d_0 + 256 d_1 + 256^2 d_2 + 256^3 d_3 + DIGIT_OFFSET``: the bytes of ``a`` as an
-    int32, the three low ones shifted to [-128, 127] (so every product fits int8) and the
-    top one signed. Read from the bytes, not computed: exact and cheap.
+    ``a = sum_{k < planes} 256^k d_k + digit_offset(planes)``: the low bytes of ``a`` as an
+    int32, all but the top one shifted to [-128, 127] (so every product fits int8) and the
+    top one signed (two's complement: the bytes above it are its sign). Read from the bytes,
+    not computed: exact and cheap.
 
     >>> d = byte_digits(torch.tensor([2.0**30, -129.0, 127.0, 0.0]))
     >>> d.t().tolist()
     [[-128, -128, -128, 64], [-1, 127, 127, -1], [-1, -128, -128, 0], [-128, -128, -128, 0]]
     >>> ((d.double() * torch.tensor([1.0, 256.0, 65536.0, 2.0**24])[:, None]).sum(0) + DIGIT_OFFSET).tolist()
     [1073741824.0, -129.0, 127.0, 0.0]
+    >>> byte_digits(torch.tensor([-129.0, 127.0]), planes=2).t().tolist()
+    [[-1, -1], [-1, 0]]
     """
-    a32 = a.to(torch.int32)
     if sys.byteorder != "little":  # the byte view below assumes the little-endian layout
         raise RuntimeError("scheme w8 reads int32 bytes in little-endian order")
-    return (a32 ^ _DIGIT_MASK).unsqueeze(-1).view(torch.int8).transpose(-1, -2)  # bytes (..., n, 4) -> (..., 4, n)
+    mask = sum(0x80 << (8 * k) for k in range(planes - 1))  # the offset (low) digits
+    a32 = a.to(torch.int32)
+    if mask:
+        a32 = a32 ^ mask
+    return a32.unsqueeze(-1).view(torch.int8)[..., :planes].transpose(-1, -2).contiguous()  # (..., n, 4) -> (..., p, n)
 
 
 def combine_digits(g: Tensor, offset: Tensor) -> Tensor:
-    """``(out, 4, L)`` digit sums (int32, least significant first) and per-output ``offset`` terms -> float64.
+    """``(out, p, L)`` digit sums (int32, least significant first) and per-output ``offset`` terms -> float64.
 
     ``sum_k 256^k g_k + offset`` is exact in float64 (:func:`check_fan_in`).
     """
-    acc = g[:, 3].to(DTYPE)
-    for k in (2, 1, 0):
+    acc = g[:, -1].to(DTYPE)
+    for k in range(g.shape[1] - 2, -1, -1):
         acc = acc.mul_(256.0).add_(g[:, k])
     return acc.add_(offset)
 
