@@ -131,6 +131,10 @@ def _combine(rows: AxisLayout, cols: AxisLayout, W: int):
 
 _CACHE: "OrderedDict[tuple, Candidates]" = OrderedDict()
 _CACHE_SIZE = 64
+#: tables larger than this are made again at every call instead of cached: a map of a
+#: large photo has ``(N, K)`` tables of hundreds of megabytes, and a graph block builds
+#: them once for all its layers, so keeping them for the process would only hold memory
+_CACHE_MAX_BYTES = 16 << 20
 _CACHE_LOCK = threading.Lock()  # bands of a map may build graphs on several threads at once
 
 
@@ -170,7 +174,8 @@ def _candidate_ids(key: Tensor, cand: Optional[Tensor], Q: int) -> Tensor:
 
 
 def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
-    """Candidate sets of every node of an ``H x W`` map (cached per rule, shape and device)."""
+    """Candidate sets of every node of an ``H x W`` map (cached per rule, shape and device,
+    up to :data:`_CACHE_MAX_BYTES` of candidate entries per map)."""
     if H < 1 or W < 1:
         raise ValueError(f"feature map must be at least 1x1, got {H}x{W}")
     device = torch.device(device or "cpu")
@@ -181,6 +186,8 @@ def candidates(cset: CandidateSet, H: int, W: int, device=None) -> Candidates:
             _CACHE.move_to_end(key)
             return hit
     made = _make_candidates(cset, int(H), int(W), device)
+    if made.valid_rows.numel() > _CACHE_MAX_BYTES:  # one byte per (row, candidate) entry
+        return made
     with _CACHE_LOCK:
         hit = _CACHE.setdefault(key, made)
         _CACHE.move_to_end(key)

@@ -150,6 +150,13 @@ class CSRGraph:
             self._pattern = torch.sparse_csr_tensor(self.crow, self.col, ones, (self.num_nodes, self.num_cols))
         return self._pattern
 
+    def structure(self, dtype=torch.float32) -> Tensor:
+        """The adjacency's shape and indices as a ``torch.sparse_csr`` tensor whose values are one
+        broadcast ``1`` (no ``(E,)`` array): for passing the graph where only its structure is read
+        (the ``adj_t`` of a fused ``propagate``); use :meth:`pattern` for arithmetic with it."""
+        ones = torch.ones(1, dtype=dtype, device=self.col.device).expand(self.num_edges)
+        return torch.sparse_csr_tensor(self.crow, self.col, ones, (self.num_nodes, self.num_cols))
+
     def __repr__(self) -> str:
         zero = ", zero node" if self.num_cols > self.num_nodes else ""
         return f"CSRGraph(num_nodes={self.num_nodes}, num_edges={self.num_edges}{zero})"

@@ -32,7 +32,8 @@ class _StagedTransform(nn.Module):
     def _stages(self, x: Tensor, w: Optional[Tensor], stages: Sequence[int]) -> Tuple[Tensor, Optional[Tensor]]:
         """Stages ``stages`` from the main branch ``x`` and the wavelet chain's ``w``; both after them."""
         for i in stages:
-            x = self.blocks[i](self.resample[i](x))
+            x = self.resample[i](x)  # the map of the previous resolution is not held during the blocks
+            x = self.blocks[i](x)
             if self.wavelet is not None:
                 w = self.wavelet[i](w)
                 x = x + w

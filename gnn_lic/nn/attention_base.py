@@ -90,7 +90,7 @@ class SparseAttentionConv(MessagePassing):
         self._graph, self._bound = graph, logit_bound
         self._bias = None if edge_bias is None else edge_bias(graph).t()
         try:
-            return self.propagate(graph.pattern(q.dtype), q=q, k=k, v=v, bias=None, size=(graph.num_cols, N))
+            return self.propagate(graph.structure(q.dtype), q=q, k=k, v=v, bias=None, size=(graph.num_cols, N))
         finally:
             self._graph, self._bound, self._bias = None, None, None
 

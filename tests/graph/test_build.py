@@ -177,6 +177,28 @@ def test_candidates_cache_does_not_mix_shapes():
         assert edges_by_target(build_graph(x, cset, KeepAll()), H * W) == keepall_reference(cset, 1, H, W)
 
 
+def test_large_candidate_tables_are_not_cached_and_stay_the_same(monkeypatch):
+    from gnn_lic.graph import similarity
+
+    monkeypatch.setattr(similarity, "_CACHE_MAX_BYTES", 40 * 9 - 1)  # a 4x10 map's 3x3 tables: one byte too many
+    cset = LocalWindow(3)
+    first, second = similarity.candidates(cset, 4, 10), similarity.candidates(cset, 4, 10)
+    assert first is not second and torch.equal(first.valid_rows, second.valid_rows)
+    small = similarity.candidates(cset, 2, 10)
+    assert small is similarity.candidates(cset, 2, 10)
+    x = torch.randn(1, 2, 4, 10, dtype=torch.float64)
+    assert edges_by_target(build_graph(x, cset, KeepAll()), 40) == keepall_reference(cset, 1, 4, 10)
+
+
+def test_csr_structure_is_the_pattern_without_a_values_array():
+    x = torch.randn(1, 3, 5, 6)
+    g = CSRGraph.from_edge_index(build_graph(x, LocalWindow(3), TopK(4)), 30)
+    s, p = g.structure(), g.pattern()
+    assert s.shape == p.shape and s.values().stride() == (0,) and s.values().untyped_storage().nbytes() == 4
+    assert torch.equal(s.crow_indices(), p.crow_indices()) and torch.equal(s.col_indices(), p.col_indices())
+    assert torch.equal(s.values(), p.values())
+
+
 def test_bad_inputs_raise():
     with pytest.raises(ValueError):
         build_graph(torch.randn(3, 5, 5), LocalWindow(3), TopK(3))
