@@ -46,8 +46,8 @@ from torch import Tensor
 
 from gnn_lic.models.fixed_point.arith import DTYPE
 
-__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits", "combine_digits",
-           "DIGIT_OFFSET", "check_fan_in", "int8_products"]
+__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
+           "combine_digits", "DIGIT_OFFSET", "check_fan_in", "int8_products"]
 
 #: largest |integer weight| of scheme w8
 WEIGHT_MAX = 127
