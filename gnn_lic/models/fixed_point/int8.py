@@ -96,14 +96,14 @@ def digit_planes(lo: float, hi: float) -> int:
 def digit_offset(planes: int) -> int:
     """``a - sum_k 256^k d_k`` for ``planes`` digits of :func:`byte_digits`: 128 for every offset (low) digit.
 
-    >>> [digit_offset(p) for p in (1, 2, 4)] == [0, 128, DIGIT_OFFSET]
+    >>> [digit_offset(p) for p in (1, 2, 4)] == [0, 128, 128 * (1 + 256 + 256**2)]
     True
     """
     return 128 * sum(256**k for k in range(planes - 1))
 
 
 #: ``a = sum_k 256^k d_k + DIGIT_OFFSET`` for the four digits of :func:`byte_digits`
-DIGIT_OFFSET = 128 * (1 + 256 + 256**2)
+DIGIT_OFFSET = digit_offset(4)
 
 
 def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
