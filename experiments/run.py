@@ -1,4 +1,4 @@
-"""The main job: train one model per lambda, evaluate it with real bitstreams, report.
+"""The main job: train (one variable-rate model, or one per lambda), evaluate with real bitstreams, report.
 
 Usage::
 

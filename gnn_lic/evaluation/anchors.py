@@ -48,11 +48,13 @@ __all__ = [
     "measure_anchors",
 ]
 
-#: Default quality sweeps (Pillow's 0-100 quality scale for each codec).
+#: Default quality sweeps (Pillow's 0-100 quality scale for each codec), from each codec's
+#: lowest distinct setting (libjpeg gives quality 1 and 2 the same tables) so that the
+#: low-rate end of a learned codec's curve overlaps them.
 DEFAULT_QUALITIES: dict[str, tuple[int, ...]] = {
-    "jpeg": (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
-    "webp": (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
-    "avif": (10, 20, 30, 40, 50, 60, 70, 80, 90),
+    "jpeg": (3, 4, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+    "webp": (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95),
+    "avif": (0, 10, 20, 30, 40, 50, 60, 70, 80, 90),
 }
 
 #: Pillow ``save`` arguments per codec (besides ``quality``).

@@ -8,7 +8,7 @@ and the command line of ``experiments/run.py`` is generated from them
 their defaults.
 
 The defaults are those of the main job (``python experiments/run.py --model glic``),
-sized so that the whole job -- two lambdas, training and evaluation -- fits in 15
+sized so that the whole job -- one variable-rate model over two lambdas, training and evaluation -- fits in 15
 minutes on a 2-core CPU with the ``small`` models (the README's "Measured figures" has
 the step times this was sized with). The paper trains at a learning rate of 1e-4 for
 about 1.5M steps; a job this short learns more with 1e-3.
@@ -125,7 +125,8 @@ class TrainConfig:
             preempted job would; ``--resume`` continues it.
         deterministic (bool): ``torch.use_deterministic_algorithms(True)``.
         progress (bool): show a tqdm progress bar (rank 0 only).
-        variable_rate (bool): the job trains one variable-rate model over its lambdas.
+        variable_rate (bool or None): the job trains one variable-rate model over its lambdas;
+            None: when it has two or more lambdas.
         rate_lambdas (list of float or None): set by the job for a variable-rate run: the
             model gets gain units with one quality per lambda
             (:mod:`gnn_lic.models.variable_rate`); each crop of a step draws a quality
@@ -138,7 +139,7 @@ class TrainConfig:
     size: str = _option("small", "model size: tiny, small or paper")
     lmbda: float = _option(0.0067, cli=False)
     metric: str = _option("mse", "distortion: mse (255^2 MSE) or ms-ssim (1 - MS-SSIM)", choices=METRICS)
-    steps: int = _option(150, "optimizer steps per lambda", min=1)
+    steps: int = _option(300, "optimizer steps of each model (one per lambda, or the variable-rate one)", min=1)
     batch_size: int = _option(8, "crops per step (per process)", min=1)
     patch_size: int = _option(128, "training crop side in pixels", min=1)
     lr: float = _option(1e-3, "learning rate of the main Adam")
@@ -170,8 +171,9 @@ class TrainConfig:
     stop_after: Optional[int] = _option(None, "stop after this step (as if preempted); --resume continues", min=1)
     deterministic: bool = _option(False, "torch.use_deterministic_algorithms(True)")
     progress: bool = _option(True, "tqdm progress bar")
-    variable_rate: bool = _option(
-        False, "train one variable-rate model (gain units, one quality per lambda) instead of one model per lambda")
+    variable_rate: Optional[bool] = _option(
+        None, "train one variable-rate model (gain units, one quality per lambda) instead of one model per lambda "
+        "[default: on with two or more lambdas]")
     rate_lambdas: Optional[List[float]] = _option(None, cli=False)
     init: Optional[str] = _option(
         None, "start from these weights: a checkpoint file, or 'pretrained' for the shipped ones; parameters they "

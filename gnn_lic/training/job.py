@@ -1,15 +1,19 @@
-"""The main job: train one model per lambda, evaluate it with real bitstreams, report.
+"""The main job: train, evaluate with real bitstreams, report.
 
-:func:`main` is ``experiments/run.py``. For each lambda the job trains a model
-(:func:`gnn_lic.training.train`), then evaluates its final weights on the test images with
-real bitstreams (:func:`gnn_lic.evaluation.evaluate_model`; ``--entropy-estimation`` for the
-quick estimate instead) and reports (:func:`gnn_lic.evaluation.report.report`). The job
+:func:`main` is ``experiments/run.py``. With two or more lambdas the job trains one
+variable-rate model serving all of them (``--no-variable-rate``: one model per lambda);
+with one lambda, one single-rate model (:func:`gnn_lic.training.train`). It then evaluates
+the final weights on the test images with real bitstreams
+(:func:`gnn_lic.evaluation.evaluate_model`; ``--entropy-estimation`` for the quick estimate
+instead) and reports (:func:`gnn_lic.evaluation.report.report`). The job
 folder holds::
 
     <out>/<model>-<size>-<metric>-<time>/
         config.yaml, env.json                 resolved job options, environment
-        lambda-<value>/                        one training run folder per lambda (see gnn_lic.training.loop)
-            results/eval.json                  the final evaluation of that lambda
+        variable-rate/                         the training run folder of a variable-rate model
+            results/eval-q<quality>.json       (see gnn_lic.training.loop); its evaluation per quality
+        lambda-<value>/                        or one training run folder per lambda
+            results/eval.json                  and the final evaluation of that lambda
         results/...                            see gnn_lic.evaluation.report
 
 ``--checkpoint CKPT ...`` evaluates saved models instead (:func:`evaluate_only`).
@@ -139,7 +143,8 @@ def _train_one(opts: Dict[str, Any], ctx, job: Path, lambdas: List[float], test_
 def train_job(opts: Dict[str, Any], ctx) -> int:
     """Train and evaluate one model per lambda (or one variable-rate model), then report."""
     lambdas = parse_lambdas(opts["lambdas"], opts["metric"])
-    if opts["variable_rate"] and len(lambdas) < 2:
+    variable = len(lambdas) > 1 if opts["variable_rate"] is None else opts["variable_rate"]
+    if variable and len(lambdas) < 2:
         raise ConfigError("--variable-rate needs at least two lambdas")
     if opts["resume"]:
         job = Path(opts["resume"])
@@ -151,12 +156,12 @@ def train_job(opts: Dict[str, Any], ctx) -> int:
         load_images(opts["data_train"], "train")
     if ctx.is_main:
         _write_job_files(job, opts, ctx, lambdas=lambdas)
-        kind = "one variable-rate model over " if opts["variable_rate"] else ""
+        kind = "one variable-rate model over " if variable else ""
         print(f"job folder: {job}  ({kind}{len(lambdas)} lambda(s): {', '.join(f'{x:g}' for x in lambdas)})",
               file=sys.stderr)
     barrier()
     rows: List[Dict[str, Any]] = []
-    for group in ([sorted(lambdas)] if opts["variable_rate"] else [[x] for x in lambdas]):
+    for group in ([sorted(lambdas)] if variable else [[x] for x in lambdas]):
         res = _train_one(opts, ctx, job, group, test_images)
         if res is None and ctx.is_main:
             print(f"run folder: {job}")
@@ -166,7 +171,7 @@ def train_job(opts: Dict[str, Any], ctx) -> int:
         return 0
     name = f"{opts['model']}-{opts['size']}"
     source = opts["data_test"] or "built-in scikit-image test images"
-    per = "for one variable-rate model" if opts["variable_rate"] else "per lambda"
+    per = "for one variable-rate model" if variable else "per lambda"
     desc = (f"{name} ({opts['metric']}) trained {opts['steps']} steps x {opts['batch_size']} crops of "
             f"{opts['patch_size']} px {per} by experiments/run.py; evaluated on {source}")
     compare = []

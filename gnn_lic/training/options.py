@@ -64,15 +64,15 @@ def _is_list(f: dataclasses.Field) -> bool:
 
 
 def build_parser(prog: str = "run.py") -> argparse.ArgumentParser:
-    ap = ArgumentParser(prog=prog, description="Train, evaluate and report gnn_lic models (one per lambda).",
+    ap = ArgumentParser(prog=prog, description="Train, evaluate and report gnn_lic models.",
                         argument_default=argparse.SUPPRESS, allow_abbrev=False)
     ap.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (flags override it)")
     for name, default in defaults().items():
         f = option_fields()[name]
         flag, text = "--" + name.replace("_", "-"), f.metadata["help"]
-        if f.type == "bool":
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction,
-                            help=f"{text} [default: {'on' if default else 'off'}]")
+        if f.type in ("bool", "Optional[bool]"):
+            shown = "" if default is None else f" [default: {'on' if default else 'off'}]"
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, help=text + shown)
             continue
         shown = "" if default is None else f" [default: {default}]"
         metavar = f.metadata.get("metavar") or {"int": "N", "Optional[int]": "N", "float": "X"}.get(

@@ -160,6 +160,29 @@ def test_gabic_recipe_config(run_script):
     assert flags["plateau_patience"] == 3 and flags["plateau_factor"] == 0.3
 
 
+def test_two_lambdas_train_one_variable_rate_model_unless_told_otherwise(run_script, tiny_args, capsys):
+    """The default with two or more lambdas is one variable-rate model; --no-variable-rate: one per lambda."""
+    args = [a for a in tiny_args if a != "0.01"] + ["--entropy-estimation", "--no-anchors", "--no-shipped"]
+    args[args.index("--lambdas") + 1:args.index("--lambdas") + 1] = ["0.02", "0.005"]
+    assert run_script.main(args) == 0
+    job = _job_dir(capsys.readouterr().out)
+    assert sorted(p.name for p in job.iterdir() if p.is_dir()) == ["results", "variable-rate"]
+    assert yaml.safe_load((job / "config.yaml").read_text())["variable_rate"] is None
+    assert run_script.main(args + ["--no-variable-rate"]) == 0
+    job = _job_dir(capsys.readouterr().out)
+    assert sorted(p.name for p in job.iterdir() if p.is_dir()) == ["lambda-0.005", "lambda-0.02", "results"]
+
+
+def test_default_yaml_spells_out_the_defaults(run_script):
+    """experiments/configs/default.yaml gives the main job exactly what its built-in defaults give."""
+    path = Path(run_script.__file__).parent / "configs" / "default.yaml"
+    spelled, built_in = resolve_options(["--config", str(path)]), resolve_options(["--model", "glic"])
+    assert spelled["variable_rate"] is True and built_in["variable_rate"] is None  # on: two lambdas
+    assert parse_lambdas(spelled["lambdas"]) == parse_lambdas(built_in["lambdas"])
+    keys = set(yaml.safe_load(path.read_text())) - {"variable-rate", "lambdas"}
+    assert {k: spelled[k.replace("-", "_")] for k in keys} == {k: built_in[k.replace("-", "_")] for k in keys}
+
+
 def test_variable_rate_job_reports_one_point_per_quality(run_script, tiny_args, capsys):
     args = [a for a in tiny_args if a != "0.01"]
     args[args.index("--lambdas") + 1:args.index("--lambdas") + 1] = ["0.02", "0.005"]
