@@ -1,0 +1,212 @@
+"""Train several models for the same CPU time and compare them (the papers' ordering at equal budget).
+
+    python experiments/equal_budget.py --cpu-hours 1 --models glic gabic wacnn cnn glic-local glic-global \\
+        --data-train ../shared/data/wikiphotos --data-test ../shared/data/kodak \\
+        --out runs/equal-budget --results experiments/results/equal-budget
+
+Every model gets the same recipe (``experiments/run.py``'s defaults or the flags after
+``--``), the same seed and data, and one variable-rate model over ``--lambdas``; only the
+number of steps differs. The steps are sized in two phases:
+
+1. *calibration*: each model trains ``--probe-steps`` steps (``--stop-after``) and the
+   process CPU seconds of its steps after the first two (``log.csv``'s ``cpu_time``) give its
+   CPU seconds per step;
+2. *training*: ``steps = cpu_hours * 3600 / (CPU seconds per step)``, each model in its own
+   ``run.py`` job, ``--parallel`` jobs at a time with ``--threads 1`` each (run the
+   calibration with the same ``--parallel``, so its steps are timed under the same load).
+
+``OUT/plan.json`` records the steps and job folders; running the same command again skips
+finished jobs and resumes unfinished ones (``run.py --resume``). At the end, the results
+(``--results``) are: ``equal_budget.json`` (every curve, CompressAI format), ``table.md``
+(BD-rate of each model against ``--anchor``, parameters, CPU seconds per step, steps and CPU
+hours reached) and ``rd_psnr.png``, with the command that made them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gnn_lic.cli import ArgumentParser, UsageError, run_main  # noqa: E402
+from gnn_lic.evaluation.bd import bd_table  # noqa: E402
+from gnn_lic.evaluation.plot import plot_rd  # noqa: E402
+from gnn_lic.evaluation.results import write_json  # noqa: E402
+
+RUN = Path(__file__).resolve().parent / "run.py"
+PLAN = "plan.json"
+
+
+def _job(folder: Path) -> Optional[Path]:
+    """The job folder ``run.py`` made in ``folder`` (its only one), or None."""
+    jobs = sorted(p for p in folder.glob("*") if (p / "config.yaml").is_file()) if folder.is_dir() else []
+    if len(jobs) > 1:
+        raise UsageError(f"'{folder}' holds {len(jobs)} jobs; expected one")
+    return jobs[0] if jobs else None
+
+
+def _log(job: Path) -> List[Dict[str, float]]:
+    rows: List[Dict[str, float]] = []
+    for log in sorted(job.glob("*/log.csv")):
+        with open(log, newline="") as fh:
+            rows += [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
+    return rows
+
+
+def cpu_per_step(rows: Sequence[Dict[str, float]], skip: int = 2) -> float:
+    """CPU seconds per step from ``log.csv`` rows (cumulative ``cpu_time``), leaving out the first ``skip`` steps."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    if len(rows) <= skip:
+        raise ValueError(f"need more than {skip} logged steps, got {len(rows)}")
+    first, last = rows[skip - 1] if skip else {"step": 0.0, "cpu_time": 0.0}, rows[-1]
+    return (last["cpu_time"] - first["cpu_time"]) / (last["step"] - first["step"])
+
+
+def _run_jobs(commands: List[List[str]], parallel: int) -> None:
+    """Run ``commands`` (argument lists), ``parallel`` at a time; a failure stops the whole study."""
+    pending, running = list(commands), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            cmd = pending.pop(0)
+            print("$", shlex.join(cmd), file=sys.stderr, flush=True)
+            running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
+        time.sleep(0.5)
+        for item in list(running):
+            code = item[1].poll()
+            if code is not None:
+                running.remove(item)
+                if code != 0:
+                    for _, proc in running:
+                        proc.kill()
+                    raise RuntimeError(f"exit status {code}: {shlex.join(item[0])}")
+
+
+def _recipe(args) -> List[str]:
+    common = ["--size", args.size, "--lambdas", *args.lambdas, "--variable-rate", "--seed", str(args.seed),
+              "--threads", "1", "--no-progress", "--no-anchors", "--no-shipped"]
+    for flag, value in (("--data-train", args.data_train), ("--data-test", args.data_test)):
+        if value:
+            common += [flag, value]
+    return common + list(args.recipe)
+
+
+def calibrate(args, out: Path) -> Dict[str, float]:
+    """CPU seconds per step of each model, from ``--probe-steps`` steps of its recipe."""
+    cmds, folders = [], {}
+    for model in args.models:
+        folders[model] = out / "calibration" / model
+        if _job(folders[model]) is None:
+            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args), "--steps", str(args.probe_steps),
+                         "--stop-after", str(args.probe_steps), "--save-every", str(args.probe_steps),
+                         "--out", str(folders[model])])
+    _run_jobs(cmds, args.parallel)
+    return {m: cpu_per_step(_log(_job(f))) for m, f in folders.items()}
+
+
+def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
+    cmds = []
+    for model, item in plan["models"].items():
+        folder = out / "jobs" / model
+        job = _job(folder)
+        if job is None:
+            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args), "--steps", str(item["steps"]),
+                         "--out", str(folder)])
+        elif not (job / "results").is_dir():
+            cmds.append([sys.executable, str(RUN), "--resume", str(job)])
+    _run_jobs(cmds, args.parallel)
+
+
+def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, Any]:
+    """Write ``equal_budget.json``, ``table.md`` and ``rd_psnr.png`` into ``--results``; returns the table rows."""
+    from gnn_lic.evaluation.complexity import count_parameters  # noqa: PLC0415
+    from gnn_lic.models import create_model  # noqa: PLC0415
+
+    curves, rows = {}, {}
+    for model, item in plan["models"].items():
+        job = _job(out / "jobs" / model)
+        name = f"{model}-{args.size}"
+        doc = json.loads((job / "results" / f"{name}.json").read_text())
+        log = _log(job)
+        curves[name] = doc
+        rows[name] = {"parameters": count_parameters(create_model(model, size=args.size)),
+                      "cpu_s_per_step": item["cpu_s_per_step"], "steps": int(max(r["step"] for r in log)),
+                      "cpu_hours": max(r["cpu_time"] for r in log) / 3600}
+    anchor = f"{args.anchor}-{args.size}"
+    if anchor not in curves:
+        raise UsageError(f"--anchor {args.anchor} is not among --models")
+    for name, bd in bd_table(curves, anchor, metric="psnr-rgb").items():
+        rows[name].update(bd_rate=None if bd["error"] else bd["bd_rate"], bd_error=bd["error"])
+    res = Path(args.results)
+    res.mkdir(parents=True, exist_ok=True)
+    write_json({"command": command, "cpu_hours": args.cpu_hours, "anchor": anchor, "table": rows, "curves": curves},
+               res / "equal_budget.json")
+    plot_rd(curves, metric="psnr-rgb", path=res / "rd_psnr.png",
+            title=f"{args.cpu_hours:g} CPU hour(s) per model, {args.size} size")
+    lines = [f"Each model trained for {args.cpu_hours:g} CPU hour(s) (same recipe, data and seed; one variable-rate "
+             f"model over lambdas {' '.join(args.lambdas)}); BD-rate (PSNR) against {anchor}, negative = fewer bits.",
+             "", f"    {command}", "",
+             "| model | BD-rate vs " + anchor + " | parameters | CPU s / step | steps | CPU hours |",
+             "|---|---|---|---|---|---|"]
+    for name, r in sorted(rows.items(), key=lambda kv: (kv[1]["bd_rate"] is None, kv[1]["bd_rate"] or 0.0)):
+        bd = "n/a (" + r["bd_error"] + ")" if r["bd_error"] else f"{r['bd_rate']:+.1f} %"
+        lines.append(f"| {name} | {bd} | {r['parameters']:,} | {r['cpu_s_per_step']:.2f} | {r['steps']} | "
+                     f"{r['cpu_hours']:.2f} |")
+    (res / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = ArgumentParser(prog="equal_budget.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", required=True, help="registered model names")
+    ap.add_argument("--cpu-hours", type=float, required=True, help="process CPU hours of training per model")
+    ap.add_argument("--size", default="small", help="model size [default: small]")
+    ap.add_argument("--lambdas", nargs="+", default=["mse"], help="rate points of each model [default: mse]")
+    ap.add_argument("--anchor", default="cnn", help="the model the BD-rates are measured against [default: cnn]")
+    ap.add_argument("--seed", type=int, default=0, help="the seed of every model [default: 0]")
+    ap.add_argument("--data-train", help="training images (default: built-in)")
+    ap.add_argument("--data-test", help="test images (default: built-in)")
+    ap.add_argument("--probe-steps", type=int, default=8, help="calibration steps per model [default: 8]")
+    ap.add_argument("--parallel", type=int, default=2, help="jobs at a time, one thread each [default: 2]")
+    ap.add_argument("--out", required=True, help="folder of the jobs and the plan")
+    ap.add_argument("--results", required=True, help="folder of the table, curves and plot")
+    ap.add_argument("recipe", nargs="*", help="further run.py flags for every model, after --")
+
+    def body() -> int:
+        args = ap.parse_args(argv)
+        if args.cpu_hours <= 0 or args.probe_steps < 4 or args.parallel < 1:
+            raise UsageError("--cpu-hours must be > 0, --probe-steps >= 4, --parallel >= 1")
+        command = "python experiments/equal_budget.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plan_path = out / PLAN
+        if plan_path.is_file():
+            plan = json.loads(plan_path.read_text())
+            if sorted(plan["models"]) != sorted(args.models) or plan["cpu_hours"] != args.cpu_hours:
+                raise UsageError(f"'{plan_path}' plans other models or hours; use another --out")
+        else:
+            speed = calibrate(args, out)
+            plan = {"cpu_hours": args.cpu_hours, "models": {
+                m: {"cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s))}
+                for m, s in speed.items()}}
+            write_json(plan, plan_path)
+        for model, item in plan["models"].items():
+            print(f"{model}: {item['cpu_s_per_step']:.3f} CPU s/step -> {item['steps']} steps", file=sys.stderr)
+        train_all(args, out, plan)
+        summarise(args, out, plan, command)
+        return 0
+
+    return run_main(body, "equal_budget.py", expected=(OSError, ValueError, RuntimeError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""experiments/equal_budget.py: steps sized from measured CPU time, resumable, one table per study."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def equal_budget(experiment_script):
+    return experiment_script("equal_budget")
+
+
+def test_cpu_per_step_leaves_out_the_first_steps(equal_budget):
+    rows = [{"step": 1, "cpu_time": 9.0}, {"step": 2, "cpu_time": 10.0}, {"step": 3, "cpu_time": 10.5},
+            {"step": 4, "cpu_time": 11.0}, {"step": 5, "cpu_time": 11.5}]
+    assert equal_budget.cpu_per_step(rows) == pytest.approx(0.5)
+    assert equal_budget.cpu_per_step(rows, skip=0) == pytest.approx(11.5 / 5)
+    with pytest.raises(ValueError, match="more than 2"):
+        equal_budget.cpu_per_step(rows[:2])
+
+
+def test_two_tiny_models_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, capsys):
+    train, test = data_dirs
+    out, res = tmp_path / "out", tmp_path / "results"
+    argv = ["--models", "glic", "cnn", "--size", "tiny", "--cpu-hours", "0.0005", "--lambdas", "0.005", "0.02",
+            "--data-train", str(train), "--data-test", str(test), "--probe-steps", "4", "--parallel", "2",
+            "--out", str(out), "--results", str(res), "--", "--batch-size", "2", "--patch-size", "64",
+            "--entropy-estimation"]
+    assert equal_budget.main(argv) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    for model in ("glic", "cnn"):  # steps = budget / measured CPU seconds per step
+        item = plan["models"][model]
+        assert item["steps"] == max(1, int(0.0005 * 3600 / item["cpu_s_per_step"]))
+    doc = json.loads((res / "equal_budget.json").read_text())
+    assert set(doc["curves"]) == {"glic-tiny", "cnn-tiny"} and doc["anchor"] == "cnn-tiny"
+    assert all(len(c["results"]["bpp"]) == 2 for c in doc["curves"].values())  # one variable-rate model, 2 points
+    for row in doc["table"].values():  # a BD-rate, or why there is none (a few tiny steps may give no curve)
+        assert (row["bd_rate"] is None) == bool(row["bd_error"])
+    assert doc["table"]["glic-tiny"]["steps"] == plan["models"]["glic"]["steps"]
+    table = (res / "table.md").read_text()
+    assert "| glic-tiny |" in table and "| cnn-tiny |" in table and "equal_budget.py --models glic cnn" in table
+    assert (res / "rd_psnr.png").stat().st_size > 0
+    jobs = sorted(p.name for p in (out / "jobs").glob("*/*"))
+    capsys.readouterr()
+    assert equal_budget.main(argv) == 0  # finished: nothing is trained again
+    assert sorted(p.name for p in (out / "jobs").glob("*/*")) == jobs
+    assert "$ " not in capsys.readouterr().err
+    bad = argv[:argv.index("--cpu-hours") + 1] + ["1"] + argv[argv.index("--cpu-hours") + 2:]
+    assert equal_budget.main(bad) == 2 and "other models or hours" in capsys.readouterr().err
