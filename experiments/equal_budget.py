@@ -144,7 +144,8 @@ def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, 
     if anchor not in curves:
         raise UsageError(f"--anchor {args.anchor} is not among --models")
     for name, bd in bd_table(curves, anchor, metric="psnr-rgb").items():
-        rows[name].update(bd_rate=None if bd["error"] else bd["bd_rate"], bd_error=bd["error"])
+        ok = not bd["error"] and math.isfinite(bd["bd_rate"])
+        rows[name].update(bd_rate=bd["bd_rate"] if ok else None, bd_error=None if ok else bd["error"] or bd["note"])
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
     write_json({"command": command, "cpu_hours": args.cpu_hours, "anchor": anchor, "table": rows, "curves": curves},

@@ -294,9 +294,9 @@ def bd_table(
     itself is listed with zeros. A curve of a single point (one trained rate) gets the
     single-point limits instead, :func:`point_rate_difference` and
     :func:`point_quality_difference` (rate difference at equal quality, quality difference
-    at equal rate), and ``"single_point": True``; when only one of the two exists (the
-    point's quality or its rate lies outside the anchor's range), the other is NaN and
-    ``"note"`` says why.
+    at equal rate), and ``"single_point": True``. When only one of the two exists (the
+    curves overlap in rate but not in quality, or the other way round), the other is NaN
+    and ``"note"`` says why.
     """
     _check_method(method)
     if anchor_name not in curves:
@@ -313,19 +313,20 @@ def bd_table(
             tq = get_metric(doc, metric)
             if tr.size == 1 and name != anchor_name:
                 row["single_point"] = True
-                missing = []  # either limit may exist alone: the point's rate or its quality
-                for key, point_difference in (("bd_rate", point_rate_difference),
-                                              ("bd_quality", point_quality_difference)):
-                    try:
-                        row[key] = point_difference(ar, aq, float(tr[0]), float(tq[0]))
-                    except ValueError as e:
-                        missing.append(str(e))
-                if len(missing) == 2:
-                    raise ValueError("; ".join(missing))
-                row["note"] = missing[0] if missing else None
+                ways = (("bd_rate", lambda: point_rate_difference(ar, aq, float(tr[0]), float(tq[0]))),
+                        ("bd_quality", lambda: point_quality_difference(ar, aq, float(tr[0]), float(tq[0]))))
             else:
-                row["bd_rate"] = bd_rate(ar, aq, tr, tq, method)
-                row["bd_quality"] = bd_quality(ar, aq, tr, tq, method)
+                ways = (("bd_rate", lambda: bd_rate(ar, aq, tr, tq, method)),
+                        ("bd_quality", lambda: bd_quality(ar, aq, tr, tq, method)))
+            missing = []  # either may exist alone: the curves may overlap in rate but not in quality
+            for key, way in ways:
+                try:
+                    row[key] = way()
+                except ValueError as e:
+                    missing.append(str(e))
+            if len(missing) == 2:
+                raise ValueError("; ".join(dict.fromkeys(missing)))
+            row["note"] = missing[0] if missing else None
         except (KeyError, ValueError) as e:
             row["error"] = str(e).strip("'\"")
         out[name] = row
@@ -350,7 +351,7 @@ def format_bd_table(
         else:
             rate = f"{row['bd_rate']:.2f}" if math.isfinite(row["bd_rate"]) else "n/a"
             quality = f"{row['bd_quality']:.3f}" if math.isfinite(row["bd_quality"]) else "n/a"
-            note = ""
+            note = f"  ({row['note']})" if row.get("note") else ""
             if row.get("single_point"):
                 note = "  (one point: difference at equal quality / rate" + (
                     f"; {row['note']})" if row.get("note") else ")")

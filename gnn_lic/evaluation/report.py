@@ -12,6 +12,7 @@ and prints the table of points, the BD-rates against the other curves and where 
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -44,8 +45,11 @@ def _print_bd_rates(name: str, doc: Dict[str, Any], curves: Dict[str, Any], metr
         row = bd_table({codec: curves[codec], name: doc}, codec, metric=main_metric)[name]
         if row["error"]:
             print(f"  vs {codec:<{width}} n/a ({row['error']})")
-        else:
-            print(f"  vs {codec:<{width}} BD-rate {row['bd_rate']:+8.2f} %   BD-quality {row['bd_quality']:+.3f}")
+            continue
+        rate = f"{row['bd_rate']:+8.2f} %" if math.isfinite(row["bd_rate"]) else f"{'n/a':>10}"
+        quality = f"{row['bd_quality']:+.3f}" if math.isfinite(row["bd_quality"]) else "n/a"
+        note = f"  ({row['note']})" if row.get("note") else ""
+        print(f"  vs {codec:<{width}} BD-rate {rate}   BD-quality {quality}{note}")
 
 
 def _rows_doc(name: str, description: str, rows: List[Dict[str, Any]], extra: Sequence[str]) -> Dict[str, Any]:

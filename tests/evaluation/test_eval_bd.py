@@ -200,3 +200,19 @@ def test_bd_table_single_point_with_only_one_limit():
     text = format_bd_table(t, "a")
     row = next(line for line in text.splitlines() if line.startswith("m "))
     assert "n/a" in row and f"{t['m']['bd_quality']:.3f}" in row
+
+
+def test_bd_table_curve_overlapping_in_rate_only():
+    """A low curve shares the anchor's rates but none of its qualities: BD-quality exists, BD-rate does not."""
+    from gnn_lic.evaluation import bd_quality
+
+    anchor = {"name": "a", "results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [27.0, 29.5, 32.0, 34.0]}}
+    low = {"name": "m", "results": {"bpp": [0.15, 0.3, 0.6], "psnr-rgb": [20.0, 22.0, 24.0]}}
+    t = bd_table({"a": anchor, "m": low}, "a")
+    row = t["m"]
+    assert row["error"] is None and np.isnan(row["bd_rate"]) and "overlap" in row["note"]
+    assert row["bd_quality"] == pytest.approx(bd_quality([0.1, 0.2, 0.4, 0.8], [27.0, 29.5, 32.0, 34.0],
+                                                         [0.15, 0.3, 0.6], [20.0, 22.0, 24.0]))
+    assert row["bd_quality"] < -5
+    line = [x for x in format_bd_table(t, "a").splitlines() if x.startswith("m ")][0]
+    assert "n/a" in line and "overlap" in line and f"{row['bd_quality']:.3f}" in line
