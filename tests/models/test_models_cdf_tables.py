@@ -26,10 +26,16 @@ def _tables(net):
     return {k: v.clone() for k, v in net.state_dict().items() if is_table_key(k)}
 
 
+#: functions whose results are never negative: one ulp of error cannot take an exact 0 (an
+#: underflowed tail) below zero
+_NON_NEGATIVE = {"erfc", "sigmoid", "softplus", "exp"}
+
+
 def _nudged(fn, direction: float):
     def f(*args, **kwargs):
         out = fn(*args, **kwargs)
-        return torch.nextafter(out, torch.full_like(out, direction))
+        moved = torch.nextafter(out, torch.full_like(out, direction))
+        return moved.clamp(min=0) if fn.__name__ in _NON_NEGATIVE else moved
 
     return f
 

@@ -16,7 +16,7 @@ from gnn_lic.codec.fingerprint import identity_digest
 from gnn_lic.models.fixed_point import SCHEME
 from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model
-from gnn_lic.models.zoo import file_sha256, shipped_weights, weights_dir
+from gnn_lic.models.zoo import QUALITY_LAMBDAS, file_sha256, shipped_weights, weights_dir
 from gnn_lic.evaluation.images import skimage_data_dir
 
 SHIPPED = ["glic-small", "gabic-small"]
@@ -35,8 +35,12 @@ def test_record_matches_file(key):
     assert file_sha256(entry.path) == entry.sha256
     assert entry.command.startswith("python experiments/run.py --model ")
     assert "wikiphotos" in entry.data
-    assert entry.qualities == (4,) and entry.lambdas == (0.013,)  # trained at lambda = 0.013
-    assert len(entry.metrics["bpp"]) == len(entry.metrics["psnr-rgb"]) == 1 and entry.metrics["psnr-rgb"][0] > 20
+    # one variable-rate model serving the six qualities of the GLIC paper's MSE lambdas
+    assert entry.variable_rate and entry.qualities == (1, 2, 3, 4, 5, 6)
+    assert entry.lambdas == tuple(QUALITY_LAMBDAS["mse"])
+    bpp, quality = entry.metrics["bpp"], entry.metrics["psnr-rgb"]
+    assert len(bpp) == len(quality) == 6 and min(quality) > 20
+    assert bpp == sorted(bpp) and quality == sorted(quality)  # a higher quality spends more bits for more dB
     details = json.loads((weights_dir() / entry.details).read_text())
     assert details["training"]["step"] > 0
     # the recorded evaluation is a CompressAI-format result with real-bitstream numbers
@@ -61,5 +65,20 @@ def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
     rec = read_image(png)
     assert rec.shape == img.shape
     bpp = 8 * stream.stat().st_size / (img.shape[0] * img.shape[1])
-    # trained at lambda = 0.013: an untrained small model is far below 18 dB, a trained one above it
-    assert 0.05 < bpp < 2.0 and psnr(rec, img) > 18.0, (bpp, psnr(rec, img))
+    # coded at the top quality: an untrained small model is far below 18 dB, a trained one above it
+    assert info["quality"] == 6 and 0.05 < bpp < 2.0 and psnr(rec, img) > 18.0, (bpp, psnr(rec, img))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", SHIPPED)
+def test_cli_quality_selects_the_rate_of_the_shipped_model(key, tmp_path, capsys):
+    name, size = key.rsplit("-", 1)
+    sizes = {}
+    for q in ("1", "3.5", "6"):
+        stream = tmp_path / f"q{q}.glic"
+        assert cli.main(["compress", str(PHOTO), str(stream), "--model", name, "--size", size, "--quality", q]) == 0
+        assert inspect_stream(stream.read_bytes())["quality"] == float(q)
+        assert cli.main(["decompress", str(stream), str(tmp_path / f"q{q}.png")]) == 0
+        sizes[q] = stream.stat().st_size
+    capsys.readouterr()
+    assert sizes["1"] < sizes["3.5"] < sizes["6"], sizes
