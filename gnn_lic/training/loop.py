@@ -1,7 +1,7 @@
 """The training loop: ``train(config) -> run_dir``.
 
-One call trains one rate point (one lambda) for ``config.steps`` optimizer steps and
-leaves a run folder::
+One call trains one rate point (one lambda), or one variable-rate model over several, for
+``config.steps`` optimizer steps and leaves a run folder::
 
     <run_dir>/
         config.yaml            resolved TrainConfig
@@ -57,7 +57,7 @@ from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
-from gnn_lic.training.rates import evaluate_rates, init_weights, rate_points, sample_rates
+from gnn_lic.training.rates import evaluate_rates, init_weights, rate_label, rate_points, sample_rates
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
@@ -338,7 +338,7 @@ class Trainer:
             self._open_logs()
         barrier()
         stop = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.model} lambda={cfg.lmbda:g}", unit="step",
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=rate_label(cfg.model, cfg.lmbda, cfg.rate_lambdas), unit="step",
                    disable=not (main and cfg.progress), dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
         try:
             while self.step < stop:

@@ -18,7 +18,18 @@ from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint
 from gnn_lic.training.losses import eval_loss
 
-__all__ = ["init_weights", "rate_points", "sample_rates", "evaluate_rates"]
+__all__ = ["init_weights", "rate_points", "rate_label", "sample_rates", "evaluate_rates"]
+
+
+def rate_label(model: str, lmbda: float, rate_lambdas: Optional[Sequence[float]] = None) -> str:
+    """What a run trains, for progress bars: ``glic lambda=0.0067`` or ``glic lambdas 0.0017-0.05``.
+
+    >>> rate_label("glic", 0.0067), rate_label("glic", 0.05, (0.0017, 0.05))
+    ('glic lambda=0.0067', 'glic lambdas 0.0017-0.05')
+    """
+    if rate_lambdas:
+        return f"{model} lambdas {min(rate_lambdas):g}-{max(rate_lambdas):g}"
+    return f"{model} lambda={lmbda:g}"
 
 
 def init_weights(net: nn.Module, source: str) -> None:

@@ -8,7 +8,7 @@ import torch
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint
 from gnn_lic.training import LATEST, ConfigError, RateDistortionLoss, Trainer, train
-from gnn_lic.training.rates import init_weights
+from gnn_lic.training.rates import init_weights, rate_label
 from gnn_lic.training.optim import LRSchedule
 
 LAMBDAS = [0.004, 0.016, 0.064]
@@ -73,3 +73,9 @@ def test_variable_rate_run_trains_the_gains_and_evaluates_every_level(tiny_confi
     assert float(row["bpp"]) == pytest.approx(sum(bpps) / 3, rel=1e-4)
     with pytest.raises(ConfigError, match="rate_lambdas"):  # a different rate set cannot resume it
         train(cfg.replace(rate_lambdas=[0.01, 0.02], resume=True))
+
+
+def test_rate_label_names_the_lambda_range_of_a_variable_rate_run():
+    assert rate_label("glic", 0.0067) == "glic lambda=0.0067"
+    assert rate_label("glic", 0.05, (0.0017, 0.0067, 0.05)) == "glic lambdas 0.0017-0.05"
+    assert rate_label("gabic", 0.013, ()) == "gabic lambda=0.013"
