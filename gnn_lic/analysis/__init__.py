@@ -7,13 +7,14 @@ that return tensors and numbers (the notebooks in ``notebooks/`` only plot them)
   :func:`erf_difference` -- Luo et al.'s ERF of any stage of ``g_a``;
 * :func:`graph_stages`, :func:`neighbours` -- RMS-G, target and realised degree maps
   and the neighbours of any pixel, exactly as the model built them;
-* :func:`bit_allocation`, :func:`bit_allocation_difference` -- bits per pixel;
+* :func:`bit_allocation`, :func:`bit_allocation_difference` -- bits per pixel; :func:`quality_for_rate`
+  -- the quality of a variable-rate model that spends a given rate (equal-rate comparisons);
 * :func:`load_analysis_models`, :func:`analysis_images` -- shipped (or seeded
   untrained) models and the built-in or a folder's images;
 * :mod:`gnn_lic.analysis.plot` -- matplotlib figures of the above.
 """
 
-from gnn_lic.analysis.bits import bit_allocation, bit_allocation_difference
+from gnn_lic.analysis.bits import bit_allocation, bit_allocation_difference, quality_for_rate
 from gnn_lic.analysis.erf import (
     average_erf,
     center_crop,
@@ -40,6 +41,7 @@ __all__ = [
     "neighbours",
     "bit_allocation",
     "bit_allocation_difference",
+    "quality_for_rate",
     "load_analysis_models",
     "analysis_images",
 ]

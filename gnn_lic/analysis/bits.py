@@ -10,7 +10,7 @@ the (larger) block each ``z`` position covers.
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.base import pad_to_multiple
 
-__all__ = ["bit_allocation", "bit_allocation_difference"]
+__all__ = ["bit_allocation", "bit_allocation_difference", "quality_for_rate"]
 
 
 def _spread(bits: Tensor, size) -> Tensor:
@@ -32,8 +32,9 @@ def _spread(bits: Tensor, size) -> Tensor:
 
 
 @torch.no_grad()
-def bit_allocation(model: nn.Module, x: Tensor, include_hyper: bool = True) -> Dict[str, Tensor]:
-    """Bits-per-pixel maps of images ``x`` ``(B, 3, H, W)`` in ``[0, 1]``.
+def bit_allocation(model: nn.Module, x: Tensor, include_hyper: bool = True, quality: Optional[float] = None
+                   ) -> Dict[str, Tensor]:
+    """Bits-per-pixel maps of images ``x`` ``(B, 3, H, W)`` in ``[0, 1]`` (at ``quality`` for a variable-rate model).
 
     Returns a dict of ``(B, H, W)`` maps: one per likelihood tensor of the model (``"y"``,
     ``"z"``) and ``"total"`` (their sum; ``y`` only if ``include_hyper`` is false). Maps
@@ -48,7 +49,7 @@ def bit_allocation(model: nn.Module, x: Tensor, include_hyper: bool = True) -> D
     model.eval()
     try:
         x_pad, (H, W) = pad_to_multiple(x, getattr(model, "pad_multiple", 1))
-        likelihoods = model(x_pad)["likelihoods"]
+        likelihoods = (model(x_pad) if quality is None else model(x_pad, quality=quality))["likelihoods"]
     finally:
         model.train(was_training)
     maps = {}
@@ -65,3 +66,27 @@ def bit_allocation_difference(a: Dict[str, Tensor], b: Dict[str, Tensor], key: s
     if a[key].shape != b[key].shape:
         raise ValueError(f"maps of different shapes: {tuple(a[key].shape)} vs {tuple(b[key].shape)}")
     return a[key] - b[key]
+
+
+def quality_for_rate(model: nn.Module, x: Tensor, bpp: float, iterations: int = 12) -> float:
+    """The (real) quality at which variable-rate ``model`` spends ``bpp`` estimated bits per pixel on ``x``.
+
+    Bisection on ``[1, L]`` (rate grows with quality); clamped to the ends when ``bpp`` is out of
+    the model's range. Lets two codecs' bit allocations be compared at equal rate.
+    """
+    levels = getattr(model, "qualities", 1)
+    if levels < 2:
+        raise ValueError("quality_for_rate needs a variable-rate model (built with rate_lambdas)")
+
+    def rate(q: float) -> float:
+        return float(bit_allocation(model, x, quality=q)["total"].mean())
+
+    lo, hi = 1.0, float(levels)
+    if bpp <= rate(lo):
+        return lo
+    if bpp >= rate(hi):
+        return hi
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rate(mid) < bpp else (lo, mid)
+    return 0.5 * (lo + hi)

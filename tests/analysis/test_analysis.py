@@ -12,6 +12,7 @@ from gnn_lic.analysis import (
     average_erf,
     bit_allocation,
     bit_allocation_difference,
+    quality_for_rate,
     center_crop,
     effective_receptive_field,
     erf_difference,
@@ -213,6 +214,30 @@ def test_bit_allocation_crops_padding():
     assert maps["total"].shape == (1, 40, 50)
     with pytest.raises(ValueError):
         bit_allocation_difference(maps, bit_allocation(net, torch.rand(3, 40, 52)))
+
+
+def test_quality_for_rate_matches_a_brute_force_search():
+    torch.manual_seed(0)
+    net = create_model("gabic", size="tiny", rate_lambdas=[0.0035, 0.013, 0.05]).eval()
+    with torch.no_grad():  # an untrained tiny latent is near 0 at any initial gain: widen the gains
+        net.gain.log_gain.copy_(torch.linspace(0, 4, 3)[:, None].expand_as(net.gain.log_gain))
+    x = torch.rand(1, 3, 64, 64)
+
+    def rate(q):
+        return float(bit_allocation(net, x, quality=q)["total"].mean())
+
+    grid = torch.linspace(1, 3, 81).tolist()
+    rates = [rate(q) for q in grid]
+    assert rates[0] < rates[-1]
+    target = 0.5 * (rates[0] + rates[-1])
+    best = min(abs(r - target) for r in rates)  # the finest the grid can get
+    q = quality_for_rate(net, x, target)
+    assert 1 < q < 3
+    assert abs(rate(q) - target) <= best + 1e-3
+    assert quality_for_rate(net, x, rates[0] / 2) == 1.0  # out of range: clamped
+    assert quality_for_rate(net, x, rates[-1] * 2) == 3.0
+    with pytest.raises(ValueError, match="variable-rate"):
+        quality_for_rate(create_model("gabic", size="tiny"), x, target)
 
 
 def test_load_analysis_models_seeded_and_shipped(tmp_path, monkeypatch, ship):
