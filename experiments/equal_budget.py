@@ -8,7 +8,7 @@ Every model gets the same recipe (``experiments/run.py``'s defaults or the flags
 ``--``), the same seed and data, and one variable-rate model over ``--lambdas``; only the
 number of steps differs. The steps are sized in two phases:
 
-1. *calibration*: each model trains ``--probe-steps`` steps (``--stop-after``) and the
+1. *calibration*: each model trains ``--probe-steps`` steps (``--stop-after``, no evaluation) and the
    process CPU seconds of its steps after the first two (``log.csv``'s ``cpu_time``) give its
    CPU seconds per step;
 2. *training*: ``steps = cpu_hours * 3600 / (CPU seconds per step)``, each model in its own
@@ -105,9 +105,10 @@ def calibrate(args, out: Path) -> Dict[str, float]:
     for model in args.models:
         folders[model] = out / "calibration" / model
         if _job(folders[model]) is None:
-            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args), "--steps", str(args.probe_steps),
-                         "--stop-after", str(args.probe_steps), "--save-every", str(args.probe_steps),
-                         "--out", str(folders[model])])
+            # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
+            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args),
+                         "--steps", str(1000 * args.probe_steps), "--stop-after", str(args.probe_steps),
+                         "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[model])])
     _run_jobs(cmds, args.parallel)
     return {m: cpu_per_step(_log(_job(f))) for m, f in folders.items()}
 

@@ -40,6 +40,10 @@ def test_two_tiny_models_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     table = (res / "table.md").read_text()
     assert "| glic-tiny |" in table and "| cnn-tiny |" in table and "equal_budget.py --models glic cnn" in table
     assert (res / "rd_psnr.png").stat().st_size > 0
+    probes = list((out / "calibration").glob("*/*/variable-rate"))
+    assert len(probes) == 2  # the probes stop early: no evaluation, no results
+    assert all(len((p / "eval.csv").read_text().splitlines()) <= 1 and not any((p / "results").iterdir())
+               for p in probes)
     jobs = sorted(p.name for p in (out / "jobs").glob("*/*"))
     capsys.readouterr()
     assert equal_budget.main(argv) == 0  # finished: nothing is trained again
