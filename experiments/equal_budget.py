@@ -15,6 +15,11 @@ number of steps differs. The steps are sized in two phases:
    ``run.py`` job, ``--parallel`` jobs at a time with ``--threads 1`` each (run the
    calibration with the same ``--parallel``, so its steps are timed under the same load).
 
+``--variant NAME="FLAGS"`` (repeatable) compares training recipes instead of, or as well as,
+models: every model trains once per variant, with the variant's ``run.py`` flags after the
+common ones, for the same CPU time (a variant that changes the step, e.g. the batch or crop
+size, gets its own CPU seconds per step); the jobs are named ``MODEL@NAME``.
+
 ``OUT/plan.json`` records the steps and job folders; running the same command again skips
 finished jobs and resumes unfinished ones (``run.py --resume``). At the end, the results
 (``--results``) are: ``equal_budget.json`` (every curve, CompressAI format), ``table.md``
@@ -27,6 +32,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -90,6 +96,30 @@ def _run_jobs(commands: List[List[str]], parallel: int) -> None:
                     raise RuntimeError(f"exit status {code}: {shlex.join(item[0])}")
 
 
+def parse_variants(specs: Sequence[str]) -> Dict[str, List[str]]:
+    """``["lr5e-4=--lr 5e-4", "base="]`` -> ``{"lr5e-4": ["--lr", "5e-4"], "base": []}`` (names unique, folder-safe)."""
+    variants: Dict[str, List[str]] = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise UsageError(f"--variant {spec!r}: expected NAME=FLAGS with NAME of letters, digits, '.', '_', '-'")
+        if name in variants:
+            raise UsageError(f"--variant {name!r} is given twice")
+        try:
+            variants[name] = shlex.split(flags)
+        except ValueError as err:
+            raise UsageError(f"--variant {spec!r}: {err}") from None
+    return variants
+
+
+def job_specs(args) -> Dict[str, Dict[str, Any]]:
+    """``{job key: {"model", "flags"}}``: one job per model, or per model and ``--variant``."""
+    variants = parse_variants(args.variant)
+    if not variants:
+        return {m: {"model": m, "flags": []} for m in args.models}
+    return {f"{m}@{v}": {"model": m, "flags": flags} for m in args.models for v, flags in variants.items()}
+
+
 def _recipe(args) -> List[str]:
     common = ["--size", args.size, "--lambdas", *args.lambdas, "--variable-rate", "--seed", str(args.seed),
               "--threads", "1", "--no-progress", "--no-anchors", "--no-shipped"]
@@ -102,25 +132,25 @@ def _recipe(args) -> List[str]:
 def calibrate(args, out: Path) -> Dict[str, float]:
     """CPU seconds per step of each model, from ``--probe-steps`` steps of its recipe."""
     cmds, folders = [], {}
-    for model in args.models:
-        folders[model] = out / "calibration" / model
-        if _job(folders[model]) is None:
+    for key, spec in job_specs(args).items():
+        folders[key] = out / "calibration" / key
+        if _job(folders[key]) is None:
             # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
-            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args),
+            cmds.append([sys.executable, str(RUN), "--model", spec["model"], *_recipe(args), *spec["flags"],
                          "--steps", str(1000 * args.probe_steps), "--stop-after", str(args.probe_steps),
-                         "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[model])])
+                         "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[key])])
     _run_jobs(cmds, args.parallel)
-    return {m: cpu_per_step(_log(_job(f))) for m, f in folders.items()}
+    return {k: cpu_per_step(_log(_job(f))) for k, f in folders.items()}
 
 
 def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
     cmds = []
-    for model, item in plan["models"].items():
-        folder = out / "jobs" / model
+    for key, item in plan["models"].items():
+        folder = out / "jobs" / key
         job = _job(folder)
         if job is None:
-            cmds.append([sys.executable, str(RUN), "--model", model, *_recipe(args), "--steps", str(item["steps"]),
-                         "--out", str(folder)])
+            cmds.append([sys.executable, str(RUN), "--model", item.get("model", key), *_recipe(args),
+                         *item.get("flags", []), "--steps", str(item["steps"]), "--out", str(folder)])
         elif not (job / "results").is_dir():
             cmds.append([sys.executable, str(RUN), "--resume", str(job)])
     _run_jobs(cmds, args.parallel)
@@ -129,21 +159,29 @@ def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
 def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, Any]:
     """Write ``equal_budget.json``, ``table.md`` and ``rd_psnr.png`` into ``--results``; returns the table rows."""
     from gnn_lic.evaluation.complexity import count_parameters  # noqa: PLC0415
-    from gnn_lic.models import create_model  # noqa: PLC0415
+    from gnn_lic.models.checkpoint import build_model, read_checkpoint  # noqa: PLC0415
+
+    def curve_name(key: str) -> str:  # glic -> glic-small, glic@lr5e-4 -> glic-small@lr5e-4
+        model, at, variant = key.partition("@")
+        return f"{model}-{args.size}{at}{variant}"
 
     curves, rows = {}, {}
-    for model, item in plan["models"].items():
-        job = _job(out / "jobs" / model)
-        name = f"{model}-{args.size}"
-        doc = json.loads((job / "results" / f"{name}.json").read_text())
+    for key, item in plan["models"].items():
+        job = _job(out / "jobs" / key)
+        model = item.get("model", key)
+        name = curve_name(key)
+        doc = json.loads((job / "results" / f"{model}-{args.size}.json").read_text())
         log = _log(job)
         curves[name] = doc
-        rows[name] = {"parameters": count_parameters(create_model(model, size=args.size)),
-                      "cpu_s_per_step": item["cpu_s_per_step"], "steps": int(max(r["step"] for r in log)),
-                      "cpu_hours": max(r["cpu_time"] for r in log) / 3600}
-    anchor = f"{args.anchor}-{args.size}"
+        config = read_checkpoint(next(job.glob("*/checkpoints/latest.pt")))["model_config"]
+        net = build_model({k: v for k, v in config.items() if k != "rate_lambdas"})  # as built, without gain units
+        points = sorted(zip(doc["results"]["bpp"], doc["results"]["psnr-rgb"]))
+        rows[name] = {"parameters": count_parameters(net), "cpu_s_per_step": item["cpu_s_per_step"],
+                      "steps": int(max(r["step"] for r in log)), "cpu_hours": max(r["cpu_time"] for r in log) / 3600,
+                      "flags": item.get("flags", []), "lowest": points[0], "highest": points[-1]}
+    anchor = curve_name(args.anchor or ("cnn" if not args.variant else next(iter(plan["models"]))))
     if anchor not in curves:
-        raise UsageError(f"--anchor {args.anchor} is not among --models")
+        raise UsageError(f"--anchor {args.anchor} is not among the jobs ({', '.join(plan['models'])})")
     for name, bd in bd_table(curves, anchor, metric="psnr-rgb").items():
         ok = not bd["error"] and math.isfinite(bd["bd_rate"])
         rows[name].update(bd_rate=bd["bd_rate"] if ok else None, bd_error=None if ok else bd["error"] or bd["note"])
@@ -153,15 +191,20 @@ def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, 
                res / "equal_budget.json")
     plot_rd(curves, metric="psnr-rgb", path=res / "rd_psnr.png",
             title=f"{args.cpu_hours:g} CPU hour(s) per model, {args.size} size")
-    lines = [f"Each model trained for {args.cpu_hours:g} CPU hour(s) (same recipe, data and seed; one variable-rate "
-             f"model over lambdas {' '.join(args.lambdas)}); BD-rate (PSNR) against {anchor}, negative = fewer bits.",
+    same = "same data and seed; the common recipe plus each variant's flags" if args.variant else \
+        "same recipe, data and seed"
+    lines = [f"Each {'job' if args.variant else 'model'} trained for {args.cpu_hours:g} CPU hour(s) ({same}; one "
+             f"variable-rate model over lambdas {' '.join(args.lambdas)}); BD-rate (PSNR) against {anchor}, negative = "
+             "fewer bits.",
              "", f"    {command}", "",
-             "| model | BD-rate vs " + anchor + " | parameters | CPU s / step | steps | CPU hours |",
-             "|---|---|---|---|---|---|"]
+             "| model | BD-rate vs " + anchor + " | lowest / highest rate (bpp, dB) | parameters | CPU s / step "
+             "| steps | CPU hours |" + (" flags |" if args.variant else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if args.variant else "")]
     for name, r in sorted(rows.items(), key=lambda kv: (kv[1]["bd_rate"] is None, kv[1]["bd_rate"] or 0.0)):
         bd = "n/a (" + r["bd_error"] + ")" if r["bd_error"] else f"{r['bd_rate']:+.1f} %"
-        lines.append(f"| {name} | {bd} | {r['parameters']:,} | {r['cpu_s_per_step']:.2f} | {r['steps']} | "
-                     f"{r['cpu_hours']:.2f} |")
+        ends = " / ".join(f"{b:.3f}, {q:.2f}" for b, q in (r["lowest"], r["highest"]))
+        lines.append(f"| {name} | {bd} | {ends} | {r['parameters']:,} | {r['cpu_s_per_step']:.2f} | {r['steps']} | "
+                     f"{r['cpu_hours']:.2f} |" + (f" `{shlex.join(r['flags'])}` |" if args.variant else ""))
     (res / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
@@ -173,7 +216,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cpu-hours", type=float, required=True, help="process CPU hours of training per model")
     ap.add_argument("--size", default="small", help="model size [default: small]")
     ap.add_argument("--lambdas", nargs="+", default=["mse"], help="rate points of each model [default: mse]")
-    ap.add_argument("--anchor", default="cnn", help="the model the BD-rates are measured against [default: cnn]")
+    ap.add_argument("--anchor", help="the job the BD-rates are measured against: a model, or MODEL@VARIANT "
+                    "[default: cnn, or the first job with --variant]")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                    help="a training recipe: run.py flags added to the common ones; repeat to compare several "
+                         "(each model trains once per variant)")
     ap.add_argument("--seed", type=int, default=0, help="the seed of every model [default: 0]")
     ap.add_argument("--data-train", help="training images (default: built-in)")
     ap.add_argument("--data-test", help="test images (default: built-in)")
@@ -193,16 +240,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan_path = out / PLAN
         if plan_path.is_file():
             plan = json.loads(plan_path.read_text())
-            if sorted(plan["models"]) != sorted(args.models) or plan["cpu_hours"] != args.cpu_hours:
-                raise UsageError(f"'{plan_path}' plans other models or hours; use another --out")
+            specs = job_specs(args)
+            same = sorted(plan["models"]) == sorted(specs) and all(
+                plan["models"][k].get("flags", []) == spec["flags"] for k, spec in specs.items())
+            if not same or plan["cpu_hours"] != args.cpu_hours:
+                raise UsageError(f"'{plan_path}' plans other models, variants or hours; use another --out")
         else:
+            specs = job_specs(args)
             speed = calibrate(args, out)
             plan = {"cpu_hours": args.cpu_hours, "models": {
-                m: {"cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s))}
-                for m, s in speed.items()}}
+                k: {**specs[k], "cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s))}
+                for k, s in speed.items()}}
             write_json(plan, plan_path)
-        for model, item in plan["models"].items():
-            print(f"{model}: {item['cpu_s_per_step']:.3f} CPU s/step -> {item['steps']} steps", file=sys.stderr)
+        for key, item in plan["models"].items():
+            print(f"{key}: {item['cpu_s_per_step']:.3f} CPU s/step -> {item['steps']} steps", file=sys.stderr)
         train_all(args, out, plan)
         summarise(args, out, plan, command)
         return 0

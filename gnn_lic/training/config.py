@@ -65,11 +65,14 @@ DEFAULT_LAMBDAS: Dict[str, List[float]] = {
 
 METRICS = ("mse", "ms-ssim")
 #: options that must match to resume a run at all
-IDENTITY_KEYS = ("model", "size", "metric", "lmbda", "rate_lambdas")
+IDENTITY_KEYS = ("model", "size", "wavelet", "metric", "lmbda", "rate_lambdas")
 #: options whose change makes a resumed run differ from an uninterrupted one
 TRAJECTORY_KEYS = ("batch_size", "patch_size", "seed", "lr", "aux_lr", "lr_schedule", "lr_drop", "warmup", "plateau_factor",
-                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps", "init")
+                   "plateau_patience", "clip_max_norm", "ortho_weight", "flips", "data_train", "steps", "init",
+                   "rate_sampling")
 LR_SCHEDULES = ("step", "cosine", "constant", "plateau")
+#: how a variable-rate step draws each crop's quality (:func:`gnn_lic.training.rates.sample_rates`)
+RATE_SAMPLINGS = ("uniform", "rising")
 
 
 class ConfigError(ValueError):
@@ -93,6 +96,8 @@ class TrainConfig:
     Args:
         model (str): registered model name (:func:`gnn_lic.models.list_models`).
         size (str): ``tiny``, ``small`` or ``paper``.
+        wavelet (bool or None): GLIC's auxiliary wavelet branch (AuxT) on or off; None: the
+            size's preset. Models without the branch refuse it.
         lmbda (float): rate-distortion trade-off of :class:`~gnn_lic.training.RateDistortionLoss`.
         metric (str): ``mse`` or ``ms-ssim``.
         steps (int): optimizer steps in total (a resumed run continues up to it).
@@ -130,13 +135,18 @@ class TrainConfig:
         rate_lambdas (list of float or None): set by the job for a variable-rate run: the
             model gets gain units with one quality per lambda
             (:mod:`gnn_lic.models.variable_rate`); each crop of a step draws a quality
-            uniformly in ``[1, L]`` and is trained with its interpolated lambda (``lmbda``
+            in ``[1, L]`` (``rate_sampling``) and is trained with its interpolated lambda (``lmbda``
             is then unused).
+        rate_sampling (str): how those qualities are drawn: ``uniform`` in ``[1, L]``, or
+            ``rising`` (density growing linearly towards quality ``L``:
+            ``q = 1 + (L - 1) sqrt(u)``, ``u`` uniform), which gives the high-rate end, slowest to
+            train, more crops.
         init (str or None): initial weights (ignored when resuming from ``latest.pt``).
     """
 
     model: str = _option("glic", "registered model name (required unless --resume/--checkpoint)", job_default=None)
     size: str = _option("small", "model size: tiny, small or paper")
+    wavelet: Optional[bool] = _option(None, "GLIC's auxiliary wavelet branch (AuxT) [default: the size's preset]")
     lmbda: float = _option(0.0067, cli=False)
     metric: str = _option("mse", "distortion: mse (255^2 MSE) or ms-ssim (1 - MS-SSIM)", choices=METRICS)
     steps: int = _option(300, "optimizer steps of each model (one per lambda, or the variable-rate one)", min=1)
@@ -175,6 +185,8 @@ class TrainConfig:
         None, "train one variable-rate model (gain units, one quality per lambda) instead of one model per lambda "
         "[default: on with two or more lambdas]")
     rate_lambdas: Optional[List[float]] = _option(None, cli=False)
+    rate_sampling: str = _option("uniform", "qualities of a variable-rate step: uniform, or rising (more crops at "
+                                 "high rates)", choices=RATE_SAMPLINGS)
     init: Optional[str] = _option(
         None, "start from these weights: a checkpoint file, or 'pretrained' for the shipped ones; parameters they "
         "lack (gain units) keep their initialisation", metavar="CKPT")

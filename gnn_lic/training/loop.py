@@ -51,13 +51,12 @@ from torch import nn
 
 from gnn_lic.evaluation.images import load_images
 from gnn_lic.evaluation.results import write_json
-from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
-from gnn_lic.training.rates import evaluate_rates, init_weights, rate_label, rate_points, sample_rates
+from gnn_lic.training.rates import build_model, evaluate_rates, init_weights, rate_label, rate_points, sample_rates
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
@@ -131,8 +130,7 @@ class Trainer:
 
         # model, loss, optimizers
         torch.manual_seed(cfg.seed)
-        rate = {"rate_lambdas": tuple(cfg.rate_lambdas)} if cfg.rate_lambdas else {}
-        self.net: nn.Module = create_model(cfg.model, size=cfg.size, **rate)
+        self.net: nn.Module = build_model(cfg)
         if cfg.init and not (cfg.resume and (self.run_dir / LATEST).exists()):
             init_weights(self.net, cfg.init)
         self.net.to(self.device)
@@ -233,7 +231,7 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
 
-        quality, lmbda = sample_rates(self.net, x.shape[0])  # variable rate: each crop its quality and lambda
+        quality, lmbda = sample_rates(self.net, x.shape[0], self.cfg.rate_sampling)  # variable rate: per crop
         out = self.model(x) if quality is None else self.model(x, quality=quality.to(x.device))
         terms = self.criterion(out, x, self.net, lmbda=lmbda)
         aux = self.net.aux_loss()

@@ -1,4 +1,5 @@
-"""What a variable-rate run adds to training: initial weights, the rate points, their evaluation.
+"""The model a run trains and what a variable-rate run adds: initial weights, the rate points,
+how each crop draws its rate, their evaluation.
 
 A variable-rate model (:mod:`gnn_lic.models.variable_rate`) is trained over all its
 trade-offs at once; it usually starts from a trained single-rate model
@@ -18,7 +19,7 @@ from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint
 from gnn_lic.training.losses import eval_loss
 
-__all__ = ["init_weights", "rate_points", "rate_label", "sample_rates", "evaluate_rates"]
+__all__ = ["build_model", "init_weights", "rate_points", "rate_label", "sample_rates", "evaluate_rates"]
 
 
 def rate_label(model: str, lmbda: float, rate_lambdas: Optional[Sequence[float]] = None) -> str:
@@ -49,13 +50,38 @@ def init_weights(net: nn.Module, source: str) -> None:
     load_state_into(net, {**state, **extra}, source=label)
 
 
-def sample_rates(net: nn.Module, batch: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """Qualities drawn uniformly in ``[1, L]`` (global RNG) and their interpolated lambdas, one per
-    crop; ``(None, None)`` for a single-rate model."""
+def build_model(cfg) -> nn.Module:
+    """The untrained model of a :class:`~gnn_lic.training.TrainConfig`: its name and size, gain
+    units for its ``rate_lambdas`` and its ``wavelet`` choice (refused by a model without one)."""
+    from gnn_lic.training.config import ConfigError  # noqa: PLC0415
+
+    kwargs: Dict[str, Any] = {"rate_lambdas": tuple(cfg.rate_lambdas)} if cfg.rate_lambdas else {}
+    if cfg.wavelet is not None:
+        kwargs["wavelet"] = bool(cfg.wavelet)
+    try:
+        return create_model(cfg.model, size=cfg.size, **kwargs)
+    except TypeError as err:
+        if "wavelet" not in kwargs or "wavelet" not in str(err):
+            raise
+        raise ConfigError(f"model {cfg.model!r} has no wavelet branch; leave --wavelet out") from None
+
+
+def sample_rates(net: nn.Module, batch: int, sampling: str = "uniform") -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Qualities in ``[1, L]`` (global RNG) and their interpolated lambdas, one per crop;
+    ``(None, None)`` for a single-rate model.
+
+    ``sampling``: ``uniform`` (``q = 1 + (L - 1) u``) or ``rising`` (``q = 1 + (L - 1) sqrt(u)``:
+    density ``2 (q - 1) / (L - 1)^2``, growing towards the highest rate), ``u`` uniform in [0, 1).
+    """
     gain = getattr(net, "gain", None)
     if gain is None:
         return None, None
-    quality = 1 + torch.rand(batch) * (gain.levels - 1)
+    u = torch.rand(batch)
+    if sampling == "rising":
+        u = u.sqrt()
+    elif sampling != "uniform":
+        raise ValueError(f"unknown rate sampling {sampling!r}; choose uniform or rising")
+    quality = 1 + u * (gain.levels - 1)
     return quality, gain.lmbda(quality, batch)
 
 

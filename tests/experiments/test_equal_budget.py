@@ -50,4 +50,38 @@ def test_two_tiny_models_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     assert sorted(p.name for p in (out / "jobs").glob("*/*")) == jobs
     assert "$ " not in capsys.readouterr().err
     bad = argv[:argv.index("--cpu-hours") + 1] + ["1"] + argv[argv.index("--cpu-hours") + 2:]
-    assert equal_budget.main(bad) == 2 and "other models or hours" in capsys.readouterr().err
+    assert equal_budget.main(bad) == 2 and "other models, variants or hours" in capsys.readouterr().err
+
+
+def test_parse_variants(equal_budget):
+    assert equal_budget.parse_variants(["base=", "lr=--lr 5e-4 --warmup 10"]) == {
+        "base": [], "lr": ["--lr", "5e-4", "--warmup", "10"]}
+    for bad in (["no-flags"], ["a b=--lr 1"], ["x=", "x=--lr 1"], ["q=--lr '1"]):
+        with pytest.raises(equal_budget.UsageError):
+            equal_budget.parse_variants(bad)
+
+
+def test_recipe_variants_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, capsys):
+    train, test = data_dirs
+    out, res = tmp_path / "out", tmp_path / "results"
+    argv = ["--models", "glic", "--size", "tiny", "--cpu-hours", "0.0004", "--lambdas", "0.005", "0.02",
+            "--data-train", str(train), "--data-test", str(test), "--probe-steps", "4", "--parallel", "2",
+            "--variant", "base=", "--variant", "lean=--no-wavelet --rate-sampling rising --lr 5e-4",
+            "--out", str(out), "--results", str(res), "--", "--batch-size", "2", "--patch-size", "64",
+            "--entropy-estimation"]
+    assert equal_budget.main(argv) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["models"]["glic@lean"]["flags"] == ["--no-wavelet", "--rate-sampling", "rising", "--lr", "5e-4"]
+    assert plan["models"]["glic@base"] == {**plan["models"]["glic@base"], "model": "glic", "flags": []}
+    job = next((out / "jobs" / "glic@lean").glob("*/config.yaml")).read_text()
+    assert "wavelet: false" in job and "rate_sampling: rising" in job and "lr: 0.0005" in job
+    doc = json.loads((res / "equal_budget.json").read_text())
+    assert doc["anchor"] == "glic-tiny@base" and set(doc["curves"]) == {"glic-tiny@base", "glic-tiny@lean"}
+    table = doc["table"]
+    assert table["glic-tiny@lean"]["parameters"] < table["glic-tiny@base"]["parameters"]  # no wavelet branch
+    assert table["glic-tiny@base"]["bd_rate"] == pytest.approx(0.0, abs=1e-6)
+    text = (res / "table.md").read_text()
+    assert "| glic-tiny@lean |" in text and "`--no-wavelet --rate-sampling rising --lr 5e-4`" in text
+    capsys.readouterr()
+    changed = [a if a != "lean=--no-wavelet --rate-sampling rising --lr 5e-4" else "lean=--lr 5e-4" for a in argv]
+    assert equal_budget.main(changed) == 2 and "other models, variants or hours" in capsys.readouterr().err

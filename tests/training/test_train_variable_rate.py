@@ -8,7 +8,7 @@ import torch
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint
 from gnn_lic.training import LATEST, ConfigError, RateDistortionLoss, Trainer, train
-from gnn_lic.training.rates import init_weights, rate_label
+from gnn_lic.training.rates import build_model, init_weights, rate_label, sample_rates
 from gnn_lic.training.optim import LRSchedule
 
 LAMBDAS = [0.004, 0.016, 0.064]
@@ -79,3 +79,38 @@ def test_rate_label_names_the_lambda_range_of_a_variable_rate_run():
     assert rate_label("glic", 0.0067) == "glic lambda=0.0067"
     assert rate_label("glic", 0.05, (0.0017, 0.0067, 0.05)) == "glic lambdas 0.0017-0.05"
     assert rate_label("gabic", 0.013, ()) == "gabic lambda=0.013"
+
+
+def test_rate_sampling_uniform_and_rising_against_their_distributions():
+    net = create_model("glic", size="tiny", rate_lambdas=LAMBDAS)  # qualities 1..3
+    torch.manual_seed(0)
+    u = torch.rand(20000)
+    torch.manual_seed(0)
+    q, lam = sample_rates(net, 20000, "uniform")
+    assert torch.allclose(q, 1 + 2 * u) and torch.allclose(lam, net.gain.lmbda(q, 20000))
+    torch.manual_seed(0)
+    q, _ = sample_rates(net, 20000, "rising")
+    assert torch.allclose(q, 1 + 2 * u.sqrt())
+    # density 2 (q - 1) / (L - 1)^2: P(q <= 2) = 1/4 (uniform: 1/2)
+    assert float((q <= 2).float().mean()) == pytest.approx(0.25, abs=0.01)
+    with pytest.raises(ValueError, match="rate sampling"):
+        sample_rates(net, 4, "falling")
+    assert sample_rates(create_model("glic", size="tiny"), 4, "rising") == (None, None)
+
+
+def test_wavelet_option_builds_the_branch_or_refuses(tiny_config):
+    on, off = build_model(tiny_config), build_model(tiny_config.replace(wavelet=False))
+    assert on.wavelet and not off.wavelet and off.model_config["wavelet"] is False
+    assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in on.parameters())
+    with pytest.raises(ConfigError, match="no wavelet branch"):
+        build_model(tiny_config.replace(model="gabic", wavelet=True))
+    with pytest.raises(ConfigError, match="rate_sampling"):
+        tiny_config.replace(rate_sampling="falling")
+
+
+def test_wavelet_choice_is_part_of_the_run_identity(tiny_config):
+    run = train(tiny_config.replace(wavelet=False, steps=2))
+    net, ckpt = load_checkpoint(run / LATEST)
+    assert not net.wavelet and ckpt["config"]["wavelet"] is False
+    with pytest.raises(ConfigError, match="wavelet"):  # the other branch setting cannot resume it
+        train(tiny_config.replace(wavelet=True, steps=3, resume=True))
