@@ -156,6 +156,16 @@ def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
     _run_jobs(cmds, args.parallel)
 
 
+def pairwise_bd_rates(curves: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{test: {anchor: BD-rate % or None}}`` for every pair of curves (PSNR, pchip)."""
+    out: Dict[str, Dict[str, Optional[float]]] = {name: {} for name in curves}
+    for anchor in curves:
+        for name, bd in bd_table(curves, anchor, metric="psnr-rgb").items():
+            ok = not bd["error"] and math.isfinite(bd["bd_rate"])
+            out[name][anchor] = float(bd["bd_rate"]) if ok else None
+    return out
+
+
 def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, Any]:
     """Write ``equal_budget.json``, ``table.md`` and ``rd_psnr.png`` into ``--results``; returns the table rows."""
     from gnn_lic.evaluation.complexity import count_parameters  # noqa: PLC0415
@@ -184,10 +194,14 @@ def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, 
         raise UsageError(f"--anchor {args.anchor} is not among the jobs ({', '.join(plan['models'])})")
     for name, bd in bd_table(curves, anchor, metric="psnr-rgb").items():
         ok = not bd["error"] and math.isfinite(bd["bd_rate"])
-        rows[name].update(bd_rate=bd["bd_rate"] if ok else None, bd_error=None if ok else bd["error"] or bd["note"])
+        dq = bd["bd_quality"] if not bd["error"] and math.isfinite(bd["bd_quality"]) else None
+        rows[name].update(bd_rate=bd["bd_rate"] if ok else None, bd_error=None if ok else bd["error"] or bd["note"],
+                          bd_psnr=dq)
+    pairs = pairwise_bd_rates(curves)
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    write_json({"command": command, "cpu_hours": args.cpu_hours, "anchor": anchor, "table": rows, "curves": curves},
+    write_json({"command": command, "cpu_hours": args.cpu_hours, "anchor": anchor, "table": rows,
+                "pairwise_bd_rate": pairs, "curves": curves},
                res / "equal_budget.json")
     plot_rd(curves, metric="psnr-rgb", path=res / "rd_psnr.png",
             title=f"{args.cpu_hours:g} CPU hour(s) per model, {args.size} size")
@@ -197,14 +211,23 @@ def summarise(args, out: Path, plan: Dict[str, Any], command: str) -> Dict[str, 
              f"variable-rate model over lambdas {' '.join(args.lambdas)}); BD-rate (PSNR) against {anchor}, negative = "
              "fewer bits.",
              "", f"    {command}", "",
-             "| model | BD-rate vs " + anchor + " | lowest / highest rate (bpp, dB) | parameters | CPU s / step "
-             "| steps | CPU hours |" + (" flags |" if args.variant else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if args.variant else "")]
-    for name, r in sorted(rows.items(), key=lambda kv: (kv[1]["bd_rate"] is None, kv[1]["bd_rate"] or 0.0)):
+             "| model | BD-rate vs " + anchor + " | BD-PSNR [dB] | lowest / highest rate (bpp, dB) | parameters "
+             "| CPU s / step | steps | CPU hours |" + (" flags |" if args.variant else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if args.variant else "")]
+    order = sorted(rows, key=lambda n: (rows[n]["bd_psnr"] is None, -(rows[n]["bd_psnr"] or 0.0)))
+    for name in order:
+        r = rows[name]
         bd = "n/a (" + r["bd_error"] + ")" if r["bd_error"] else f"{r['bd_rate']:+.1f} %"
+        dq = "n/a" if r["bd_psnr"] is None else f"{r['bd_psnr']:+.2f}"
         ends = " / ".join(f"{b:.3f}, {q:.2f}" for b, q in (r["lowest"], r["highest"]))
-        lines.append(f"| {name} | {bd} | {ends} | {r['parameters']:,} | {r['cpu_s_per_step']:.2f} | {r['steps']} | "
-                     f"{r['cpu_hours']:.2f} |" + (f" `{shlex.join(r['flags'])}` |" if args.variant else ""))
+        flags = f" `{shlex.join(r['flags'])}` |" if args.variant else ""
+        lines.append(f"| {name} | {bd} | {dq} | {ends} | {r['parameters']:,} | {r['cpu_s_per_step']:.2f} | "
+                     f"{r['steps']} | {r['cpu_hours']:.2f} |{flags}")
+    lines += ["", "BD-rate of each row against each column (PSNR, pchip; n/a: the curves share no quality range):",
+              "", "| | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+    for name in order:
+        cells = ["n/a" if pairs[name][a] is None else f"{pairs[name][a]:+.1f} %" for a in order]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (res / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -40,6 +40,7 @@ def test_two_tiny_models_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     table = (res / "table.md").read_text()
     assert "| glic-tiny |" in table and "| cnn-tiny |" in table and "equal_budget.py --models glic cnn" in table
     assert (res / "rd_psnr.png").stat().st_size > 0
+    assert doc["pairwise_bd_rate"]["cnn-tiny"]["cnn-tiny"] == 0.0 and "BD-rate of each row against each column" in table
     probes = list((out / "calibration").glob("*/*/variable-rate"))
     assert len(probes) == 2  # the probes stop early: no evaluation, no results
     assert all(len((p / "eval.csv").read_text().splitlines()) <= 1 and not any((p / "results").iterdir())
@@ -85,3 +86,18 @@ def test_recipe_variants_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     capsys.readouterr()
     changed = [a if a != "lean=--no-wavelet --rate-sampling rising --lr 5e-4" else "lean=--lr 5e-4" for a in argv]
     assert equal_budget.main(changed) == 2 and "other models, variants or hours" in capsys.readouterr().err
+
+
+def test_pairwise_bd_rates_match_bd_table_and_mark_disjoint_curves(equal_budget):
+    from gnn_lic.evaluation.bd import bd_table
+
+    def curve(bpp, psnr):
+        return {"results": {"bpp": bpp, "psnr-rgb": psnr}}
+
+    curves = {"a": curve([0.1, 0.2, 0.4, 0.8], [24.0, 26.0, 28.0, 30.0]),
+              "b": curve([0.12, 0.22, 0.45, 0.9], [24.5, 26.4, 28.3, 30.1]),
+              "far": curve([0.1, 0.2, 0.4, 0.8], [35.0, 36.0, 37.0, 38.0])}
+    pairs = equal_budget.pairwise_bd_rates(curves)
+    assert pairs["b"]["a"] == pytest.approx(bd_table(curves, "a")["b"]["bd_rate"])
+    assert pairs["a"]["b"] == pytest.approx(bd_table(curves, "b")["a"]["bd_rate"])
+    assert pairs["a"]["a"] == 0.0 and pairs["far"]["a"] is None and pairs["a"]["far"] is None
