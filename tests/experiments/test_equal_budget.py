@@ -40,7 +40,9 @@ def test_two_tiny_models_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     table = (res / "table.md").read_text()
     assert "| glic-tiny |" in table and "| cnn-tiny |" in table and "equal_budget.py --models glic cnn" in table
     assert (res / "rd_psnr.png").stat().st_size > 0
-    assert doc["pairwise_bd_rate"]["cnn-tiny"]["cnn-tiny"] == 0.0 and "BD-rate of each row against each column" in table
+    self_bd = doc["pairwise_bd_rate"]["cnn-tiny"]["cnn-tiny"]  # 0, or None where the tiny curve is not usable
+    assert self_bd == doc["table"]["cnn-tiny"]["bd_rate"] and self_bd in (0.0, None)
+    assert "BD-rate of each row against each column" in table
     probes = list((out / "calibration").glob("*/*/variable-rate"))
     assert len(probes) == 2  # the probes stop early: no evaluation, no results
     assert all(len((p / "eval.csv").read_text().splitlines()) <= 1 and not any((p / "results").iterdir())
@@ -80,7 +82,8 @@ def test_recipe_variants_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     assert doc["anchor"] == "glic-tiny@base" and set(doc["curves"]) == {"glic-tiny@base", "glic-tiny@lean"}
     table = doc["table"]
     assert table["glic-tiny@lean"]["parameters"] < table["glic-tiny@base"]["parameters"]  # no wavelet branch
-    assert table["glic-tiny@base"]["bd_rate"] == pytest.approx(0.0, abs=1e-6)
+    assert table["glic-tiny@base"]["bd_rate"] in (0.0, None)  # None where a few tiny steps give no usable curve
+    assert table["glic-tiny@base"]["bd_rate"] == doc["pairwise_bd_rate"]["glic-tiny@base"]["glic-tiny@base"]
     text = (res / "table.md").read_text()
     assert "| glic-tiny@lean |" in text and "`--no-wavelet --rate-sampling rising --lr 5e-4`" in text
     capsys.readouterr()
