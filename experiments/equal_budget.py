@@ -129,10 +129,10 @@ def _recipe(args) -> List[str]:
     return common + list(args.recipe)
 
 
-def calibrate(args, out: Path) -> Dict[str, float]:
-    """CPU seconds per step of each model, from ``--probe-steps`` steps of its recipe."""
+def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
+    """CPU seconds per step of each job of ``specs`` (:func:`job_specs`), from ``--probe-steps`` steps of its recipe."""
     cmds, folders = [], {}
-    for key, spec in job_specs(args).items():
+    for key, spec in specs.items():
         folders[key] = out / "calibration" / key
         if _job(folders[key]) is None:
             # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
@@ -261,16 +261,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         plan_path = out / PLAN
+        specs = job_specs(args)
         if plan_path.is_file():
             plan = json.loads(plan_path.read_text())
-            specs = job_specs(args)
             same = sorted(plan["models"]) == sorted(specs) and all(
                 plan["models"][k].get("flags", []) == spec["flags"] for k, spec in specs.items())
             if not same or plan["cpu_hours"] != args.cpu_hours:
                 raise UsageError(f"'{plan_path}' plans other models, variants or hours; use another --out")
         else:
-            specs = job_specs(args)
-            speed = calibrate(args, out)
+            speed = calibrate(args, out, specs)
             plan = {"cpu_hours": args.cpu_hours, "models": {
                 k: {**specs[k], "cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s))}
                 for k, s in speed.items()}}

@@ -56,7 +56,7 @@ from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
-from gnn_lic.training.rates import build_model, evaluate_rates, init_weights, rate_label, rate_points, sample_rates
+from gnn_lic.training.rates import evaluate_rates, init_weights, rate_label, rate_points, run_model, sample_rates
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (
     PER_STEP_SCHEDULES,
@@ -130,7 +130,7 @@ class Trainer:
 
         # model, loss, optimizers
         torch.manual_seed(cfg.seed)
-        self.net: nn.Module = build_model(cfg)
+        self.net: nn.Module = run_model(cfg)
         if cfg.init and not (cfg.resume and (self.run_dir / LATEST).exists()):
             init_weights(self.net, cfg.init)
         self.net.to(self.device)

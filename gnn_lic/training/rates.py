@@ -19,7 +19,7 @@ from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_state_into, read_checkpoint
 from gnn_lic.training.losses import eval_loss
 
-__all__ = ["build_model", "init_weights", "rate_points", "rate_label", "sample_rates", "evaluate_rates"]
+__all__ = ["init_weights", "rate_points", "rate_label", "run_model", "sample_rates", "evaluate_rates"]
 
 
 def rate_label(model: str, lmbda: float, rate_lambdas: Optional[Sequence[float]] = None) -> str:
@@ -50,7 +50,7 @@ def init_weights(net: nn.Module, source: str) -> None:
     load_state_into(net, {**state, **extra}, source=label)
 
 
-def build_model(cfg) -> nn.Module:
+def run_model(cfg) -> nn.Module:
     """The untrained model of a :class:`~gnn_lic.training.TrainConfig`: its name and size, gain
     units for its ``rate_lambdas`` and its ``wavelet`` choice (refused by a model without one)."""
     from gnn_lic.training.config import ConfigError  # noqa: PLC0415

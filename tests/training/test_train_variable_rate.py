@@ -8,7 +8,7 @@ import torch
 from gnn_lic.models import create_model
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint
 from gnn_lic.training import LATEST, ConfigError, RateDistortionLoss, Trainer, train
-from gnn_lic.training.rates import build_model, init_weights, rate_label, sample_rates
+from gnn_lic.training.rates import init_weights, rate_label, run_model, sample_rates
 from gnn_lic.training.optim import LRSchedule
 
 LAMBDAS = [0.004, 0.016, 0.064]
@@ -99,11 +99,11 @@ def test_rate_sampling_uniform_and_rising_against_their_distributions():
 
 
 def test_wavelet_option_builds_the_branch_or_refuses(tiny_config):
-    on, off = build_model(tiny_config), build_model(tiny_config.replace(wavelet=False))
+    on, off = run_model(tiny_config), run_model(tiny_config.replace(wavelet=False))
     assert on.wavelet and not off.wavelet and off.model_config["wavelet"] is False
     assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in on.parameters())
     with pytest.raises(ConfigError, match="no wavelet branch"):
-        build_model(tiny_config.replace(model="gabic", wavelet=True))
+        run_model(tiny_config.replace(model="gabic", wavelet=True))
     with pytest.raises(ConfigError, match="rate_sampling"):
         tiny_config.replace(rate_sampling="falling")
 
