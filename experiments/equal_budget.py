@@ -9,7 +9,7 @@ Every model gets the same recipe (``experiments/run.py``'s defaults or the flags
 number of steps differs. The steps are sized in two phases:
 
 1. *calibration*: each model trains ``--probe-steps`` steps (``--stop-after``, no evaluation) and the
-   process CPU seconds of its steps after the first two (``log.csv``'s ``cpu_time``) give its
+   process CPU seconds of its steps after the first quarter (``log.csv``'s ``cpu_time``) give its
    CPU seconds per step;
 2. *training*: ``steps = cpu_hours * 3600 / (CPU seconds per step)``, each model in its own
    ``run.py`` job, ``--parallel`` jobs at a time with ``--threads 1`` each (run the
@@ -17,8 +17,10 @@ number of steps differs. The steps are sized in two phases:
 
 ``--variant NAME="FLAGS"`` (repeatable) compares training recipes instead of, or as well as,
 models: every model trains once per variant, with the variant's ``run.py`` flags after the
-common ones, for the same CPU time (a variant that changes the step, e.g. the batch or crop
-size, gets its own CPU seconds per step); the jobs are named ``MODEL@NAME``.
+common ones, for the same CPU time; the jobs are named ``MODEL@NAME``. Jobs that do the same
+work per step (same model and :data:`WORK_OPTIONS`: a learning rate or schedule does not change
+the step, a batch or crop size or the wavelet branch does) share one calibration, so timing
+noise cannot hand equal-work recipes different step counts.
 
 ``OUT/plan.json`` records the steps and job folders; running the same command again skips
 finished jobs and resumes unfinished ones (``run.py --resume``). At the end, the results
@@ -49,6 +51,9 @@ from gnn_lic.evaluation.plot import plot_rd  # noqa: E402
 from gnn_lic.evaluation.results import write_json  # noqa: E402
 
 RUN = Path(__file__).resolve().parent / "run.py"
+#: ``run.py`` options that change the work of a training step; jobs equal in these share a calibration
+WORK_OPTIONS = ("size", "wavelet", "metric", "batch_size", "patch_size", "ortho_weight", "device", "threads",
+                "deterministic")
 PLAN = "plan.json"
 
 
@@ -129,10 +134,33 @@ def _recipe(args) -> List[str]:
     return common + list(args.recipe)
 
 
-def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
-    """CPU seconds per step of each job of ``specs`` (:func:`job_specs`), from ``--probe-steps`` steps of its recipe."""
-    cmds, folders = [], {}
+def work_key(model: str, flags: Sequence[str]) -> str:
+    """What a step of ``model`` trained with ``run.py`` ``flags`` costs: the model and the :data:`WORK_OPTIONS` set."""
+    from gnn_lic.training.options import build_parser, convert
+
+    given = convert(vars(build_parser().parse_args(["--model", model, *flags])), "flags")  # unset: absent
+    return json.dumps([model] + [[k, given[k]] for k in WORK_OPTIONS if k in given])
+
+
+def calibration_groups(specs: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
+    """``{probe: [job keys]}``: the jobs of ``specs`` that do equal work, probed once (as the first of them)."""
+    first: Dict[str, str] = {}
+    groups: Dict[str, List[str]] = {}
     for key, spec in specs.items():
+        probe = first.setdefault(work_key(spec["model"], spec["flags"]), key)
+        groups.setdefault(probe, []).append(key)
+    return groups
+
+
+def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
+    """CPU seconds per step of each job of ``specs`` (:func:`job_specs`), from ``--probe-steps`` steps of its recipe.
+
+    One probe per group of :func:`calibration_groups`; every job of a group gets the probe's figure.
+    """
+    groups = calibration_groups(specs)
+    cmds, folders = [], {}
+    for key in groups:
+        spec = specs[key]
         folders[key] = out / "calibration" / key
         if _job(folders[key]) is None:
             # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
@@ -140,7 +168,9 @@ def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, fl
                          "--steps", str(1000 * args.probe_steps), "--stop-after", str(args.probe_steps),
                          "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[key])])
     _run_jobs(cmds, args.parallel)
-    return {k: cpu_per_step(_log(_job(f))) for k, f in folders.items()}
+    skip = max(2, args.probe_steps // 4)
+    speed = {probe: cpu_per_step(_log(_job(f)), skip=skip) for probe, f in folders.items()}
+    return {k: speed[probe] for probe, keys in groups.items() for k in keys}
 
 
 def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
@@ -247,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the seed of every model [default: 0]")
     ap.add_argument("--data-train", help="training images (default: built-in)")
     ap.add_argument("--data-test", help="test images (default: built-in)")
-    ap.add_argument("--probe-steps", type=int, default=8, help="calibration steps per model [default: 8]")
+    ap.add_argument("--probe-steps", type=int, default=24, help="calibration steps per model [default: 24]")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time, one thread each [default: 2]")
     ap.add_argument("--out", required=True, help="folder of the jobs and the plan")
     ap.add_argument("--results", required=True, help="folder of the table, curves and plot")
@@ -271,8 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             speed = calibrate(args, out, specs)
             plan = {"cpu_hours": args.cpu_hours, "models": {
-                k: {**specs[k], "cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s))}
-                for k, s in speed.items()}}
+                k: {**specs[k], "cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s)),
+                    "calibration": probe}
+                for probe, keys in calibration_groups(specs).items() for k in keys for s in [speed[k]]}}
             write_json(plan, plan_path)
         for key, item in plan["models"].items():
             print(f"{key}: {item['cpu_s_per_step']:.3f} CPU s/step -> {item['steps']} steps", file=sys.stderr)

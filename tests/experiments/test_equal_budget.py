@@ -75,6 +75,7 @@ def test_recipe_variants_at_equal_cpu_time(equal_budget, data_dirs, tmp_path, ca
     assert equal_budget.main(argv) == 0
     plan = json.loads((out / "plan.json").read_text())
     assert plan["models"]["glic@lean"]["flags"] == ["--no-wavelet", "--rate-sampling", "rising", "--lr", "5e-4"]
+    assert plan["models"]["glic@lean"]["calibration"] == "glic@lean"  # no wavelet branch: other work per step
     assert plan["models"]["glic@base"] == {**plan["models"]["glic@base"], "model": "glic", "flags": []}
     job = next((out / "jobs" / "glic@lean").glob("*/config.yaml")).read_text()
     assert "wavelet: false" in job and "rate_sampling: rising" in job and "lr: 0.0005" in job
@@ -104,3 +105,15 @@ def test_pairwise_bd_rates_match_bd_table_and_mark_disjoint_curves(equal_budget)
     assert pairs["b"]["a"] == pytest.approx(bd_table(curves, "a")["b"]["bd_rate"])
     assert pairs["a"]["b"] == pytest.approx(bd_table(curves, "b")["a"]["bd_rate"])
     assert pairs["a"]["a"] == 0.0 and pairs["far"]["a"] is None and pairs["a"]["far"] is None
+
+
+def test_equal_work_recipes_share_one_calibration(equal_budget):
+    specs = {"glic@base": {"model": "glic", "flags": []},
+             "glic@lr": {"model": "glic", "flags": ["--lr", "5e-4", "--lr-schedule", "cosine"]},
+             "glic@batch4": {"model": "glic", "flags": ["--batch-size", "4"]},
+             "glic@batch04": {"model": "glic", "flags": ["--batch-size", "04", "--warmup", "9"]},
+             "glic@wavelet": {"model": "glic", "flags": ["--wavelet"]},
+             "cnn@base": {"model": "cnn", "flags": []}}
+    assert equal_budget.calibration_groups(specs) == {
+        "glic@base": ["glic@base", "glic@lr"], "glic@batch4": ["glic@batch4", "glic@batch04"],
+        "glic@wavelet": ["glic@wavelet"], "cnn@base": ["cnn@base"]}
