@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+import threading
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -16,6 +17,17 @@ from gnn_lic.nn.functional import sparse_attention
 __all__ = ["SparseAttentionConv", "as_csr"]
 
 IMPLS = ("sparse", "gather")
+
+#: per thread, ``{id(layer): (graph, logit bound, edge bias)}`` of the sparse aggregations in progress: the
+#: bands of a map (:func:`gnn_lic.nn.banded.banded_stage`) run one layer on several threads at once
+_CALLS = threading.local()
+
+
+def _calls() -> Dict[int, Tuple[CSRGraph, Optional[Tensor], Optional[Tensor]]]:
+    calls = getattr(_CALLS, "by_layer", None)
+    if calls is None:
+        calls = _CALLS.by_layer = {}
+    return calls
 
 
 def as_csr(edge_index: Union[Tensor, CSRGraph], num_nodes: int) -> CSRGraph:
@@ -51,9 +63,6 @@ class SparseAttentionConv(MessagePassing):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.impl = impl
-        self._graph: Optional[CSRGraph] = None
-        self._bound: Optional[Tensor] = None
-        self._bias: Optional[Tensor] = None
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Union[Tensor, CSRGraph], logit_bound: Optional[Tensor] = None,
                edge_bias: Optional[Callable[[CSRGraph], Tensor]] = None) -> Tensor:
@@ -84,15 +93,18 @@ class SparseAttentionConv(MessagePassing):
     def _attend_sparse(self, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],
                        edge_bias: Optional[Callable[[CSRGraph], Tensor]] = None) -> Tensor:
         N = q.shape[0]
-        # PyG's generated ``propagate`` only forwards the message's arguments, so
-        # the graph (with its cached transpose) reaches ``message_and_aggregate``
-        # through this attribute, set only for the duration of the call.
-        self._graph, self._bound = graph, logit_bound
-        self._bias = None if edge_bias is None else edge_bias(graph).t()
+        # PyG's generated ``propagate`` only forwards the message's arguments, so the graph (with its
+        # cached transpose) reaches ``message_and_aggregate`` through this thread's record of the call
+        calls, key = _calls(), id(self)
+        previous = calls.get(key)
+        calls[key] = (graph, logit_bound, None if edge_bias is None else edge_bias(graph).t())
         try:
             return self.propagate(graph.structure(q.dtype), q=q, k=k, v=v, bias=None, size=(graph.num_cols, N))
         finally:
-            self._graph, self._bound, self._bias = None, None, None
+            if previous is None:
+                del calls[key]
+            else:
+                calls[key] = previous
 
     def message(self, q_i: Tensor, k_j: Tensor, v_j: Tensor, bias: Optional[Tensor], index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
@@ -103,11 +115,11 @@ class SparseAttentionConv(MessagePassing):
         return alpha.unsqueeze(-1) * v_j
 
     def message_and_aggregate(self, adj_t: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        graph = self._graph
+        graph, bound, stored_bias = _calls().get(id(self), (None, None, None))
         if graph is None:  # called directly with a sparse adjacency
             crow, col = adj_t.crow_indices(), adj_t.col_indices()
             row = torch.repeat_interleave(torch.arange(adj_t.shape[0], device=crow.device), crow.diff())
             graph = CSRGraph(crow, col, row, adj_t.shape[0], num_cols=adj_t.shape[1])
         heads_first = [t.transpose(0, 1) for t in (q, k, v)]  # (H, N, d)
-        bias = self._bias if bias is None else bias.t()
-        return sparse_attention(graph, *heads_first, logit_bound=self._bound, edge_bias=bias).transpose(0, 1)
+        bias = stored_bias if bias is None else bias.t()
+        return sparse_attention(graph, *heads_first, logit_bound=bound, edge_bias=bias).transpose(0, 1)

@@ -10,6 +10,8 @@ split into ``heads`` contiguous blocks of ``C / heads`` rows.
 """
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -439,3 +441,22 @@ def test_aggregation_without_autograd_normalises_in_place_to_the_same_numbers():
     with torch.no_grad():
         out = layer(x, g)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_layer_on_two_threads_at_once(kind):
+    """The bands of a map run one layer on several threads at once (``gnn_lic.nn.banded``): each call
+    aggregates over its own graph, whatever the other does between setting up and running its aggregation."""
+    conv = _make(kind)
+    calls = [(_x(seed=1), _graph(seed=0)), (_x(seed=2, n=N + 3), _graph(seed=3, n=N + 3, isolated=0))]
+    alone = [conv(x, ei).detach() for x, ei in calls]
+    barrier, propagate = threading.Barrier(2, timeout=30), conv.propagate
+
+    def both_set_up(*args, **kwargs):  # neither runs its aggregation before both have set theirs up
+        barrier.wait()
+        return propagate(*args, **kwargs)
+
+    conv.propagate = both_set_up
+    with ThreadPoolExecutor(2) as pool:
+        together = [out.detach() for out in pool.map(lambda call: conv(*call), calls)]
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
