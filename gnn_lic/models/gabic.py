@@ -119,8 +119,11 @@ def window_codec_transforms(
     # analysis, in image rows: two 5x5 stride-2 convolutions, then the block at 1/4; windows on the grid
     halo_a = 4 * (quarter + 1) + 2 * conv_radius(layers_a[2]) + conv_radius(layers_a[0])
     g_a = BandedSequential(*layers_a, band=(0, 5), row_bytes=2 * N, down=4, align=4 * w_hi, halo=halo_a)
-    # synthesis, in rows at 1/8: a 5x5 stride-2 deconvolution, the block at 1/4, two more deconvolutions
-    halo_s = 2 + (quarter + 1) // 2 + 2
+    # synthesis, in rows at 1/8: the two last 5x5 stride-2 deconvolutions need one row of the block's output
+    # beyond the band (at 1/4); that row, through the residual units, whole windows of the block's input
+    # (the band starts on the window grid); a 5x5 stride-2 deconvolution makes them from (rows + 2) / 2 rows
+    reach = 1 + max(conv_radius(layers_s[5].branch_a), conv_radius(layers_s[5].branch_b))
+    halo_s = -(-(w_hi * -(-reach // w_hi) + 2) // 2)
     g_s = BandedSequential(*layers_s, band=(3, 9), row_bytes=48 * N, up=8, align=max(1, w_hi // 2),
                            halo=halo_s)
     return g_a, g_s

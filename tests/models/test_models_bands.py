@@ -46,6 +46,19 @@ def test_gabic_bands_need_their_halo(monkeypatch):
     monkeypatch.setitem(net.g_a.geometry, "halo", 0)
     with torch.no_grad():
         assert (net.g_a(x) - y_ref).abs().max() > 1e-3
+    # the synthesis's halo is the least that works: the same bits as a generous one, one alignment step less
+    # misses rows (the bands compute each row the same way whatever their height: equality is exact)
+    geometry = net.g_s.geometry
+    tight, align = geometry["halo"], geometry["align"]
+    assert tight > align  # rounded up to 2 align: one step less is 1 align
+    with torch.no_grad():
+        y = net.g_a(x)
+        monkeypatch.setitem(geometry, "halo", 4 * tight)
+        generous = net.g_s(y)
+        monkeypatch.setitem(geometry, "halo", tight)
+        assert torch.equal(net.g_s(y), generous)
+        monkeypatch.setitem(geometry, "halo", align)
+        assert not torch.equal(net.g_s(y), generous)
 
 
 def test_the_transforms_use_several_bands(net, monkeypatch):
