@@ -152,10 +152,10 @@ def calibration_groups(specs: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]
     return groups
 
 
-def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
-    """CPU seconds per step of each job of ``specs`` (:func:`job_specs`), from ``--probe-steps`` steps of its recipe.
-
-    One probe per group of :func:`calibration_groups`; every job of a group gets the probe's figure.
+def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``{job: {"cpu_s_per_step", "calibration"}}`` for each job of ``specs`` (:func:`job_specs`), from
+    ``--probe-steps`` steps of its recipe: one probe per group of :func:`calibration_groups`, whose
+    figure every job of the group gets, with the probe's key as its ``calibration``.
     """
     groups = calibration_groups(specs)
     cmds, folders = [], {}
@@ -170,7 +170,7 @@ def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, fl
     _run_jobs(cmds, args.parallel)
     skip = max(2, args.probe_steps // 4)
     speed = {probe: cpu_per_step(_log(_job(f)), skip=skip) for probe, f in folders.items()}
-    return {k: speed[probe] for probe, keys in groups.items() for k in keys}
+    return {k: {"cpu_s_per_step": speed[probe], "calibration": probe} for probe, keys in groups.items() for k in keys}
 
 
 def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
@@ -299,11 +299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not same or plan["cpu_hours"] != args.cpu_hours:
                 raise UsageError(f"'{plan_path}' plans other models, variants or hours; use another --out")
         else:
-            speed = calibrate(args, out, specs)
             plan = {"cpu_hours": args.cpu_hours, "models": {
-                k: {**specs[k], "cpu_s_per_step": s, "steps": max(1, math.floor(args.cpu_hours * 3600 / s)),
-                    "calibration": probe}
-                for probe, keys in calibration_groups(specs).items() for k in keys for s in [speed[k]]}}
+                k: {**specs[k], **c, "steps": max(1, math.floor(args.cpu_hours * 3600 / c["cpu_s_per_step"]))}
+                for k, c in calibrate(args, out, specs).items()}}
             write_json(plan, plan_path)
         for key, item in plan["models"].items():
             print(f"{key}: {item['cpu_s_per_step']:.3f} CPU s/step -> {item['steps']} steps", file=sys.stderr)
