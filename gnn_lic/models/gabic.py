@@ -123,7 +123,8 @@ def window_codec_transforms(
     # beyond the band (at 1/4); that row, through the residual units, whole windows of the block's input
     # (the band starts on the window grid); a 5x5 stride-2 deconvolution makes them from (rows + 2) / 2 rows
     reach = 1 + max(conv_radius(layers_s[5].branch_a), conv_radius(layers_s[5].branch_b))
-    halo_s = -(-(w_hi * -(-reach // w_hi) + 2) // 2)
+    window_rows = w_hi * -(-reach // w_hi)  # at 1/4
+    halo_s = -(-(window_rows + 2) // 2)
     g_s = BandedSequential(*layers_s, band=(3, 9), row_bytes=48 * N, up=8, align=max(1, w_hi // 2),
                            halo=halo_s)
     return g_a, g_s
