@@ -189,7 +189,7 @@ class TrainConfig:
                                  "high rates)", choices=RATE_SAMPLINGS)
     init: Optional[str] = _option(
         None, "start from these weights: a checkpoint file, or 'pretrained' for the shipped ones; parameters they "
-        "lack (gain units) keep their initialisation", metavar="CKPT")
+        "lack (gain units, a wavelet branch) keep their initialisation", metavar="CKPT")
 
     # ------------------------------------------------------------------ helpers
     @classmethod

@@ -33,11 +33,16 @@ def rate_label(model: str, lmbda: float, rate_lambdas: Optional[Sequence[float]]
     return f"{model} lambda={lmbda:g}"
 
 
+#: parts of a model that ``init_weights`` may leave at their initialisation when the source lacks them
+_ADDABLE = ("gain.", "g_a.wavelet.", "g_s.wavelet.")
+
+
 def init_weights(net: nn.Module, source: str) -> None:
     """Load the weights of ``source`` (a checkpoint file, or ``"pretrained"``: the shipped ones) into ``net``.
 
     Every parameter and buffer of ``source`` must fit ``net``; ``net`` may have more: the
-    gain units of a variable-rate model (``gain.*``), which keep their initialisation.
+    gain units of a variable-rate model (``gain.*``) and a wavelet branch the source was trained
+    without (``g_a.wavelet.*``, ``g_s.wavelet.*``), which keep their initialisation.
     """
     if source == "pretrained":
         state = create_model(net.model_name, size=net.model_size, pretrained=True).state_dict()
@@ -46,7 +51,7 @@ def init_weights(net: nn.Module, source: str) -> None:
         state = read_checkpoint(source, map_location="cpu")["state_dict"]
         label = f"checkpoint '{source}'"
     own = net.state_dict()
-    extra = {k: v for k, v in own.items() if k not in state and k.startswith("gain.")}
+    extra = {k: v for k, v in own.items() if k not in state and k.startswith(_ADDABLE)}
     load_state_into(net, {**state, **extra}, source=label)
 
 

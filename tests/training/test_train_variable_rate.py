@@ -57,6 +57,22 @@ def test_init_weights_keeps_gains_and_refuses_other_models(tmp_path):
         init_weights(create_model("glic", size="tiny", rate_lambdas=LAMBDAS), str(other))
 
 
+def test_init_weights_adds_a_wavelet_branch_to_weights_trained_without(tmp_path):
+    torch.manual_seed(0)
+    without = create_model("glic", size="tiny", wavelet=False)
+    path = save_checkpoint(tmp_path / "without.pt", without, step=1)
+    net = create_model("glic", size="tiny", rate_lambdas=LAMBDAS)
+    start = {k: v.clone() for k, v in net.state_dict().items() if ".wavelet." in k}
+    assert start
+    init_weights(net, str(path))
+    for k, v in without.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    for k, v in start.items():
+        assert torch.equal(net.state_dict()[k], v), k
+    with pytest.raises(Exception, match="unexpected keys.*wavelet"):  # but never drops one
+        init_weights(without, str(save_checkpoint(tmp_path / "with.pt", net, step=1)))
+
+
 def test_variable_rate_run_trains_the_gains_and_evaluates_every_level(tiny_config, tmp_path):
     torch.manual_seed(0)
     init = save_checkpoint(tmp_path / "init.pt", create_model("glic", size="tiny"), step=1)
