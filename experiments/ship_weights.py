@@ -90,10 +90,11 @@ def _entry(cfg: Mapping, train: Mapping, file: Path, command: str, data: str, re
            qualities: Optional[List[int]], details: Optional[str]) -> WeightsEntry:
     """The index entry of shipped file ``file`` of model ``cfg`` trained with ``train``."""
     metric, qualities, lambdas = _rate(train, qualities)
+    options = {k: v for k, v in cfg.items() if k not in ("name", "size", "rate_lambdas", "pretrained")}
     return WeightsEntry(name=cfg["name"], size=cfg["size"], metric=metric, qualities=tuple(qualities),
                         lambdas=tuple(lambdas), file=file.name, sha256=file_sha256(file), command=command, data=data,
                         metrics=_metrics(results, lambdas, train.get("data_test")), details=details,
-                        folder=file.parent)
+                        options=options, folder=file.parent)
 
 
 def _merge(folder: Path, new: WeightsEntry) -> None:

@@ -4,7 +4,7 @@ A checkpoint is a ``torch.save`` file holding one dict::
 
     {
         "format": "gnn_lic-checkpoint",
-        "version": 1,
+        "version": 2,
         "model_config": net.model_config,   # rebuilds the model with create_model
         "state_dict": net.state_dict(),
         **extra,                            # e.g. step, optimizer state, metrics
@@ -16,6 +16,12 @@ checkpoint.  ``extra`` values are converted
 to types that ``torch.load(weights_only=True)`` accepts (numpy scalars -> Python numbers,
 numpy arrays -> tensors, paths -> str, ``argparse.Namespace`` -> dict); anything else is
 refused at save time, so every checkpoint can be loaded without unpickling arbitrary code.
+
+Versions: a checkpoint records the options given to ``create_model``, not the preset they
+were applied to, so the version says which presets it means. Version 1 was written before
+glic-family "small" models gained the wavelet branch; :func:`read_checkpoint` spells out the
+preset values that changed since a file's version
+(:func:`~gnn_lic.models.registry.upgrade_config`), so older files rebuild the model they hold.
 
 :func:`load_checkpoint` rebuilds the model from the registry
 (:func:`gnn_lic.models.registry.build_registered` with ``cfg["name"]``, ``cfg["size"]``
@@ -39,12 +45,13 @@ import torch
 
 from gnn_lic.errors import CheckpointError
 from gnn_lic.models.base import upgrade_state_dict
-from gnn_lic.models.registry import build_registered, registered_models
+from gnn_lic.models.registry import build_registered, registered_models, upgrade_config
 from gnn_lic.utils import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "READABLE_VERSIONS",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
@@ -58,7 +65,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "gnn_lic-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: versions :func:`read_checkpoint` reads (older ones have their configuration upgraded)
+READABLE_VERSIONS = (1, 2)
 _RESERVED = ("format", "version", "model_config", "state_dict", "tables")
 #: buffers of CompressAI's entropy models that hold the entropy coder's tables
 TABLE_KEYS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -178,7 +187,8 @@ def _describe_unsafe(exc: BaseException) -> str:
 def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = False) -> Dict[str, Any]:
     """Load and validate a checkpoint dict without building the model.
 
-    ``torch.load`` runs with ``weights_only=True`` unless ``trusted=True`` (which unpickles
+    Its ``model_config`` is upgraded to this version's presets (:func:`~gnn_lic.models.registry.upgrade_config`);
+    ``version`` stays the file's. ``torch.load`` runs with ``weights_only=True`` unless ``trusted=True`` (which unpickles
     arbitrary objects: only for files from a trusted source).
     """
     p = Path(path)
@@ -222,9 +232,11 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = F
         raise CheckpointError(f"'{p}' is not a gnn_lic checkpoint (no 'format' key)")
     if obj["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{p}' has unknown checkpoint format {obj['format']!r}")
-    if obj.get("version") != CHECKPOINT_VERSION:
+    version = obj.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"'{p}' has checkpoint version {obj.get('version')!r}; this gnn_lic reads version {CHECKPOINT_VERSION}"
+            f"'{p}' has checkpoint version {version!r}; this gnn_lic reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     cfg = obj.get("model_config")
     if (
@@ -237,7 +249,9 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = F
     sd = obj.get("state_dict")
     if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
         raise CheckpointError(f"'{p}' has no valid 'state_dict'")
-    return dict(obj)
+    out = dict(obj)
+    out["model_config"] = upgrade_config(cfg, version)
+    return out
 
 
 def build_model(config: Mapping[str, Any], source: str = "checkpoint") -> torch.nn.Module:

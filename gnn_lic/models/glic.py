@@ -59,7 +59,7 @@ from gnn_lic.models.layers import GatedTransformCNN
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.blocks import GFABlock
 
-__all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "glic_stages", "GLIC_PRESETS", "GLIC_VARIANTS",
+__all__ = ["GLIC", "GFAConfig", "GFA_KEYWORDS", "GLICAnalysis", "GLICSynthesis", "glic_stages", "GLIC_PRESETS", "GLIC_VARIANTS", "EARLIER_PRESETS",
            "build_glic"]
 
 BLOCK_KINDS = ("gfa", "cnn")
@@ -234,15 +234,16 @@ class GLIC(PaddedCompressionModel):
 
 #: per-size defaults, as keywords of :class:`GLIC` and of :class:`GFAConfig`. "paper": GLIC
 #: Sec. 4.1.3 (the block-window local graph, see :class:`GFAConfig`; GLIC Table 2 reports 67.20 M parameters); "small": sized to train on
-#: a laptop CPU; "tiny": the smallest configuration that runs every code path (tests). ``wavelet`` is on for "paper"
-#: (as released) and "tiny", off for "small" (speed); pass ``wavelet=`` to override.
+#: a laptop CPU; "tiny": the smallest configuration that runs every code path (tests). ``wavelet`` is on at every
+#: size (the released model has it; "small" gained it in checkpoint version 2, see :data:`EARLIER_PRESETS`); pass
+#: ``wavelet=False`` to leave the branch out.
 GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": dict(),
     "small": dict(
         channels=(48, 64, 64, 128),
         depths=(2, 2, 2),
         conv_expansion=2,
-        wavelet=False,
+        wavelet=True,
         local_rule="window",
         local_window=8,
         global_grid=8,
@@ -270,6 +271,11 @@ GLIC_PRESETS: Dict[str, Dict[str, Any]] = {
         param_min_channels=32,
     ),
 }
+
+
+#: preset values before a change, for configurations saved without them
+#: (:func:`gnn_lic.models.registry.upgrade_config`): up to checkpoint version 1, "small" had no wavelet branch
+EARLIER_PRESETS: Dict[int, Dict[str, Dict[str, Any]]] = {1: {"small": {"wavelet": False}}}
 
 
 #: the keywords of :func:`build_glic` that go into :class:`GFAConfig`
@@ -314,7 +320,7 @@ def _register(name: str, fixed: Dict[str, Any]) -> None:
 
     build.__name__ = build.__qualname__ = "build_" + name.replace("-", "_")
     build.__doc__ = f"Build ``{name}`` ({fixed or 'GLIC'}) at ``size``; kwargs override the size preset."
-    register_model(name)(build)
+    register_model(name, earlier_presets=EARLIER_PRESETS)(build)
 
 
 for _name, _fixed in GLIC_VARIANTS.items():

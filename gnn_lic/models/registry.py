@@ -16,29 +16,56 @@ form of that configuration, which checkpoints, the zoo and the file codec compar
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch.nn as nn
 
 from gnn_lic.errors import CodecError
 
-__all__ = ["register_model", "registered_models", "build_registered", "canonical_config_json", "SIZES"]
+__all__ = ["register_model", "registered_models", "build_registered", "canonical_config_json", "upgrade_config",
+           "SIZES"]
 
 SIZES = ("tiny", "small", "paper")
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
+#: name -> {checkpoint version: {size: {key: value}}}: preset values that changed after that version
+_EARLIER_PRESETS: Dict[str, Dict[int, Dict[str, Dict[str, Any]]]] = {}
 
 
-def register_model(name: str):
-    """Register ``fn(size=..., **kwargs) -> CompressionModel`` under ``name``."""
+def register_model(name: str, earlier_presets: Optional[Mapping[int, Mapping[str, Mapping[str, Any]]]] = None):
+    """Register ``fn(size=..., **kwargs) -> CompressionModel`` under ``name``.
+
+    ``earlier_presets`` records preset changes, so configurations saved before them still build
+    the model they describe: ``{v: {size: {key: value}}}`` says that a checkpoint of version ``v``
+    or earlier that does not spell out ``key`` meant ``value`` (see :func:`upgrade_config`).
+    """
 
     def decorator(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
+        if earlier_presets:
+            _EARLIER_PRESETS[name] = {int(v): {s: dict(o) for s, o in sizes.items()}
+                                      for v, sizes in earlier_presets.items()}
         return fn
 
     return decorator
+
+
+def upgrade_config(config: Mapping[str, Any], version: int) -> Dict[str, Any]:
+    """``config`` as a checkpoint of format ``version`` recorded it, with every preset value
+    that changed since then spelled out, so it rebuilds the same model with today's presets.
+
+    >>> upgrade_config({"name": "glic", "size": "small"}, 1)
+    {'name': 'glic', 'size': 'small', 'wavelet': False}
+    """
+    out = dict(config)
+    changes = _EARLIER_PRESETS.get(out.get("name"), {})
+    for since in sorted(changes):
+        if version <= since:
+            for key, value in changes[since].get(out.get("size"), {}).items():
+                out.setdefault(key, value)
+    return out
 
 
 def registered_models() -> List[str]:

@@ -92,6 +92,9 @@ class WeightsEntry:
     data: str
     metrics: Mapping[str, Any] = field(default_factory=dict)
     details: Optional[str] = None
+    #: options the checkpoint was built with besides name, size and the rate trade-offs
+    #: (e.g. ``{"wavelet": False}`` for a glic-small written before the preset gained the branch)
+    options: Mapping[str, Any] = field(default_factory=dict)
     folder: Path = field(default=Path("."), compare=False)
 
     @property
@@ -105,8 +108,10 @@ class WeightsEntry:
 
     @property
     def model_kwargs(self) -> Dict[str, Any]:
-        """What ``create_model`` needs besides name and size: the trade-offs of a variable-rate model."""
-        return {"rate_lambdas": list(self.lambdas)} if self.variable_rate else {}
+        """What ``create_model`` needs besides name and size: the entry's options and the trade-offs
+        of a variable-rate model."""
+        rates = {"rate_lambdas": list(self.lambdas)} if self.variable_rate else {}
+        return {**self.options, **rates}
 
     @property
     def record(self) -> Dict[str, Any]:
@@ -119,8 +124,11 @@ class WeightsEntry:
         out = asdict(self)
         out.pop("folder")
         out["qualities"], out["lambdas"], out["metrics"] = list(self.qualities), list(self.lambdas), dict(self.metrics)
+        out["options"] = dict(self.options)
         if self.details is None:
             out.pop("details")
+        if not self.options:
+            out.pop("options")
         return out
 
 
@@ -177,11 +185,14 @@ def _entry(raw: Any, where: str, folder: Path) -> WeightsEntry:
     if not isinstance(metrics, Mapping):
         raise CheckpointError(f"{where}: 'metrics' must be an object")
     details = raw.get("details")
+    options = raw.get("options", {})
+    if not isinstance(options, Mapping) or any(k in options for k in ("name", "size", "rate_lambdas", "pretrained")):
+        raise CheckpointError(f"{where}: 'options' must be an object without name, size, rate_lambdas or pretrained")
     return WeightsEntry(
         name=raw["name"], size=raw["size"], metric=metric, qualities=tuple(qualities),
         lambdas=tuple(float(v) for v in lambdas), file=_file_name(raw["file"], where), sha256=raw["sha256"],
         command=raw["command"], data=raw["data"], metrics=dict(metrics),
-        details=None if details is None else _file_name(details, where), folder=folder,
+        details=None if details is None else _file_name(details, where), options=dict(options), folder=folder,
     )
 
 

@@ -51,29 +51,20 @@ from torch import nn
 
 from gnn_lic.evaluation.images import load_images
 from gnn_lic.evaluation.results import write_json
-from gnn_lic.models.checkpoint import load_state_into, read_checkpoint, save_checkpoint
+from gnn_lic.models.checkpoint import build_model, load_state_into, read_checkpoint, save_checkpoint
 from gnn_lic.training.config import ConfigError, TrainConfig, dump_yaml
 from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
 from gnn_lic.training.rates import evaluate_rates, init_weights, rate_label, rate_points, run_model, sample_rates
 from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
-from gnn_lic.training.optim import (
-    PER_STEP_SCHEDULES,
-    configure_optimizers,
-    extend_schedule,
-    grad_norm_and_clip,
-    make_scheduler,
-    split_parameters,
-)
+from gnn_lic.training.optim import (PER_STEP_SCHEDULES, configure_optimizers, extend_schedule, grad_norm_and_clip,
+                                   make_scheduler, split_parameters)
 
 __all__ = ["Trainer", "train", "environment_info", "eval_loss", "default_run_dir", "LATEST", "BEST"]
 
 LATEST = "checkpoints/latest.pt"
 BEST = "checkpoints/best.pt"
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -130,9 +121,14 @@ class Trainer:
 
         # model, loss, optimizers
         torch.manual_seed(cfg.seed)
-        self.net: nn.Module = run_model(cfg)
-        if cfg.init and not (cfg.resume and (self.run_dir / LATEST).exists()):
-            init_weights(self.net, cfg.init)
+        latest = self.run_dir / LATEST
+        self._latest = read_checkpoint(latest, map_location="cpu") if cfg.resume and latest.exists() else None
+        if self._latest is None:
+            self.net: nn.Module = run_model(cfg)
+            if cfg.init:
+                init_weights(self.net, cfg.init)
+        else:  # the model the run saved, whatever today's preset of its size (upgrade_config)
+            self.net = build_model(self._latest["model_config"], source=f"checkpoint '{latest}'")
         self.net.to(self.device)
         self.criterion = RateDistortionLoss(cfg.lmbda, cfg.metric, cfg.ortho_weight)
         self.optimizer, self.aux_optimizer = configure_optimizers(self.net, cfg.lr, cfg.aux_lr)
@@ -170,12 +166,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _load_latest(self) -> None:
-        path = self.run_dir / LATEST
-        if not path.exists():
+        path, ckpt = self.run_dir / LATEST, self._latest
+        if ckpt is None:
             if self.ctx.is_main:
                 print(f"no checkpoint in '{self.run_dir}'; starting from step 0", file=sys.stderr)
             return
-        ckpt = read_checkpoint(path, map_location="cpu")
+        self._latest = None
         changed = self.cfg.resume_changes(ckpt.get("config") or {}, f"'{self.run_dir}'")
         if changed and self.ctx.is_main:
             print(f"note: resuming with changed {', '.join(changed)}: the run will differ from an "

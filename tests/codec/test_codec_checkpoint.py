@@ -15,7 +15,7 @@ if str(HERE) not in sys.path:
 import codec_testmodels as cm  # noqa: E402
 
 from gnn_lic.codec import CodecError, decode_image, encode_image, model_fingerprint  # noqa: E402
-from gnn_lic.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from gnn_lic.models.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_save_load_roundtrip(tmp_path, trained, fname):
     assert not net.training
     assert net.model_name == cm.HYPER and net.model_size == "tiny" and net.model_config == trained.model_config
     assert model_fingerprint(net) == model_fingerprint(trained)
-    assert ckpt["format"] == "gnn_lic-checkpoint" and ckpt["version"] == 1 and ckpt["step"] == 12
+    assert ckpt["format"] == "gnn_lic-checkpoint" and ckpt["version"] == CHECKPOINT_VERSION and ckpt["step"] == 12
     assert ckpt["metrics"] == {"bpp": 0.5, "psnr": 30.0} and type(ckpt["lr"]) is float
     assert ckpt["args"] == {"epochs": 3, "out": str(tmp_path)}
     assert torch.equal(ckpt["hist"], torch.arange(3)) and torch.equal(ckpt["opt"]["state"][0], torch.ones(2))
@@ -70,7 +70,7 @@ def _err(path):
 
 
 def _payload(net, **over):
-    base = {"format": "gnn_lic-checkpoint", "version": 1, "model_config": dict(net.model_config),
+    base = {"format": "gnn_lic-checkpoint", "version": CHECKPOINT_VERSION, "model_config": dict(net.model_config),
             "state_dict": net.state_dict()}
     base.update(over)
     return base
@@ -95,8 +95,10 @@ def test_checkpoint_errors(tmp_path, trained):
     assert "without a gnn_lic model configuration" in _err(tmp_path / "train.pth.tar")
     torch.save([1, 2], tmp_path / "list.pt")
     assert "not a gnn_lic checkpoint" in _err(tmp_path / "list.pt")
-    torch.save(_payload(trained, version=2), tmp_path / "v2.pt")
-    assert "version 2" in _err(tmp_path / "v2.pt")
+    torch.save(_payload(trained, version=CHECKPOINT_VERSION + 1), tmp_path / "next.pt")
+    assert f"version {CHECKPOINT_VERSION + 1}" in _err(tmp_path / "next.pt")
+    torch.save(_payload(trained, version="1"), tmp_path / "str.pt")
+    assert "version '1'" in _err(tmp_path / "str.pt")
     torch.save(_payload(trained, model_config={"size": "tiny"}), tmp_path / "nocfg.pt")
     assert "model_config" in _err(tmp_path / "nocfg.pt")
     torch.save(_payload(trained, model_config={"name": "no_such_model", "size": "tiny"}), tmp_path / "unk.pt")

@@ -164,3 +164,29 @@ def test_fixed_rate_entries_refuse_a_quality_between_them(folder, trained, ship)
     ship(save_checkpoint(folder / "cnn-tiny-q4.pt", trained), "cnn", "tiny", (4,))
     with pytest.raises(ValueError, match="between the shipped fixed-rate qualities"):
         find_weights("cnn", "tiny", 3.5)
+
+
+def test_an_entry_names_the_options_its_checkpoint_was_built_with(folder, ship):
+    torch.manual_seed(6)
+    bare = create_model("cnn", size="tiny", wavelet=False)
+    bare.update(force=True)
+    ship(save_checkpoint(folder / "bare.pt", bare), "cnn", "tiny")
+    with pytest.raises(CheckpointError, match="configuration"):  # today's preset has the branch
+        create_model("cnn", size="tiny", pretrained=True)
+    index = json.loads((folder / "index.json").read_text())
+    index["weights"][0]["options"] = {"wavelet": False}
+    (folder / "index.json").write_text(json.dumps(index))
+    entry, _ = find_weights("cnn", "tiny")
+    assert entry.model_kwargs == {"wavelet": False} and entry.to_json()["options"] == {"wavelet": False}
+    net = create_model("cnn", size="tiny", pretrained=True)
+    assert not net.wavelet and model_fingerprint(net) == model_fingerprint(bare)
+
+
+@pytest.mark.parametrize("options", [[1], {"size": "small"}, {"rate_lambdas": [0.1]}])
+def test_bad_entry_options(folder, trained, ship, options):
+    ship(save_checkpoint(folder / "a.pt", trained), "cnn", "tiny")
+    index = json.loads((folder / "index.json").read_text())
+    index["weights"][0]["options"] = options
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="options"):
+        read_index()

@@ -101,6 +101,25 @@ def test_resume_is_exact(tiny_config, tmp_path):
     assert _rows(straight / "eval.csv") == _rows(resumed / "eval.csv")
 
 
+def test_resume_rebuilds_the_saved_model_after_its_preset_changed(tiny_config, monkeypatch):
+    import gnn_lic.models.checkpoint as checkpoint
+    import gnn_lic.models.registry as registry
+    from gnn_lic.models.glic import GLIC_PRESETS
+
+    cfg = tiny_config.replace(steps=2, save_every=1)
+    run = train(cfg.replace(stop_after=1))
+    # a later gnn_lic: the tiny preset lost the branch, and says so for checkpoints up to today's version
+    now = checkpoint.CHECKPOINT_VERSION
+    monkeypatch.setitem(GLIC_PRESETS, "tiny", {**GLIC_PRESETS["tiny"], "wavelet": False})
+    monkeypatch.setitem(registry._EARLIER_PRESETS, "glic", {now: {"tiny": {"wavelet": True}}})
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_VERSION", now + 1)
+    monkeypatch.setattr(checkpoint, "READABLE_VERSIONS", (*checkpoint.READABLE_VERSIONS, now + 1))
+    trainer = Trainer(cfg.replace(resume=True))
+    assert trainer.step == 1 and trainer.net.wavelet  # the run's model, not today's preset
+    train(cfg.replace(resume=True))
+    assert torch.load(run / LATEST, weights_only=True)["step"] == 2
+
+
 def test_resume_refusals(tiny_config):
     run = train(tiny_config.replace(steps=1))
     with pytest.raises(ConfigError, match="already holds a checkpoint"):
