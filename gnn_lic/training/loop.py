@@ -57,7 +57,7 @@ from gnn_lic.training.data import RandomCrops, step_seed
 from gnn_lic.training.distributed import wrap_ddp, all_reduce_sum, barrier, broadcast_object, init_distributed
 from gnn_lic.training.losses import RateDistortionLoss, eval_loss, has_ortho_loss
 from gnn_lic.training.rates import evaluate_rates, init_weights, rate_label, rate_points, run_model, sample_rates
-from gnn_lic.training.runinfo import CSVLog, environment_info, rng_state, set_rng_state, truncate_csv
+from gnn_lic.training.runinfo import CSVLog, environment_info, lock_run_dir, rng_state, set_rng_state, truncate_csv
 from gnn_lic.training.optim import (PER_STEP_SCHEDULES, configure_optimizers, extend_schedule, grad_norm_and_clip,
                                    make_scheduler, split_parameters)
 
@@ -208,6 +208,7 @@ class Trainer:
     def _write_run_files(self) -> None:
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "results").mkdir(parents=True, exist_ok=True)
+        self._lock = lock_run_dir(self.run_dir)  # one training process per run folder, until fit() ends
         cfg = self.cfg.to_dict()
         cfg["run_dir"] = str(self.run_dir)
         dump_yaml(cfg, self.run_dir / "config.yaml")
@@ -374,6 +375,8 @@ class Trainer:
             if main:
                 self._log.close()
                 self._eval_log.close()
+                if self._lock is not None:
+                    self._lock.close()
         if main and self.step == cfg.steps and not (self.run_dir / LATEST).exists():
             self.save_latest()  # resumed at the end already: make sure latest.pt exists
         if main and self.step < cfg.steps:

@@ -10,13 +10,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import IO, Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from gnn_lic.training.config import ConfigError
 from gnn_lic.training.distributed import DistContext
 
-__all__ = ["environment_info", "rng_state", "set_rng_state", "truncate_csv", "CSVLog"]
+__all__ = ["environment_info", "lock_run_dir", "rng_state", "set_rng_state", "truncate_csv", "CSVLog"]
+
+
+def lock_run_dir(run_dir: Path) -> Optional[IO[str]]:
+    """Lock ``run_dir/.lock`` exclusively (POSIX ``flock``; nothing where ``fcntl`` is missing), so that
+    two processes never train in one run folder (e.g. a job resumed twice). Returns the open file:
+    closing it, or the process ending, releases the lock. Raises a one-line ``ConfigError`` when
+    another process holds it."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    fh = open(Path(run_dir) / ".lock", "a", encoding="utf-8")  # noqa: SIM115 - held until fit() ends
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ConfigError(f"run folder '{run_dir}' is in use by another training process") from None
+    return fh
 
 
 def _git_commit() -> Optional[Dict[str, Any]]:

@@ -120,6 +120,21 @@ def test_resume_rebuilds_the_saved_model_after_its_preset_changed(tiny_config, m
     assert torch.load(run / LATEST, weights_only=True)["step"] == 2
 
 
+def test_two_processes_never_train_in_one_run_folder(tiny_config):
+    from gnn_lic.training.runinfo import lock_run_dir
+
+    run = train(tiny_config.replace(steps=2, stop_after=1))
+    held = lock_run_dir(run)  # as another process resuming the job would
+    try:
+        with pytest.raises(ConfigError, match="in use by another training process"):
+            train(tiny_config.replace(steps=2, resume=True))
+    finally:
+        held.close()
+    assert torch.load(run / LATEST, weights_only=True)["step"] == 1
+    train(tiny_config.replace(steps=2, resume=True))  # released: it continues
+    assert torch.load(run / LATEST, weights_only=True)["step"] == 2
+
+
 def test_resume_refusals(tiny_config):
     run = train(tiny_config.replace(steps=1))
     with pytest.raises(ConfigError, match="already holds a checkpoint"):
