@@ -32,6 +32,7 @@ hours reached) and ``rd_psnr.png``, with the command that made them.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,12 +83,19 @@ def cpu_per_step(rows: Sequence[Dict[str, float]], skip: int = 2) -> float:
     return (last["cpu_time"] - first["cpu_time"]) / (last["step"] - first["step"])
 
 
-def _run_jobs(commands: List[List[str]], parallel: int) -> None:
-    """Run ``commands`` (argument lists), ``parallel`` at a time; a failure stops the whole study."""
+def _run_jobs(commands: Sequence[Callable[[], Optional[List[str]]]], parallel: int) -> None:
+    """Run ``commands``, ``parallel`` at a time; a failure stops the whole study.
+
+    Each is a function that gives the argument list when its turn comes (None: nothing left to
+    do), so a job that was started or finished meanwhile (by hand, by another study) is
+    resumed or skipped, never started a second time.
+    """
     pending, running = list(commands), []
     while pending or running:
         while pending and len(running) < parallel:
-            cmd = pending.pop(0)
+            cmd = pending.pop(0)()
+            if cmd is None:
+                continue
             print("$", shlex.join(cmd), file=sys.stderr, flush=True)
             running.append((cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
         time.sleep(0.5)
@@ -158,32 +166,37 @@ def calibrate(args, out: Path, specs: Dict[str, Dict[str, Any]]) -> Dict[str, Di
     figure every job of the group gets, with the probe's key as its ``calibration``.
     """
     groups = calibration_groups(specs)
-    cmds, folders = [], {}
-    for key in groups:
-        spec = specs[key]
-        folders[key] = out / "calibration" / key
-        if _job(folders[key]) is None:
-            # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
-            cmds.append([sys.executable, str(RUN), "--model", spec["model"], *_recipe(args), *spec["flags"],
-                         "--steps", str(1000 * args.probe_steps), "--stop-after", str(args.probe_steps),
-                         "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[key])])
-    _run_jobs(cmds, args.parallel)
+    folders = {key: out / "calibration" / key for key in groups}
+
+    def probe(key: str) -> Optional[List[str]]:
+        if _job(folders[key]) is not None:
+            return None
+        # a long nominal schedule stopped early: the probe neither evaluates nor counts as finished
+        return [sys.executable, str(RUN), "--model", specs[key]["model"], *_recipe(args), *specs[key]["flags"],
+                "--steps", str(1000 * args.probe_steps), "--stop-after", str(args.probe_steps),
+                "--eval-every", "0", "--save-every", str(args.probe_steps), "--out", str(folders[key])]
+
+    _run_jobs([functools.partial(probe, key) for key in groups], args.parallel)
     skip = max(2, args.probe_steps // 4)
     speed = {probe: cpu_per_step(_log(_job(f)), skip=skip) for probe, f in folders.items()}
     return {k: {"cpu_s_per_step": speed[probe], "calibration": probe} for probe, keys in groups.items() for k in keys}
 
 
+def job_command(args, out: Path, key: str, item: Mapping[str, Any]) -> Optional[List[str]]:
+    """What trains job ``key`` of the plan now: start it, resume it, or None when it has its results."""
+    folder = out / "jobs" / key
+    job = _job(folder)
+    if job is None:
+        return [sys.executable, str(RUN), "--model", item.get("model", key), *_recipe(args),
+                *item.get("flags", []), "--steps", str(item["steps"]), "--out", str(folder)]
+    if not (job / "results").is_dir():
+        return [sys.executable, str(RUN), "--resume", str(job)]
+    return None
+
+
 def train_all(args, out: Path, plan: Dict[str, Any]) -> None:
-    cmds = []
-    for key, item in plan["models"].items():
-        folder = out / "jobs" / key
-        job = _job(folder)
-        if job is None:
-            cmds.append([sys.executable, str(RUN), "--model", item.get("model", key), *_recipe(args),
-                         *item.get("flags", []), "--steps", str(item["steps"]), "--out", str(folder)])
-        elif not (job / "results").is_dir():
-            cmds.append([sys.executable, str(RUN), "--resume", str(job)])
-    _run_jobs(cmds, args.parallel)
+    _run_jobs([functools.partial(job_command, args, out, key, item) for key, item in plan["models"].items()],
+              args.parallel)
 
 
 def pairwise_bd_rates(curves: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:

@@ -1,6 +1,8 @@
 """experiments/equal_budget.py: steps sized from measured CPU time, resumable, one table per study."""
 
+import argparse
 import json
+import sys
 
 import pytest
 
@@ -117,3 +119,22 @@ def test_equal_work_recipes_share_one_calibration(equal_budget):
     assert equal_budget.calibration_groups(specs) == {
         "glic@base": ["glic@base", "glic@lr"], "glic@batch4": ["glic@batch4", "glic@batch04"],
         "glic@wavelet": ["glic@wavelet"], "cnn@base": ["cnn@base"]}
+
+
+def test_each_job_is_decided_when_its_turn_comes(equal_budget, tmp_path):
+    args = argparse.Namespace(size="tiny", lambdas=["mse"], seed=0, data_train=None, data_test=None, recipe=[])
+    item = {"steps": 5}
+    folder = tmp_path / "jobs" / "glic"
+    start = equal_budget.job_command(args, tmp_path, "glic", item)
+    assert start[start.index("--steps") + 1] == "5" and start[start.index("--out") + 1] == str(folder)
+    (folder / "job-1").mkdir(parents=True)
+    (folder / "job-1" / "config.yaml").write_text("model: glic\n")  # started (e.g. by hand) meanwhile
+    assert equal_budget.job_command(args, tmp_path, "glic", item)[-2:] == ["--resume", str(folder / "job-1")]
+    (folder / "job-1" / "results").mkdir()
+    assert equal_budget.job_command(args, tmp_path, "glic", item) is None
+    # the second command is decided after the first has run: it sees the first one's work and does nothing
+    marker = tmp_path / "done"
+    first = lambda: [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]  # noqa: E731
+    second = lambda: None if marker.exists() else [sys.executable, "-c", "raise SystemExit(3)"]  # noqa: E731
+    equal_budget._run_jobs([first, second], parallel=1)
+    assert marker.exists()
