@@ -46,15 +46,22 @@ def configure_optimizers(
     """``(main Adam, aux Adam)`` over the groups of :func:`split_parameters`.
 
     A model without ``quantiles`` gets an aux optimizer with no parameters that does nothing.
+    Both use PyTorch's fused Adam kernel where the parameters' device has one (CPU and CUDA do):
+    the same update as the per-tensor loop, several times faster on the CPU.
     """
     main, aux = split_parameters(net)
     params: Dict[str, nn.Parameter] = dict(net.named_parameters())
-    optimizer = torch.optim.Adam([params[n] for n in main], lr=lr)
     aux_params = [params[n] for n in aux]
     if not aux_params:  # Adam refuses an empty list; a zero-size placeholder keeps the code uniform
-        aux_params = [nn.Parameter(torch.zeros(0))]
-    aux_optimizer = torch.optim.Adam(aux_params, lr=aux_lr)
-    return optimizer, aux_optimizer
+        aux_params = [nn.Parameter(torch.zeros(0, device=next(net.parameters()).device))]
+    return _adam([params[n] for n in main], lr), _adam(aux_params, aux_lr)
+
+
+def _adam(params, lr: float) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # no fused kernel for this device
+        return torch.optim.Adam(params, lr=lr)
 
 
 class LRSchedule:

@@ -104,3 +104,25 @@ def test_per_step_schedules_still_lambda():
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
     assert isinstance(make_scheduler(opt, "cosine", 10), torch.optim.lr_scheduler.LambdaLR)
     assert isinstance(make_scheduler(opt, "plateau", 10), torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_both_optimizers_are_fused_adam_with_the_loop_versions_update():
+    torch.manual_seed(0)
+    net, twin = create_model("glic", size="tiny"), create_model("glic", size="tiny")
+    twin.load_state_dict(net.state_dict())
+    start = {n: p.detach().clone() for n, p in net.named_parameters()}
+    fused, fused_aux = configure_optimizers(net, lr=1e-3, aux_lr=1e-2)
+    assert fused.defaults["fused"] and fused_aux.defaults["fused"]
+    main, _ = split_parameters(twin)
+    params = dict(twin.named_parameters())
+    plain = torch.optim.Adam([params[n] for n in main], lr=1e-3)  # the per-tensor loop
+    for _ in range(3):
+        for a, b in zip(net.parameters(), twin.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for name in main:
+        a, b = dict(net.named_parameters())[name], params[name]
+        assert not torch.equal(a, start[name]), name
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
