@@ -47,15 +47,29 @@ from gnn_lic.models.registry import register_model
 from gnn_lic.nn.banded import banded_stage, conv_radius
 from gnn_lic.nn.blocks import GraphWindowBlock
 
-__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential"]
+__all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential",
+           "ChannelsLastSequential"]
 
 
 #: most image rows of one band of the analysis transform (the synthesis transform's bands match)
 BAND_ROWS = 512
 
 
-class BandedSequential(nn.Sequential):
-    """``nn.Sequential`` whose layers ``[start, stop)`` run band by band without autograd
+class ChannelsLastSequential(nn.Sequential):
+    """``nn.Sequential`` run on a channels-last (NHWC) copy of its input, its result made
+    contiguous again: oneDNN's 5x5 stride-2 convolutions and transposed convolutions are faster on
+    NHWC memory. The values are those of ``nn.Sequential`` up to float rounding (the same products
+    summed in another order); the state dict is the plain ``nn.Sequential``'s."""
+
+    def forward(self, x):
+        return self.run(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    def run(self, x):
+        return super().forward(x)
+
+
+class BandedSequential(ChannelsLastSequential):
+    """:class:`ChannelsLastSequential` whose layers ``[start, stop)`` run band by band without autograd
     (:func:`~gnn_lic.nn.banded.banded_stage`, with ``geometry`` its keywords and ``row_bytes``
     times the input width and element size its memory per input row); its state dict is the
     plain ``nn.Sequential``'s. The layers must be local (convolutions, GDN, window blocks whose
@@ -66,9 +80,9 @@ class BandedSequential(nn.Sequential):
         super().__init__(*layers)
         self.band, self.row_bytes, self.geometry = band, row_bytes, geometry
 
-    def forward(self, x):
+    def run(self, x):
         if torch.is_grad_enabled():
-            return super().forward(x)
+            return super().run(x)
         start, stop = self.band
         layers = list(self)
         for layer in layers[:start]:
@@ -93,7 +107,8 @@ def window_codec_transforms(
 
     With ``banded`` (blocks confined to their non-overlapping windows, as GABIC's are) the
     layers down to the 1/4-resolution block (``g_a[:5]``) and from it up (``g_s[3:]``) run
-    band by band without autograd (:class:`BandedSequential`).
+    band by band without autograd (:class:`BandedSequential`). Both run on channels-last memory
+    (:class:`ChannelsLastSequential`).
     """
     w_hi, w_lo = windows
     layers_a = (
@@ -113,7 +128,7 @@ def window_codec_transforms(
         deconv(N, 3, kernel_size=5, stride=2),
     )  # fmt: skip
     if not banded:
-        return nn.Sequential(*layers_a), nn.Sequential(*layers_s)
+        return ChannelsLastSequential(*layers_a), ChannelsLastSequential(*layers_s)
     # rows of context at 1/4 of the high block: its residual units, and the window a row shares
     quarter = max(conv_radius(layers_a[4].branch_a), conv_radius(layers_a[4].branch_b)) + w_hi
     # analysis, in image rows: two 5x5 stride-2 convolutions, then the block at 1/4; windows on the grid
