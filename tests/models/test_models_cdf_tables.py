@@ -2,13 +2,14 @@
 
 ``update()`` (CompressAI) builds the tables at every load from float32 math: ``erfc`` for
 the Gaussian conditional's CDFs and ``exp`` for its scale table; ``softplus``, ``tanh``,
-``sigmoid`` and small matrix products for the factorized prior's CDFs. These functions may differ by an ulp between machines, and a
-decoder whose tables differ from the encoder's is refused by the identity check (the
-tables are part of the model identity). The tests pin which one-ulp changes the tables
-absorb (a property of the weights: a rounding decision with no margin moves an entry) and which they do not: the scale table
-is stored bit for bit, so one ulp of ``exp`` changes it. That is why the shipped files store
-their tables and loading them never calls ``update()``: the last test nudges every function
-while the shipped weights load, and the tables stay those of the file.
+``sigmoid`` and small matrix products for the factorized prior's CDFs. These functions may
+differ by an ulp between machines, and a decoder whose tables differ from the encoder's is
+refused by the identity check (the tables are part of the model identity). The tests pin which
+one-ulp changes the tables absorb (a property of the weights: a rounding decision with no
+margin moves an entry) and which they do not: the scale table is stored bit for bit, so one
+ulp of ``exp`` changes it. That is why the shipped files store their tables and loading them
+never calls ``update()``: the last test nudges every function while the shipped weights load,
+and the tables stay those of the file.
 """
 
 import pytest
