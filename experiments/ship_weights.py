@@ -36,6 +36,7 @@ from gnn_lic.evaluation.results import write_json  # noqa: E402
 from gnn_lic.models.checkpoint import export_checkpoint, read_checkpoint  # noqa: E402
 from gnn_lic.models.zoo import (  # noqa: E402
     INDEX_NAME,
+    NOT_OPTIONS,
     QUALITY_LAMBDAS,
     WeightsEntry,
     file_sha256,
@@ -90,7 +91,7 @@ def _entry(cfg: Mapping, train: Mapping, file: Path, command: str, data: str, re
            qualities: Optional[List[int]], details: Optional[str]) -> WeightsEntry:
     """The index entry of shipped file ``file`` of model ``cfg`` trained with ``train``."""
     metric, qualities, lambdas = _rate(train, qualities)
-    options = {k: v for k, v in cfg.items() if k not in ("name", "size", "rate_lambdas", "pretrained")}
+    options = {k: v for k, v in cfg.items() if k not in NOT_OPTIONS}
     return WeightsEntry(name=cfg["name"], size=cfg["size"], metric=metric, qualities=tuple(qualities),
                         lambdas=tuple(lambdas), file=file.name, sha256=file_sha256(file), command=command, data=data,
                         metrics=_metrics(results, lambdas, train.get("data_test")), details=details,

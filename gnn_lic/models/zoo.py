@@ -49,6 +49,7 @@ from gnn_lic.utils import atomic_write, module_device
 __all__ = [
     "WEIGHTS_DIR_ENV",
     "INDEX_NAME",
+    "NOT_OPTIONS",
     "QUALITY_LAMBDAS",
     "WeightsEntry",
     "weights_dir",
@@ -75,6 +76,8 @@ QUALITY_LAMBDAS: Dict[str, Tuple[float, ...]] = {
 #: (GABIC's 0.0483 is GLIC's 0.050: the two papers' top MSE points)
 _LAMBDA_TOLERANCE = 0.05
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: keys of a model configuration that an entry's ``options`` never holds: the entry says them otherwise
+NOT_OPTIONS = ("name", "size", "rate_lambdas", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,8 @@ def _entry(raw: Any, where: str, folder: Path) -> WeightsEntry:
         raise CheckpointError(f"{where}: 'metrics' must be an object")
     details = raw.get("details")
     options = raw.get("options", {})
-    if not isinstance(options, Mapping) or any(k in options for k in ("name", "size", "rate_lambdas", "pretrained")):
-        raise CheckpointError(f"{where}: 'options' must be an object without name, size, rate_lambdas or pretrained")
+    if not isinstance(options, Mapping) or any(k in options for k in NOT_OPTIONS):
+        raise CheckpointError(f"{where}: 'options' must be an object without {', '.join(NOT_OPTIONS)}")
     return WeightsEntry(
         name=raw["name"], size=raw["size"], metric=metric, qualities=tuple(qualities),
         lambdas=tuple(float(v) for v in lambdas), file=_file_name(raw["file"], where), sha256=raw["sha256"],
