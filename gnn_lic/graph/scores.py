@@ -99,7 +99,7 @@ def local_entropy(x: Tensor, bins: int = 8, window: int = 3) -> Tensor:
     pad = window // 2
     for b in range(bins):  # one bin at a time keeps memory at O(B C H W)
         onehot = F.pad((q == b).to(x.dtype), (pad, pad, pad, pad), mode="replicate")
-        p = F.avg_pool2d(onehot.view(B * C, 1, H + 2 * pad, W + 2 * pad), window, stride=1).view(B, C, H, W)
+        p = F.avg_pool2d(onehot.reshape(B * C, 1, H + 2 * pad, W + 2 * pad), window, stride=1).view(B, C, H, W)
         out -= torch.where(p > 0, p * p.clamp_min(1e-12).log2(), torch.zeros_like(p))
     return out
 

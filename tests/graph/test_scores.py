@@ -79,6 +79,9 @@ def test_every_score_is_a_nonnegative_map(name):
     assert s.shape == (2, 5, 6)
     assert bool(torch.isfinite(s).all()) and bool((s >= 0).all())
     assert float(s.std()) > 0  # a random map is not scored as constant
+    # the transforms run on channels-last memory: the same map from NHWC strides
+    x_cl = x.to(dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(complexity_score(x_cl, name), complexity_score(x.double(), name), atol=1e-12, rtol=0)
 
 
 def test_unknown_score_raises():

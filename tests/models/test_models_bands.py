@@ -86,3 +86,27 @@ def test_budget_and_threads_change_no_bit_of_a_stream(net):
         torch.set_num_threads(threads)
     assert all(s == streams[0] for s in streams[1:])
     assert all(np.array_equal(p, pixels[0]) for p in pixels[1:])
+
+
+def test_transforms_run_on_channels_last_memory(net):
+    """Both transforms compute on an NHWC copy of their input and return a contiguous map: the
+    first convolution sees channels-last memory; the values are the NCHW computation's (``run``
+    on contiguous memory) up to rounding."""
+    seen = []
+    first_convs = [m for t in (net.g_a, net.g_s) for m in t.modules() if isinstance(m, torch.nn.Conv2d)][:1]
+    first_convs += [next(m for m in net.g_s.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))]
+    hooks = [c.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+             for c in first_convs]
+    x = torch.rand(1, 3, 64, 128)
+    try:
+        with torch.no_grad():
+            y = net.g_a(x)
+            x_hat = net.g_s(y)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(seen)
+    assert y.is_contiguous() and x_hat.is_contiguous()
+    with torch.no_grad():
+        assert torch.allclose(net.g_a.run(x), y, atol=1e-4, rtol=0)
+        assert torch.allclose(net.g_s.run(y), x_hat, atol=1e-4, rtol=0)
