@@ -378,3 +378,24 @@ def test_w8_refuses_a_fan_in_beyond_exact_float64():
     with pytest.raises(ValueError, match="too large"):
         check_fan_in(40000, "big")
 
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 5, 1),  # pointwise
+    nn.Conv2d(6, 5, 3, padding=1),  # taps
+    nn.Conv2d(6, 6, 5, padding=2, groups=6),  # depthwise
+    nn.Conv2d(6, 5, 5, stride=2, padding=2),  # unfold
+    CheckerboardMaskedConv2d(6, 5, 5, padding=2),  # taps, half of them skipped
+])
+def test_integer_weights_are_read_back_from_the_one_copy_held(conv):
+    """A converted layer holds its weights once, as the kernels' operands; ``weight`` gives back
+    exactly the integers of the conversion, in the layout ``(out, in/groups * kh * kw)``."""
+    torch.manual_seed(0)
+    f = fp.FixedConv2d(conv)
+    w = conv.weight.detach().double()
+    if isinstance(conv, CheckerboardMaskedConv2d):
+        w = w * conv.mask.double()
+    expected = torch.round(w.reshape(w.shape[0], -1) * 2.0**f.frac_bits)
+    assert torch.equal(f.weight, expected)
+    held = [v for v in vars(f).values() if isinstance(v, torch.Tensor) and v.numel() >= expected.numel()]
+    assert len(held) == 1  # the kernels' operand only

@@ -81,7 +81,7 @@ class FixedConv2d:
         b = conv.bias.detach().to("cpu", DTYPE) if conv.bias is not None else None
         flat = w.reshape(w.shape[0], -1)
         self.frac_bits, self.in_max = choose_frac_bits(flat, b, name)
-        self.weight = torch.round(shift(flat, self.frac_bits))  # (out, in/groups * kh * kw)
+        weight = torch.round(shift(flat, self.frac_bits))  # (out, in/groups * kh * kw)
         self.bias = None if b is None else torch.round(shift(b, self.frac_bits + ACT_FRAC_BITS))
         kh, kw = self.kernel_size
         if kh * kw == 1 and self.stride == (1, 1) and self.padding == (0, 0):
@@ -95,14 +95,27 @@ class FixedConv2d:
         if self.int8:
             self.weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
-        self._prepare()
+        self._prepare(weight)
         if self.int8:
             self._prepare_int8()
 
-    def _prepare(self) -> None:
+    @property
+    def weight(self) -> Tensor:
+        """The integer weights ``(out, in/groups * kh * kw)`` (units :math:`2^{-F_w}`), read back
+        exactly from the kernels' operands: only one float64 copy of a layer's weights is held."""
+        kh, kw = self.kernel_size
+        if self.kind == "depthwise":
+            w = self._w.reshape(kh * kw, -1).t()
+        elif self.kind == "taps":
+            w = self._w.permute(1, 2, 0).reshape(self.out_channels, -1)
+        else:
+            w = self._w
+        return shift(w, self.frac_bits)
+
+    def _prepare(self, weight: Tensor) -> None:
         """The kernels' operands: integer weights and bias times 2**-F_w (exact)."""
         s = 2.0**-self.frac_bits
-        w = self.weight * s
+        w = weight * s
         self._bias = None if self.bias is None else (self.bias * s).reshape(-1, 1)
         kh, kw = self.kernel_size
         if self.kind in ("pointwise", "unfold"):
@@ -132,7 +145,6 @@ class FixedConv2d:
         self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
 
     def to(self, device: torch.device) -> "FixedConv2d":
-        self.weight = self.weight.to(device)
         self.bias = None if self.bias is None else self.bias.to(device)
         self._w = self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
