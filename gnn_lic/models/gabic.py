@@ -44,7 +44,7 @@ from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
-from gnn_lic.nn.banded import banded_stage, conv_radius
+from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius
 from gnn_lic.nn.blocks import GraphWindowBlock
 
 __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential",
@@ -62,7 +62,7 @@ class ChannelsLastSequential(nn.Sequential):
     summed in another order); the state dict is the plain ``nn.Sequential``'s."""
 
     def forward(self, x):
-        return self.run(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return channels_last_call(self.run, x)
 
     def run(self, x):
         return super().forward(x)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.layers import conv3x3, subpel_conv3x3
 from gnn_lic.models.wavelet import WLS, iWLS
-from gnn_lic.nn.banded import banded_stage, conv_radius
+from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius
 
 __all__ = ["StageFactory", "GLICAnalysis", "GLICSynthesis"]
 
@@ -40,11 +40,8 @@ class _StagedTransform(nn.Module):
         return x, w
 
     def forward(self, x: Tensor) -> Tensor:
-        """The transform on a channels-last (NHWC) copy of ``x``, its result made contiguous again:
-        oneDNN's convolutions are faster on NHWC memory, and the graph layers read nodes as rows of
-        channels. The values are those of NCHW memory up to float rounding (the same products
-        summed in another order)."""
-        return self.run(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        """:meth:`run` on channels-last memory (:func:`~gnn_lic.nn.banded.channels_last_call`)."""
+        return channels_last_call(self.run, x)
 
     def run(self, x: Tensor) -> Tensor:
         return self._stages(x, x, range(4))[0]

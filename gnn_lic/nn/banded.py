@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "band_memory", "BAND_MEMORY", "conv_radius"]
+           "band_memory", "BAND_MEMORY", "conv_radius", "channels_last_call"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -106,6 +106,16 @@ def banded_residual(x: Tensor, fn: Callable[[Tensor], Tensor], halo: int = 0, pi
             y = y[..., r0 - lo : r1 - lo, :]
         torch.add(x[..., r0:r1, :], y, out=out[..., r0:r1, :])
     return out
+
+
+def channels_last_call(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn`` on a channels-last (NHWC) copy of ``x``, its result made contiguous again.
+
+    oneDNN's convolutions are faster on NHWC memory and graph layers read nodes as rows of
+    channels; the values are those of NCHW memory up to float rounding (the same products
+    summed in another order).
+    """
+    return fn(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def conv_radius(module: torch.nn.Module) -> int:
