@@ -65,3 +65,12 @@ def test_entry_point_errors_exit_2_with_one_line(entry_point, name, argv, words,
     assert entry_point(name)(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ": error: " in err and words in err, err
+
+
+def test_importing_the_package_prints_no_third_party_deprecation():
+    """torch_geometric's import-time ``torch.jit.script`` deprecation is not shown to our users."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import gnn_lic.models"], capture_output=True, text=True, check=True)
+    assert "torch.jit.script" not in r.stderr, r.stderr
