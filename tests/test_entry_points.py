@@ -2,6 +2,9 @@
 ``python -m gnn_lic``, ``python -m gnn_lic.evaluation``, ``python -m gnn_lic.bench``,
 ``experiments/run.py`` and ``experiments/ship_weights.py``."""
 
+import subprocess
+import sys
+
 import pytest
 
 from gnn_lic.__main__ import main as gnn_lic_main
@@ -69,8 +72,5 @@ def test_entry_point_errors_exit_2_with_one_line(entry_point, name, argv, words,
 
 def test_importing_the_package_prints_no_third_party_deprecation():
     """torch_geometric's import-time ``torch.jit.script`` deprecation is not shown to our users."""
-    import subprocess
-    import sys
-
     r = subprocess.run([sys.executable, "-c", "import gnn_lic.models"], capture_output=True, text=True, check=True)
     assert "torch.jit.script" not in r.stderr, r.stderr

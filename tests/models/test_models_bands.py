@@ -93,8 +93,8 @@ def test_transforms_run_on_channels_last_memory(net):
     first convolution sees channels-last memory; the values are the NCHW computation's (``run``
     on contiguous memory) up to rounding."""
     seen = []
-    first_convs = [m for t in (net.g_a, net.g_s) for m in t.modules() if isinstance(m, torch.nn.Conv2d)][:1]
-    first_convs += [next(m for m in net.g_s.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))]
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    first_convs = [next(m for m in t.modules() if isinstance(m, convs)) for t in (net.g_a, net.g_s)]
     hooks = [c.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
              for c in first_convs]
     x = torch.rand(1, 3, 64, 128)

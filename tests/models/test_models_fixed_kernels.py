@@ -379,7 +379,6 @@ def test_w8_refuses_a_fan_in_beyond_exact_float64():
         check_fan_in(40000, "big")
 
 
-
 @pytest.mark.parametrize("conv", [
     nn.Conv2d(6, 5, 1),  # pointwise
     nn.Conv2d(6, 5, 3, padding=1),  # taps
