@@ -28,43 +28,31 @@ off, for the pure-PyTorch path.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
+from gnn_lic import compiled
+
 __all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
            "local_window_similarity"]
 
-_enabled = os.environ.get("GNN_LIC_NUMBA", "1") != "0"
-
 
 def set_enabled(flag: bool) -> bool:
-    """Switch the compiled loops on or off; returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, bool(flag)
-    return previous
+    """Switch the compiled loops on or off (all of the package's, :func:`gnn_lic.compiled.set_enabled`);
+    returns the previous setting."""
+    return compiled.set_enabled(flag)
 
 
 def enabled(*tensors: Tensor) -> bool:
     """Whether the compiled loops apply to these tensors (CPU, float32/float64)."""
-    return _enabled and all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in (torch.float32, torch.float64)
+    return compiled.enabled() and all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in (
+        torch.float32, torch.float64)
 
 
-def _jit(fn, **extra):
-    """``numba.njit``, caching the machine code on disk where a cache directory is writable.
-
-    NumPy's error model: a float division by zero gives ``inf``/``nan`` instead
-    of a Python check in the loop, which would stop the loop from vectorising.
-    """
-    options = dict(nogil=True, error_model="numpy", **extra)
-    try:
-        return numba.njit(cache=True, **options)(fn)
-    except RuntimeError:  # no writable cache location: compile once per process instead
-        return numba.njit(**options)(fn)
+_jit = compiled.jit
 
 
 def _bisect_loop(sim, theta, lo, hi, target, iters, half, degree):  # pragma: no cover - compiled

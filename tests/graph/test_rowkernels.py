@@ -158,24 +158,6 @@ def test_switch(monkeypatch):
         _rowkernels.set_enabled(previous)
 
 
-def test_jit_falls_back_without_a_cache_directory(monkeypatch):
-    calls = []
-
-    def fake_njit(**kwargs):
-        calls.append(kwargs)
-        if kwargs.get("cache"):
-            raise RuntimeError("cannot cache function: no locator available")
-        return lambda fn: fn
-
-    monkeypatch.setattr(_rowkernels.numba, "njit", fake_njit)
-
-    def f():
-        return 1
-
-    assert _rowkernels._jit(f) is f
-    assert calls == [dict(cache=True, nogil=True, error_model="numpy"), dict(nogil=True, error_model="numpy")]
-
-
 FEATURE_SHAPES = [(1, 192, 16, 24), (2, 5, 7, 9), (1, 3, 1, 6), (2, 4, 5, 1), (1, 1, 1, 1), (3, 2, 2, 2)]
 
 

@@ -11,6 +11,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from gnn_lic.models.fixed_point import kernels
+
 __all__ = [
     "SCHEME",
     "SCHEME_W8",
@@ -83,7 +85,7 @@ def requantize_(acc: Tensor) -> Tensor:
     still exact, and ``round(acc)`` is the re-quantisation
     :math:`\mathrm{round}(2^{-F_w}(b + \sum_i w_i a_i))` without a separate scaling pass.
     """
-    return acc.round_().clamp_(-ACT_MAX, ACT_MAX)
+    return kernels.round_clamp_(acc, ACT_MAX)
 
 
 def choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:

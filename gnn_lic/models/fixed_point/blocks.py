@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.fixed_point.arith import ACC_LIMIT, ACT_FRAC_BITS, ACT_MAX, DTYPE, MAX_WEIGHT_FRAC_BITS, requantize_, shift
 from gnn_lic.models.fixed_point.conv import FixedConv2d
+from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table
 
 __all__ = [
@@ -104,11 +105,6 @@ class FixedLeakyReLU:
         return torch.where(x > 0, x, torch.round(shift(x * self.slope, -self._BITS)))
 
 
-def gate(g: Tensor, b: Tensor) -> Tensor:
-    """Product of two activations rounded to the grid, in place on ``g`` (one IEEE product, exact scaling)."""
-    return requantize_(g.mul_(b).mul_(2.0**-ACT_FRAC_BITS))
-
-
 class FixedSequential:
     """Calls its fixed-point layers in order."""
 
@@ -166,7 +162,11 @@ class Residual:
 
 
 class GatedFFN:
-    """:class:`gnn_lic.models.layers.GatedFFN`: ``proj_out(GELU(a) * b)``, ``(a, b) = proj_in(x)``."""
+    """:class:`gnn_lic.models.layers.GatedFFN`: ``proj_out(GELU(a) * b)``, ``(a, b) = proj_in(x)``.
+
+    ``GELU(a) * b`` is one IEEE product of two activations times ``2^-16`` (exact), rounded
+    to the grid and clamped (:func:`~gnn_lic.models.fixed_point.kernels.table_gate`).
+    """
 
     def __init__(self, ffn: nn.Module, name: str, int8: bool = False):
         self.proj_in = FixedConv2d(ffn.proj_in, f"{name}.proj_in", int8)
@@ -179,5 +179,7 @@ class GatedFFN:
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        a, b = self.proj_in(x).chunk(2, dim=1)
-        return self.proj_out(gate(self.gelu(a), b))
+        B, _, H, W = x.shape
+        a, b = self.proj_in(x).reshape(B, 2, -1, H * W).unbind(1)
+        g = kernels.table_gate(a, b, self.gelu.table, self.gelu.limit, True, 2.0**-ACT_FRAC_BITS, ACT_MAX)
+        return self.proj_out(g.reshape(B, -1, H, W))

@@ -16,6 +16,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, DTYPE, shift
 
 __all__ = ["TABLE_FRAC_BITS", "TABLE_RANGE", "gelu_table", "tanh_table", "dense_table", "FixedTable"]
@@ -112,16 +113,10 @@ class FixedTable:
         self.table = dense_table(self._values, str(torch.device(device)))
         return self
 
+    @property
+    def limit(self) -> int:
+        """Largest |activation| the table holds (8 in units of 2**-16)."""
+        return TABLE_RANGE << ACT_FRAC_BITS
+
     def __call__(self, x: Tensor) -> Tensor:
-        lim = TABLE_RANGE << ACT_FRAC_BITS
-        if x.numel() == 0:
-            return x.clone()
-        lo, hi = torch.aminmax(x)
-        if float(lo) >= -lim and float(hi) <= lim:  # the usual case: no clamp, no tail
-            i = x.to(torch.int32).add_(lim)  # integers 0 .. 2 lim, exact
-            return self.table.index_select(0, i.reshape(-1)).reshape(x.shape)
-        i = torch.clamp(x, -lim, lim).add_(lim).to(torch.int32)
-        y = self.table.index_select(0, i.reshape(-1)).reshape(x.shape)
-        if self.kind == "gelu":  # GELU(x) = x beyond 8 (the table ends at 8, to the grid)
-            y = torch.where(x > lim, x, y)
-        return y
+        return kernels.table_lookup(x, self.table, self.limit, self.kind == "gelu")

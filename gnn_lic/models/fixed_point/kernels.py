@@ -1,0 +1,126 @@
+r"""Compiled elementwise passes of the fixed-point networks: the same numbers in fewer sweeps.
+
+After a product, a fixed-point layer rounds and clamps its accumulators
+(:func:`round_clamp_`), a GELU or tanh reads its table (:func:`table_lookup`) and the
+gated FFN multiplies ``GELU(a)`` by ``b`` and re-quantises (:func:`table_gate`). In
+PyTorch each is two to six sweeps over a map (bounds, an integer index, a gather, each
+product and rounding a pass of its own); on a CPU these sweeps, not the products, are
+most of what the fixed-point path costs beyond the float one. Here each is one parallel
+loop (numba) that applies the very same IEEE operations in the same order to each
+element: ``rint`` (round half to even, as ``torch.round``), comparisons, a table read and
+correctly rounded products. No element depends on another, so neither the thread count
+nor the split of the loop changes a bit; the PyTorch path, used where the loops are
+switched off (``GNN_LIC_NUMBA=0``, :mod:`gnn_lic.compiled`), on other devices, for
+other dtypes or small maps, gives identical results (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import prange
+from torch import Tensor
+
+from gnn_lic import compiled
+
+__all__ = ["round_clamp_", "table_lookup", "table_gate"]
+
+#: maps with fewer elements than this take the PyTorch path (starting the loop's threads costs more)
+MIN_ELEMENTS = 1 << 14
+
+
+def _use_compiled(*tensors: Tensor) -> bool:
+    return (compiled.enabled() and tensors[0].numel() >= MIN_ELEMENTS
+            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors))
+
+
+@compiled.jit(parallel=True)
+def _round_clamp_loop(x, bound):  # pragma: no cover - compiled
+    for i in prange(x.shape[0]):
+        v = np.rint(x[i])
+        if v > bound:
+            v = bound
+        elif v < -bound:
+            v = -bound
+        x[i] = v
+
+
+def _table_value(a, table, lim, identity_above):  # pragma: no cover - compiled (inlined by numba)
+    if a > lim:  # beyond the table: GELU continues as x, tanh as its last value
+        return a if identity_above else table[2 * lim]
+    if a >= -lim:
+        return table[np.int64(a) + lim]
+    if a < -lim:
+        return table[0]
+    return a  # NaN (never an activation): passed on, not read as an index
+
+
+_table_value_c = compiled.jit(_table_value)
+
+
+@compiled.jit(parallel=True)
+def _table_loop(x, table, lim, identity_above, out):  # pragma: no cover - compiled
+    for r in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[r, j] = _table_value_c(x[r, j], table, lim, identity_above)
+
+
+@compiled.jit(parallel=True)
+def _table_gate_loop(a, b, table, lim, identity_above, scale, bound, out):  # pragma: no cover - compiled
+    B, C, L = out.shape
+    for r in prange(B * C):
+        i, c = r // C, r % C
+        for j in range(L):
+            v = np.rint((_table_value_c(a[i, c, j], table, lim, identity_above) * b[i, c, j]) * scale)
+            if v > bound:
+                v = bound
+            elif v < -bound:
+                v = -bound
+            out[i, c, j] = v
+
+
+def round_clamp_(x: Tensor, bound: float) -> Tensor:
+    """``x.round_().clamp_(-bound, bound)`` (round half to even), in place."""
+    if _use_compiled(x) and x.is_contiguous():
+        compiled.use_torch_threads()
+        _round_clamp_loop(x.view(-1).numpy(), float(bound))
+        return x
+    return x.round_().clamp_(-bound, bound)
+
+
+def _torch_table(x: Tensor, table: Tensor, lim: int, identity_above: bool) -> Tensor:
+    lo, hi = torch.aminmax(x)
+    if float(lo) >= -lim and float(hi) <= lim:  # the usual case: no clamp, no tail
+        i = x.to(torch.int32).add_(lim)  # integers 0 .. 2 lim, exact
+        return table.index_select(0, i.reshape(-1)).reshape(x.shape)
+    i = torch.clamp(x, -lim, lim).add_(lim).to(torch.int32)
+    y = table.index_select(0, i.reshape(-1)).reshape(x.shape)
+    return torch.where(x > lim, x, y) if identity_above else y
+
+
+def table_lookup(x: Tensor, table: Tensor, lim: int, identity_above: bool) -> Tensor:
+    """``table[x + lim]`` for integer-valued ``x`` (float64) in ``[-lim, lim]``; below, ``table[0]``;
+    above, ``x`` itself (``identity_above``, GELU) or ``table[2 lim]`` (tanh)."""
+    if x.numel() == 0:
+        return x.clone()
+    if _use_compiled(x, table):
+        compiled.use_torch_threads()
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        flat = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
+        _table_loop(flat.numpy(), table.numpy(), int(lim), bool(identity_above), out.view(flat.shape).numpy())
+        return out
+    return _torch_table(x, table, lim, identity_above)
+
+
+def table_gate(a: Tensor, b: Tensor, table: Tensor, lim: int, identity_above: bool, scale: float,
+               bound: float) -> Tensor:
+    """``round_clamp_(table_lookup(a) * b * scale, bound)`` for ``(B, C, L)`` maps ``a`` and ``b``
+    (views allowed): one product, one product by ``scale`` (a power of two), one rounding."""
+    if a.numel() and _use_compiled(a, b, table):
+        compiled.use_torch_threads()
+        out = a.new_empty(a.shape)
+        _table_gate_loop(a.numpy(), b.numpy(), table.numpy(), int(lim), bool(identity_above), float(scale),
+                         float(bound), out.numpy())
+        return out
+    g = _torch_table(a, table, lim, identity_above) if a.numel() else a.clone()
+    return g.mul_(b).mul_(scale).round_().clamp_(-bound, bound)

@@ -1,0 +1,116 @@
+"""The compiled elementwise passes of the fixed-point networks give the PyTorch path's bits.
+
+Each case runs the same function with the compiled loops on and off
+(:func:`gnn_lic.compiled.set_enabled`) and asks for identical tensors, on inputs that
+reach every branch: half-integers (round half to even), values beyond the clamp bound,
+table arguments at and beyond both ends, zeros of both signs, strided views and batches.
+"""
+
+import pytest
+import torch
+
+from gnn_lic import compiled
+from gnn_lic.models import fixed_point as fp
+from gnn_lic.models.fixed_point import kernels
+from gnn_lic.models.fixed_point.tables import TABLE_RANGE
+
+LIM = TABLE_RANGE << fp.ACT_FRAC_BITS
+
+
+def _both(fn):
+    previous = compiled.set_enabled(True)
+    try:
+        on = fn()
+        compiled.set_enabled(False)
+        off = fn()
+    finally:
+        compiled.set_enabled(previous)
+    return on, off
+
+
+def _same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a.view(torch.int64), b.view(torch.int64))  # bit for bit, -0.0 included
+
+
+def _accumulators(shape, seed, scale=2.0**20):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+    flat = x.view(-1)
+    flat[::7] = torch.round(flat[::7]) + 0.5  # ties: half to even
+    flat[1::11] = -torch.round(flat[1::11]).abs() - 0.5
+    flat[2::13] *= 2.0**12  # beyond the activation bound
+    flat[3::17] = -0.25  # rounds to -0.0
+    return x
+
+
+@pytest.fixture(autouse=True)
+def _big_enough(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 1)  # small maps take the compiled loops too
+
+
+def test_the_compiled_loops_are_taken_on_the_cpu():
+    x = _accumulators((4, 4096), 0)
+    assert kernels._use_compiled(x) == compiled.enabled()
+    assert not kernels._use_compiled(x.float())
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 70), (1, 1), (2, 4096 * 5 + 3)])
+def test_round_clamp_matches_torch(shape):
+    x = _accumulators(shape, sum(shape))
+    on, off = _both(lambda: kernels.round_clamp_(x.clone(), fp.ACT_MAX))
+    _same_bits(on, off)
+    assert torch.equal(off, torch.round(x).clamp(-fp.ACT_MAX, fp.ACT_MAX))
+    if x.numel() > 1:  # the inputs reach both bounds
+        assert on.eq(-fp.ACT_MAX).any() and on.eq(fp.ACT_MAX).any()
+
+
+def _table_inputs(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.round(torch.randn(*shape, generator=g, dtype=torch.float64) * LIM / 2)
+    flat = x.view(-1)
+    flat[:6] = torch.tensor([LIM, -LIM, LIM + 1, -LIM - 1, 3.0 * LIM, -5.0 * LIM], dtype=torch.float64)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["gelu", "tanh"])
+@pytest.mark.parametrize("tails", [True, False])
+def test_table_lookup_matches_torch(kind, tails):
+    table = fp.FixedTable(fp.gelu_table() if kind == "gelu" else fp.tanh_table(), kind)
+    x = _table_inputs((2, 3, 17, 19), 1)
+    if not tails:
+        x = x.clamp(-LIM, LIM)
+    on, off = _both(lambda: table(x))
+    _same_bits(on, off)
+    strided = x[:, :, ::2, 1::3]  # a view, not contiguous
+    on, off = _both(lambda: table(strided))
+    _same_bits(on, off)
+    assert torch.equal(on, table(strided.contiguous()))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_table_gate_matches_torch(batch):
+    table = fp.FixedTable(fp.gelu_table(), "gelu")
+    both = torch.cat([_table_inputs((batch, 8, 300), 2), _accumulators((batch, 8, 300), 3).round()], 1)
+    a, b = both.reshape(batch, 2, 8, 300).unbind(1)  # views of one map, as the gated FFN takes them
+    scale = 2.0**-fp.ACT_FRAC_BITS
+
+    def gate():
+        return kernels.table_gate(a, b, table.table, LIM, True, scale, fp.ACT_MAX)
+
+    on, off = _both(gate)
+    _same_bits(on, off)
+    want = (table(a) * b * scale).round().clamp(-fp.ACT_MAX, fp.ACT_MAX)  # its defining operations
+    assert torch.equal(off, want)
+    assert on.abs().eq(fp.ACT_MAX).any()
+
+
+def test_gated_ffn_is_the_same_with_the_loops_on_and_off():
+    from gnn_lic.models.layers import GatedFFN  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    ffn = GatedFFN(24, expansion=2).eval()
+    fixed = fp.to_fixed(ffn)
+    x = fp.to_act(torch.randn(2, 24, 9, 11) * 3)
+    on, off = _both(lambda: fixed(x))
+    _same_bits(on, off)
