@@ -2,7 +2,7 @@
 
     python experiments/ship_weights.py RUN/lambda-0.013/checkpoints/best.pt \\
         --command "python experiments/run.py ..." --data ../shared/data/wikiphotos \\
-        --results RUN/lambda-0.013/results/*.json
+        --results RUN/lambda-0.013/results/*.json --results-data ../shared/data/kodak
 
 writes ``gnn_lic/weights/{name}-{size}-q{quality}.pt`` (float16 parameters, see
 :func:`gnn_lic.models.checkpoint.export_checkpoint`) and adds its entry to ``index.json``
@@ -11,6 +11,9 @@ entry of the same model, size and quality. The quality is that of the checkpoint
 (:func:`gnn_lic.models.zoo.quality_of`) unless ``--quality`` gives it (several for a
 variable-rate model). ``{file stem}.json`` next to it holds the rest of the training record:
 the model and training configuration and the evaluation results given with ``--results``.
+The index's metrics name the images those results were measured on: ``--results-data``,
+else the test folder of the training configuration (``data_test``), which is right only
+when the results came from the training run itself.
 
     python experiments/ship_weights.py --upgrade-index gnn_lic/weights
 
@@ -88,13 +91,13 @@ def _rate(train: Mapping, qualities: Optional[List[int]]):
 
 
 def _entry(cfg: Mapping, train: Mapping, file: Path, command: str, data: str, results: Sequence[Mapping],
-           qualities: Optional[List[int]], details: Optional[str]) -> WeightsEntry:
+           qualities: Optional[List[int]], details: Optional[str], results_data: Optional[str] = None) -> WeightsEntry:
     """The index entry of shipped file ``file`` of model ``cfg`` trained with ``train``."""
     metric, qualities, lambdas = _rate(train, qualities)
     options = {k: v for k, v in cfg.items() if k not in NOT_OPTIONS}
     return WeightsEntry(name=cfg["name"], size=cfg["size"], metric=metric, qualities=tuple(qualities),
                         lambdas=tuple(lambdas), file=file.name, sha256=file_sha256(file), command=command, data=data,
-                        metrics=_metrics(results, lambdas, train.get("data_test")), details=details,
+                        metrics=_metrics(results, lambdas, results_data or train.get("data_test")), details=details,
                         options=options, folder=file.parent)
 
 
@@ -122,7 +125,8 @@ def ship(args) -> int:
     training = {k: ckpt[k] for k in ("step", "config", "metrics", "elapsed", "skipped") if k in ckpt}
     write_json({"model_config": cfg, "training": training, "results": results, "notes": args.notes},
                folder / f"{stem}.json")
-    entry = _entry(cfg, train, dst, args.command, args.data, results, q if args.quality else None, f"{stem}.json")
+    entry = _entry(cfg, train, dst, args.command, args.data, results, q if args.quality else None, f"{stem}.json",
+                   args.results_data)
     _merge(folder, entry)
     print(f"shipped {cfg['name']}-{cfg['size']} quality {', '.join(map(str, q))}: {dst} ({size_mb:.1f} MB)")
     return 0
@@ -161,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--data", help="training data (folder, with its attribution)")
     ap.add_argument("--quality", type=int, nargs="+", help="qualities the checkpoint serves (default: from its lambda)")
     ap.add_argument("--results", nargs="*", default=[], help="CompressAI-format result JSON files to record")
+    ap.add_argument("--results-data", help="the images --results were measured on (default: the training "
+                    "configuration's test folder)")
     ap.add_argument("--notes", default="", help="free text recorded with the weights")
     ap.add_argument("--out", default=None, help="weights folder (default: gnn_lic/weights)")
     ap.add_argument("--upgrade-index", metavar="DIR", help="convert the first-format index of DIR and exit")

@@ -21,7 +21,7 @@ def ship_weights(experiment_script):
 def trained_tiny(tmp_path):
     torch.manual_seed(0)
     net = create_model("gabic", size="tiny")
-    path = save_checkpoint(tmp_path / "latest.pt", net, step=7, optimizer={"lr": 1.0}, config={"lmbda": 0.013})
+    path = save_checkpoint(tmp_path / "latest.pt", net, step=7, optimizer={"lr": 1.0}, config={"lmbda": 0.013, "data_test": "run-test-set"})
     return net, path
 
 
@@ -106,6 +106,7 @@ def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, mo
     (entry,) = read_index(folder)
     assert (entry.name, entry.size, entry.qualities, entry.file) == ("gabic", "tiny", (4,), "gabic-tiny-q4.pt")
     assert entry.command.startswith("python experiments/run.py") and entry.metrics["bpp"] == [0.5]
+    assert entry.metrics["data"] == "run-test-set"  # no --results-data: the training run's test folder
     assert entry.sha256 == file_sha256(folder / entry.file)
     details = json.loads((folder / entry.details).read_text())
     assert details["training"]["step"] == 7 and details["results"][0]["results"]["bpp"] == [0.5]
@@ -120,6 +121,10 @@ def test_ship_weights_script_and_pretrained_roundtrip(trained_tiny, tmp_path, mo
     assert mod.main([str(src), "--command", "c", "--data", "d", "--quality", "2", "--out", str(folder)]) == 0
     assert mod.main([str(src), "--command", "c2", "--data", "d", "--out", str(folder)]) == 0
     assert [(e.qualities, e.command) for e in read_index(folder)] == [((2,), "c"), ((4,), "c2")]
+    # results measured elsewhere name their own images
+    assert mod.main([str(src), "--command", "c3", "--data", "d", "--results", str(res), "--results-data", "kodak-24",
+                     "--out", str(folder)]) == 0
+    assert [e.metrics["data"] for e in read_index(folder) if e.command == "c3"] == ["kodak-24"]
     # too big: refused (one line, status 2) and nothing is left behind
     monkeypatch.setattr(mod, "LIMIT_MB", 1e-6)
     assert mod.main([str(src), "--command", "c", "--data", "d", "--out", str(tmp_path / "w2")]) == 2

@@ -371,6 +371,19 @@ def test_w8_products_on_other_devices_are_the_same_integers():
     assert torch.equal((w.double() @ c.double()).to(torch.int32).long(), exact)
 
 
+def test_w8_products_in_blocks_of_rows_are_the_same_integers(monkeypatch):
+    """A large output is computed in blocks of rows: the same integers as one product."""
+    from gnn_lic.models.fixed_point import int8
+
+    g = torch.Generator().manual_seed(18)
+    w = torch.randint(-127, 128, (700, 64), generator=g, dtype=torch.int8)
+    c = torch.randint(-128, 128, (64, 50), generator=g, dtype=torch.int8)
+    whole = int8.int8_products(w, c)
+    monkeypatch.setattr(int8, "INT_MM_BLOCK_BYTES", 4 * 50 * 3)  # blocks of 256 rows: 3 blocks, the last partial
+    assert torch.equal(int8.int8_products(w, c), whole)
+    assert torch.equal(whole.long(), w.long() @ c.long())
+
+
 def test_w8_refuses_a_fan_in_beyond_exact_float64():
     from gnn_lic.models.fixed_point.int8 import check_fan_in
 

@@ -114,3 +114,23 @@ def test_gated_ffn_is_the_same_with_the_loops_on_and_off():
     x = fp.to_act(torch.randn(2, 24, 9, 11) * 3)
     on, off = _both(lambda: fixed(x))
     _same_bits(on, off)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_combine_requantize_matches_torch_and_integers(planes, with_bias):
+    g = torch.Generator().manual_seed(planes)
+    O, L = 5, 300
+    sums = torch.randint(-(2**22), 2**22, (O, planes, L), generator=g, dtype=torch.int32)
+    offset = torch.randint(-(2**30), 2**30, (O, 1), generator=g).double()
+    scale = torch.tensor([2.0**-e for e in (0, 3, 9, 17, 24)], dtype=torch.float64).reshape(O, 1)
+    bias = torch.randint(-(2**20), 2**20, (O, 1), generator=g).double() if with_bias else None
+    on, off = _both(lambda: kernels.combine_requantize(sums, offset, scale, bias, fp.ACT_MAX))
+    _same_bits(on, off)
+    # the same in Python integers: exact sums, round half to even, clamp
+    for o in range(O):
+        for j in range(0, L, 37):
+            acc = sum(256**k * int(sums[o, k, j]) for k in range(planes)) + int(offset[o])
+            v = round(acc * float(scale[o])) if float(scale[o]) == 1.0 else round(acc / int(1 / float(scale[o])))
+            v = v + (int(bias[o]) if with_bias else 0)
+            assert off[o, j] == max(-fp.ACT_MAX, min(fp.ACT_MAX, v))

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
+from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
 from gnn_lic.models.fixed_point.int8 import (
     byte_digits,
     check_fan_in,
-    combine_digits,
     digit_offset,
     digit_planes,
     int8_products,
@@ -247,9 +247,7 @@ class FixedConv2d:
                 cols[i] = digits[:, :, off : off + n]
             cols = cols.reshape(-1, p * n)
         g = int8_products(self._w8, cols)
-        out = combine_digits(g.reshape(self.out_channels, p, -1), self._wsum8 * digit_offset(p))
-        out = out.mul_(self._scale8).round_()
-        if self.bias16 is not None:
-            out += self.bias16.reshape(-1, 1)
-        out = out.clamp_(-ACT_MAX, ACT_MAX).reshape(1, self.out_channels, Ho, Wp)
+        bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
+        out = kernels.combine_requantize(g.reshape(self.out_channels, p, -1), self._wsum8 * digit_offset(p),
+                                         self._scale8, bias, ACT_MAX).reshape(1, self.out_channels, Ho, Wp)
         return out[..., :Wo] if Wp != Wo else out

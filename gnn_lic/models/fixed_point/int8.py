@@ -47,7 +47,7 @@ from torch import Tensor
 from gnn_lic.models.fixed_point.arith import DTYPE
 
 __all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
-           "combine_digits", "DIGIT_OFFSET", "check_fan_in", "int8_products"]
+           "DIGIT_OFFSET", "check_fan_in", "int8_products"]
 
 #: largest |integer weight| of scheme w8
 WEIGHT_MAX = 127
@@ -132,17 +132,6 @@ def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
     return a32.unsqueeze(-1).view(torch.int8)[..., :planes].transpose(-1, -2).contiguous()  # (..., n, 4) -> (..., p, n)
 
 
-def combine_digits(g: Tensor, offset: Tensor) -> Tensor:
-    """``(out, p, L)`` digit sums (int32, least significant first) and per-output ``offset`` terms -> float64.
-
-    ``sum_k 256^k g_k + offset`` is exact in float64 (:func:`check_fan_in`).
-    """
-    acc = g[:, -1].to(DTYPE)
-    for k in range(g.shape[1] - 2, -1, -1):
-        acc = acc.mul_(256.0).add_(g[:, k])
-    return acc.add_(offset)
-
-
 def check_fan_in(terms: int, name: str) -> None:
     """Refuse a layer whose digit sums could leave float64's exact integers.
 
@@ -154,13 +143,26 @@ def check_fan_in(terms: int, name: str) -> None:
         raise ValueError(f"{name}: a fan-in of {terms} terms is too large for scheme w8")
 
 
+#: a CPU integer product whose output is larger than this is computed in blocks of rows of half this
+#: size: ``torch._int_mm`` slows down several times once its output no longer fits the cache
+INT_MM_BLOCK_BYTES = 32 << 20
+
+
 def int8_products(w8: Tensor, cols: Tensor) -> Tensor:
     """``w8 @ cols`` of an int8 ``(out, K)`` and an int8 ``(K, N)`` matrix, exactly, as int32.
 
     On the CPU ``torch._int_mm`` (32-bit accumulation, exact for ``K`` below
-    ``2^31 / (127 * 128)`` terms); elsewhere a float64 product of the same integers (every
-    partial sum below ``2^53``: exact). Both give the same integers.
+    ``2^31 / (127 * 128)`` terms), in blocks of output rows when the output is large (the
+    same integers: each row is its own sums); elsewhere a float64 product of the same
+    integers (every partial sum below ``2^53``: exact). All give the same integers.
     """
-    if w8.device.type == "cpu":
+    if w8.device.type != "cpu":
+        return (w8.to(DTYPE) @ cols.to(DTYPE)).to(torch.int32)
+    O, N = w8.shape[0], cols.shape[1]
+    if O * N * 4 <= INT_MM_BLOCK_BYTES:
         return torch._int_mm(w8, cols)
-    return (w8.to(DTYPE) @ cols.to(DTYPE)).to(torch.int32)
+    rows = max(256, INT_MM_BLOCK_BYTES // (8 * N))
+    out = torch.empty((O, N), dtype=torch.int32)
+    for r in range(0, O, rows):
+        torch._int_mm(w8[r : r + rows], cols, out=out[r : r + rows])
+    return out

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["round_clamp_", "table_lookup", "table_gate"]
+__all__ = ["round_clamp_", "table_lookup", "table_gate", "combine_requantize"]
 
 #: maps with fewer elements than this take the PyTorch path (starting the loop's threads costs more)
 MIN_ELEMENTS = 1 << 14
@@ -124,3 +124,44 @@ def table_gate(a: Tensor, b: Tensor, table: Tensor, lim: int, identity_above: bo
         return out
     g = _torch_table(a, table, lim, identity_above) if a.numel() else a.clone()
     return g.mul_(b).mul_(scale).round_().clamp_(-bound, bound)
+
+
+@compiled.jit(parallel=True)
+def _combine_loop(g, offset, scale, bias, has_bias, bound, out):  # pragma: no cover - compiled
+    O, P, L = g.shape
+    for o in prange(O):
+        off, s, b = offset[o], scale[o], bias[o]
+        for j in range(L):
+            acc = np.float64(g[o, P - 1, j])
+            for k in range(P - 2, -1, -1):
+                acc = acc * 256.0 + g[o, k, j]
+            v = np.rint((acc + off) * s)
+            if has_bias:
+                v = v + b
+            if v > bound:
+                v = bound
+            elif v < -bound:
+                v = -bound
+            out[o, j] = v
+
+
+def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float) -> Tensor:
+    """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(out, p, L)`` (int32, least significant first):
+    ``clamp(round((sum_k 256^k g_k + offset) * scale) + bias)``, with per-output ``(out, 1)`` float64
+    ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
+    significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`)."""
+    O, P, L = g.shape
+    if compiled.enabled() and g.numel() >= MIN_ELEMENTS and g.device.type == "cpu" and g.dtype == torch.int32:
+        compiled.use_torch_threads()
+        out = torch.empty((O, L), dtype=torch.float64)
+        b = bias if bias is not None else scale
+        _combine_loop(g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(), b.reshape(-1).numpy(),
+                      bias is not None, float(bound), out.numpy())
+        return out
+    acc = g[:, -1].to(torch.float64)
+    for k in range(P - 2, -1, -1):
+        acc = acc.mul_(256.0).add_(g[:, k])
+    out = acc.add_(offset).mul_(scale).round_()
+    if bias is not None:
+        out += bias
+    return out.clamp_(-bound, bound)
