@@ -88,6 +88,16 @@ def test_table_lookup_matches_torch(kind, tails):
     assert torch.equal(on, table(strided.contiguous()))
 
 
+@pytest.mark.parametrize("kind", ["gelu", "tanh"])
+def test_the_coarse_grid_interpolated_equals_the_dense_table_everywhere(kind):
+    """The compiled loop interpolates the 2**-8 grid; the PyTorch path reads the dense table."""
+    table = fp.FixedTable(fp.gelu_table() if kind == "gelu" else fp.tanh_table(), kind)
+    x = torch.arange(-LIM - 3, LIM + 4, dtype=torch.float64)  # every activation the table holds, and beyond
+    on, off = _both(lambda: table(x))
+    _same_bits(on, off)
+    assert torch.equal(on[3:-3], table.dense)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_table_gate_matches_torch(batch):
     table = fp.FixedTable(fp.gelu_table(), "gelu")
@@ -96,7 +106,7 @@ def test_table_gate_matches_torch(batch):
     scale = 2.0**-fp.ACT_FRAC_BITS
 
     def gate():
-        return kernels.table_gate(a, b, table.table, LIM, True, scale, fp.ACT_MAX)
+        return kernels.table_gate(a, b, table, scale, fp.ACT_MAX)
 
     on, off = _both(gate)
     _same_bits(on, off)
@@ -134,3 +144,23 @@ def test_combine_requantize_matches_torch_and_integers(planes, with_bias):
             v = round(acc * float(scale[o])) if float(scale[o]) == 1.0 else round(acc / int(1 / float(scale[o])))
             v = v + (int(bias[o]) if with_bias else 0)
             assert off[o, j] == max(-fp.ACT_MAX, min(fp.ACT_MAX, v))
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 9, 11), (2, 192, 5, 70), (1, 7, 768, 1), (1, 3, 1, 1)])
+def test_layer_norm_matches_torch(shape):
+    from gnn_lic.nn.blocks import LayerNorm2d  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(shape[1])
+    norm = LayerNorm2d(shape[1])
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[1], generator=g))
+        norm.bias.copy_(torch.randn(shape[1], generator=g))
+    fixed = fp.FixedLayerNorm(norm)
+    x = fp.to_act(torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, *shape[2:], generator=g) * 50)
+    x[..., 0, 0] = 0  # a constant pixel: zero variance
+    if x.shape[-1] > 1:
+        x[0, :, -1, -1] = fp.ACT_MAX  # the largest activation in every channel
+    on, off = _both(lambda: fixed(x))
+    _same_bits(on, off)
+    assert torch.allclose(fp.from_act(off, torch.float64), norm(fp.from_act(x, torch.float64).float()).double(),
+                          atol=1e-3, rtol=1e-3)

@@ -16,6 +16,8 @@ other dtypes or small maps, gives identical results (tested).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numba import prange
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["round_clamp_", "table_lookup", "table_gate", "combine_requantize"]
+__all__ = ["round_clamp_", "table_lookup", "table_gate", "combine_requantize", "layer_norm"]
 
 #: maps with fewer elements than this take the PyTorch path (starting the loop's threads costs more)
 MIN_ELEMENTS = 1 << 14
@@ -45,13 +47,18 @@ def _round_clamp_loop(x, bound):  # pragma: no cover - compiled
         x[i] = v
 
 
-def _table_value(a, table, lim, identity_above):  # pragma: no cover - compiled (inlined by numba)
+def _table_value(a, grid, lim, shift, inv_step, identity_above):  # pragma: no cover - compiled
     if a > lim:  # beyond the table: GELU continues as x, tanh as its last value
-        return a if identity_above else table[2 * lim]
-    if a >= -lim:
-        return table[np.int64(a) + lim]
+        return a if identity_above else grid[grid.shape[0] - 1]
+    if a >= -lim:  # linear interpolation on the coarse grid, exactly as dense_table computes it
+        half = (grid.shape[0] - 1) // 2
+        ia = np.int64(a)
+        pos = min(ia >> shift, half - 1)  # the left grid point (floor), the last interval closed
+        frac = ia - (pos << shift)
+        lo = grid[pos + half]
+        return np.rint(lo + ((grid[pos + half + 1] - lo) * frac) * inv_step)
     if a < -lim:
-        return table[0]
+        return grid[0]
     return a  # NaN (never an activation): passed on, not read as an index
 
 
@@ -59,19 +66,20 @@ _table_value_c = compiled.jit(_table_value)
 
 
 @compiled.jit(parallel=True)
-def _table_loop(x, table, lim, identity_above, out):  # pragma: no cover - compiled
+def _table_loop(x, grid, lim, shift, inv_step, identity_above, out):  # pragma: no cover - compiled
     for r in prange(x.shape[0]):
         for j in range(x.shape[1]):
-            out[r, j] = _table_value_c(x[r, j], table, lim, identity_above)
+            out[r, j] = _table_value_c(x[r, j], grid, lim, shift, inv_step, identity_above)
 
 
 @compiled.jit(parallel=True)
-def _table_gate_loop(a, b, table, lim, identity_above, scale, bound, out):  # pragma: no cover - compiled
+def _table_gate_loop(a, b, grid, lim, shift, inv_step, identity_above, scale, bound, out):  # pragma: no cover
     B, C, L = out.shape
     for r in prange(B * C):
         i, c = r // C, r % C
         for j in range(L):
-            v = np.rint((_table_value_c(a[i, c, j], table, lim, identity_above) * b[i, c, j]) * scale)
+            g = _table_value_c(a[i, c, j], grid, lim, shift, inv_step, identity_above)
+            v = np.rint((g * b[i, c, j]) * scale)
             if v > bound:
                 v = bound
             elif v < -bound:
@@ -98,31 +106,41 @@ def _torch_table(x: Tensor, table: Tensor, lim: int, identity_above: bool) -> Te
     return torch.where(x > lim, x, y) if identity_above else y
 
 
-def table_lookup(x: Tensor, table: Tensor, lim: int, identity_above: bool) -> Tensor:
-    """``table[x + lim]`` for integer-valued ``x`` (float64) in ``[-lim, lim]``; below, ``table[0]``;
-    above, ``x`` itself (``identity_above``, GELU) or ``table[2 lim]`` (tanh)."""
+def _grid_args(table):
+    """The compiled loops' view of a table: its coarse grid, limit, interpolation step, tail."""
+    return table.grid.numpy(), int(table.limit), int(table.step_bits), 2.0**-table.step_bits, bool(table.identity_above)
+
+
+def table_lookup(x: Tensor, table) -> Tensor:
+    """``table.dense[x + lim]`` for integer-valued ``x`` (float64) in ``[-lim, lim]`` (``lim = table.limit``);
+    below, its first value; above, ``x`` itself (``table.identity_above``, GELU) or its last value (tanh).
+
+    ``table`` (a :class:`~gnn_lic.models.fixed_point.tables.FixedTable`) holds the values on
+    every integer (``dense``, ``2 lim + 1``) and the coarse grid they interpolate (``grid``,
+    every ``2^step_bits``); the compiled loop interpolates the coarse grid itself, with the
+    operations that made ``dense`` (:func:`~gnn_lic.models.fixed_point.tables.dense_table`),
+    and so reads a table that stays in the cache.
+    """
     if x.numel() == 0:
         return x.clone()
-    if _use_compiled(x, table):
+    if _use_compiled(x, table.dense):
         compiled.use_torch_threads()
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         flat = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
-        _table_loop(flat.numpy(), table.numpy(), int(lim), bool(identity_above), out.view(flat.shape).numpy())
+        _table_loop(flat.numpy(), *_grid_args(table), out.view(flat.shape).numpy())
         return out
-    return _torch_table(x, table, lim, identity_above)
+    return _torch_table(x, table.dense, table.limit, table.identity_above)
 
 
-def table_gate(a: Tensor, b: Tensor, table: Tensor, lim: int, identity_above: bool, scale: float,
-               bound: float) -> Tensor:
-    """``round_clamp_(table_lookup(a) * b * scale, bound)`` for ``(B, C, L)`` maps ``a`` and ``b``
+def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tensor:
+    """``round_clamp_(table_lookup(a, table) * b * scale, bound)`` for ``(B, C, L)`` maps ``a`` and ``b``
     (views allowed): one product, one product by ``scale`` (a power of two), one rounding."""
-    if a.numel() and _use_compiled(a, b, table):
+    if a.numel() and _use_compiled(a, b, table.dense):
         compiled.use_torch_threads()
         out = a.new_empty(a.shape)
-        _table_gate_loop(a.numpy(), b.numpy(), table.numpy(), int(lim), bool(identity_above), float(scale),
-                         float(bound), out.numpy())
+        _table_gate_loop(a.numpy(), b.numpy(), *_grid_args(table), float(scale), float(bound), out.numpy())
         return out
-    g = _torch_table(a, table, lim, identity_above) if a.numel() else a.clone()
+    g = _torch_table(a, table.dense, table.limit, table.identity_above) if a.numel() else a.clone()
     return g.mul_(b).mul_(scale).round_().clamp_(-bound, bound)
 
 
@@ -165,3 +183,59 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     if bias is not None:
         out += bias
     return out.clamp_(-bound, bound)
+
+
+@compiled.jit(parallel=True)
+def _layer_norm_loop(x, C, var_bits, scale, c3, eps, weight, bias, bound, out):  # pragma: no cover - compiled
+    B, _, L = x.shape
+    block = 64
+    nblk = (L + block - 1) // block
+    for t in prange(B * nblk):
+        b, j0 = t // nblk, (t % nblk) * block
+        j1 = min(j0 + block, L)
+        n = j1 - j0
+        s = np.zeros(n)
+        m = np.zeros(n)
+        v = np.zeros(n)
+        for c in range(C):
+            for j in range(n):
+                s[j] += x[b, c, j0 + j]
+        for c in range(C):
+            for j in range(n):
+                m[j] = max(m[j], abs(x[b, c, j0 + j] * C - s[j]))
+        inv = np.empty(n)
+        pw = np.empty(n)
+        for j in range(n):
+            k = max(math.frexp(m[j])[1] - var_bits, 0)
+            inv[j] = math.ldexp(1.0, -k)
+            pw[j] = math.ldexp(1.0, k)
+        for c in range(C):
+            for j in range(n):
+                q = np.rint((x[b, c, j0 + j] * C - s[j]) * inv[j])
+                v[j] += q * q
+        rc = np.empty(n)
+        for j in range(n):
+            var = (((v[j] * pw[j]) * pw[j]) * scale) / c3
+            rc[j] = np.sqrt(var + eps) * C
+        for c in range(C):
+            w, bc = weight[c], bias[c]
+            for j in range(n):
+                y = np.rint(bc + np.rint((x[b, c, j0 + j] * C - s[j]) / rc[j]) * w)
+                if y > bound:
+                    y = bound
+                elif y < -bound:
+                    y = -bound
+                out[b, c, j0 + j] = y
+
+
+def layer_norm(x: Tensor, var_bits: int, eps: float, weight: Tensor, bias: Tensor, bound: float) -> Tensor | None:
+    """:class:`~gnn_lic.models.fixed_point.blocks.FixedLayerNorm` of a ``(B, C, H, W)`` map in one compiled
+    loop (the same operations per pixel, see there), or ``None`` where the loops do not apply."""
+    if not (_use_compiled(x) and x.is_contiguous()):
+        return None
+    compiled.use_torch_threads()
+    B, C, H, W = x.shape
+    out = torch.empty_like(x)
+    _layer_norm_loop(x.view(B, C, H * W).numpy(), C, int(var_bits), 2.0**-32, float(C**3), float(eps),
+                     weight.reshape(-1).numpy(), bias.reshape(-1).numpy(), float(bound), out.view(B, C, H * W).numpy())
+    return out

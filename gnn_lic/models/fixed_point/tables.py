@@ -99,24 +99,29 @@ class FixedTable:
     """A scalar function from a table, linear interpolation between grid points.
 
     Outside ``[-8, 8]`` GELU continues as ``0`` / ``x`` and tanh as ``-1`` / ``1``, values
-    the tables already hold at their ends (to the 2**-16 grid).
+    the tables already hold at their ends (to the 2**-16 grid). ``dense`` holds the value
+    at every activation in ``[-limit, limit]`` (:func:`dense_table`), ``grid`` the values
+    it interpolates, one every ``2**step_bits`` activations
+    (:func:`~gnn_lic.models.fixed_point.kernels.table_lookup` reads either, with the same result).
     """
+
+    #: activations between two grid points of the table, as a power of two
+    step_bits = ACT_FRAC_BITS - TABLE_FRAC_BITS
+    #: largest |activation| the table holds (8 in units of 2**-16)
+    limit = TABLE_RANGE << ACT_FRAC_BITS
 
     def __init__(self, table: Sequence[int], kind: str):
         if kind not in ("gelu", "tanh"):
             raise ValueError(f"unknown table kind {kind!r}")
         self.kind = kind
+        self.identity_above = kind == "gelu"
         self._values = tuple(table)
-        self.table = dense_table(self._values)
+        self.to("cpu")
 
     def to(self, device: torch.device) -> "FixedTable":
-        self.table = dense_table(self._values, str(torch.device(device)))
+        self.dense = dense_table(self._values, str(torch.device(device)))
+        self.grid = torch.tensor(self._values, dtype=DTYPE, device=device)
         return self
 
-    @property
-    def limit(self) -> int:
-        """Largest |activation| the table holds (8 in units of 2**-16)."""
-        return TABLE_RANGE << ACT_FRAC_BITS
-
     def __call__(self, x: Tensor) -> Tensor:
-        return kernels.table_lookup(x, self.table, self.limit, self.kind == "gelu")
+        return kernels.table_lookup(x, self)
