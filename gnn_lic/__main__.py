@@ -37,6 +37,7 @@ status 2) is :mod:`gnn_lic.cli`'s, shared by every entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -188,8 +189,9 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="compressed file to write")
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
-    p.add_argument("--scheme", choices=("fx16", "w8"), default="fx16", help="fixed-point entropy scheme: fx16 "
-                   "(default) or w8 (8-bit weights, integer products; faster for wide models), recorded in the file")
+    p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point entropy scheme, recorded in the file: "
+                   "fx16 (float64 products) or w8 (8-bit weights, integer products); default: the model's "
+                   "(GLIC fx16, GABIC w8)")
     _add_model_arguments(p)
 
 
@@ -220,7 +222,8 @@ def _run_compress(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
         start = time.perf_counter()
-        with entropy_arithmetic(net, {"fx16": "fixed", "w8": "fixed8"}[args.scheme]):  # no-op without one
+        scheme = {"fx16": "fixed", "w8": "fixed8"}.get(args.scheme)
+        with entropy_arithmetic(net, scheme) if scheme else contextlib.nullcontext():  # no-op without one
             data = encode_image(net, image, quality=quality)
         seconds = time.perf_counter() - start
     write_bytes(args.output, data, force=args.force)

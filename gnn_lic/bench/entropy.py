@@ -33,7 +33,7 @@ from gnn_lic.cli import ArgumentParser, UsageError, run_main
 
 __all__ = ["time_paths", "bench_entropy", "build_parser", "main"]
 
-#: scheme w8 (the default), scheme fx16 (float64 products), the float networks
+#: scheme w8 (integer products), scheme fx16 (float64 products), the float networks
 PATHS = ("fixed8", "fixed", "float")
 STEPS = ("encode", "decode", "latent_encode", "latent_decode")
 

@@ -35,8 +35,8 @@ __all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_f
            "fixed_symbols", "fixed_z_hat", "fixed_dequantize"]
 
 #: ``"fixed"``: deterministic fixed-point entropy parameters, float64 products of 16-bit
-#: fractions (scheme fx16, the default); ``"fixed8"``: the same with 8-bit weights and
-#: integer products (scheme w8, faster for wide networks); ``"float"``: the float networks
+#: fractions (scheme fx16, GLIC's default); ``"fixed8"``: the same with 8-bit weights and
+#: integer products (scheme w8, GABIC's default); ``"float"``: the float networks
 #: (format-1 streams; not portable across machines or thread counts)
 ARITHMETICS = ("fixed", "fixed8", "float")
 #: the fixed-point arithmetics and whether each uses scheme w8's integer products

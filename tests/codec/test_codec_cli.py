@@ -322,7 +322,7 @@ def test_progress_bar_over_the_estimated_time(capsys):
 
 
 def test_compress_scheme_w8_is_recorded_and_decodes(work, capsys, tmp_path):
-    """``--scheme w8`` writes a stream flagged w8; decompress picks the scheme from the file."""
+    """``--scheme`` is recorded in the stream (default: the model's); decompress picks the scheme from the file."""
     import torch
 
     from gnn_lic.models import create_model
@@ -335,6 +335,13 @@ def test_compress_scheme_w8_is_recorded_and_decodes(work, capsys, tmp_path):
     assert _main(capsys, "decompress", str(stream), str(png), "-c", str(ck))[0] == 0
     net, _ = load_checkpoint(ck)
     assert np.array_equal(read_image(png), decode_image(net, stream.read_bytes()))
+    # without --scheme, the model's default (GABIC: w8); --scheme fx16 overrides it
+    assert _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "d.glic"), "-c", str(ck))[0] == 0
+    assert inspect_stream((tmp_path / "d.glic").read_bytes())["arithmetic"] == "fixed8"
+    assert _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "f.glic"), "-c", str(ck),
+                 "--scheme", "fx16")[0] == 0
+    assert inspect_stream((tmp_path / "f.glic").read_bytes())["arithmetic"] == "fixed"
+    assert _main(capsys, "decompress", str(tmp_path / "f.glic"), str(tmp_path / "f.png"), "-c", str(ck))[0] == 0
     code, _, err = _main(capsys, "compress", str(work / "in.png"), str(tmp_path / "x.glic"), "-c", str(ck),
                          "--scheme", "w9")
     assert code == 2 and not (tmp_path / "x.glic").exists()

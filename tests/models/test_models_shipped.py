@@ -13,7 +13,7 @@ import pytest
 import gnn_lic.__main__ as cli
 from gnn_lic.codec import inspect_stream, read_image
 from gnn_lic.codec.fingerprint import identity_digest
-from gnn_lic.models.fixed_point import SCHEME
+from gnn_lic.models.fixed_point import SCHEMES
 from gnn_lic.evaluation.metrics import psnr
 from gnn_lic.models import create_model
 from gnn_lic.models.zoo import QUALITY_LAMBDAS, file_sha256, shipped_weights, weights_dir
@@ -59,7 +59,9 @@ def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
     capsys.readouterr()
     net = create_model(name, size=size, pretrained=True)
     info = inspect_stream(stream.read_bytes())
-    assert info["identity"] == identity_digest(net, SCHEME)[:4].hex() and info["fixed_point"]
+    default = net.latent_codec.arithmetic  # the model's own scheme: GLIC fx16, GABIC w8
+    assert info["arithmetic"] == default == {"glic": "fixed", "gabic": "fixed8"}[name]
+    assert info["identity"] == identity_digest(net, SCHEMES[default])[:4].hex() and info["fixed_point"]
     assert info["overhead_bytes"] <= 32  # a shipped model's stream: short model code, implied shape
     assert cli.main(["decompress", str(stream), str(png)]) == 0
     rec = read_image(png)
