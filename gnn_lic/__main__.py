@@ -10,8 +10,7 @@ Examples::
 
 Exit codes
 ----------
-``0``
-    success.
+``0``: success.
 ``2``
     every expected failure: command-line usage errors, missing or unreadable input
     (including files that are not images), corrupt/truncated/foreign streams, model
@@ -21,8 +20,7 @@ Exit codes
 ``1``
     an unexpected internal error (a bug): one line on stderr; the traceback is shown
     with ``--debug`` or ``GNN_LIC_DEBUG=1``.
-``130``
-    interrupted (Ctrl-C).
+``130``: interrupted (Ctrl-C).
 
 Extending
 ---------
@@ -189,9 +187,8 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="compressed file to write")
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
-    p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point entropy scheme, recorded in the file: "
-                   "fx16 (float64 products) or w8 (8-bit weights, integer products); default: the model's "
-                   "(GLIC fx16, GABIC w8)")
+    p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point entropy scheme (recorded in the file; "
+                   "default: the model's, GLIC fx16, GABIC w8)")
     _add_model_arguments(p)
 
 
@@ -222,7 +219,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
         start = time.perf_counter()
-        scheme = {"fx16": "fixed", "w8": "fixed8"}.get(args.scheme)
+        scheme = {"fx16": "fixed", "w8": "fixed8"}.get(args.scheme)  # None: the model's own
         with entropy_arithmetic(net, scheme) if scheme else contextlib.nullcontext():  # no-op without one
             data = encode_image(net, image, quality=quality)
         seconds = time.perf_counter() - start

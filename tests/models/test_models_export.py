@@ -21,7 +21,8 @@ def ship_weights(experiment_script):
 def trained_tiny(tmp_path):
     torch.manual_seed(0)
     net = create_model("gabic", size="tiny")
-    path = save_checkpoint(tmp_path / "latest.pt", net, step=7, optimizer={"lr": 1.0}, config={"lmbda": 0.013, "data_test": "run-test-set"})
+    path = save_checkpoint(tmp_path / "latest.pt", net, step=7, optimizer={"lr": 1.0},
+                           config={"lmbda": 0.013, "data_test": "run-test-set"})
     return net, path
 
 

@@ -411,3 +411,28 @@ def test_integer_weights_are_read_back_from_the_one_copy_held(conv):
     assert torch.equal(f.weight, expected)
     held = [v for v in vars(f).values() if isinstance(v, torch.Tensor) and v.numel() >= expected.numel()]
     assert len(held) == 1  # the kernels' operand only
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 5, 1),  # pointwise
+    nn.Conv2d(6, 5, 3, padding=1),  # taps
+    nn.Conv2d(6, 5, 5, stride=2, padding=2),  # unfold
+    CheckerboardMaskedConv2d(6, 5, 5, padding=2),  # taps, half of them skipped
+])
+def test_w8_layers_hold_their_8_bit_weights_only(conv):
+    """A scheme-w8 layer keeps one int8 copy of its weights (no float64 operands of fx16);
+    ``weight8`` reads back exactly the integers of the conversion."""
+    from gnn_lic.models.fixed_point.int8 import int8_weights
+
+    torch.manual_seed(0)
+    f = fp.FixedConv2d(conv, int8=True)
+    w = conv.weight.detach().double()
+    if isinstance(conv, CheckerboardMaskedConv2d):
+        w = w * conv.mask.double()
+    expected, _ = int8_weights(w.reshape(w.shape[0], -1))
+    assert torch.equal(f.weight8, expected)
+    # tensors of at least a third of the weights' size (the checkerboard's operand keeps 12 of 25 taps)
+    held = [v for v in vars(f).values() if isinstance(v, torch.Tensor) and v.numel() >= expected.numel() // 3]
+    assert [v.dtype for v in held] == [torch.int8]
+    with pytest.raises(AttributeError, match="8-bit weights only"):
+        f.weight

@@ -92,17 +92,21 @@ class FixedConv2d:
             self.kind = "depthwise" if self.depthwise else "taps"
         self.int8 = bool(int8) and not self.depthwise
         self.name = name
-        if self.int8:
-            self.weight8, self.weight_exp = int8_weights(flat)
+        if self.int8:  # scheme w8 holds its 8-bit weights only, not fx16's float64 operands
+            weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
-        self._prepare(weight)
-        if self.int8:
-            self._prepare_int8()
+            self._w = self._bias = None
+            self._prepare_int8(weight8)
+        else:
+            self._prepare(weight)
 
     @property
     def weight(self) -> Tensor:
         """The integer weights ``(out, in/groups * kh * kw)`` (units :math:`2^{-F_w}`), read back
-        exactly from the kernels' operands: only one float64 copy of a layer's weights is held."""
+        exactly from the kernels' operands: only one float64 copy of a layer's weights is held
+        (none by a scheme-w8 layer, whose integer weights are :attr:`weight8`)."""
+        if self._w is None:
+            raise AttributeError(f"{self.name}: a scheme-w8 layer holds its 8-bit weights only (weight8)")
         kh, kw = self.kernel_size
         if self.kind == "depthwise":
             w = self._w.reshape(kh * kw, -1).t()
@@ -129,24 +133,37 @@ class FixedConv2d:
         self._taps = [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
         self._w = taps.contiguous()
 
-    def _prepare_int8(self) -> None:
+    def _prepare_int8(self, weight8: Tensor) -> None:
         """Scheme w8's operands: ``(out, taps in use * in)`` int8 weights, tap-major, and ``2^-f`` per output."""
         kh, kw = self.kernel_size
-        taps = self.weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
+        taps = weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
         if self.kind == "taps":
             self._taps8 = [t for t in range(kh * kw) if bool(taps[:, t].ne(0).any())]
             taps = taps[:, self._taps8]
         else:  # pointwise: one tap; unfold: F.unfold's channel-major order
             self._taps8 = list(range(kh * kw))
-            taps = self.weight8.reshape(self.out_channels, 1, -1)
+            taps = weight8.reshape(self.out_channels, 1, -1)
         check_fan_in(taps.shape[1] * taps.shape[2], self.name)
         self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
-        self._wsum8 = self.weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
+        self._wsum8 = weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
         self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
+
+    @property
+    def weight8(self) -> Tensor:
+        """Scheme w8's integer weights ``(out, in * kh * kw)`` (float64, ``|w| <= 127``, units ``2^-f`` per
+        output), read back exactly from the int8 operands."""
+        if not self.int8:
+            raise AttributeError(f"{self.name}: not a scheme-w8 layer")
+        kh, kw = self.kernel_size
+        if self.kind != "taps":
+            return self._w8.to(DTYPE)
+        full = torch.zeros(self.out_channels, self.in_channels, kh * kw, dtype=DTYPE, device=self._w8.device)
+        full[:, :, self._taps8] = self._w8.to(DTYPE).reshape(self.out_channels, len(self._taps8), -1).permute(0, 2, 1)
+        return full.reshape(self.out_channels, -1)
 
     def to(self, device: torch.device) -> "FixedConv2d":
         self.bias = None if self.bias is None else self.bias.to(device)
-        self._w = self._w.to(device)
+        self._w = None if self._w is None else self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
         if self.int8:
             self._w8, self._scale8, self._wsum8 = (t.to(device) for t in (self._w8, self._scale8, self._wsum8))
