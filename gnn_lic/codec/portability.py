@@ -3,7 +3,8 @@
 ``python -m gnn_lic.codec.portability --model glic --size small --images DIR --out DIR``
 
 1. an *encode* process (``--enc-threads``, default 2) compresses every image with the
-   fixed-point entropy parameters and with the float ones (format-1 path), decodes both
+   fixed-point entropy parameters (``--scheme``: fx16 or w8, default the model's own, reported
+   as ``arithmetic``) and with the float ones (format-1 path), decodes both
    in the same process for reference latents, and times both paths;
 2. one *decode* process per setting (1 thread; 2 threads; 1 thread with
    ``GNN_LIC_NUMBA=0``; float64 transforms; two images decoded as one batch) decodes the
@@ -57,6 +58,13 @@ def _latents(net, strings, shape):
         return net.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"].float()
 
 
+def _paths(net, scheme: Optional[str]):
+    """``(report key, arithmetic)`` of the two paths: the fixed-point scheme (``--scheme``, else the
+    model's own) and the float networks."""
+    fixed = {"fx16": "fixed", "w8": "fixed8"}.get(scheme) or getattr(net.latent_codec, "arithmetic", "fixed")
+    return (("fixed", fixed), ("float", "float"))
+
+
 def _payload(strings) -> int:
     if isinstance(strings, (bytes, bytearray)):
         return len(strings)
@@ -76,7 +84,7 @@ def _encode(args) -> None:
         x = _to_tensor(path, torch.float32)
         rec: Dict[str, Any] = {"image": path.name, "pixels": x.shape[-1] * x.shape[-2]}
         blobs = {}
-        for mode in ("fixed", "float"):
+        for key, mode in _paths(net, args.scheme):
             with entropy_arithmetic(net, mode), torch.no_grad():
                 t0 = time.perf_counter()
                 enc = net.compress(x)
@@ -86,8 +94,9 @@ def _encode(args) -> None:
             with torch.no_grad():
                 net.g_s(y_hat)
             t3 = time.perf_counter()
-            rec[mode] = {"bytes": _payload(enc["strings"]), "enc_s": t1 - t0, "dec_s": t3 - t1, "latent_dec_s": t2 - t1}
-            blobs[mode] = {"strings": enc["strings"], "shape": enc["shape"], "y_hat": y_hat}
+            rec[key] = {"bytes": _payload(enc["strings"]), "enc_s": t1 - t0, "dec_s": t3 - t1, "latent_dec_s": t2 - t1}
+            blobs[key] = {"strings": enc["strings"], "shape": enc["shape"], "y_hat": y_hat}
+        rec["arithmetic"] = _paths(net, args.scheme)[0][1]
         torch.save(blobs, out / f"{path.stem}.pt")
         records.append(rec)
     (out / "encode.json").write_text(json.dumps(records))
@@ -103,8 +112,8 @@ def _decode(args) -> None:
     out = Path(args.out)
     files = sorted(p for p in out.glob("*.pt"))
     result: Dict[str, List[str]] = {"fixed": [], "float": []}
-    for mode in ("fixed", "float"):
-        blobs = [(p.stem, torch.load(p, weights_only=False)[mode]) for p in files]
+    for key, mode in _paths(net, args.scheme):
+        blobs = [(p.stem, torch.load(p, weights_only=False)[key]) for p in files]
         if args.batch:
             # decode images of one size two at a time: the strings of both in one call
             by_size: Dict[Any, list] = {}
@@ -119,7 +128,7 @@ def _decode(args) -> None:
                             y = _latents(net, strings, a["shape"])
                     except Exception:  # noqa: BLE001 - a corrupt float decode may raise anything
                         continue
-                    result[mode] += [n for n, ref, got in ((na, a, y[0:1]), (nb, b, y[1:2])) if torch.equal(got, ref["y_hat"])]
+                    result[key] += [n for n, ref, got in ((na, a, y[0:1]), (nb, b, y[1:2])) if torch.equal(got, ref["y_hat"])]
             continue
         for name, b in blobs:
             try:
@@ -128,7 +137,7 @@ def _decode(args) -> None:
             except Exception:  # noqa: BLE001
                 continue
             if torch.equal(y, b["y_hat"]):
-                result[mode].append(name)
+                result[key].append(name)
     print(json.dumps({"identical": result, "total": len(files)}))
 
 
@@ -151,7 +160,8 @@ SETTINGS = {
 def _child(role: str, args, extra_env: Dict[str, str], extra: Sequence[str]) -> str:
     env = {**os.environ, **extra_env, "OMP_NUM_THREADS": extra[1] if extra[:1] == ["--threads"] else "1"}
     cmd = [sys.executable, "-m", "gnn_lic.codec.portability", "--role", role, "--model", args.model,
-           "--size", args.size, "--images", str(args.images), "--out", str(args.out), "--limit", str(args.limit), *extra]
+           "--size", args.size, "--images", str(args.images), "--out", str(args.out), "--limit", str(args.limit),
+           *(["--scheme", args.scheme] if args.scheme else []), *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{role} process failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -166,6 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--limit", type=int, default=24, help="at most this many images (sorted by name)")
     p.add_argument("--enc-threads", type=int, default=2)
+    p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point scheme (default: the model's own)")
     p.add_argument("--role", choices=("main", "encode", "decode"), default="main", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--float64", action="store_true", help=argparse.SUPPRESS)
@@ -181,7 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _child("encode", args, {}, ["--threads", str(args.enc_threads)])
     records = json.loads((args.out / "encode.json").read_text())
     report: Dict[str, Any] = {"model": f"{args.model}-{args.size}", "images": len(records),
-                              "encode_threads": args.enc_threads, "settings": {}}
+                              "encode_threads": args.enc_threads, "arithmetic": records[0]["arithmetic"] if records else None,
+                              "settings": {}}
     for name, (env, extra) in SETTINGS.items():
         got = json.loads(_child("decode", args, env, extra).strip().splitlines()[-1])
         report["settings"][name] = {m: len(v) for m, v in got["identical"].items()}

@@ -68,3 +68,13 @@ def test_latents_identical_across_processes_threads_and_kernels(name, tmp_path):
         _run("decode", name, threads, copy, dtype=dtype, numba=numba)
         got = torch.load(str(copy) + ".dec")
         assert torch.equal(got, ref), f"{threads} thread(s), {dtype}, numba={numba}: latents differ"
+
+
+def test_the_portability_report_codes_with_the_models_own_scheme_unless_told():
+    from gnn_lic.codec.portability import _paths
+    from gnn_lic.models import create_model
+
+    glic, gabic = create_model("glic", size="tiny"), create_model("gabic", size="tiny")
+    assert _paths(glic, None) == (("fixed", "fixed"), ("float", "float"))
+    assert _paths(gabic, None) == (("fixed", "fixed8"), ("float", "float"))
+    assert _paths(gabic, "fx16")[0] == ("fixed", "fixed") and _paths(glic, "w8")[0] == ("fixed", "fixed8")
