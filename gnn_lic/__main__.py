@@ -196,7 +196,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     from gnn_lic.codec import encode_image, read_image, write_bytes  # noqa: PLC0415
     from gnn_lic.codec.budget import job_plan, time_encode  # noqa: PLC0415
     from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
-    from gnn_lic.models.entropy import entropy_arithmetic  # noqa: PLC0415
+    from gnn_lic.models.entropy import SCHEME_ARITHMETICS, entropy_arithmetic  # noqa: PLC0415
 
     if not args.checkpoint and not args.model:
         raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
@@ -219,7 +219,7 @@ def _run_compress(args: argparse.Namespace) -> int:
     h, w = image.shape[:2]
     with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
         start = time.perf_counter()
-        scheme = {"fx16": "fixed", "w8": "fixed8"}.get(args.scheme)  # None: the model's own
+        scheme = SCHEME_ARITHMETICS.get(args.scheme)  # None: the model's own
         with entropy_arithmetic(net, scheme) if scheme else contextlib.nullcontext():  # no-op without one
             data = encode_image(net, image, quality=quality)
         seconds = time.perf_counter() - start

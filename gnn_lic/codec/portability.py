@@ -61,7 +61,9 @@ def _latents(net, strings, shape):
 def _paths(net, scheme: Optional[str]):
     """``(report key, arithmetic)`` of the two paths: the fixed-point scheme (``--scheme``, else the
     model's own) and the float networks."""
-    fixed = {"fx16": "fixed", "w8": "fixed8"}.get(scheme) or getattr(net.latent_codec, "arithmetic", "fixed")
+    from gnn_lic.models.entropy import SCHEME_ARITHMETICS  # noqa: PLC0415
+
+    fixed = SCHEME_ARITHMETICS.get(scheme) or getattr(net.latent_codec, "arithmetic", "fixed")
     return (("fixed", fixed), ("float", "float"))
 
 
@@ -80,11 +82,12 @@ def _encode(args) -> None:
     net = _load(args.model, args.size)
     out = Path(args.out)
     records = []
+    paths = _paths(net, args.scheme)
     for path in sorted(Path(args.images).glob("*.png"))[: args.limit]:
         x = _to_tensor(path, torch.float32)
         rec: Dict[str, Any] = {"image": path.name, "pixels": x.shape[-1] * x.shape[-2]}
         blobs = {}
-        for key, mode in _paths(net, args.scheme):
+        for key, mode in paths:
             with entropy_arithmetic(net, mode), torch.no_grad():
                 t0 = time.perf_counter()
                 enc = net.compress(x)
@@ -96,7 +99,7 @@ def _encode(args) -> None:
             t3 = time.perf_counter()
             rec[key] = {"bytes": _payload(enc["strings"]), "enc_s": t1 - t0, "dec_s": t3 - t1, "latent_dec_s": t2 - t1}
             blobs[key] = {"strings": enc["strings"], "shape": enc["shape"], "y_hat": y_hat}
-        rec["arithmetic"] = _paths(net, args.scheme)[0][1]
+        rec["arithmetic"] = paths[0][1]
         torch.save(blobs, out / f"{path.stem}.pt")
         records.append(rec)
     (out / "encode.json").write_text(json.dumps(records))
@@ -192,8 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _child("encode", args, {}, ["--threads", str(args.enc_threads)])
     records = json.loads((args.out / "encode.json").read_text())
     report: Dict[str, Any] = {"model": f"{args.model}-{args.size}", "images": len(records),
-                              "encode_threads": args.enc_threads, "arithmetic": records[0]["arithmetic"] if records else None,
-                              "settings": {}}
+                              "encode_threads": args.enc_threads,
+                              "arithmetic": records[0]["arithmetic"] if records else None, "settings": {}}
     for name, (env, extra) in SETTINGS.items():
         got = json.loads(_child("decode", args, env, extra).strip().splitlines()[-1])
         report["settings"][name] = {m: len(v) for m, v in got["identical"].items()}

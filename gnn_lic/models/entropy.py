@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.fixed_point import ACT_FRAC_BITS, ACT_LIMIT, ACT_MAX, from_act, to_act, to_fixed
 
-__all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_fixed_point", "FixedPointHyperpriorCodec",
+__all__ = ["ARITHMETICS", "SCHEME_ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_fixed_point", "FixedPointHyperpriorCodec",
            "RansCoder",
            "fixed_symbols", "fixed_z_hat", "fixed_dequantize"]
 
@@ -39,6 +39,8 @@ __all__ = ["ARITHMETICS", "FIXED_ARITHMETICS", "entropy_arithmetic", "supports_f
 #: integer products (scheme w8, GABIC's default); ``"float"``: the float networks
 #: (format-1 streams; not portable across machines or thread counts)
 ARITHMETICS = ("fixed", "fixed8", "float")
+#: the command-line names of the fixed-point schemes -> their arithmetic
+SCHEME_ARITHMETICS = {"fx16": "fixed", "w8": "fixed8"}
 #: the fixed-point arithmetics and whether each uses scheme w8's integer products
 FIXED_ARITHMETICS = {"fixed": False, "fixed8": True}
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import ACC_LIMIT, ACT_FRAC_BITS, ACT_MAX, DTYPE, MAX_WEIGHT_FRAC_BITS, requantize_, shift
 from gnn_lic.models.fixed_point.conv import FixedConv2d
-from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table
 
 __all__ = [

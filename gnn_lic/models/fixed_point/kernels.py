@@ -31,20 +31,25 @@ __all__ = ["round_clamp_", "table_lookup", "table_gate", "combine_requantize", "
 MIN_ELEMENTS = 1 << 14
 
 
-def _use_compiled(*tensors: Tensor) -> bool:
+def _use_compiled(*tensors: Tensor, dtype: torch.dtype = torch.float64) -> bool:
     return (compiled.enabled() and tensors[0].numel() >= MIN_ELEMENTS
-            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors))
+            and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors))
+
+
+@compiled.jit
+def _clamp(v, bound):  # pragma: no cover - compiled
+    # comparisons only, as torch.clamp: a NaN passes through
+    if v > bound:
+        return bound
+    if v < -bound:
+        return -bound
+    return v
 
 
 @compiled.jit(parallel=True)
 def _round_clamp_loop(x, bound):  # pragma: no cover - compiled
     for i in prange(x.shape[0]):
-        v = np.rint(x[i])
-        if v > bound:
-            v = bound
-        elif v < -bound:
-            v = -bound
-        x[i] = v
+        x[i] = _clamp(np.rint(x[i]), bound)
 
 
 def _table_value(a, grid, lim, shift, inv_step, identity_above):  # pragma: no cover - compiled
@@ -79,12 +84,7 @@ def _table_gate_loop(a, b, grid, lim, shift, inv_step, identity_above, scale, bo
         i, c = r // C, r % C
         for j in range(L):
             g = _table_value_c(a[i, c, j], grid, lim, shift, inv_step, identity_above)
-            v = np.rint((g * b[i, c, j]) * scale)
-            if v > bound:
-                v = bound
-            elif v < -bound:
-                v = -bound
-            out[i, c, j] = v
+            out[i, c, j] = _clamp(np.rint((g * b[i, c, j]) * scale), bound)
 
 
 def round_clamp_(x: Tensor, bound: float) -> Tensor:
@@ -154,13 +154,7 @@ def _combine_loop(g, offset, scale, bias, has_bias, bound, out):  # pragma: no c
             for k in range(P - 2, -1, -1):
                 acc = acc * 256.0 + g[o, k, j]
             v = np.rint((acc + off) * s)
-            if has_bias:
-                v = v + b
-            if v > bound:
-                v = bound
-            elif v < -bound:
-                v = -bound
-            out[o, j] = v
+            out[o, j] = _clamp(v + b if has_bias else v, bound)
 
 
 def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float) -> Tensor:
@@ -169,7 +163,7 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
     significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`)."""
     O, P, L = g.shape
-    if compiled.enabled() and g.numel() >= MIN_ELEMENTS and g.device.type == "cpu" and g.dtype == torch.int32:
+    if _use_compiled(g, dtype=torch.int32):
         compiled.use_torch_threads()
         out = torch.empty((O, L), dtype=torch.float64)
         b = bias if bias is not None else scale
@@ -220,12 +214,7 @@ def _layer_norm_loop(x, C, var_bits, scale, c3, eps, weight, bias, bound, out): 
         for c in range(C):
             w, bc = weight[c], bias[c]
             for j in range(n):
-                y = np.rint(bc + np.rint((x[b, c, j0 + j] * C - s[j]) / rc[j]) * w)
-                if y > bound:
-                    y = bound
-                elif y < -bound:
-                    y = -bound
-                out[b, c, j0 + j] = y
+                out[b, c, j0 + j] = _clamp(np.rint(bc + np.rint((x[b, c, j0 + j] * C - s[j]) / rc[j]) * w), bound)
 
 
 def layer_norm(x: Tensor, var_bits: int, eps: float, weight: Tensor, bias: Tensor, bound: float) -> Tensor | None:
