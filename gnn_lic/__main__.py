@@ -174,8 +174,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--max-memory", metavar="SIZE", default=None,
                    help="memory the job may use, e.g. 8G or 512M (default: the memory available now); an image "
-                        "whose estimated need is larger is refused, and the bands of the high-resolution layers "
-                        "run side by side only as far as it allows (the bits do not change)")
+                        "whose estimated need is larger is refused (the budget changes no bit)")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
 
 

@@ -2,8 +2,8 @@
 
 ``python -m gnn_lic compress/decompress --max-memory SIZE`` (:func:`job_plan`) refuses an image
 whose estimated need (the model's :meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate`
-plus :data:`RUNTIME_BYTES`) exceeds the budget, and gives the rest of the budget to the bands of
-the high-resolution layers (:func:`gnn_lic.nn.banded.band_memory`), which changes no bit. For
+plus :data:`RUNTIME_BYTES`) exceeds the budget. The model's own bands and chunks (a function of
+the image size alone, so the budget changes no bit) keep the need near linear in the pixels. For
 images of :data:`ANNOUNCE_PIXELS` and more it prints the memory and time estimates first (time
 fitted to two calibration crops) and, on a terminal, shows a progress bar over the estimated time.
 """
@@ -22,7 +22,6 @@ import numpy as np
 
 from gnn_lic.codec.image_codec import decode_image, encode_image
 from gnn_lic.errors import MemoryBudgetError
-from gnn_lic.nn.banded import band_memory
 
 __all__ = ["parse_memory", "job_plan", "time_encode", "time_decode", "RUNTIME_BYTES", "ANNOUNCE_PIXELS",
            "CALIBRATION_SIDE"]
@@ -96,7 +95,7 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
     """What runs a job on a ``height x width`` image: refuses one whose memory estimate exceeds
     ``--max-memory`` (or the available memory); for a large image announces the memory and time
     estimates (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the
-    pixel count) and, on a terminal, shows a progress bar; bounds the bands in flight by the memory left."""
+    pixel count) and, on a terminal, shows a progress bar."""
     budget = parse_memory(max_memory) if max_memory else _available_memory()
     estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
     need = (0 if estimate is None else estimate(height, width)) + RUNTIME_BYTES
@@ -106,7 +105,6 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
         raise MemoryBudgetError(f"a {width}x{height} image needs about {need / gb:.1f} GB with {label} (estimate); "
                                 f"{source} {budget / gb:.1f} GB")
     stack = contextlib.ExitStack()
-    stack.enter_context(band_memory(max(1, budget - need)))
     if height * width >= ANNOUNCE_PIXELS:
         seconds = None if calibrate is None else _time_estimate(calibrate, height * width)
         when = "" if seconds is None else f" and {seconds / 60:.1f} min"

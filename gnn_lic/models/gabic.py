@@ -44,15 +44,15 @@ from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.registry import register_model
-from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius
+from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
 from gnn_lic.nn.blocks import GraphWindowBlock
 
 __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential",
            "ChannelsLastSequential"]
 
 
-#: most image rows of one band of the analysis transform (the synthesis transform's bands match)
-BAND_ROWS = 512
+#: most image pixels of one band of the banded layers of either transform (a band holds whole rows)
+BAND_PIXELS = 3 << 20
 
 
 class ChannelsLastSequential(nn.Sequential):
@@ -70,15 +70,15 @@ class ChannelsLastSequential(nn.Sequential):
 
 class BandedSequential(ChannelsLastSequential):
     """:class:`ChannelsLastSequential` whose layers ``[start, stop)`` run band by band without autograd
-    (:func:`~gnn_lic.nn.banded.banded_stage`, with ``geometry`` its keywords and ``row_bytes``
-    times the input width and element size its memory per input row); its state dict is the
+    (:func:`~gnn_lic.nn.banded.banded_stage`, with ``geometry`` its keywords); its state dict is the
     plain ``nn.Sequential``'s. The layers must be local (convolutions, GDN, window blocks whose
-    windows the bands' ``align`` keeps on the map's grid). The bands depend on the input
-    height alone, so the result does not depend on the memory budget or the thread count."""
+    windows the bands' ``align`` keeps on the map's grid). ``stride`` is the image rows per row
+    of the input; a band covers at most :data:`BAND_PIXELS` image pixels, so the bands depend on
+    the image size alone."""
 
-    def __init__(self, *layers: nn.Module, band: Tuple[int, int], row_bytes: int, **geometry: Any):
+    def __init__(self, *layers: nn.Module, band: Tuple[int, int], stride: int, **geometry: Any):
         super().__init__(*layers)
-        self.band, self.row_bytes, self.geometry = band, row_bytes, geometry
+        self.band, self.stride, self.geometry = band, stride, geometry
 
     def run(self, x):
         if torch.is_grad_enabled():
@@ -87,9 +87,8 @@ class BandedSequential(ChannelsLastSequential):
         layers = list(self)
         for layer in layers[:start]:
             x = layer(x)
-        max_rows = max(1, BAND_ROWS * self.geometry.get("down", 1) // self.geometry.get("up", 1))
-        x = banded_stage([x], nn.Sequential(*layers[start:stop]), max_rows=max_rows,
-                         row_bytes=self.row_bytes * x.shape[-1] * x.element_size(), **self.geometry)
+        max_rows = image_rows(BAND_PIXELS, x.shape[-1], self.stride)
+        x = banded_stage([x], nn.Sequential(*layers[start:stop]), max_rows=max_rows, **self.geometry)
         for layer in layers[stop:]:
             x = layer(x)
         return x
@@ -133,14 +132,14 @@ def window_codec_transforms(
     quarter = max(conv_radius(layers_a[4].branch_a), conv_radius(layers_a[4].branch_b)) + w_hi
     # analysis, in image rows: two 5x5 stride-2 convolutions, then the block at 1/4; windows on the grid
     halo_a = 4 * (quarter + 1) + 2 * conv_radius(layers_a[2]) + conv_radius(layers_a[0])
-    g_a = BandedSequential(*layers_a, band=(0, 5), row_bytes=2 * N, down=4, align=4 * w_hi, halo=halo_a)
+    g_a = BandedSequential(*layers_a, band=(0, 5), stride=1, down=4, align=4 * w_hi, halo=halo_a)
     # synthesis, in rows at 1/8: the two last 5x5 stride-2 deconvolutions need one row of the block's output
     # beyond the band (at 1/4); that row, through the residual units, whole windows of the block's input
     # (the band starts on the window grid); a 5x5 stride-2 deconvolution makes them from (rows + 2) / 2 rows
     reach = 1 + max(conv_radius(layers_s[5].branch_a), conv_radius(layers_s[5].branch_b))
     window_rows = w_hi * -(-reach // w_hi)  # at 1/4
     halo_s = -(-(window_rows + 2) // 2)
-    g_s = BandedSequential(*layers_s, band=(3, 9), row_bytes=48 * N, up=8, align=max(1, w_hi // 2),
+    g_s = BandedSequential(*layers_s, band=(3, 9), stride=8, up=8, align=max(1, w_hi // 2),
                            halo=halo_s)
     return g_a, g_s
 

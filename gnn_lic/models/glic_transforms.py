@@ -11,9 +11,12 @@ from torch import Tensor, nn
 
 from gnn_lic.models.layers import conv3x3, subpel_conv3x3
 from gnn_lic.models.wavelet import WLS, iWLS
-from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius
+from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
 
 __all__ = ["StageFactory", "GLICAnalysis", "GLICSynthesis"]
+
+#: most image pixels of one band of the banded layers (around the 1/2-resolution blocks) of either transform
+BAND_PIXELS = 1 << 19
 
 #: ``stage(level, channels)``: the blocks of one resolution, ``level`` 1 (1/2), 2 (1/4) or 3 (1/8)
 StageFactory = Callable[[int, int], nn.Module]
@@ -56,8 +59,7 @@ class GLICAnalysis(_StagedTransform):
 
     Without autograd the layers before the first graph block (full and 1/2 resolution,
     all local) run band by band of image rows (:func:`~gnn_lic.nn.banded.banded_stage`):
-    no map of the 1/2 resolution is ever whole, and the result does not depend on the
-    memory budget (:func:`~gnn_lic.nn.banded.band_memory`) or the thread count.
+    no map of the 1/2 resolution is ever whole (the bands are a function of the image size).
     """
 
     def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
@@ -83,12 +85,12 @@ class GLICAnalysis(_StagedTransform):
             return super().run(x)
         # image rows a 1/4 row reads: 3x3 stride-2 convolutions around the blocks at 1/2
         halo = 2 * (1 + conv_radius(self.blocks[0])) + 1
-        width = x.shape[-1] // 2 * self.down[0].out_channels * x.element_size()
-        h = banded_stage([x], self._head, down=4, halo=halo, max_rows=256, row_bytes=4 * width)
+        rows = image_rows(BAND_PIXELS, x.shape[-1])
+        h = banded_stage([x], self._head, down=4, halo=halo, max_rows=rows)
         h = self.blocks[1](h)
         w = None
         if self.wavelet is not None:
-            w = banded_stage([x], self._wavelet_quarter, down=4, max_rows=256, row_bytes=2 * width)
+            w = banded_stage([x], self._wavelet_quarter, down=4, max_rows=rows)
             h = h + w
         return self._stages(h, w, range(2, 4))[0]
 
@@ -123,6 +125,5 @@ class GLICSynthesis(_StagedTransform):
         x, w = self._stages(x, x, range(2))
         # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
         halo = 2 + conv_radius(self.blocks[2])
-        width = 2 * x.shape[-1] * self.up[2][0].out_channels // 4 * x.element_size()
         inputs = [x] if self.wavelet is None else [x, w]
-        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=64, row_bytes=2 * 4 * width)
+        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=image_rows(BAND_PIXELS, x.shape[-1], 4))

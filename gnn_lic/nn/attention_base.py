@@ -18,8 +18,8 @@ __all__ = ["SparseAttentionConv", "as_csr"]
 
 IMPLS = ("sparse", "gather")
 
-#: per thread, ``{id(layer): (graph, logit bound, edge bias)}`` of the sparse aggregations in progress: the
-#: bands of a map (:func:`gnn_lic.nn.banded.banded_stage`) run one layer on several threads at once
+#: per thread, ``{id(layer): (graph, logit bound, edge bias)}`` of the sparse aggregations in progress: a
+#: caller may run one layer on several threads at once
 _CALLS = threading.local()
 
 

@@ -22,24 +22,22 @@ training keeps the whole-map path, whose intermediates the backward pass needs.
 :func:`banded_stage` does the same for a whole chain of local layers that may change
 the resolution (strided and sub-pixel convolutions): its output rows come from bands of
 input rows plus a halo covering the chain's receptive field, so no map of the chain's
-inner resolution is ever whole. Each band runs on one thread (bands run side by side on
-a pool of ``torch.get_num_threads()`` threads): a multi-threaded library may split one
-product's sums differently for maps of different heights, a single-threaded one does
-not, so the result is the same bit for bit for every band height and thread count.
+inner resolution is ever whole. The bands are a function of the map's height alone and run
+one after another, each on all of ``torch.get_num_threads()`` threads, so the result does
+not depend on the memory budget; like every float layer, it depends on the thread count
+only as far as the libraries' kernels do (the entropy coder's parameters never do: they are
+computed in fixed point, :mod:`gnn_lic.models.fixed_point`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "band_memory", "BAND_MEMORY", "conv_radius", "channels_last_call"]
+__all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands", "image_rows",
+           "conv_radius", "channels_last_call"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -129,47 +127,36 @@ def conv_radius(module: torch.nn.Module) -> int:
                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
 
 
-#: default memory for the bands of :func:`banded_stage` in flight together (see :func:`band_memory`)
-BAND_MEMORY = 2 << 30
-_band_memory = threading.local()
+def image_rows(pixels: int, width: int, stride: int = 1) -> int:
+    """Most rows of a map of ``width`` columns, each covering ``stride x stride`` image pixels,
+    in a band of at most ``pixels`` image pixels (at least one row): ``max_rows`` of
+    :func:`banded_stage` for bands sized by the image.
 
-
-@contextlib.contextmanager
-def band_memory(nbytes: int) -> Iterator[None]:
-    """Within the block, the bands of :func:`banded_stage` computed side by side hold about
-    ``nbytes`` of working memory together (at least one band runs). A memory budget: the
-    bands, and so the results, stay the same; only how many run at once changes.
-
-    >>> with band_memory(64 << 20):
-    ...     pass
+    >>> image_rows(3 << 20, 768), image_rows(3 << 20, 96, stride=8)
+    (4096, 512)
     """
-    if nbytes < 1:
-        raise ValueError(f"band memory must be >= 1 byte, got {nbytes}")
-    previous = getattr(_band_memory, "value", None)
-    _band_memory.value = int(nbytes)
-    try:
-        yield
-    finally:
-        _band_memory.value = previous
+    return max(1, pixels // (width * stride * stride))
 
 
 def stage_bands(height: int, max_rows: int, step: int = 1) -> List[Tuple[int, int]]:
-    """The bands of :func:`banded_stage`: an even number of bands of at most ``max_rows`` rows
-    (rounded up to ``step``), as equal as ``step`` allows; a function of the height alone.
+    """The bands of :func:`banded_stage`: the fewest bands of at most ``max_rows`` rows (rounded
+    up to ``step``), as equal as ``step`` allows; a function of the height alone.
 
     >>> stage_bands(512, 256, 4)
     [(0, 256), (256, 512)]
     >>> stage_bands(40, 16, 4)
-    [(0, 12), (12, 24), (24, 36), (36, 40)]
+    [(0, 16), (16, 32), (32, 40)]
+    >>> stage_bands(40, 64, 4)
+    [(0, 40)]
     """
-    count = 2 * -(-height // (2 * max_rows))
+    count = -(-height // max_rows)
     rows = -(-height // count)
     rows = -(-rows // step) * step
     return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
 
 
 def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int = 1, down: int = 1, halo: int = 0,
-                 max_rows: int = 256, row_bytes: int = 0, align: Optional[int] = None) -> Tensor:
+                 max_rows: int = 256, align: Optional[int] = None) -> Tensor:
     r"""``fn(*inputs)`` for a chain of local layers, computed from bands of input rows.
 
     ``fn`` maps maps of ``h`` rows to maps of ``h * up / down`` rows (``h`` a multiple of
@@ -179,12 +166,8 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
     map, because bands start at multiples of ``align``, a multiple of ``down``). The bands are
     :func:`stage_bands` ``(H, max_rows, align)``; band ``[r_0, r_1)`` runs ``fn`` on rows
     ``r_0 - h .. r_1 + h`` (``h`` = ``halo`` rounded up to a multiple of ``align``, clipped
-    at the border) and keeps output rows ``r_0 up/down .. r_1 up/down``.
-
-    Each band runs on one thread, so its numbers do not depend on the thread count; bands
-    run side by side on up to ``torch.get_num_threads()`` threads, as many as the memory
-    budget (:func:`band_memory`, ``row_bytes`` per input row of a band) allows. The bands
-    depend on ``H`` alone: the result is the same for every thread count and budget.
+    at the border) and keeps output rows ``r_0 up/down .. r_1 up/down``. A map of at most
+    ``max_rows`` rows is one band: ``fn`` on the whole map.
 
     Args:
         inputs: maps ``(B, C_i, H, W)`` of one height ``H`` (a multiple of ``down``) and width.
@@ -192,7 +175,6 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
         up, down (int): output rows per input row, ``up / down``.
         halo (int): input rows of context above and below a band.
         max_rows (int): most input rows of a band (before the halo).
-        row_bytes (int): working memory of ``fn`` per input row.
         align (int, optional): bands and halos start at multiples of ``align`` input rows, a
             multiple of ``down`` (default ``down``): e.g. the window grid of a windowed layer
             inside ``fn`` then falls on the same rows in every band as in the map.
@@ -207,34 +189,14 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
         raise ValueError(f"banded_stage: align must be a positive multiple of {down}, got {align}")
     halo = -(-halo // align) * align
     bands = stage_bands(H, max_rows, align)
-    budget = getattr(_band_memory, "value", None) or BAND_MEMORY
-    band_bytes = (bands[0][1] - bands[0][0] + 2 * halo) * max(1, row_bytes)
-    workers = max(1, min(torch.get_num_threads(), len(bands), budget // band_bytes))
-    out: List[Optional[Tensor]] = [None]
-    lock = threading.Lock()
-    # autograd modes are thread-local: the pool's threads take the caller's
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def run(band: Tuple[int, int]) -> None:
-        r0, r1 = band
+    if len(bands) == 1:
+        return fn(*inputs)
+    out: Optional[Tensor] = None
+    for r0, r1 in bands:
         lo, hi = max(0, r0 - halo), min(H, r1 + halo)
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            y = fn(*(t[..., lo:hi, :] for t in inputs))
+        y = fn(*(t[..., lo:hi, :] for t in inputs))
         a, n = (r0 - lo) * up // down, (r1 - r0) * up // down
-        with lock:
-            if out[0] is None:
-                out[0] = y.new_empty(*y.shape[:-2], H * up // down, y.shape[-1])
-        out[0][..., r0 * up // down : r0 * up // down + n, :] = y[..., a : a + n, :]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if workers == 1:
-            for band in bands:
-                run(band)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, bands))
-    finally:
-        torch.set_num_threads(threads)
-    return out[0]
+        if out is None:
+            out = y.new_empty(*y.shape[:-2], H * up // down, y.shape[-1])
+        out[..., r0 * up // down : r0 * up // down + n, :] = y[..., a : a + n, :]
+    return out

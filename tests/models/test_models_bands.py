@@ -1,21 +1,26 @@
 """GLIC's and GABIC's transforms without autograd run their high-resolution layers band by band:
-the same function as the whole-map path, and bits that no memory budget or thread count changes."""
+the same function as the whole-map path, bit for bit, and the memory budget changes no bit."""
 
 import numpy as np
 import pytest
 import torch
 
 from gnn_lic.codec import decode_image, encode_image
-from gnn_lic.models import create_model, gabic
+from gnn_lic.codec.budget import job_plan
+from gnn_lic.models import create_model, gabic, glic_transforms
 from gnn_lic.nn import banded
-from gnn_lic.nn.banded import band_memory
 
 MODELS = ["glic", "gabic"]
 
 
+#: image pixels of a band that make several bands on the test-sized images
+SMALL_BANDS = 64 * 64
+
+
 @pytest.fixture(autouse=True)
 def small_bands(monkeypatch):
-    monkeypatch.setattr(gabic, "BAND_ROWS", 64)  # several GABIC bands on test-sized images
+    monkeypatch.setattr(gabic, "BAND_PIXELS", SMALL_BANDS)
+    monkeypatch.setattr(glic_transforms, "BAND_PIXELS", SMALL_BANDS)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -70,20 +75,18 @@ def test_the_transforms_use_several_bands(net, monkeypatch):
     assert len(calls) >= 2 and all(len(bands) >= 2 for bands in calls)
 
 
-def test_budget_and_threads_change_no_bit_of_a_stream(net):
+def test_bands_and_budget_change_no_bit_of_a_stream(net, monkeypatch):
+    """Several bands, one band (the whole map) and any memory budget: the same stream and pixels."""
     rng = np.random.default_rng(0)
     img = (rng.random((200, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 256x128
-    threads = torch.get_num_threads()
     streams, pixels = [], []
-    try:
-        for n, budget in [(2, 1 << 40), (2, 1), (1, 1 << 40)]:
-            torch.set_num_threads(n)
-            with band_memory(budget):
-                blob = encode_image(net, img)
-                streams.append(blob)
-                pixels.append(decode_image(net, blob))
-    finally:
-        torch.set_num_threads(threads)
+    for band_pixels, budget in [(SMALL_BANDS, None), (SMALL_BANDS, "2G"), (1 << 30, None)]:
+        monkeypatch.setattr(gabic, "BAND_PIXELS", band_pixels)
+        monkeypatch.setattr(glic_transforms, "BAND_PIXELS", band_pixels)
+        with job_plan(net, *img.shape[:2], budget, "test"):
+            blob = encode_image(net, img)
+            streams.append(blob)
+            pixels.append(decode_image(net, blob))
     assert all(s == streams[0] for s in streams[1:])
     assert all(np.array_equal(p, pixels[0]) for p in pixels[1:])
 

@@ -445,8 +445,8 @@ def test_aggregation_without_autograd_normalises_in_place_to_the_same_numbers():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_layer_on_two_threads_at_once(kind):
-    """The bands of a map run one layer on several threads at once (``gnn_lic.nn.banded``): each call
-    aggregates over its own graph, whatever the other does between setting up and running its aggregation."""
+    """One layer called from two threads at once (a caller's thread pool): each call aggregates over
+    its own graph, whatever the other does between setting up and running its aggregation."""
     conv = _make(kind)
     calls = [(_x(seed=1), _graph(seed=0)), (_x(seed=2, n=N + 3), _graph(seed=3, n=N + 3, isolated=0))]
     alone = [conv(x, ei).detach() for x, ei in calls]
