@@ -22,11 +22,12 @@ training keeps the whole-map path, whose intermediates the backward pass needs.
 :func:`banded_stage` does the same for a whole chain of local layers that may change
 the resolution (strided and sub-pixel convolutions): its output rows come from bands of
 input rows plus a halo covering the chain's receptive field, so no map of the chain's
-inner resolution is ever whole. The bands are a function of the map's height alone and run
-one after another, each on all of ``torch.get_num_threads()`` threads, so the result does
-not depend on the memory budget; like every float layer, it depends on the thread count
-only as far as the libraries' kernels do (the entropy coder's parameters never do: they are
-computed in fixed point, :mod:`gnn_lic.models.fixed_point`).
+inner resolution is ever whole. The bands are a function of the map's size alone (the
+transforms size them by image pixels) and run one after another, each on all of
+``torch.get_num_threads()`` threads, so no memory budget changes the result; the tests
+find it equal to the whole map's bit for bit. Like every float layer, it depends on the
+thread count only as far as the libraries' kernels do (the entropy coder's parameters never
+do: they are computed in fixed point, :mod:`gnn_lic.models.fixed_point`).
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands", "image_rows",
-           "conv_radius", "channels_last_call"]
+__all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
+           "image_rows", "conv_radius", "channels_last_call"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
 #: bytes of the widest hidden tensor of one band (:func:`band_pixels`)
-BAND_BYTES = 8 << 20
+BAND_BYTES = 32 << 20
 
 
 def band_pixels(hidden: int, element_size: int = 4) -> int:
     """Pixels per band such that a ``hidden``-channel tensor of one band holds :data:`BAND_BYTES`.
 
-    >>> band_pixels(1024) == (8 << 20) // (1024 * 4)
+    >>> band_pixels(1024) == BAND_BYTES // (1024 * 4)
     True
     """
     return max(1, BAND_BYTES // (hidden * element_size))
