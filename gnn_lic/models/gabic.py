@@ -52,7 +52,7 @@ __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "
 
 
 #: most image pixels of one band of the banded layers of either transform (a band holds whole rows)
-BAND_PIXELS = 3 << 20
+BAND_PIXELS = 2 << 20
 
 
 class ChannelsLastSequential(nn.Sequential):
