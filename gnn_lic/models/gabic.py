@@ -52,7 +52,7 @@ __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "
 
 
 #: most image pixels of one band of the banded layers of either transform (a band holds whole rows)
-BAND_PIXELS = 2 << 20
+STAGE_PIXELS = 2 << 20
 
 
 class ChannelsLastSequential(nn.Sequential):
@@ -73,7 +73,7 @@ class BandedSequential(ChannelsLastSequential):
     (:func:`~gnn_lic.nn.banded.banded_stage`, with ``geometry`` its keywords); its state dict is the
     plain ``nn.Sequential``'s. The layers must be local (convolutions, GDN, window blocks whose
     windows the bands' ``align`` keeps on the map's grid). ``stride`` is the image rows per row
-    of the input; a band covers at most :data:`BAND_PIXELS` image pixels, so the bands depend on
+    of the input; a band covers at most :data:`STAGE_PIXELS` image pixels, so the bands depend on
     the image size alone."""
 
     def __init__(self, *layers: nn.Module, band: Tuple[int, int], stride: int, **geometry: Any):
@@ -87,7 +87,7 @@ class BandedSequential(ChannelsLastSequential):
         layers = list(self)
         for layer in layers[:start]:
             x = layer(x)
-        max_rows = image_rows(BAND_PIXELS, x.shape[-1], self.stride)
+        max_rows = image_rows(STAGE_PIXELS, x.shape[-1], self.stride)
         x = banded_stage([x], nn.Sequential(*layers[start:stop]), max_rows=max_rows, **self.geometry)
         for layer in layers[stop:]:
             x = layer(x)

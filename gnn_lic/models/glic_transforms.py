@@ -16,7 +16,7 @@ from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, ima
 __all__ = ["StageFactory", "GLICAnalysis", "GLICSynthesis"]
 
 #: most image pixels of one band of the banded layers (around the 1/2-resolution blocks) of either transform
-BAND_PIXELS = 1 << 19
+STAGE_PIXELS = 1 << 19
 
 #: ``stage(level, channels)``: the blocks of one resolution, ``level`` 1 (1/2), 2 (1/4) or 3 (1/8)
 StageFactory = Callable[[int, int], nn.Module]
@@ -85,7 +85,7 @@ class GLICAnalysis(_StagedTransform):
             return super().run(x)
         # image rows a 1/4 row reads: 3x3 stride-2 convolutions around the blocks at 1/2
         halo = 2 * (1 + conv_radius(self.blocks[0])) + 1
-        rows = image_rows(BAND_PIXELS, x.shape[-1])
+        rows = image_rows(STAGE_PIXELS, x.shape[-1])
         h = banded_stage([x], self._head, down=4, halo=halo, max_rows=rows)
         h = self.blocks[1](h)
         w = None
@@ -126,4 +126,4 @@ class GLICSynthesis(_StagedTransform):
         # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
         halo = 2 + conv_radius(self.blocks[2])
         inputs = [x] if self.wavelet is None else [x, w]
-        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=image_rows(BAND_PIXELS, x.shape[-1], 4))
+        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=image_rows(STAGE_PIXELS, x.shape[-1], 4))

@@ -19,8 +19,8 @@ SMALL_BANDS = 64 * 64
 
 @pytest.fixture(autouse=True)
 def small_bands(monkeypatch):
-    monkeypatch.setattr(gabic, "BAND_PIXELS", SMALL_BANDS)
-    monkeypatch.setattr(glic_transforms, "BAND_PIXELS", SMALL_BANDS)
+    monkeypatch.setattr(gabic, "STAGE_PIXELS", SMALL_BANDS)
+    monkeypatch.setattr(glic_transforms, "STAGE_PIXELS", SMALL_BANDS)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -81,8 +81,8 @@ def test_bands_and_budget_change_no_bit_of_a_stream(net, monkeypatch):
     img = (rng.random((200, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 256x128
     streams, pixels = [], []
     for band_pixels, budget in [(SMALL_BANDS, None), (SMALL_BANDS, "2G"), (1 << 30, None)]:
-        monkeypatch.setattr(gabic, "BAND_PIXELS", band_pixels)
-        monkeypatch.setattr(glic_transforms, "BAND_PIXELS", band_pixels)
+        monkeypatch.setattr(gabic, "STAGE_PIXELS", band_pixels)
+        monkeypatch.setattr(glic_transforms, "STAGE_PIXELS", band_pixels)
         with job_plan(net, *img.shape[:2], budget, "test"):
             blob = encode_image(net, img)
             streams.append(blob)
