@@ -84,8 +84,10 @@ def tune_malloc() -> bool:
     ``mmap`` off for ``malloc`` and disables heap trimming (``mallopt``), so
     freed tensors are reused. The price: resident memory stays at its peak.
 
-    Called by gnn_lic's entry points (command line, ``experiments/run.py``,
-    benchmarks), never on import. Set ``GNN_LIC_TUNE_MALLOC=0`` to skip it.
+    Called by gnn_lic's entry points (``experiments/run.py``, benchmarks, and the
+    command line's compress and decompress where the memory budget leaves room:
+    :func:`gnn_lic.codec.budget.job_plan`), never on import. Set
+    ``GNN_LIC_TUNE_MALLOC=0`` to skip it.
     Returns whether the settings were applied (glibc only).
     """
     global _tuned

@@ -263,6 +263,26 @@ def test_usage_help_and_command_hook(capsys):
         del cli.COMMANDS["hello"]
 
 
+def test_allocator_tuned_only_where_the_budget_leaves_room(monkeypatch):
+    """job_plan keeps freed memory (tune_malloc) when the budget holds TUNE_HEADROOM times the need."""
+    from gnn_lic.codec import budget  # noqa: PLC0415
+
+    calls = []
+    monkeypatch.setattr(budget, "tune_malloc", lambda: calls.append(1) or True)
+
+    class Net:
+        def memory_estimate(self, h, w):
+            return h * w * 1000
+
+    need = 100 * 100 * 1000 + budget.RUNTIME_BYTES
+    with budget.job_plan(Net(), 100, 100, str(int(need * budget.TUNE_HEADROOM) - 1), "net"):
+        pass
+    assert calls == []  # fits, but without the headroom
+    with budget.job_plan(Net(), 100, 100, str(int(need * budget.TUNE_HEADROOM) + 1), "net"):
+        pass
+    assert calls == [1]
+
+
 def test_max_memory_refuses_what_cannot_fit_and_changes_no_bit(work, capsys, tmp_path):
     ck = str(work / "model.pth.tar")
     src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
