@@ -174,7 +174,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--max-memory", metavar="SIZE", default=None,
                    help="memory the job may use, e.g. 8G or 512M (default: the memory available now); an image "
-                        "whose estimated need is larger is refused; with 1.5x the need, freed memory is kept "
+                        "whose estimated need is larger is refused; with room to spare, freed memory is kept "
                         "for reuse (faster); the budget changes no bit")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
 
