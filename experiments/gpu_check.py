@@ -9,7 +9,9 @@ Usage::
 It prints one table (device name; then per model: eval forward + backward time and peak
 CUDA memory at 768x512, compress / decompress time with the round trip checked against
 the eval-mode forward, training-step throughput in images/s at batch 8 of 256x256 with
-Adam; and whether graph construction on the device gives, edge for edge, the CPU's
+Adam; whether strings encoded on the CPU decode on the device to the same latents, bit for
+bit, and the other way round (shipped ``small`` weights); and whether graph construction on
+the device gives, edge for edge, the CPU's
 graphs of the same float64 feature map for every candidate rule and selector of
 :mod:`gnn_lic.graph`). ``--quick`` uses the ``tiny`` models, 128x128 images and batch 2 of
 64x64. Models are untrained (seeded), which is enough to check numerics and speed.
@@ -35,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch  # noqa: E402
 
 from gnn_lic.models.base import pad_to_multiple  # noqa: E402
+from gnn_lic.models.zoo import shipped_weights  # noqa: E402
 
 PROG = "gpu_check.py"
 #: |decompress(compress(x)) - forward(x)| allowed: the fixed-point entropy means differ from the float
@@ -152,6 +155,27 @@ def check_roundtrip(name: str, size: str, hw: Sequence[int], device: torch.devic
                                      f"latents identical: {same}")}
 
 
+def check_cross_device(name: str, hw: Sequence[int], device: torch.device) -> Dict:
+    """Streams travel between the CPU and the device: with the shipped ``small`` weights, strings encoded
+    on either decode on both to the encoder's latents, bit for bit."""
+    from gnn_lic.models import create_model  # noqa: PLC0415
+
+    devices = {"cpu": torch.device("cpu"), device.type: device}
+    nets = {k: create_model(name, size="small", pretrained=True).to(d).eval() for k, d in devices.items()}
+    x = _images(1, *hw, torch.device("cpu"), seed=4)
+    with torch.no_grad():
+        enc = {k: net.latent_codec.compress(net.g_a(pad_to_multiple(x.to(devices[k]), net.pad_multiple)[0]))
+               for k, net in nets.items()}
+        wrong = [f"{src}->{dst}" for src in enc for dst in nets
+                 if not torch.equal(nets[dst].latent_codec.decompress(enc[src]["strings"], enc[src]["shape"])
+                                    ["y_hat"].cpu(), enc[src]["y_hat"].cpu())]
+    same_bytes = len({tuple(_leaves(e["strings"])) for e in enc.values()}) == 1
+    return {"check": f"{name}-small strings cpu<->{device.type} {hw[1]}x{hw[0]}", "ok": not wrong,
+            "bytes": sum(len(b) for b in _leaves(enc["cpu"]["strings"])),
+            "detail": f"latents differ: {', '.join(wrong)}" if wrong else
+            ("both encoders wrote the same bytes" if same_bytes else "the encoders' bytes differ")}
+
+
 def check_train_throughput(name: str, size: str, batch: int, patch: int, device: torch.device, steps: int) -> Dict:
     """Images per second of full training steps (forward, RD loss, backward, clipping, Adam, aux step)."""
     from gnn_lic.training.optim import configure_optimizers, grad_norm_and_clip  # noqa: PLC0415
@@ -184,12 +208,17 @@ def check_train_throughput(name: str, size: str, batch: int, patch: int, device:
 
 def check_graphs(device: torch.device, shape: Sequence[int]) -> List[Dict]:
     """Device graphs == CPU graphs, edge for edge, for the same float64 map (every candidate rule and selector)."""
-    from gnn_lic.graph import AdaptiveDegree, GlobalGrid, LocalWindow, TopK, WindowPartition, build_graphs  # noqa
+    from gnn_lic.graph import (AdaptiveDegree, BlockWindow, GlobalGrid, LocalWindow, TopK,  # noqa: PLC0415
+                               WindowPartition, build_graphs)
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    csets = {"local": LocalWindow(8), "global": GlobalGrid(16), "window": WindowPartition(8)}
-    selectors = {"adaptive": AdaptiveDegree(16, score="rms", iters=5), "topk": TopK(9)}
+    csets = {"local": LocalWindow(8), "block": BlockWindow(8, 16),
+             "block-official": BlockWindow(8, 16, border="zero", group_quota=True), "global": GlobalGrid(16),
+             "window": WindowPartition(8)}
+    selectors = {"adaptive": AdaptiveDegree(16, score="rms", iters=5),
+                 "adaptive-official": AdaptiveDegree(16, score="rms-official", iters=5, bisection="official"),
+                 "topk": TopK(9)}
     xd = x.to(device)
     rows = []
     for sname, sel in selectors.items():
@@ -251,6 +280,8 @@ def run_checks(device: torch.device, quick: bool, models: Sequence[str]) -> Dict
         rows += _guard(lambda: check_roundtrip(name, size, rt_hw, device), f"{name} compress/decompress")
         rows += _guard(lambda: check_train_throughput(name, size, batch, patch, device, repeat),
                        f"{name} training step")
+        if shipped_weights(name, "small"):
+            rows += _guard(lambda: check_cross_device(name, rt_hw, device), f"{name} strings across devices")
     rows += _guard(lambda: check_graphs(device, graph_shape), "graph construction")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": str(device), "device_name": name, "torch": torch.__version__,

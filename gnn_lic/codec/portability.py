@@ -7,8 +7,13 @@
    as ``arithmetic``) and with the float ones (format-1 path), decodes both
    in the same process for reference latents, and times both paths;
 2. one *decode* process per setting (1 thread; 2 threads; 1 thread with
-   ``GNN_LIC_NUMBA=0``; float64 transforms; two images decoded as one batch) decodes the
-   saved strings and compares its latents with the reference, bit for bit.
+   ``GNN_LIC_NUMBA=0``; float64 transforms; two images decoded as one batch; on the GPU when
+   CUDA is available) decodes the saved strings and compares its latents with the
+   reference, bit for bit.
+
+``--enc-device cuda`` encodes on the GPU instead. ``--decode-only`` skips step 1 and decodes
+what an earlier run left in ``--out``, e.g. strings encoded on another machine and copied
+here: the files travel if every setting decodes every image.
 
 The report (JSON on stdout and in ``OUT/report-MODEL-SIZE.json``) gives, per setting and
 path, how many images decode to identical latents, the payload bytes of both paths and
@@ -30,13 +35,13 @@ from typing import Any, Dict, List, Optional, Sequence
 __all__ = ["main"]
 
 
-def _load(model: str, size: str, float64: bool = False):
+def _load(model: str, size: str, float64: bool = False, device: str = "cpu"):
     from gnn_lic.models import create_model  # noqa: PLC0415
 
     net = create_model(model, size=size, pretrained=True)
     if float64:
         net = net.double()
-    return net.eval()
+    return net.to(device).eval()
 
 
 def _to_tensor(path: Path, dtype):
@@ -55,7 +60,7 @@ def _latents(net, strings, shape):
     from gnn_lic.models.base import from_jsonable  # noqa: PLC0415
 
     with torch.no_grad():
-        return net.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"].float()
+        return net.latent_codec.decompress(strings, from_jsonable(shape["latent"]))["y_hat"].float().cpu()
 
 
 def _paths(net, scheme: Optional[str]):
@@ -79,12 +84,12 @@ def _encode(args) -> None:
     from gnn_lic.models.entropy import entropy_arithmetic  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
-    net = _load(args.model, args.size)
+    net = _load(args.model, args.size, device=args.device)
     out = Path(args.out)
     records = []
     paths = _paths(net, args.scheme)
     for path in sorted(Path(args.images).glob("*.png"))[: args.limit]:
-        x = _to_tensor(path, torch.float32)
+        x = _to_tensor(path, torch.float32).to(args.device)
         rec: Dict[str, Any] = {"image": path.name, "pixels": x.shape[-1] * x.shape[-2]}
         blobs = {}
         for key, mode in paths:
@@ -95,11 +100,14 @@ def _encode(args) -> None:
                 y_hat = _latents(net, enc["strings"], enc["shape"])
                 t2 = time.perf_counter()
             with torch.no_grad():
-                net.g_s(y_hat)
+                net.g_s(y_hat.to(args.device))
+                if x.is_cuda:
+                    torch.cuda.synchronize()
             t3 = time.perf_counter()
             rec[key] = {"bytes": _payload(enc["strings"]), "enc_s": t1 - t0, "dec_s": t3 - t1, "latent_dec_s": t2 - t1}
             blobs[key] = {"strings": enc["strings"], "shape": enc["shape"], "y_hat": y_hat}
         rec["arithmetic"] = paths[0][1]
+        rec["device"] = str(x.device)
         torch.save(blobs, out / f"{path.stem}.pt")
         records.append(rec)
     (out / "encode.json").write_text(json.dumps(records))
@@ -111,7 +119,7 @@ def _decode(args) -> None:
     from gnn_lic.models.entropy import entropy_arithmetic  # noqa: PLC0415
 
     torch.set_num_threads(args.threads)
-    net = _load(args.model, args.size, float64=args.float64)
+    net = _load(args.model, args.size, float64=args.float64, device=args.device)
     out = Path(args.out)
     files = sorted(p for p in out.glob("*.pt"))
     result: Dict[str, List[str]] = {"fixed": [], "float": []}
@@ -158,6 +166,15 @@ SETTINGS = {
     "float64-transforms": ({}, ["--threads", "1", "--float64"]),
     "batch-of-2": ({}, ["--threads", "1", "--batch"]),
 }
+#: added where CUDA is available: the same strings decoded on the GPU
+CUDA_SETTING = {"cuda": ({}, ["--threads", "1", "--device", "cuda"])}
+
+
+def settings() -> Dict[str, Any]:
+    """The decode settings of this machine: :data:`SETTINGS`, and the GPU where there is one."""
+    import torch  # noqa: PLC0415
+
+    return {**SETTINGS, **(CUDA_SETTING if torch.cuda.is_available() else {})}
 
 
 def _child(role: str, args, extra_env: Dict[str, str], extra: Sequence[str]) -> str:
@@ -175,11 +192,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gnn_lic.codec.portability", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="glic")
     p.add_argument("--size", default="small")
-    p.add_argument("--images", required=True, type=Path, help="folder of .png images")
+    p.add_argument("--images", type=Path, help="folder of .png images (not needed with --decode-only)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--limit", type=int, default=24, help="at most this many images (sorted by name)")
     p.add_argument("--enc-threads", type=int, default=2)
     p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point scheme (default: the model's own)")
+    p.add_argument("--enc-device", default="cpu", help="device of the encoder, e.g. cuda [cpu]")
+    p.add_argument("--decode-only", action="store_true",
+                   help="decode the strings an earlier run (another machine, say) left in --out; no encoding")
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--role", choices=("main", "encode", "decode"), default="main", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--float64", action="store_true", help=argparse.SUPPRESS)
@@ -191,13 +212,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.role == "decode":
         _decode(args)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    _child("encode", args, {}, ["--threads", str(args.enc_threads)])
+    if args.decode_only:
+        if not (args.out / "encode.json").is_file():
+            p.error(f"--decode-only: no encode.json in {args.out} (run once without --decode-only first)")
+    elif args.images is None or not args.images.is_dir():
+        p.error(f"--images: not a folder: {args.images}")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _child("encode", args, {}, ["--threads", str(args.enc_threads), "--device", args.enc_device])
     records = json.loads((args.out / "encode.json").read_text())
     report: Dict[str, Any] = {"model": f"{args.model}-{args.size}", "images": len(records),
-                              "encode_threads": args.enc_threads,
+                              "encode_threads": args.enc_threads, "decode_only": args.decode_only,
+                              "encode_device": records[0].get("device", "cpu") if records else None,
                               "arithmetic": records[0]["arithmetic"] if records else None, "settings": {}}
-    for name, (env, extra) in SETTINGS.items():
+    for name, (env, extra) in settings().items():
         got = json.loads(_child("decode", args, env, extra).strip().splitlines()[-1])
         report["settings"][name] = {m: len(v) for m, v in got["identical"].items()}
     pixels = sum(r["pixels"] for r in records)

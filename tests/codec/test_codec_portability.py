@@ -78,3 +78,26 @@ def test_the_portability_report_codes_with_the_models_own_scheme_unless_told():
     assert _paths(glic, None) == (("fixed", "fixed"), ("float", "float"))
     assert _paths(gabic, None) == (("fixed", "fixed8"), ("float", "float"))
     assert _paths(gabic, "fx16")[0] == ("fixed", "fixed") and _paths(glic, "w8")[0] == ("fixed", "fixed8")
+
+
+def test_the_gpu_joins_the_decode_settings_only_where_cuda_is_available(monkeypatch):
+    from gnn_lic.codec import portability
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert set(portability.settings()) == set(portability.SETTINGS)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    got = portability.settings()
+    assert set(got) == set(portability.SETTINGS) | {"cuda"}
+    assert got["cuda"][1][-2:] == ["--device", "cuda"]
+
+
+def test_decode_only_needs_an_earlier_encode_and_encoding_needs_images(tmp_path, capsys):
+    from gnn_lic.codec.portability import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--decode-only", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "no encode.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "new"), "--images", str(tmp_path / "missing")])
+    assert exc.value.code == 2 and "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # nothing written on bad input

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from gnn_lic.models.zoo import shipped_weights
+
 
 def test_quick_cpu_run_passes_and_reports(gpu_check, tmp_path, capsys):
     out = tmp_path / "report.json"
@@ -15,7 +17,10 @@ def test_quick_cpu_run_passes_and_reports(gpu_check, tmp_path, capsys):
     checks = [r["check"] for r in report["rows"]]
     for name in ("glic", "gabic"):
         assert sum(c.startswith(f"{name}-tiny ") for c in checks) == 3  # forward+backward, round trip, training
-    assert sum(c.startswith("graph ") for c in checks) == 6  # 3 candidate rules x 2 selectors
+    assert sum(c.startswith("graph ") for c in checks) == 15  # 5 candidate rules x 3 selectors
+    for name in ("glic", "gabic"):
+        if shipped_weights(name, "small"):
+            assert f"{name}-small strings cpu<->cpu 128x128" in checks
     assert all(r["ok"] for r in report["rows"]) and report["ok"]
     for r in report["rows"]:
         assert r["check"] in text
@@ -48,3 +53,23 @@ def test_bad_arguments_exit_2(gpu_check, capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main(["--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_the_cross_device_check_fails_when_a_decoder_misses_the_latents(gpu_check, monkeypatch):
+    import gnn_lic.models as models
+
+    if not shipped_weights("gabic", "small"):
+        pytest.skip("no shipped gabic-small weights")
+    create = models.create_model
+
+    def off_by_one(*args, **kwargs):  # a decoder whose latents are one step off
+        net = create(*args, **kwargs)
+        dec = net.latent_codec.decompress
+        net.latent_codec.decompress = lambda *a, **k: {**dec(*a, **k), "y_hat": dec(*a, **k)["y_hat"] + 1}
+        return net
+
+    good = gpu_check.check_cross_device("gabic", (64, 64), torch.device("cpu"))
+    assert good["ok"] and good["bytes"] > 0 and good["detail"] == "both encoders wrote the same bytes"
+    monkeypatch.setattr(models, "create_model", off_by_one)
+    bad = gpu_check.check_cross_device("gabic", (64, 64), torch.device("cpu"))
+    assert not bad["ok"] and bad["detail"] == "latents differ: cpu->cpu"
