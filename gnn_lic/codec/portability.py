@@ -107,7 +107,7 @@ def _encode(args) -> None:
             rec[key] = {"bytes": _payload(enc["strings"]), "enc_s": t1 - t0, "dec_s": t3 - t1, "latent_dec_s": t2 - t1}
             blobs[key] = {"strings": enc["strings"], "shape": enc["shape"], "y_hat": y_hat}
         rec["arithmetic"] = paths[0][1]
-        rec["device"] = str(x.device)
+        rec.update(device=str(x.device), model=f"{args.model}-{args.size}", threads=args.threads)
         torch.save(blobs, out / f"{path.stem}.pt")
         records.append(rec)
     (out / "encode.json").write_text(json.dumps(records))
@@ -170,11 +170,15 @@ SETTINGS = {
 CUDA_SETTING = {"cuda": ({}, ["--threads", "1", "--device", "cuda"])}
 
 
-def settings() -> Dict[str, Any]:
-    """The decode settings of this machine: :data:`SETTINGS`, and the GPU where there is one."""
+def _cuda_available() -> bool:
     import torch  # noqa: PLC0415
 
-    return {**SETTINGS, **(CUDA_SETTING if torch.cuda.is_available() else {})}
+    return torch.cuda.is_available()
+
+
+def settings() -> Dict[str, Any]:
+    """The decode settings of this machine: :data:`SETTINGS`, and the GPU where there is one."""
+    return {**SETTINGS, **(CUDA_SETTING if _cuda_available() else {})}
 
 
 def _child(role: str, args, extra_env: Dict[str, str], extra: Sequence[str]) -> str:
@@ -215,14 +219,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.decode_only:
         if not (args.out / "encode.json").is_file():
             p.error(f"--decode-only: no encode.json in {args.out} (run once without --decode-only first)")
+        encoded_by = {r.get("model") for r in json.loads((args.out / "encode.json").read_text())}
+        if encoded_by - {f"{args.model}-{args.size}"}:
+            p.error(f"--decode-only: {args.out} holds strings of {', '.join(sorted(map(str, encoded_by)))}, "
+                    f"not {args.model}-{args.size}")
     elif args.images is None or not args.images.is_dir():
         p.error(f"--images: not a folder: {args.images}")
+    elif args.enc_device.startswith("cuda") and not _cuda_available():
+        p.error("--enc-device cuda: CUDA is not available here")
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         _child("encode", args, {}, ["--threads", str(args.enc_threads), "--device", args.enc_device])
     records = json.loads((args.out / "encode.json").read_text())
     report: Dict[str, Any] = {"model": f"{args.model}-{args.size}", "images": len(records),
-                              "encode_threads": args.enc_threads, "decode_only": args.decode_only,
+                              "encode_threads": records[0].get("threads", args.enc_threads) if records else None,
+                              "decode_only": args.decode_only,
                               "encode_device": records[0].get("device", "cpu") if records else None,
                               "arithmetic": records[0]["arithmetic"] if records else None, "settings": {}}
     for name, (env, extra) in settings().items():

@@ -101,3 +101,12 @@ def test_decode_only_needs_an_earlier_encode_and_encoding_needs_images(tmp_path,
         main(["--out", str(tmp_path / "new"), "--images", str(tmp_path / "missing")])
     assert exc.value.code == 2 and "not a folder" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()  # nothing written on bad input
+    (tmp_path / "encode.json").write_text(json.dumps([{"image": "a.png", "model": "gabic-small"}]))
+    with pytest.raises(SystemExit) as exc:
+        main(["--decode-only", "--out", str(tmp_path), "--model", "glic", "--size", "small"])
+    assert exc.value.code == 2 and "holds strings of gabic-small, not glic-small" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        (tmp_path / "imgs").mkdir()
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path / "new"), "--images", str(tmp_path / "imgs"), "--enc-device", "cuda"])
+        assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
