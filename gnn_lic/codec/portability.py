@@ -216,13 +216,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.role == "decode":
         _decode(args)
         return 0
+    model, encoded = f"{args.model}-{args.size}", args.out / "encode.json"
     if args.decode_only:
-        if not (args.out / "encode.json").is_file():
+        if not encoded.is_file():
             p.error(f"--decode-only: no encode.json in {args.out} (run once without --decode-only first)")
-        encoded_by = {r.get("model") for r in json.loads((args.out / "encode.json").read_text())}
-        if encoded_by - {f"{args.model}-{args.size}"}:
-            p.error(f"--decode-only: {args.out} holds strings of {', '.join(sorted(map(str, encoded_by)))}, "
-                    f"not {args.model}-{args.size}")
     elif args.images is None or not args.images.is_dir():
         p.error(f"--images: not a folder: {args.images}")
     elif args.enc_device.startswith("cuda") and not _cuda_available():
@@ -230,8 +227,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         _child("encode", args, {}, ["--threads", str(args.enc_threads), "--device", args.enc_device])
-    records = json.loads((args.out / "encode.json").read_text())
-    report: Dict[str, Any] = {"model": f"{args.model}-{args.size}", "images": len(records),
+    records = json.loads(encoded.read_text())
+    encoded_by = {r.get("model") for r in records}
+    if args.decode_only and encoded_by - {model}:
+        p.error(f"--decode-only: {args.out} holds strings of {', '.join(sorted(map(str, encoded_by)))}, not {model}")
+    report: Dict[str, Any] = {"model": model, "images": len(records),
                               "encode_threads": records[0].get("threads", args.enc_threads) if records else None,
                               "decode_only": args.decode_only,
                               "encode_device": records[0].get("device", "cpu") if records else None,
