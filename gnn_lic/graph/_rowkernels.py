@@ -10,6 +10,10 @@ a CPU. They reproduce the PyTorch expressions exactly (same comparisons, same
 float updates ``theta = (lo + hi) / 2``): given the same similarities, both
 paths give identical graphs; the test suite checks this.
 
+*Top-k rows.* :class:`~gnn_lic.graph.TopK` keeps the ``k`` best of each row as a stable
+descending sort ranks them, from an insertion list of ``k`` entries per row instead of a
+sort of the whole row: the same places, so the same graphs.
+
 *Local-window similarities.* The ``L x L`` window of :class:`LocalWindow`
 (shift border) is computed as the ``L^2`` dot products each node needs, instead
 of the dense products of a query tile with its whole halo, which compute about
@@ -36,7 +40,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["enabled", "set_enabled", "bisect_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
+__all__ = ["enabled", "set_enabled", "bisect_rows", "top_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
            "local_window_similarity"]
 
 
@@ -172,6 +176,49 @@ def _unit_kernel(x, out, eps):  # pragma: no cover - compiled
                 out[b, c, i] = x[b, c, i] / norm[i]
 
 
+@_jit
+def _unit_rows_kernel(x, out, eps):  # pragma: no cover - compiled
+    # x (B, N, C) -> out (B, N, C): out[b, i] = x[b, i] / max(||x[b, i]||, eps), the squares summed in
+    # channel order as in _unit_kernel (so both give the same numbers)
+    B, N, C = x.shape
+    for b in range(B):
+        for i in range(N):
+            s = x.dtype.type(0)
+            for c in range(C):
+                s += x[b, i, c] * x[b, i, c]
+            n = max(np.sqrt(s), eps)
+            for c in range(C):
+                out[b, i, c] = x[b, i, c] / n
+
+
+@_jit
+def _top_rows_kernel(sim, k, first, keep):  # pragma: no cover - compiled
+    # keep[r, j] = j is among places first .. k-1 of row r sorted descending, ties in candidate order (a stable
+    # sort; NaN ranks above every number, as torch.sort puts it): an insertion list of the k best so far
+    R, K = sim.shape
+    idx = np.empty(k, np.int64)
+    val = np.empty(k, sim.dtype)
+    for r in range(R):
+        n = 0
+        for j in range(K):
+            v = sim[r, j]
+            if n == k and not (v > val[k - 1] or (v != v and val[k - 1] == val[k - 1])):
+                continue  # not above the k-th: a tie keeps the earlier candidate
+            if n < k:
+                pos = n
+                n += 1
+            else:
+                pos = k - 1
+            while pos > 0 and (val[pos - 1] < v or (v != v and val[pos - 1] == val[pos - 1])):
+                val[pos] = val[pos - 1]
+                idx[pos] = idx[pos - 1]
+                pos -= 1
+            val[pos] = v
+            idx[pos] = j
+        for t in range(first, n):
+            keep[r, idx[t]] = True
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -189,6 +236,17 @@ def bisect_rows(sim: Tensor, theta: Tensor, lo: Tensor, hi: Tensor, target: Tens
     half = sim_np.dtype.type(0.5)
     _bisect_kernel(sim_np, theta_np, _np(lo), _np(hi), _np(target.long()), int(iters), half, degree.numpy())
     return degree
+
+
+def top_rows(sim: Tensor, k: int, first: int = 0) -> Tensor:
+    """Boolean mask ``(..., K)`` of the places ``first .. k - 1`` of each row of ``sim`` sorted descending by a
+    stable sort (ties in candidate order, NaN first), as ``torch.sort(sim, descending=True, stable=True)``
+    gives them; ``k <= K``."""
+    K = sim.shape[-1]
+    keep = torch.zeros(sim.shape, dtype=torch.bool)
+    if sim.numel() and k > first:
+        _top_rows_kernel(_np(sim.reshape(-1, K)), int(k), int(first), keep.view(-1, K).numpy())
+    return keep
 
 
 def fill_columns(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor], row_of_node: Tensor, crow: Tensor
@@ -268,10 +326,16 @@ def unit_features(x: Tensor, eps: float) -> Tensor:
     The normalised map is written channel-major into a buffer whose channel
     stride is an odd number of cache lines, then transposed by PyTorch: a
     transposed copy whose source rows are a multiple of 4 KiB apart (e.g.
-    ``H*W = 6144`` floats) maps them all to one L1 cache set and runs slowly.
+    ``H*W = 6144`` floats) maps them all to one L1 cache set and runs slowly. A channels-last map
+    is already in node order: it is normalised row by row, the same numbers without the transposes.
     """
     B, C, H, W = x.shape
     N = H * W
+    if x.is_contiguous(memory_format=torch.channels_last):
+        out = x.new_empty(B, N, C)
+        rows = x.detach().permute(0, 2, 3, 1).reshape(B, N, C)  # a view of the channels-last memory
+        _unit_rows_kernel(rows.numpy(), out.numpy(), out.numpy().dtype.type(eps))
+        return out
     line = max(1, 64 // x.element_size())  # elements per cache line
     stride = -(-N // line) * line
     if (stride // line) % 2 == 0:

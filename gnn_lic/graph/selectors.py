@@ -271,10 +271,12 @@ class TopK(Selector):
         k = min(self.k + first, K)
         if valid is not None:
             sim = torch.where(valid, sim, torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device))
-        # a stable descending sort keeps candidate order among ties (deterministic)
-        order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., first:k]
-        keep = torch.zeros(sim.shape, dtype=torch.bool, device=sim.device)
-        keep.scatter_(-1, order, True)
+        if _rowkernels.enabled(sim):
+            keep = _rowkernels.top_rows(sim, k, first)
+        else:  # a stable descending sort keeps candidate order among ties (deterministic)
+            order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., first:k]
+            keep = torch.zeros(sim.shape, dtype=torch.bool, device=sim.device)
+            keep.scatter_(-1, order, True)
         return Selection(keep=keep & valid if valid is not None else keep)
 
 

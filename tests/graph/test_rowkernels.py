@@ -140,6 +140,29 @@ def test_build_graphs_matches_build_graph_and_csr():
                        build_graph(x, WindowPartition(4), KeepAll()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k, first", [(1, 0), (5, 0), (10, 1), (17, 0), (17, 1), (3, 3)])
+def test_top_rows_match_a_stable_sort(k, first, dtype):
+    """TopK's compiled selection keeps exactly the places a stable descending sort gives,
+    on rows full of ties, -inf (not a candidate) and NaN."""
+    g = torch.Generator().manual_seed(k + first)
+    sim = torch.randint(-3, 4, (2, 40, 17), generator=g).to(dtype) / 4  # few values: many ties
+    sim[0, :5] = float("-inf")
+    sim[1, 3, ::2] = float("nan")
+    sim[1, 7] = float("nan")
+    sim[1, 9, 4:] = float("-inf")
+    order = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., first:k]
+    want = torch.zeros(sim.shape, dtype=torch.bool).scatter_(-1, order, True)
+    got = _rowkernels.top_rows(sim, k, first)
+    assert got.shape == sim.shape and torch.equal(got, want)
+    assert (got.sum(-1) == max(0, k - first)).all()
+    # TopK on both paths gives the same graph from the same similarities
+    x = torch.randn(2, 6, 8, 8, generator=g, dtype=dtype)
+    for sel in (TopK(min(k, 15)), TopK(min(k, 14), skip_first=True)):
+        a, b = _both(lambda: build_graph(x, WindowPartition(4), sel))
+        assert torch.equal(a, b)
+
+
 def test_build_graphs_rejects_bad_input():
     with pytest.raises(ValueError, match="non-empty batch"):
         build_graphs(torch.randn(0, 3, 4, 4), {"g": LocalWindow(3)}, AdaptiveDegree(4))
@@ -176,9 +199,11 @@ def test_feature_passes_match_torch(shape, dtype):
     assert torch.equal(unit_features(x)[:, 0], torch.zeros(shape[0], shape[1], dtype=dtype))
     # any input layout and autograd state: the result is a detached function of the values
     xt = x.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
+    xcl = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # unit features: the row-by-row kernel
     for fn in (rms_gradient, unit_features):
-        torch.testing.assert_close(fn(xt), fn(x), rtol=0, atol=0)
-        assert not fn(xt).requires_grad
+        for other in (xt, xcl):
+            torch.testing.assert_close(fn(other), fn(x), rtol=0, atol=0)
+            assert not fn(other).requires_grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
