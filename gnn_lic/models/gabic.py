@@ -16,7 +16,8 @@ windows, GABIC Sec. 3.3), and a channel-wise entropy model with LRP.
                            M→N               N→N                            N→N               N→3
 
 ``conv`` = 5x5 stride-2 convolution, ``deconv`` = 5x5 stride-2 transposed
-convolution (CompressAI helpers). Registered names:
+convolution (CompressAI helpers; the last one computed as a convolution and a pixel shuffle,
+:class:`~gnn_lic.models.layers.SubpixelConvTranspose2d`). Registered names:
 
 =================  ==========================================================
 ``gabic``          GABIC, k-NN graphs with ``k = 9`` (no self loop), 8 heads
@@ -43,6 +44,7 @@ from torch import nn
 from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
+from gnn_lic.models.layers import SubpixelConvTranspose2d
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
 from gnn_lic.nn.blocks import GraphWindowBlock
@@ -124,7 +126,7 @@ def window_codec_transforms(
         deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
         block(N, w_hi, "high"),
         deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
-        deconv(N, 3, kernel_size=5, stride=2),
+        SubpixelConvTranspose2d(N, 3, kernel_size=5, stride=2),  # = deconv(N, 3, 5, 2), faster
     )  # fmt: skip
     if not banded:
         return ChannelsLastSequential(*layers_a), ChannelsLastSequential(*layers_s)

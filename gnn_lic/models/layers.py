@@ -8,7 +8,7 @@ plain convolution: no graph is built.
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from compressai.layers import conv3x3, subpel_conv3x3
@@ -19,6 +19,7 @@ from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 __all__ = [
     "conv1x1",
     "conv3x3",
+    "SubpixelConvTranspose2d",
     "subpel_conv3x3",
     "DepthwiseConvBlock",
     "GatedTransformCNN",
@@ -32,6 +33,61 @@ __all__ = [
 def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
     """1x1 convolution."""
     return nn.Conv2d(in_ch, out_ch, kernel_size=1)
+
+
+class SubpixelConvTranspose2d(nn.ConvTranspose2d):
+    r"""A transposed convolution computed as one convolution and a pixel shuffle; the parameters,
+    state dict and function of ``nn.ConvTranspose2d`` (up to float rounding: the same products).
+
+    With stride :math:`s`, output row :math:`o = s a + r` of a transposed convolution takes
+    :math:`\sum_i w[o - s i + p]\, x[i]`: for each phase :math:`r` a correlation of :math:`x` with the
+    taps :math:`w[r + p - s e]` at input offsets :math:`e = i - a`. The :math:`s^2` phases (rows and
+    columns) are the output channels of one convolution over :math:`x`, interleaved by
+    ``pixel_shuffle``. For CompressAI's ``deconv(C, 3, 5, 2)`` (the last layer of a synthesis) that is a
+    3x3 convolution with 12 outputs, which oneDNN runs faster than the transposed convolution with 3.
+    Needs ``kernel_size + output_padding - 2 padding = stride`` (every phase the input's size), no
+    dilation or groups.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2,
+                 padding: Optional[int] = None, output_padding: Optional[int] = None):
+        padding = kernel_size // 2 if padding is None else padding
+        output_padding = stride - 1 if output_padding is None else output_padding
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         output_padding=output_padding)
+        k, s, p = kernel_size, stride, padding
+        if k + output_padding - 2 * p != s:
+            raise ValueError(f"SubpixelConvTranspose2d needs kernel_size + output_padding - 2 * padding == stride, "
+                             f"got {k} + {output_padding} - 2 * {p} != {s}")
+        # input offsets e with a tap t = r + p - s e inside the kernel for some phase r
+        offsets = [e for e in range(-k, k + 1) if any(0 <= r + p - s * e < k for r in range(s))]
+        self.phase_padding = (-offsets[0], offsets[-1])
+        taps = torch.full((s, len(offsets)), -1, dtype=torch.long)  # [phase, offset] -> tap or -1
+        for r in range(s):
+            for j, e in enumerate(offsets):
+                if 0 <= r + p - s * e < k:
+                    taps[r, j] = r + p - s * e
+        self.register_buffer("_taps", taps, persistent=False)
+
+    def phase_weight(self) -> Tensor:
+        """The ``(C_out s^2, C_in, E, E)`` weight of the phase convolution, channels ``(c, r, q)``."""
+        s, E = self.stride[0], self._taps.shape[1]
+        taps = self._taps.clamp_min(0)
+        valid = (self._taps >= 0).to(self.weight.dtype)
+        w = self.weight.transpose(0, 1)  # (C_out, C_in, k, k)
+        w = w[:, :, taps][:, :, :, :, taps]  # (C_out, C_in, r, e, q, f)
+        w = w * (valid[:, :, None, None] * valid[None, None])
+        return w.permute(0, 2, 4, 1, 3, 5).reshape(-1, self.in_channels, E, E)
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        if output_size is not None:
+            raise ValueError("SubpixelConvTranspose2d has no output_size")
+        top, bottom = self.phase_padding
+        s = self.stride[0]
+        h = nn.functional.pad(x, (top, bottom, top, bottom)) if top != bottom else x
+        y = nn.functional.conv2d(h, self.phase_weight(), self.bias.repeat_interleave(s * s) if self.bias is not None
+                                 else None, padding=0 if top != bottom else top)
+        return nn.functional.pixel_shuffle(y, s)
 
 
 class DepthwiseConvBlock(nn.Module):

@@ -5,7 +5,8 @@ import torch
 
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.scctx import elic_groups, scctx_latent_codec
-from gnn_lic.models.layers import DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, channel_ramp, ramp_widths
+from gnn_lic.models.layers import (DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, SubpixelConvTranspose2d,
+                                   channel_ramp, ramp_widths)
 from gnn_lic.nn.blocks import GatedFFN
 
 
@@ -96,3 +97,29 @@ def test_depthwise_block_without_autograd_is_bitwise_the_same(in_ch, out_ch):
     ref = block(x).detach()
     with torch.no_grad():
         assert torch.equal(block(x), ref)
+
+
+@pytest.mark.parametrize("in_ch, out_ch, k, s, p, op", [(7, 3, 5, 2, 2, 1), (5, 4, 3, 2, 1, 1), (4, 3, 9, 4, 4, 3),
+                                                        (3, 6, 4, 2, 1, 0), (2, 2, 1, 1, 0, 0)])
+def test_subpixel_transposed_convolution_is_the_transposed_convolution(in_ch, out_ch, k, s, p, op):
+    """The phase convolution + pixel shuffle computes nn.ConvTranspose2d (values and gradients), same state dict."""
+    torch.manual_seed(in_ch + k)
+    sub = SubpixelConvTranspose2d(in_ch, out_ch, k, s, padding=p, output_padding=op).double()
+    ref = torch.nn.ConvTranspose2d(in_ch, out_ch, k, s, padding=p, output_padding=op).double()
+    assert sub.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(sub.state_dict())
+    x = torch.randn(2, in_ch, 7, 5, dtype=torch.float64, requires_grad=True)
+    a, b = sub(x), ref(x)
+    assert a.shape == b.shape == (2, out_ch, 7 * s, 5 * s)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ga = torch.autograd.grad((a * a.detach().cos()).sum(), [x, sub.weight, sub.bias])
+    gb = torch.autograd.grad((b * b.detach().cos()).sum(), [x, ref.weight, ref.bias])
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    xc = x.detach().float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(sub.float()(xc), ref.float()(xc), rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_transposed_convolution_refuses_other_geometries():
+    with pytest.raises(ValueError, match="kernel_size \\+ output_padding - 2 \\* padding == stride"):
+        SubpixelConvTranspose2d(3, 3, 4, 2)  # padding 2, output padding 1: 4 + 1 - 4 != 2
