@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HaarDWT", "HaarIDWT", "OLP", "WLS", "iWLS", "haar_dwt", "haar_idwt", "ortho_loss"]
+__all__ = ["HaarDWT", "HaarIDWT", "OLP", "WLS", "iWLS", "haar_dwt", "haar_idwt", "haar_kernels", "ortho_loss"]
 
 
 def haar_dwt(x: Tensor) -> Tensor:
@@ -120,8 +120,21 @@ def _subband_scale_init(channels: int) -> Tensor:
     return s
 
 
+def haar_kernels(dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """``(4, 2, 2)`` kernels of :func:`haar_dwt`'s subbands LL, LH, HL, HH over a 2x2 block ``[[a, b], [c, d]]``;
+    also the weights of each subband in the block's pixels in :func:`haar_idwt` (the basis is orthonormal)."""
+    k = torch.tensor([[[1, 1], [1, 1]], [[1, 1], [-1, -1]], [[1, -1], [1, -1]], [[1, -1], [-1, 1]]], dtype=dtype,
+                     device=device)
+    return 0.5 * k
+
+
 class WLS(nn.Module):
-    """Wavelet down-sampling step ``(B, in, H, W) -> (B, out, H/2, W/2)``: DWT, scale, OLP."""
+    r"""Wavelet down-sampling step ``(B, in, H, W) -> (B, out, H/2, W/2)``: DWT, scale, OLP.
+
+    All three are linear and act on each 2x2 block, so the step is computed as one 2x2 stride-2
+    convolution whose weight is :math:`P\,\mathrm{diag}(e^{s})` times the Haar kernels
+    (:meth:`block_weight`): the function of :func:`haar_dwt` then the projection, up to float rounding,
+    without the subband maps."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
@@ -129,13 +142,24 @@ class WLS(nn.Module):
         self.log_scale = nn.Parameter(_subband_scale_init(in_ch))
         self.proj = OLP(4 * in_ch, out_ch)
 
+    def block_weight(self) -> Tensor:
+        """``(out, in, 2, 2)``: ``w[o, c, p, q] = sum_b P[o, b in + c] e^{s[b in + c]} haar[b, p, q]``."""
+        w = self.proj.linear.weight * self.log_scale.exp()
+        w = w.view(w.shape[0], 4, -1)  # (out, subband, in)
+        return torch.einsum("obc,bpq->ocpq", w, haar_kernels(w.dtype, w.device))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.dwt(x) * self.log_scale.exp()[None, :, None, None]
-        return self.proj(x)
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise ValueError(f"haar_dwt needs an even height and width, got {tuple(x.shape[-2:])}")
+        return F.conv2d(x, self.block_weight(), self.proj.linear.bias, stride=2)
 
 
 class iWLS(nn.Module):  # noqa: N801 - the paper's name
-    """Wavelet up-sampling step ``(B, in, H, W) -> (B, out, 2H, 2W)``: OLP, unscale, IDWT."""
+    r"""Wavelet up-sampling step ``(B, in, H, W) -> (B, out, 2H, 2W)``: OLP, unscale, IDWT.
+
+    Computed as one 1x1 convolution to the ``4 out`` values of each output 2x2 block, weight
+    :math:`\mathrm{haar} \cdot \mathrm{diag}(e^{-s})\,P` (:meth:`block_weight`), and a pixel shuffle: the
+    function of the projection then :func:`haar_idwt`, up to float rounding."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
@@ -143,6 +167,18 @@ class iWLS(nn.Module):  # noqa: N801 - the paper's name
         self.log_scale = nn.Parameter(_subband_scale_init(out_ch))
         self.idwt = HaarIDWT()
 
+    def block_weight(self) -> Tensor:
+        """``(4 out, in, 1, 1)`` weight and ``(4 out,)`` bias of the 1x1 convolution, channels ``(c, p, q)``."""
+        lin = self.proj.linear
+        unscale = (-self.log_scale).exp()
+        haar = haar_kernels(lin.weight.dtype, lin.weight.device)
+        w = (lin.weight * unscale[:, None]).view(4, -1, lin.in_features)  # (subband, out, in)
+        weight = torch.einsum("bci,bpq->cpqi", w, haar).reshape(-1, lin.in_features, 1, 1)
+        bias = None
+        if lin.bias is not None:
+            bias = torch.einsum("bc,bpq->cpq", (lin.bias * unscale).view(4, -1), haar).reshape(-1)
+        return weight, bias
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(x) * (-self.log_scale).exp()[None, :, None, None]
-        return self.idwt(x)
+        weight, bias = self.block_weight()
+        return F.pixel_shuffle(F.conv2d(x, weight, bias), 2)

@@ -106,3 +106,28 @@ def test_model_ortho_loss_sums_every_olp():
     assert len(olps) == 8
     torch.testing.assert_close(net.ortho_loss(), sum(m.loss() for m in olps))
     assert create_model("glic", size="tiny", wavelet=False).ortho_loss().item() == 0.0
+
+
+@pytest.mark.parametrize("in_ch, out_ch", [(3, 8), (5, 4)])
+def test_wls_and_iwls_compute_their_defining_compositions(in_ch, out_ch):
+    """WLS = P(e^s DWT(x)) and iWLS = IDWT(e^-s P x), computed as one convolution each: same values and
+    gradients (every parameter) as the compositions written with haar_dwt / haar_idwt."""
+    torch.manual_seed(in_ch)
+    x = torch.randn(2, in_ch, 6, 10, dtype=torch.float64, requires_grad=True)
+    down, up = WLS(in_ch, out_ch).double(), iWLS(in_ch, out_ch).double()
+    with torch.no_grad():
+        down.log_scale.normal_()
+        up.log_scale.normal_()
+    cases = [(down, lambda m: m.proj(haar_dwt(x) * m.log_scale.exp()[None, :, None, None])),
+             (up, lambda m: haar_idwt(m.proj(x) * (-m.log_scale).exp()[None, :, None, None]))]
+    for m, reference in cases:
+        got, want = m(x), reference(m)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        params = [x, *m.parameters()]
+        g1 = torch.autograd.grad((got * got.detach().sin()).sum(), params)
+        g2 = torch.autograd.grad((want * want.detach().sin()).sum(), params)
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="even height and width"):
+        down(torch.randn(1, in_ch, 5, 6, dtype=torch.float64))
