@@ -72,8 +72,11 @@ class GatedFFN(nn.Module):
         a, b = (h if self.dwconv is None else self.dwconv(h)).chunk(2, dim=1)
         if torch.is_grad_enabled():
             return self.proj_out(F.gelu(a) * b)
-        # no autograd: gate in place, one hidden tensor instead of three
-        return self.proj_out(torch.ops.aten.gelu_(a).mul_(b))
+        # no autograd: the gate written once into a dense map of the input's layout (the halves of ``h`` are
+        # strided views, which oneDNN's 1x1 convolution reads more slowly)
+        gate = torch.empty_like(a, memory_format=torch.channels_last if x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format)
+        return self.proj_out(torch.mul(torch.ops.aten.gelu_(a), b, out=gate))
 
 
 def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:

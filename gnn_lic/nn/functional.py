@@ -49,12 +49,22 @@ def _spmm(crow: Tensor, col: Tensor, w: Tensor, v: Tensor) -> Tensor:
     return out
 
 
+def _sampled_products(crow: Tensor, col: Tensor, out: Tensor, a: Tensor, bt: Tensor) -> None:
+    """``out[e] = a[row_e] . bt[:, col_e]`` for the edges of the CSR pattern ``(crow, col)``, written into the
+    zero-filled ``(E,)`` buffer ``out``: on a CPU in place (``out=`` a CSR matrix over the buffer, no copy of the
+    edge values); elsewhere through a copy."""
+    pattern = _csr(crow, col, out, crow.numel() - 1, bt.shape[1])
+    if out.device.type == "cpu":
+        torch.sparse.sampled_addmm(pattern, a, bt, beta=0.0, out=pattern)
+    else:
+        out.copy_(torch.sparse.sampled_addmm(pattern, a, bt, beta=0.0).values())
+
+
 def _sddmm(graph: CSRGraph, a: Tensor, b: Tensor) -> Tensor:
     """``out[h, e] = a[h, row_e] . b[h, col_e]`` for every edge ``e``."""
-    pattern = _csr(graph.crow, graph.col, a.new_zeros(graph.num_edges), graph.num_nodes, b.shape[1])
-    out = a.new_empty(a.shape[0], graph.num_edges)
+    out = a.new_zeros(a.shape[0], graph.num_edges)
     for h in range(a.shape[0]):
-        out[h] = torch.sparse.sampled_addmm(pattern, a[h], b[h].t(), beta=0.0).values()
+        _sampled_products(graph.crow, graph.col, out[h], a[h], b[h].t())
     return out
 
 
@@ -218,8 +228,7 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
         E = col.numel()
         buf = q.new_zeros(-(-max(E, 1) // align) * align)
         logits = buf[:E]
-        pattern = _csr(crow, col, logits, n, M)
-        logits.copy_(torch.sparse.sampled_addmm(pattern, q[h].index_select(0, rows), kt, beta=0.0).values())
+        _sampled_products(crow, col, logits, q[h].index_select(0, rows), kt)
         if edge_bias is not None:
             logits.add_(edge_bias[h][edges])
         if use_bound:
