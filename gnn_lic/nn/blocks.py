@@ -27,8 +27,32 @@ from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
-__all__ = ["LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
+__all__ = ["gelu", "GELU", "LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
            "window_offset_attr"]
+
+
+def gelu(x: Tensor, inplace: bool = False) -> Tensor:
+    """``F.gelu`` (exact erf form). A channels-last map goes through its NHWC view, which is contiguous:
+    PyTorch's CPU GELU takes a slow scalar path on channels-last memory (several times slower on inputs
+    of magnitude a few units). The same function; the last bit may differ from ``F.gelu`` on that layout.
+    ``inplace`` (no autograd) overwrites ``x``."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return gelu(x.permute(0, 2, 3, 1), inplace).permute(0, 3, 1, 2)
+    return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` computed by :func:`gelu` (fast on channels-last maps); no parameters, the same state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu(x)
+
+
+def _dense(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` as a dense map in the memory layout of ``like`` (channels-last or contiguous): a copy if it is not."""
+    fmt = torch.channels_last if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    return t.contiguous(memory_format=fmt)
 
 
 class LayerNorm2d(nn.Module):
@@ -70,13 +94,13 @@ class GatedFFN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
         a, b = (h if self.dwconv is None else self.dwconv(h)).chunk(2, dim=1)
+        # the halves of ``h`` are strided views, on which GELU and oneDNN's 1x1 convolution run slowly: the
+        # gate is computed on a dense copy of ``a`` in the layout of ``x``
+        a = _dense(a, x)
         if torch.is_grad_enabled():
-            return self.proj_out(F.gelu(a) * b)
-        # no autograd: the gate written once into a dense map of the input's layout (the halves of ``h`` are
-        # strided views, which oneDNN's 1x1 convolution reads more slowly)
-        gate = torch.empty_like(a, memory_format=torch.channels_last if x.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format)
-        return self.proj_out(torch.mul(torch.ops.aten.gelu_(a), b, out=gate))
+            return self.proj_out(gelu(a) * b)
+        # no autograd: the gate in place in that copy, the same numbers
+        return self.proj_out(gelu(a, inplace=True).mul_(b))
 
 
 def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:
@@ -234,15 +258,20 @@ class ResidualUnit(nn.Module):
         half = channels // 2
         self.body = nn.Sequential(
             nn.Conv2d(channels, half, 1),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(half, half, 3, padding=1),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(half, channels, 1),
         )
-        self.act = nn.GELU()
+        self.act = GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(x + self.body(x))
+        if torch.is_grad_enabled():
+            return self.act(x + self.body(x))
+        # no autograd: activations and the sum in place, the same numbers
+        conv1, _, conv3, _, conv_out = self.body
+        h = gelu(conv3(gelu(conv1(x), inplace=True)), inplace=True)
+        return gelu(conv_out(h).add_(x), inplace=True)
 
 
 class GraphWindowBlock(nn.Module):

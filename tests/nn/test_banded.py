@@ -65,13 +65,19 @@ def test_banded_residual_needs_the_halo():
 
 
 def test_gelu_gate_in_place_is_bitwise():
+    """Without autograd the gate is computed in place: bit for bit the autograd path, on either layout,
+    and the formula W2 (GELU(a) * b) up to GELU's last bit."""
     torch.manual_seed(0)
     for ffn in (GatedFFN(24, 4), GatedFFN(24, 2, depthwise=True)):
-        x = torch.randn(2, 24, 9, 13)
+        x = torch.randn(2, 24, 9, 13) * 3
         a, b = ffn.dwconv(ffn.proj_in(x)).chunk(2, 1) if ffn.dwconv is not None else ffn.proj_in(x).chunk(2, 1)
         ref = ffn.proj_out(F.gelu(a) * b)
-        with torch.no_grad():
-            assert torch.equal(ffn(x), ref)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            grad_path = ffn(inp)
+            with torch.no_grad():
+                out = ffn(inp)
+            assert torch.equal(out, grad_path)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("in_ch, make", [(16, lambda: GatedTransformCNN(16, expansion=4)),

@@ -7,7 +7,8 @@ from torch import nn
 
 from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
 from gnn_lic.nn import blocks
-from gnn_lic.nn.blocks import GFA_ORDERS, GatedFFN, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d
+from gnn_lic.nn.blocks import (GELU, GFA_ORDERS, GatedFFN, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d,
+                               ResidualUnit, gelu)
 
 
 class Const(nn.Module):
@@ -100,3 +101,30 @@ def test_graph_window_block_formula():
     torch.testing.assert_close(block(x), x + 1.0)  # 2 * sigmoid(0) + x
     block.branch_b = Const(50.0)
     torch.testing.assert_close(block(x), x + 2.0)  # the gate saturates at 1
+
+
+def test_gelu_on_either_layout_is_f_gelu():
+    """gelu() takes the NHWC view of a channels-last map: F.gelu's values to the last bit, the layout kept;
+    inplace overwrites its input."""
+    x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(3)) * 8
+    ref = torch.nn.functional.gelu(x)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        out = gelu(inp)
+        torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-6)
+        assert out.stride() == inp.stride()
+        inp = inp.clone()
+        assert gelu(inp, inplace=True).data_ptr() == inp.data_ptr()
+        torch.testing.assert_close(inp, ref, rtol=2e-6, atol=1e-6)
+    assert isinstance(GELU(), torch.nn.GELU) and not GELU().state_dict()
+
+
+def test_residual_unit_without_autograd_is_bitwise_the_same():
+    torch.manual_seed(0)
+    unit = ResidualUnit(8)
+    x = torch.randn(2, 8, 6, 5) * 4
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        want = unit(inp)
+        with torch.no_grad():
+            got = unit(inp)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(got, torch.nn.functional.gelu(x + unit.body(x)), rtol=1e-5, atol=1e-5)
