@@ -104,7 +104,7 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
         xs = torch.rand(train_batch, 3, train_patch, train_patch)
         reset_peak_memory()
         steps = []
-        for _ in range(2):
+        for _ in range(runs + 2):  # the first steps warm up (memory, backward primitives, optimiser state)
             t = time.perf_counter()
             out = net(xs)
             loss = crit(out, xs)["loss"]

@@ -107,14 +107,33 @@ def banded_residual(x: Tensor, fn: Callable[[Tensor], Tensor], halo: int = 0, pi
     return out
 
 
+class _Layout(torch.autograd.Function):
+    """``x`` copied to memory layout ``fmt``; its gradient copied to ``grad_fmt`` (the layout of the side the
+    gradient goes back to)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fmt: torch.memory_format, grad_fmt: torch.memory_format) -> Tensor:
+        ctx.grad_fmt = grad_fmt
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.contiguous(memory_format=ctx.grad_fmt), None, None
+
+
 def channels_last_call(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``fn`` on a channels-last (NHWC) copy of ``x``, its result made contiguous again.
 
     oneDNN's convolutions are faster on NHWC memory and graph layers read nodes as rows of
     channels; the values are those of NCHW memory up to float rounding (the same products
-    summed in another order).
+    summed in another order). Under autograd the gradients cross the two conversions the
+    other way, so ``fn``'s backward also runs on channels-last gradients: elementwise backward
+    steps that mix a channels-last activation with an NCHW gradient run many times slower.
     """
-    return fn(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    if not (torch.is_grad_enabled() and x.dim() == 4):
+        return fn(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    nhwc, nchw = torch.channels_last, torch.contiguous_format
+    return _Layout.apply(fn(_Layout.apply(x, nhwc, nchw)), nchw, nhwc)
 
 
 def conv_radius(module: torch.nn.Module) -> int:

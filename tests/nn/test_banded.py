@@ -220,3 +220,25 @@ def test_banded_stage_keeps_the_callers_autograd_mode(mode):
         out = banded_stage([x], fn, max_rows=4)
     assert not out.requires_grad and len(seen) == 4
     assert all(s == (False, mode == "inference_mode") for s in seen)
+
+
+def test_channels_last_call_keeps_gradients_in_each_sides_layout():
+    """fn runs on channels-last memory and so does its backward; the caller's tensors stay NCHW both ways."""
+    seen = {}
+
+    def fn(t):
+        seen["input"] = t.is_contiguous(memory_format=torch.channels_last)
+        y = t * 2 + 1
+        if y.requires_grad:
+            y.register_hook(lambda g: seen.__setitem__("grad", g.is_contiguous(memory_format=torch.channels_last)))
+        return y
+
+    x = torch.randn(2, 5, 4, 3, requires_grad=True)
+    y = banded.channels_last_call(fn, x)
+    assert seen["input"] and y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, x * 2 + 1, rtol=0, atol=0)
+    (y * torch.arange(3.0)).sum().backward()  # an NCHW gradient comes back
+    assert seen["grad"] and x.grad.is_contiguous()
+    torch.testing.assert_close(x.grad, (2 * torch.arange(3.0)).expand(2, 5, 4, 3), rtol=0, atol=0)
+    with torch.no_grad():
+        assert banded.channels_last_call(fn, x).is_contiguous()
