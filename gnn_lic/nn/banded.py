@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "image_rows", "conv_radius", "channels_last_call"]
+           "image_rows", "conv_radius", "channels_last_call", "dense"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -107,14 +107,23 @@ def banded_residual(x: Tensor, fn: Callable[[Tensor], Tensor], halo: int = 0, pi
     return out
 
 
+def dense(x: Tensor, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """``x`` in memory layout ``fmt`` with the strides an empty tensor of that layout has: ``x`` itself if it has
+    them, else a copy. ``Tensor.contiguous`` keeps any stride of a size-1 dimension (an image read as
+    ``HWC`` and permuted has a batch stride of 3), and oneDNN then takes a slow path."""
+    if x.stride() == torch.empty(x.shape, memory_format=fmt, device="meta").stride():
+        return x
+    return x.clone(memory_format=fmt)
+
+
 class _Layout(torch.autograd.Function):
-    """``x`` copied to memory layout ``fmt``; its gradient copied to ``grad_fmt`` (the layout of the side the
-    gradient goes back to)."""
+    """``x`` copied to memory layout ``fmt`` (:func:`dense`); its gradient copied to ``grad_fmt`` (the layout of
+    the side the gradient goes back to)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fmt: torch.memory_format, grad_fmt: torch.memory_format) -> Tensor:
         ctx.grad_fmt = grad_fmt
-        return x.contiguous(memory_format=fmt)
+        return dense(x, fmt)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -130,9 +139,11 @@ def channels_last_call(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     other way, so ``fn``'s backward also runs on channels-last gradients: elementwise backward
     steps that mix a channels-last activation with an NCHW gradient run many times slower.
     """
-    if not (torch.is_grad_enabled() and x.dim() == 4):
-        return fn(x.contiguous(memory_format=torch.channels_last)).contiguous()
     nhwc, nchw = torch.channels_last, torch.contiguous_format
+    if x.dim() != 4:
+        return fn(x.contiguous(memory_format=nhwc)).contiguous()
+    if not torch.is_grad_enabled():
+        return dense(fn(dense(x, nhwc)), nchw)
     return _Layout.apply(fn(_Layout.apply(x, nhwc, nchw)), nchw, nhwc)
 
 

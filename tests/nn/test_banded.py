@@ -242,3 +242,22 @@ def test_channels_last_call_keeps_gradients_in_each_sides_layout():
     torch.testing.assert_close(x.grad, (2 * torch.arange(3.0)).expand(2, 5, 4, 3), rtol=0, atol=0)
     with torch.no_grad():
         assert banded.channels_last_call(fn, x).is_contiguous()
+
+
+def test_dense_gives_the_strides_of_a_new_tensor():
+    """An image read as HWC and permuted is 'channels-last contiguous' with a batch stride of 3: dense() and
+    channels_last_call give fn the strides of a fresh channels-last tensor (oneDNN is slow on the others)."""
+    img = torch.rand(6, 5, 3).permute(2, 0, 1)[None]  # as image_to_tensor makes it
+    assert img.is_contiguous(memory_format=torch.channels_last) and img.stride()[0] == 3
+    want = torch.empty(1, 3, 6, 5, memory_format=torch.channels_last).stride()
+    got = banded.dense(img, torch.channels_last)
+    assert got.stride() == want and torch.equal(got, img)
+    y = torch.rand(2, 3, 4, 5)
+    assert banded.dense(y) is y and banded.dense(y, torch.channels_last).stride() == (60, 1, 15, 3)
+    strides = []
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = banded.channels_last_call(lambda t: strides.append(t.stride()) or t + 1, img)
+        torch.testing.assert_close(out, img + 1, rtol=0, atol=0)
+        assert out.stride() == (90, 30, 5, 1)
+    assert strides == [want, want]
