@@ -120,9 +120,10 @@ def load_images(folder: Union[None, str, os.PathLike] = None, split: str = "test
 
 
 def image_to_tensor(image: np.ndarray, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
-    """``HxWx3`` uint8 -> float ``(1, 3, H, W)`` in ``[0, 1]`` (the model input of an image)."""
+    """``HxWx3`` uint8 -> float ``(1, 3, H, W)`` in ``[0, 1]`` (the model input of an image), contiguous
+    (NCHW, as torchvision's ``ToTensor`` gives it)."""
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 image, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.array(arr, copy=True, order="C")).permute(2, 0, 1)[None]
+    t = torch.from_numpy(np.array(arr.transpose(2, 0, 1), copy=True, order="C"))[None]
     return t.to(device).float().div(255.0)

@@ -112,3 +112,11 @@ def test_bitstream_mode_with_gnn_lic_codec(image64):
         est = evaluate_model(net, [("crop", image64)], entropy_estimation=True)
     assert row["bpp"] > est["bpp"]
     assert row["psnr-rgb"] == pytest.approx(est["psnr-rgb"], abs=0.5)
+
+
+def test_image_to_tensor_is_contiguous_nchw():
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    t = image_to_tensor(image)
+    assert t.shape == (1, 3, 5, 7) and t.dtype == torch.float32 and t.is_contiguous()
+    assert t.stride() == (105, 35, 7, 1)
+    torch.testing.assert_close(t[0].permute(1, 2, 0), torch.from_numpy(image).float() / 255, rtol=0, atol=0)

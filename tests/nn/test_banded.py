@@ -247,7 +247,7 @@ def test_channels_last_call_keeps_gradients_in_each_sides_layout():
 def test_dense_gives_the_strides_of_a_new_tensor():
     """An image read as HWC and permuted is 'channels-last contiguous' with a batch stride of 3: dense() and
     channels_last_call give fn the strides of a fresh channels-last tensor (oneDNN is slow on the others)."""
-    img = torch.rand(6, 5, 3).permute(2, 0, 1)[None]  # as image_to_tensor makes it
+    img = torch.rand(6, 5, 3).permute(2, 0, 1)[None]  # an HWC image permuted
     assert img.is_contiguous(memory_format=torch.channels_last) and img.stride()[0] == 3
     want = torch.empty(1, 3, 6, 5, memory_format=torch.channels_last).stride()
     got = banded.dense(img, torch.channels_last)
