@@ -29,6 +29,11 @@ from torch import Tensor, nn
 __all__ = ["HaarDWT", "HaarIDWT", "OLP", "WLS", "iWLS", "haar_dwt", "haar_idwt", "haar_kernels", "ortho_loss"]
 
 
+def _check_even(x: Tensor) -> None:
+    if x.shape[-2] % 2 or x.shape[-1] % 2:
+        raise ValueError(f"haar_dwt needs an even height and width, got {tuple(x.shape[-2:])}")
+
+
 def haar_dwt(x: Tensor) -> Tensor:
     """One-level orthonormal 2-D Haar DWT, ``(B, C, H, W) -> (B, 4C, H/2, W/2)``.
 
@@ -37,8 +42,7 @@ def haar_dwt(x: Tensor) -> Tensor:
     ``LL = (a+b+c+d)/2``, ``LH = (a+b-c-d)/2`` (high-pass along the height),
     ``HL = (a-b+c-d)/2`` (high-pass along the width), ``HH = (a-b-c+d)/2``.
     """
-    if x.shape[-2] % 2 or x.shape[-1] % 2:
-        raise ValueError(f"haar_dwt needs an even height and width, got {tuple(x.shape[-2:])}")
+    _check_even(x)
     a = x[..., 0::2, 0::2]
     b = x[..., 0::2, 1::2]
     c = x[..., 1::2, 0::2]
@@ -138,7 +142,6 @@ class WLS(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.dwt = HaarDWT()
         self.log_scale = nn.Parameter(_subband_scale_init(in_ch))
         self.proj = OLP(4 * in_ch, out_ch)
 
@@ -149,8 +152,7 @@ class WLS(nn.Module):
         return torch.einsum("obc,bpq->ocpq", w, haar_kernels(w.dtype, w.device))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2] % 2 or x.shape[-1] % 2:
-            raise ValueError(f"haar_dwt needs an even height and width, got {tuple(x.shape[-2:])}")
+        _check_even(x)
         return F.conv2d(x, self.block_weight(), self.proj.linear.bias, stride=2)
 
 
@@ -165,7 +167,6 @@ class iWLS(nn.Module):  # noqa: N801 - the paper's name
         super().__init__()
         self.proj = OLP(in_ch, 4 * out_ch)
         self.log_scale = nn.Parameter(_subband_scale_init(out_ch))
-        self.idwt = HaarIDWT()
 
     def block_weight(self) -> Tensor:
         """``(4 out, in, 1, 1)`` weight and ``(4 out,)`` bias of the 1x1 convolution, channels ``(c, p, q)``."""

@@ -140,8 +140,6 @@ def channels_last_call(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     steps that mix a channels-last activation with an NCHW gradient run many times slower.
     """
     nhwc, nchw = torch.channels_last, torch.contiguous_format
-    if x.dim() != 4:
-        return fn(x.contiguous(memory_format=nhwc)).contiguous()
     if not torch.is_grad_enabled():
         return dense(fn(dense(x, nhwc)), nchw)
     return _Layout.apply(fn(_Layout.apply(x, nhwc, nchw)), nchw, nhwc)

@@ -48,13 +48,6 @@ class GELU(nn.GELU):
         return gelu(x)
 
 
-def _dense(t: Tensor, like: Tensor) -> Tensor:
-    """``t`` as a dense map in the memory layout of ``like`` (channels-last or contiguous): a copy if it is not."""
-    fmt = torch.channels_last if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
-    return t.contiguous(memory_format=fmt)
-
-
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of every pixel of a ``(B, C, H, W)`` map."""
 
@@ -96,7 +89,8 @@ class GatedFFN(nn.Module):
         a, b = (h if self.dwconv is None else self.dwconv(h)).chunk(2, dim=1)
         # the halves of ``h`` are strided views, on which GELU and oneDNN's 1x1 convolution run slowly: the
         # gate is computed on a dense copy of ``a`` in the layout of ``x``
-        a = _dense(a, x)
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        a = a.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         if torch.is_grad_enabled():
             return self.proj_out(gelu(a) * b)
         # no autograd: the gate in place in that copy, the same numbers
