@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from gnn_lic.graph import _rowkernels
+
 __all__ = ["CSRGraph", "crow_from_degree"]
 
 
@@ -114,6 +116,14 @@ class CSRGraph:
             perm_t = torch.argsort(self.col, stable=True)
             self._transpose = (_crow(self.col[perm_t], self.num_cols), self.row[perm_t].contiguous(), perm_t)
         return self._transpose
+
+    def transposed_values(self, values: Tensor) -> Tensor:
+        """Edge values ``(H, E)`` in this graph's CSR order, reordered to the edges of :attr:`transpose`:
+        ``values[:, perm_t]`` (on a CPU by a compiled gather, the same values)."""
+        perm_t = self.transpose[2]
+        if _rowkernels.enabled(values) and values.dim() == 2:
+            return _rowkernels.take_columns(values, perm_t)
+        return values.index_select(1, perm_t)
 
     def relabelled(self) -> Tuple[Tensor, Tensor, "CSRGraph"]:
         """``(order, inverse, graph)``: this graph with node ``p`` standing for node ``order[p]``.

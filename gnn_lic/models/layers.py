@@ -15,6 +15,7 @@ from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
+from gnn_lic.nn.depthwise import DepthwiseConv2d
 
 __all__ = [
     "conv1x1",
@@ -102,7 +103,7 @@ class DepthwiseConvBlock(nn.Module):
         self.body = nn.Sequential(
             conv1x1(in_ch, in_ch),
             nn.LeakyReLU(0.01),
-            nn.Conv2d(in_ch, in_ch, kernel_size, padding=kernel_size // 2, groups=in_ch),
+            DepthwiseConv2d(in_ch, kernel_size),
             conv1x1(in_ch, out_ch),
         )
         self.skip = nn.Identity() if in_ch == out_ch else conv1x1(in_ch, out_ch)

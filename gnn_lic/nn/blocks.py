@@ -86,15 +86,54 @@ class GatedFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
-        a, b = (h if self.dwconv is None else self.dwconv(h)).chunk(2, dim=1)
-        # the halves of ``h`` are strided views, on which GELU and oneDNN's 1x1 convolution run slowly: the
-        # gate is computed on a dense copy of ``a`` in the layout of ``x``
-        cl = x.is_contiguous(memory_format=torch.channels_last)
-        a = a.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        if self.dwconv is not None:
+            h = self.dwconv(h)
         if torch.is_grad_enabled():
-            return self.proj_out(gelu(a) * b)
-        # no autograd: the gate in place in that copy, the same numbers
+            return self.proj_out(_GeluGate.apply(h))
+        # no autograd: the gate in place in a dense copy of ``a`` (the halves of ``h`` are strided views, on
+        # which GELU and oneDNN's 1x1 convolution run slowly), the same numbers as :class:`_GeluGate`
+        a, b = h.chunk(2, dim=1)
+        a = a.contiguous(memory_format=_layout(h))
         return self.proj_out(gelu(a, inplace=True).mul_(b))
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _channels_last_view(x: Tensor) -> Tensor:
+    """``x`` with its channels as the last dimension (a view: NHWC of a channels-last map)."""
+    return x.permute(0, 2, 3, 1) if _layout(x) == torch.channels_last else x.movedim(1, -1)
+
+
+class _GeluGate(torch.autograd.Function):
+    r"""The gate :math:`\mathrm{GELU}(a) \odot b` of ``h = [a | b]`` (split over channels) under autograd.
+
+    Forward as :class:`GatedFFN` computes it without autograd (GELU of a dense copy of ``a``, times ``b``).
+    The backward writes both halves' gradients,
+    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)` and :math:`\partial b = g \odot \mathrm{GELU}(a)`,
+    into one map in the layout of ``h``, instead of two maps and their concatenation."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:
+        fmt = _layout(h)
+        a, b = h.chunk(2, dim=1)
+        gelu_a = gelu(a.contiguous(memory_format=fmt))
+        ctx.save_for_backward(h, gelu_a)
+        return gelu_a * b
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, gelu_a = ctx.saved_tensors
+        hv = _channels_last_view(h)
+        half = hv.shape[-1] // 2
+        out = torch.empty_like(h)
+        ov = _channels_last_view(out)
+        g = _channels_last_view(grad.contiguous(memory_format=_layout(h)))
+        torch.mul(g, _channels_last_view(gelu_a), out=ov[..., half:])
+        torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
+        return out
 
 
 def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:

@@ -90,8 +90,8 @@ class _SDDMM(Function):
         if ctx.needs_input_grad[1]:
             gq = _spmm(graph.crow, graph.col, grad, k)
         if ctx.needs_input_grad[2]:
-            crow_t, col_t, perm_t = graph.transpose
-            gk = _spmm(crow_t, col_t, grad[:, perm_t], q)
+            crow_t, col_t, _ = graph.transpose
+            gk = _spmm(crow_t, col_t, graph.transposed_values(grad), q)
         return None, gq, gk
 
 
@@ -111,8 +111,8 @@ class _SpMM(Function):
         if ctx.needs_input_grad[1]:
             gw = _sddmm(graph, grad, v)
         if ctx.needs_input_grad[2]:
-            crow_t, col_t, perm_t = graph.transpose
-            gv = _spmm(crow_t, col_t, w[:, perm_t], grad)
+            crow_t, col_t, _ = graph.transpose
+            gv = _spmm(crow_t, col_t, graph.transposed_values(w), grad)
         return None, gw, gv
 
 

@@ -237,3 +237,23 @@ def test_compiled_graphs_match_torch_graphs():
         assert torch.equal(got[0][name].edge_index, want[0][name].edge_index)
         torch.testing.assert_close(got[1][name].threshold, want[1][name].threshold, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got[1][name].scores, want[1][name].scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposed_values_gather_exactly(dtype):
+    g = torch.Generator().manual_seed(3)
+    n, E = 37, 70_000  # more edges than one chunk of the parallel loop
+    dst = torch.randint(0, n, (E,), generator=g)
+    src = torch.randint(0, n, (E,), generator=g)
+    graph = CSRGraph.from_edge_index(torch.stack([src, dst]), num_nodes=n)
+    values = torch.randn(3, E, generator=g, dtype=dtype)
+    expected = values[:, graph.transpose[2]]
+    compiled_out = graph.transposed_values(values)
+    assert compiled_out.dtype == dtype and torch.equal(compiled_out, expected)
+    previous = _rowkernels.set_enabled(False)
+    try:
+        assert torch.equal(graph.transposed_values(values), expected)
+    finally:
+        _rowkernels.set_enabled(previous)
+    # the transposed order lists the edges by source: each source's edge values together, in row order
+    assert torch.equal(graph.col[graph.transpose[2]], torch.sort(graph.col, stable=True).values)

@@ -48,6 +48,27 @@ def test_gated_dw_feed_forward_shape_and_formula():
     torch.testing.assert_close(out, F.conv2d(F.gelu(a) * b, ffn.proj_out.weight))
 
 
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_gated_feed_forward_gradients_are_the_formulas(fmt, depthwise):
+    """The gate's own backward (both halves written into one map) against autograd through the formula."""
+    torch.manual_seed(1)
+    ffn = GatedFFN(6, expansion=2, depthwise=depthwise).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.double).contiguous(memory_format=fmt).requires_grad_(True)
+    g = torch.randn(2, 6, 5, 7, dtype=torch.double)
+    ffn(x).backward(g)
+    got = [x.grad.clone()] + [p.grad.clone() for p in ffn.parameters()]
+    x.grad = None
+    ffn.zero_grad()
+    h = ffn.proj_in(x) if ffn.dwconv is None else ffn.dwconv(ffn.proj_in(x))
+    a, b = h.chunk(2, dim=1)
+    ffn.proj_out(F.gelu(a) * b).backward(g)
+    for have, want in zip(got, [x.grad] + [p.grad for p in ffn.parameters()]):
+        torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(blocks._GeluGate.apply, (torch.randn(1, 4, 3, 2, dtype=torch.double,
+                                                                         requires_grad=True),))
+
+
 def _graph(x):
     return blocks.build_graphs(x, {"g": LocalWindow(3)}, TopK(4))["g"]
 
