@@ -42,7 +42,7 @@ from torch import Tensor
 from gnn_lic import compiled
 
 __all__ = ["enabled", "set_enabled", "bisect_rows", "top_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
-           "local_window_similarity", "take_columns"]
+           "local_window_similarity", "take_columns", "stable_key_order"]
 
 
 def set_enabled(flag: bool) -> bool:
@@ -230,6 +230,17 @@ def _take_columns_kernel(src, index, out):  # pragma: no cover - compiled
                 out[h, e] = src[h, index[e]]
 
 
+@_jit
+def _counting_order_kernel(keys, count, out):  # pragma: no cover - compiled
+    for e in range(keys.shape[0]):
+        count[keys[e] + 1] += 1
+    for k in range(count.shape[0] - 1):
+        count[k + 1] += count[k]
+    for e in range(keys.shape[0]):
+        out[count[keys[e]]] = e
+        count[keys[e]] += 1
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -330,6 +341,17 @@ def take_columns(src: Tensor, index: Tensor) -> Tensor:
     if out.numel():
         compiled.use_torch_threads()
         _take_columns_kernel(_np(src), _np(index), out.numpy())
+    return out
+
+
+def stable_key_order(keys: Tensor, num_keys: int) -> Tensor:
+    """``torch.argsort(keys, stable=True)`` of integer keys in ``[0, num_keys)``, by a counting sort
+    (one pass to count, one to place: the same permutation)."""
+    out = torch.empty(keys.numel(), dtype=torch.long)
+    if keys.numel():
+        if int(keys.min()) < 0 or int(keys.max()) >= num_keys:
+            raise ValueError(f"keys must lie in [0, {num_keys})")
+        _counting_order_kernel(_np(keys.long()), np.zeros(num_keys + 1, np.int64), out.numpy())
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from gnn_lic import compiled
 from gnn_lic.graph import _rowkernels
 
 __all__ = ["CSRGraph", "crow_from_degree"]
@@ -113,7 +114,10 @@ class CSRGraph:
         """``(crow_t, col_t, perm_t)``: CSR of the reversed graph (rows = sources);
         ``perm_t`` maps its edges to positions in this graph's edge order."""
         if self._transpose is None:
-            perm_t = torch.argsort(self.col, stable=True)
+            if self.col.device.type == "cpu" and compiled.enabled():
+                perm_t = _rowkernels.stable_key_order(self.col, self.num_cols)
+            else:
+                perm_t = torch.argsort(self.col, stable=True)
             self._transpose = (_crow(self.col[perm_t], self.num_cols), self.row[perm_t].contiguous(), perm_t)
         return self._transpose
 

@@ -39,6 +39,22 @@ def as_csr(edge_index: Union[Tensor, CSRGraph], num_nodes: int) -> CSRGraph:
     return CSRGraph.from_edge_index(edge_index, num_nodes)
 
 
+class _RowPermutation(torch.autograd.Function):
+    """``t.index_select(0, index)`` for a permutation ``index`` whose inverse is ``inverse``; its gradient is
+    the inverse gather (``index_select``'s own backward scatters with ``index_add``, slower on these
+    head-strided tensors). The same numbers either way: a permutation adds nothing up."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return t.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 class SparseAttentionConv(MessagePassing):
     r"""Softmax attention over in-neighbours, with two interchangeable paths.
 
@@ -86,8 +102,8 @@ class SparseAttentionConv(MessagePassing):
             # run in the graph's cache-friendly node order; the same sums, bit for bit
             # (not when the rows run in chunks: the relabelled copies would be whole maps)
             order, inverse, graph = graph.relabelled()
-            q, k, v = (t.index_select(0, order) for t in (q, k, v))
-            return self._attend_sparse(graph, q, k, v, logit_bound, edge_bias).index_select(0, inverse)
+            q, k, v = (_RowPermutation.apply(t, order, inverse) for t in (q, k, v))
+            return _RowPermutation.apply(self._attend_sparse(graph, q, k, v, logit_bound, edge_bias), inverse, order)
         return self._attend_sparse(graph, q, k, v, logit_bound, edge_bias)
 
     def _attend_sparse(self, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor],

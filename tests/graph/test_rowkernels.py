@@ -257,3 +257,22 @@ def test_transposed_values_gather_exactly(dtype):
         _rowkernels.set_enabled(previous)
     # the transposed order lists the edges by source: each source's edge values together, in row order
     assert torch.equal(graph.col[graph.transpose[2]], torch.sort(graph.col, stable=True).values)
+
+
+def test_stable_key_order_is_a_stable_argsort():
+    g = torch.Generator().manual_seed(5)
+    for n, E in [(7, 0), (7, 1), (300, 20_000), (1, 50)]:
+        keys = torch.randint(0, n, (E,), generator=g)
+        assert torch.equal(_rowkernels.stable_key_order(keys, n), torch.argsort(keys, stable=True))
+    with pytest.raises(ValueError, match="keys"):
+        _rowkernels.stable_key_order(torch.tensor([0, 3]), 3)
+    # the graph's transpose uses it, and equals the sorted order on both paths
+    graph = CSRGraph.from_edge_index(torch.randint(0, 40, (2, 900), generator=g), num_nodes=40)
+    compiled_t = graph.transpose
+    previous = _rowkernels.set_enabled(False)
+    try:
+        graph._transpose = None
+        torch_t = graph.transpose
+    finally:
+        _rowkernels.set_enabled(previous)
+    assert all(torch.equal(a, b) for a, b in zip(compiled_t, torch_t))

@@ -279,6 +279,22 @@ def test_graph_node_order_changes_nothing(kind):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_row_permutation_gradient_is_the_inverse_gather():
+    from gnn_lic.nn.attention_base import _RowPermutation
+
+    gen = torch.Generator().manual_seed(4)
+    order = torch.randperm(11, generator=gen)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(11)
+    t = torch.randn(3, 11, 2, generator=gen).transpose(0, 1).requires_grad_()  # strided, as the heads are
+    g = torch.randn(11, 3, 2, generator=gen)
+    out = _RowPermutation.apply(t, order, inverse)
+    out.backward(g)
+    ref = t.detach().clone().requires_grad_()
+    ref.index_select(0, order).backward(g)
+    assert torch.equal(out, t.index_select(0, order)) and torch.equal(t.grad, ref.grad)
+
+
 def test_aggregation_float32_rows_far_below_the_temperature():
     """tau = 100 and cos = -1 on every edge of a row: exp(-2 tau) underflows in float32;
     the output must still be the (uniform) softmax average of phi(z_j)."""
