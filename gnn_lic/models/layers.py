@@ -15,7 +15,7 @@ from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
-from gnn_lic.nn.depthwise import DepthwiseConv2d
+from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 
 __all__ = [
     "conv1x1",
@@ -32,8 +32,8 @@ __all__ = [
 
 
 def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
-    """1x1 convolution."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1)
+    """1x1 convolution (:class:`~gnn_lic.nn.PointwiseConv2d`: ``nn.Conv2d``'s parameters and function)."""
+    return PointwiseConv2d(in_ch, out_ch)
 
 
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):

@@ -24,6 +24,7 @@ from gnn_lic.graph import (
     build_graphs,
 )
 from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
+from gnn_lic.nn.convs import PointwiseConv2d
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 
@@ -80,9 +81,9 @@ class GatedFFN(nn.Module):
     def __init__(self, channels: int, expansion: float = 4.0, depthwise: bool = False):
         super().__init__()
         hidden = int(channels * expansion)
-        self.proj_in = nn.Conv2d(channels, 2 * hidden, 1, bias=False)
+        self.proj_in = PointwiseConv2d(channels, 2 * hidden, bias=False)
         self.dwconv = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, bias=False) if depthwise else None
-        self.proj_out = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.proj_out = PointwiseConv2d(hidden, channels, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)

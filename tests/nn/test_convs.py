@@ -6,7 +6,7 @@ from torch import nn
 
 from gnn_lic import compiled
 from gnn_lic.nn import DepthwiseConv2d
-from gnn_lic.nn.depthwise import MAX_ACCUMULATORS, _DepthwiseConv, depthwise_weight_grad
+from gnn_lic.nn.convs import MAX_ACCUMULATORS, _DepthwiseConv, depthwise_weight_grad
 
 
 def brute_weight_grad(x, g, k):
@@ -92,3 +92,35 @@ def test_falls_back_where_the_loop_does_not_apply():
     assert not big._compiled_backward(cl(torch.randn(1, big.in_channels, 4, 4)))
     with pytest.raises(ValueError, match="odd"):
         DepthwiseConv2d(4, 4)
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_gradients_are_conv2d_gradients(bias, fmt):
+    from gnn_lic.nn import PointwiseConv2d
+
+    torch.manual_seed(2)
+    m = PointwiseConv2d(6, 10, bias=bias).double()
+    ref = nn.Conv2d(6, 10, 1, bias=bias).double()
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+    assert m._gemm_backward(x)
+    g = torch.randn(2, 10, 5, 7, dtype=torch.float64)
+    y = m(x)
+    assert torch.equal(y, ref(x))
+    y.backward(g)
+    got = [x.grad.clone()] + [p.grad for p in m.parameters()]
+    x.grad = None
+    ref(x).backward(g)
+    for a, b in zip(got, [x.grad] + [p.grad for p in ref.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    from gnn_lic.nn.convs import MAX_GEMM_PIXELS, _PointwiseConv
+    assert torch.autograd.gradcheck(_PointwiseConv.apply, (x.detach()[:1, :, :2, :3].requires_grad_(True),
+                                                           m.weight.detach().clone().requires_grad_(True),
+                                                           None if m.bias is None else
+                                                           m.bias.detach().clone().requires_grad_(True)))
+    # larger maps and no autograd keep nn.Conv2d's own path
+    assert not m._gemm_backward(cl(torch.randn(1, 6, MAX_GEMM_PIXELS + 1, 1, dtype=torch.float64)))
+    with torch.no_grad():
+        assert not m._gemm_backward(x)
