@@ -35,14 +35,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from numba import prange
 import torch
 from torch import Tensor
 
 from gnn_lic import compiled
 
 __all__ = ["enabled", "set_enabled", "bisect_rows", "top_rows", "fill_columns", "fill_rows", "rms_gradient", "unit_features",
-           "local_window_similarity", "take_columns", "stable_key_order"]
+           "local_window_similarity"]
 
 
 def set_enabled(flag: bool) -> bool:
@@ -220,27 +219,6 @@ def _top_rows_kernel(sim, k, first, keep):  # pragma: no cover - compiled
             keep[r, idx[t]] = True
 
 
-@_jit(parallel=True)
-def _take_columns_kernel(src, index, out):  # pragma: no cover - compiled
-    H, E = out.shape
-    step = 1 << 14
-    for c in prange((E + step - 1) // step):
-        for h in range(H):
-            for e in range(c * step, min(E, (c + 1) * step)):
-                out[h, e] = src[h, index[e]]
-
-
-@_jit
-def _counting_order_kernel(keys, count, out):  # pragma: no cover - compiled
-    for e in range(keys.shape[0]):
-        count[keys[e] + 1] += 1
-    for k in range(count.shape[0] - 1):
-        count[k + 1] += count[k]
-    for e in range(keys.shape[0]):
-        out[count[keys[e]]] = e
-        count[keys[e]] += 1
-
-
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -332,27 +310,6 @@ def fill_rows(sim: Tensor, theta: Tensor, key: Tensor, cand: Optional[Tensor], r
     Q = rows.shape[0] // key.shape[0]  # rows per block
     _fill_rows_kernel(_np(sim), _np(theta), _np(key), cand_np, has_cand, _np(rows), int(r0), Q, N, _np(crow),
                       col.numpy())
-
-
-def take_columns(src: Tensor, index: Tensor) -> Tensor:
-    """``src[:, index]`` of a 2-D CPU tensor, by columns in parallel (a copy: the same values); ``index``
-    (int64) must lie in ``[0, src.shape[1])``, which is not checked."""
-    out = src.new_empty(src.shape[0], index.numel())
-    if out.numel():
-        compiled.use_torch_threads()
-        _take_columns_kernel(_np(src), _np(index), out.numpy())
-    return out
-
-
-def stable_key_order(keys: Tensor, num_keys: int) -> Tensor:
-    """``torch.argsort(keys, stable=True)`` of integer keys in ``[0, num_keys)``, by a counting sort
-    (one pass to count, one to place: the same permutation)."""
-    out = torch.empty(keys.numel(), dtype=torch.long)
-    if keys.numel():
-        if int(keys.min()) < 0 or int(keys.max()) >= num_keys:
-            raise ValueError(f"keys must lie in [0, {num_keys})")
-        _counting_order_kernel(_np(keys.long()), np.zeros(num_keys + 1, np.int64), out.numpy())
-    return out
 
 
 def rms_gradient(x: Tensor) -> Tensor:

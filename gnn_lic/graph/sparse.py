@@ -4,19 +4,70 @@ Message passing in gnn_lic runs as sparse-matrix products over this structure
 (see :mod:`gnn_lic.nn.functional`). A graph is converted once and shared by all
 the layers (and heads) that use it; the transpose needed by the backward pass
 is built lazily, once.
+
+On a CPU (compiled loops on, :mod:`gnn_lic.compiled`) the transpose's edge order comes
+from a counting sort and edge values are reordered to it by a parallel gather: the same
+permutation and values as a stable ``argsort`` and ``values[:, perm]``.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
+from numba import prange
 from torch import Tensor
 
 from gnn_lic import compiled
-from gnn_lic.graph import _rowkernels
 
-__all__ = ["CSRGraph", "crow_from_degree"]
+__all__ = ["CSRGraph", "crow_from_degree", "stable_key_order", "take_columns"]
+
+
+@compiled.jit
+def _counting_order_kernel(keys, count, out):  # pragma: no cover - compiled
+    for e in range(keys.shape[0]):
+        count[keys[e] + 1] += 1
+    for k in range(count.shape[0] - 1):
+        count[k + 1] += count[k]
+    for e in range(keys.shape[0]):
+        out[count[keys[e]]] = e
+        count[keys[e]] += 1
+
+
+@compiled.jit(parallel=True)
+def _take_columns_kernel(src, index, out):  # pragma: no cover - compiled
+    H, E = out.shape
+    step = 1 << 14
+    for c in prange((E + step - 1) // step):
+        for h in range(H):
+            for e in range(c * step, min(E, (c + 1) * step)):
+                out[h, e] = src[h, index[e]]
+
+
+def stable_key_order(keys: Tensor, num_keys: int) -> Tensor:
+    """``torch.argsort(keys, stable=True)`` of CPU integer keys in ``[0, num_keys)``, by a counting sort
+    (one pass to count, one to place: the same permutation)."""
+    out = torch.empty(keys.numel(), dtype=torch.long)
+    if keys.numel():
+        if int(keys.min()) < 0 or int(keys.max()) >= num_keys:
+            raise ValueError(f"keys must lie in [0, {num_keys})")
+        _counting_order_kernel(keys.long().contiguous().numpy(), np.zeros(num_keys + 1, np.int64), out.numpy())
+    return out
+
+
+def take_columns(src: Tensor, index: Tensor) -> Tensor:
+    """``src[:, index]`` of a 2-D CPU float tensor, by columns in parallel (a copy: the same values);
+    ``index`` (int64) must lie in ``[0, src.shape[1])``, which is not checked."""
+    out = src.new_empty(src.shape[0], index.numel())
+    if out.numel():
+        compiled.use_torch_threads()
+        _take_columns_kernel(src.detach().contiguous().numpy(), index.contiguous().numpy(), out.numpy())
+    return out
+
+
+def _compiled(t: Tensor) -> bool:
+    return compiled.enabled() and t.device.type == "cpu"
 
 
 def crow_from_degree(degree: Tensor) -> Tensor:
@@ -114,8 +165,8 @@ class CSRGraph:
         """``(crow_t, col_t, perm_t)``: CSR of the reversed graph (rows = sources);
         ``perm_t`` maps its edges to positions in this graph's edge order."""
         if self._transpose is None:
-            if self.col.device.type == "cpu" and compiled.enabled():
-                perm_t = _rowkernels.stable_key_order(self.col, self.num_cols)
+            if _compiled(self.col):
+                perm_t = stable_key_order(self.col, self.num_cols)
             else:
                 perm_t = torch.argsort(self.col, stable=True)
             self._transpose = (_crow(self.col[perm_t], self.num_cols), self.row[perm_t].contiguous(), perm_t)
@@ -125,8 +176,8 @@ class CSRGraph:
         """Edge values ``(H, E)`` in this graph's CSR order, reordered to the edges of :attr:`transpose`:
         ``values[:, perm_t]`` (on a CPU by a compiled gather, the same values)."""
         perm_t = self.transpose[2]
-        if _rowkernels.enabled(values) and values.dim() == 2:
-            return _rowkernels.take_columns(values, perm_t)
+        if _compiled(values) and values.dtype in (torch.float32, torch.float64) and values.dim() == 2:
+            return take_columns(values, perm_t)
         return values.index_select(1, perm_t)
 
     def relabelled(self) -> Tuple[Tensor, Tensor, "CSRGraph"]:
