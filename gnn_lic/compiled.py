@@ -13,7 +13,7 @@ import os
 import numba
 import torch
 
-__all__ = ["enabled", "set_enabled", "jit", "use_torch_threads"]
+__all__ = ["enabled", "set_enabled", "jit", "parallel"]
 
 _enabled = os.environ.get("GNN_LIC_NUMBA", "1") != "0"
 
@@ -46,6 +46,19 @@ def jit(fn=None, **extra):
         return numba.njit(**options)(fn)
 
 
-def use_torch_threads() -> None:
-    """Give the calling thread's parallel compiled loops as many threads as PyTorch uses."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def parallel(kernel, *args):
+    """Call a parallel compiled loop (``jit(..., parallel=True)``) on as many threads as PyTorch uses, and
+    leave PyTorch's thread count as it was.
+
+    numba's OpenMP threading layer shares the OpenMP runtime with PyTorch, and its first parallel
+    region resets the runtime's thread count (``torch.get_num_threads()`` went from 1 to 2 on this
+    2-core machine): later convolutions and matrix products would then run on another number of
+    threads, with other float rounding, than the caller chose.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return kernel(*args)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

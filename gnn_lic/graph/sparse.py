@@ -61,8 +61,8 @@ def take_columns(src: Tensor, index: Tensor) -> Tensor:
     ``index`` (int64) must lie in ``[0, src.shape[1])``, which is not checked."""
     out = src.new_empty(src.shape[0], index.numel())
     if out.numel():
-        compiled.use_torch_threads()
-        _take_columns_kernel(src.detach().contiguous().numpy(), index.contiguous().numpy(), out.numpy())
+        compiled.parallel(_take_columns_kernel, src.detach().contiguous().numpy(), index.contiguous().numpy(),
+                          out.numpy())
     return out
 
 

@@ -78,8 +78,7 @@ def depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int) -> Tensor:
     k = int(kernel_size)
     nhwc = [t.permute(0, 2, 3, 1).contiguous().numpy() for t in (x.detach(), grad.detach())]
     partial = np.zeros((_CHUNKS, k * k, C))
-    compiled.use_torch_threads()
-    _weight_grad_kernel(nhwc[0], nhwc[1], k, partial)
+    compiled.parallel(_weight_grad_kernel, nhwc[0], nhwc[1], k, partial)
     return torch.from_numpy(partial.sum(0)).to(x.dtype).t().reshape(C, 1, k, k)
 
 

@@ -90,8 +90,7 @@ def _table_gate_loop(a, b, grid, lim, shift, inv_step, identity_above, scale, bo
 def round_clamp_(x: Tensor, bound: float) -> Tensor:
     """``x.round_().clamp_(-bound, bound)`` (round half to even), in place."""
     if _use_compiled(x) and x.is_contiguous():
-        compiled.use_torch_threads()
-        _round_clamp_loop(x.view(-1).numpy(), float(bound))
+        compiled.parallel(_round_clamp_loop, x.view(-1).numpy(), float(bound))
         return x
     return x.round_().clamp_(-bound, bound)
 
@@ -124,10 +123,9 @@ def table_lookup(x: Tensor, table) -> Tensor:
     if x.numel() == 0:
         return x.clone()
     if _use_compiled(x, table.dense):
-        compiled.use_torch_threads()
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
         flat = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, -1)
-        _table_loop(flat.numpy(), *_grid_args(table), out.view(flat.shape).numpy())
+        compiled.parallel(_table_loop, flat.numpy(), *_grid_args(table), out.view(flat.shape).numpy())
         return out
     return _torch_table(x, table.dense, table.limit, table.identity_above)
 
@@ -136,9 +134,9 @@ def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tenso
     """``round_clamp_(table_lookup(a, table) * b * scale, bound)`` for ``(B, C, L)`` maps ``a`` and ``b``
     (views allowed): one product, one product by ``scale`` (a power of two), one rounding."""
     if a.numel() and _use_compiled(a, b, table.dense):
-        compiled.use_torch_threads()
         out = a.new_empty(a.shape)
-        _table_gate_loop(a.numpy(), b.numpy(), *_grid_args(table), float(scale), float(bound), out.numpy())
+        compiled.parallel(_table_gate_loop, a.numpy(), b.numpy(), *_grid_args(table), float(scale), float(bound),
+                          out.numpy())
         return out
     g = _torch_table(a, table.dense, table.limit, table.identity_above) if a.numel() else a.clone()
     return g.mul_(b).mul_(scale).round_().clamp_(-bound, bound)
@@ -164,11 +162,10 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`)."""
     O, P, L = g.shape
     if _use_compiled(g, dtype=torch.int32):
-        compiled.use_torch_threads()
         out = torch.empty((O, L), dtype=torch.float64)
         b = bias if bias is not None else scale
-        _combine_loop(g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(), b.reshape(-1).numpy(),
-                      bias is not None, float(bound), out.numpy())
+        compiled.parallel(_combine_loop, g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(),
+                          b.reshape(-1).numpy(), bias is not None, float(bound), out.numpy())
         return out
     acc = g[:, -1].to(torch.float64)
     for k in range(P - 2, -1, -1):
@@ -222,9 +219,9 @@ def layer_norm(x: Tensor, var_bits: int, eps: float, weight: Tensor, bias: Tenso
     loop (the same operations per pixel, see there), or ``None`` where the loops do not apply."""
     if not (_use_compiled(x) and x.is_contiguous()):
         return None
-    compiled.use_torch_threads()
     B, C, H, W = x.shape
     out = torch.empty_like(x)
-    _layer_norm_loop(x.view(B, C, H * W).numpy(), C, int(var_bits), 2.0**-32, float(C**3), float(eps),
-                     weight.reshape(-1).numpy(), bias.reshape(-1).numpy(), float(bound), out.view(B, C, H * W).numpy())
+    compiled.parallel(_layer_norm_loop, x.view(B, C, H * W).numpy(), C, int(var_bits), 2.0**-32, float(C**3),
+                      float(eps), weight.reshape(-1).numpy(), bias.reshape(-1).numpy(), float(bound),
+                      out.view(B, C, H * W).numpy())
     return out
