@@ -51,9 +51,8 @@ def parallel(kernel, *args):
     leave PyTorch's thread count as it was.
 
     numba's OpenMP threading layer shares the OpenMP runtime with PyTorch, and its first parallel
-    region resets the runtime's thread count (``torch.get_num_threads()`` went from 1 to 2 on this
-    2-core machine): later convolutions and matrix products would then run on another number of
-    threads, with other float rounding, than the caller chose.
+    region can reset the runtime's thread count to numba's: later convolutions and matrix products
+    would then run on another number of threads, with other float rounding, than the caller chose.
     """
     threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))

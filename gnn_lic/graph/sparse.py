@@ -20,6 +20,7 @@ from numba import prange
 from torch import Tensor
 
 from gnn_lic import compiled
+from gnn_lic.graph import _rowkernels
 
 __all__ = ["CSRGraph", "crow_from_degree", "stable_key_order", "take_columns"]
 
@@ -64,10 +65,6 @@ def take_columns(src: Tensor, index: Tensor) -> Tensor:
         compiled.parallel(_take_columns_kernel, src.detach().contiguous().numpy(), index.contiguous().numpy(),
                           out.numpy())
     return out
-
-
-def _compiled(t: Tensor) -> bool:
-    return compiled.enabled() and t.device.type == "cpu"
 
 
 def crow_from_degree(degree: Tensor) -> Tensor:
@@ -165,7 +162,7 @@ class CSRGraph:
         """``(crow_t, col_t, perm_t)``: CSR of the reversed graph (rows = sources);
         ``perm_t`` maps its edges to positions in this graph's edge order."""
         if self._transpose is None:
-            if _compiled(self.col):
+            if compiled.enabled() and self.col.device.type == "cpu":
                 perm_t = stable_key_order(self.col, self.num_cols)
             else:
                 perm_t = torch.argsort(self.col, stable=True)
@@ -176,7 +173,7 @@ class CSRGraph:
         """Edge values ``(H, E)`` in this graph's CSR order, reordered to the edges of :attr:`transpose`:
         ``values[:, perm_t]`` (on a CPU by a compiled gather, the same values)."""
         perm_t = self.transpose[2]
-        if _compiled(values) and values.dtype in (torch.float32, torch.float64) and values.dim() == 2:
+        if _rowkernels.enabled(values) and values.dim() == 2:
             return take_columns(values, perm_t)
         return values.index_select(1, perm_t)
 

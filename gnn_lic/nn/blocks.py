@@ -32,12 +32,18 @@ __all__ = ["gelu", "GELU", "LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer"
            "window_offset_attr"]
 
 
+def _layout(x: Tensor) -> torch.memory_format:
+    """Channels-last for a 4-D map stored channels-last (and not also contiguous), else contiguous."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def gelu(x: Tensor, inplace: bool = False) -> Tensor:
     """``F.gelu`` (exact erf form). A channels-last map goes through its NHWC view, which is contiguous:
     PyTorch's CPU GELU takes a slow scalar path on channels-last memory (several times slower on inputs
     of magnitude a few units). The same function; the last bit may differ from ``F.gelu`` on that layout.
     ``inplace`` (no autograd) overwrites ``x``."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if _layout(x) == torch.channels_last:
         return gelu(x.permute(0, 2, 3, 1), inplace).permute(0, 3, 1, 2)
     return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
 
@@ -98,16 +104,6 @@ class GatedFFN(nn.Module):
         return self.proj_out(gelu(a, inplace=True).mul_(b))
 
 
-def _layout(x: Tensor) -> torch.memory_format:
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
-
-
-def _channels_last_view(x: Tensor) -> Tensor:
-    """``x`` with its channels as the last dimension (a view: NHWC of a channels-last map)."""
-    return x.permute(0, 2, 3, 1) if _layout(x) == torch.channels_last else x.movedim(1, -1)
-
-
 class _GeluGate(torch.autograd.Function):
     r"""The gate :math:`\mathrm{GELU}(a) \odot b` of ``h = [a | b]`` (split over channels) under autograd.
 
@@ -127,12 +123,13 @@ class _GeluGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         h, gelu_a = ctx.saved_tensors
-        hv = _channels_last_view(h)
+        # channels as the last dimension (views); the halves are then slices of it
+        hv = h.movedim(1, -1)
         half = hv.shape[-1] // 2
         out = torch.empty_like(h)
-        ov = _channels_last_view(out)
-        g = _channels_last_view(grad.contiguous(memory_format=_layout(h)))
-        torch.mul(g, _channels_last_view(gelu_a), out=ov[..., half:])
+        ov = out.movedim(1, -1)
+        g = grad.contiguous(memory_format=_layout(h)).movedim(1, -1)
+        torch.mul(g, gelu_a.movedim(1, -1), out=ov[..., half:])
         torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
         return out
 

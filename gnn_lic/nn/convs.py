@@ -71,10 +71,15 @@ def _weight_grad_kernel(x, g, k, partial):  # pragma: no cover - compiled
                     total[q, c] += acc[q, c]
 
 
+def _rows(t: Tensor) -> Tensor:
+    """``(B * H * W, C)`` pixel rows of a ``(B, C, H, W)`` map (a view of a channels-last one, else a copy)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
 def depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int) -> Tensor:
     """Weight gradient ``(C, 1, k, k)`` of a stride-1 depthwise convolution with padding ``k // 2``,
     from its input ``x`` and output gradient ``grad`` (CPU, ``(B, C, H, W)``, float32 or float64)."""
-    B, C, H, W = x.shape
+    C = x.shape[1]
     k = int(kernel_size)
     nhwc = [t.permute(0, 2, 3, 1).contiguous().numpy() for t in (x.detach(), grad.detach())]
     partial = np.zeros((_CHUNKS, k * k, C))
@@ -100,8 +105,7 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = depthwise_weight_grad(x, grad, k)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad.permute(0, 2, 3, 1).sum((0, 1, 2)) if grad.is_contiguous(
-                memory_format=torch.channels_last) else grad.sum((0, 2, 3))
+            gb = _rows(grad).sum(0)
         return gx, gw, gb
 
 
@@ -132,11 +136,6 @@ class DepthwiseConv2d(nn.Conv2d):
         if self._compiled_backward(x):
             return _DepthwiseConv.apply(x, self.weight, self.bias)
         return super().forward(x)
-
-
-def _rows(t: Tensor) -> Tensor:
-    """``(B * H * W, C)`` pixel rows of a ``(B, C, H, W)`` map (a view of a channels-last one, else a copy)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
 class _PointwiseConv(torch.autograd.Function):
