@@ -32,8 +32,8 @@ from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_d
 from gnn_lic.models.fixed_point import from_act, scale_indexes
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock, channel_ramp, conv3x3, subpel_conv3x3
 
-__all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "checkerboard_context", "SCCTXLatentCodec",
-           "scctx_latent_codec"]
+__all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "CheckerboardContextConv2d", "checkerboard_context",
+           "SCCTXLatentCodec", "scctx_latent_codec"]
 
 #: ELIC's uneven channel groups for M = 320 (the GLIC authors' model keeps them)
 ELIC_GROUPS = (16, 16, 32, 64, 192)
@@ -90,14 +90,28 @@ def glic_hyper_transforms(M: int, hyper_channels: int, side_channels: int, depth
     return h_a, h_s
 
 
-def checkerboard_context(in_ch: int, out_ch: int) -> CheckerboardMaskedConv2d:
+class CheckerboardContextConv2d(CheckerboardMaskedConv2d):
+    """CompressAI's checkerboard-masked convolution, masking its weight in place.
+
+    CompressAI's ``forward`` sets ``weight.data = weight.data * mask``: a new tensor on every
+    call, so anything keyed on the weight's storage (the fixed-point networks' cache,
+    :class:`~gnn_lic.models.entropy.FixedPointHyperpriorCodec`) sees a new weight after every
+    float forward. Multiplying in place gives the same values, output and gradient, in the
+    same storage. Its state dict is CompressAI's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.weight.data.mul_(self.mask)
+        return nn.Conv2d.forward(self, x)
+
+
+def checkerboard_context(in_ch: int, out_ch: int) -> CheckerboardContextConv2d:
     """Checkerboard-masked 5x5 spatial context convolution (ELIC's), with its weight masked from the start.
 
-    CompressAI's masked convolutions multiply their weight by the mask in place on
-    every call; masking once at construction makes that a no-op, so the state dict
+    Masking once at construction makes the masking of every call a no-op, so the state dict
     (and a model fingerprint) does not change on the first forward or compress.
     """
-    conv = CheckerboardMaskedConv2d(in_ch, out_ch, kernel_size=5, stride=1, padding=2)
+    conv = CheckerboardContextConv2d(in_ch, out_ch, kernel_size=5, stride=1, padding=2)
     with torch.no_grad():
         conv.weight.mul_(conv.mask)
     return conv

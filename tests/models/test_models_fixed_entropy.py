@@ -152,6 +152,28 @@ def test_training_forward_is_unchanged_by_the_fixed_path():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["glic", "gabic"])
+def test_converted_networks_survive_a_float_forward_and_follow_weight_changes(name):
+    """The fixed-point networks are converted once per set of weights: a float forward between two
+    compresses (CompressAI's masked convolutions re-mask their weight on every call) keeps them,
+    an optimiser step on an entropy network's weights converts again."""
+    net = make(name)
+    net.update(force=True)
+    net.eval()
+    x = images(1, 64, 64)
+    lc = net.latent_codec
+    with torch.no_grad():
+        net.compress(x)
+        first = lc._fixed_nets(torch.device("cpu"))
+        net(x)
+        with entropy_arithmetic(net, "float"):
+            net.compress(x)
+        assert lc._fixed_nets(torch.device("cpu")) is first
+        for p in lc._fixed_modules()[next(iter(lc._fixed_modules()))].parameters():
+            p.mul_(1.0)  # an in-place update, as an optimiser's: the weights' version changes
+        assert lc._fixed_nets(torch.device("cpu")) is not first
+
+
 def test_unsupported_module_is_refused():
     with pytest.raises(TypeError, match="no fixed-point version"):
         fp.to_fixed(nn.Sigmoid())

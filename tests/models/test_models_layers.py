@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
-from gnn_lic.models.scctx import elic_groups, scctx_latent_codec
+from gnn_lic.models.scctx import CheckerboardContextConv2d, elic_groups, scctx_latent_codec
 from gnn_lic.models.layers import (DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, SubpixelConvTranspose2d,
                                    channel_ramp, ramp_widths)
 from gnn_lic.nn.blocks import GatedFFN
@@ -35,6 +35,22 @@ def test_elic_groups():
     assert sum(elic_groups(96)) == 96 and len(elic_groups(96)) == 5
     with pytest.raises(ValueError):
         elic_groups(3, 5)
+
+
+def test_checkerboard_context_is_compressais_masked_conv_in_place():
+    """Same output, gradient and masked weight as CompressAI's layer, in the same storage on every call."""
+    from compressai.layers import CheckerboardMaskedConv2d  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    ours, theirs = CheckerboardContextConv2d(4, 6, 5, padding=2), CheckerboardMaskedConv2d(4, 6, 5, padding=2)
+    theirs.load_state_dict(ours.state_dict())  # unmasked weights: both must mask them
+    x = torch.randn(2, 4, 8, 9)
+    storage = ours.weight.data_ptr()
+    a, b = ours(x), theirs(x)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    assert torch.equal(a, b) and torch.equal(ours.weight, theirs.weight) and torch.equal(ours.weight.grad, theirs.weight.grad)
+    assert ours.weight.data_ptr() == storage and ours.weight.eq(0).sum() == ours.mask.eq(0).sum()
 
 
 def test_conv_blocks_shapes():
