@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
+from gnn_lic.nn.winograd import WinogradConv2d
 
 __all__ = [
     "conv1x1",
@@ -182,10 +183,11 @@ def channel_ramp(in_ch: int, out_ch: int, *, min_ch: int, make_layer: Callable[[
 
 
 def conv_stack(widths: Sequence[int]) -> nn.Sequential:
-    """Stride-1 3x3 convolutions through ``widths`` with GELUs between them (none after the last)."""
+    """Stride-1 3x3 convolutions through ``widths`` with GELUs between them (none after the last); the
+    convolutions are :class:`~gnn_lic.nn.winograd.WinogradConv2d` (``nn.Conv2d``'s parameters and state dict)."""
     layers: List[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(conv3x3(a, b))
+        layers.append(WinogradConv2d(a, b))
         if i < len(widths) - 2:
             layers.append(nn.GELU())
     return nn.Sequential(*layers)

@@ -36,7 +36,8 @@ from gnn_lic.nn.window_attention import (  # noqa: E402
 )
 
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d  # noqa: E402
+from gnn_lic.nn.winograd import WinogradConv2d  # noqa: E402
 
-__all__ += ["DepthwiseConv2d", "PointwiseConv2d"]
+__all__ += ["DepthwiseConv2d", "PointwiseConv2d", "WinogradConv2d"]
 
 __all__ += ["WindowAttention", "WindowAttentionLayer", "WindowAttentionBlock", "relative_position_index", "window_mask"]
