@@ -34,11 +34,14 @@ from torch import Tensor, nn
 
 from gnn_lic import compiled
 
-__all__ = ["WinogradConv2d", "winograd_conv3x3", "filter_tiles", "MIN_TILE_PRODUCTS"]
+__all__ = ["WinogradConv2d", "winograd_conv3x3", "filter_tiles", "MIN_TILE_PRODUCTS", "MAX_TILE_BYTES"]
 
 #: smallest ``in * out * tiles`` (2x2 output tiles of all images) that takes the Winograd path: below it the
 #: 16 matrix products are too small to beat oneDNN's direct kernel
 MIN_TILE_PRODUCTS = 8 << 20
+#: largest transformed input or product (``16 * channels * tiles`` floats) of the Winograd path: larger maps
+#: take the direct convolution, which needs no such temporaries
+MAX_TILE_BYTES = 64 << 20
 
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -129,10 +132,11 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
 
 class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 3, padding=1)`` (the same parameters and state dict) whose
-    forward without autograd, for contiguous float32 CPU maps with compiled loops on and at least
-    :data:`MIN_TILE_PRODUCTS` channel pairs times output tiles, is :func:`winograd_conv3x3`. Elsewhere
-    (training included) it is ``nn.Conv2d``. The weights' transform is made on every call: kept, it
-    would hold 16/9 of the weights in memory.
+    forward without autograd, for contiguous float32 CPU maps with compiled loops on, at least
+    :data:`MIN_TILE_PRODUCTS` channel pairs times output tiles and temporaries within
+    :data:`MAX_TILE_BYTES`, is :func:`winograd_conv3x3`. Elsewhere (training included) it is
+    ``nn.Conv2d``. The weights' transform is made on every call: kept, it would hold 16/9 of the
+    weights in memory.
 
     Args:
         in_channels (int), out_channels (int): channels.
@@ -147,7 +151,8 @@ class WinogradConv2d(nn.Conv2d):
                                            and x.dtype == self.weight.dtype == torch.float32 and x.is_contiguous()):
             return False
         tiles = x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
-        return self.in_channels * self.out_channels * tiles >= MIN_TILE_PRODUCTS
+        return (self.in_channels * self.out_channels * tiles >= MIN_TILE_PRODUCTS
+                and 16 * max(self.in_channels, self.out_channels) * tiles * 4 <= MAX_TILE_BYTES)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._winograd(x):

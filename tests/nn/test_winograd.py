@@ -51,6 +51,10 @@ def test_winograd_conv2d_takes_the_winograd_path_without_autograd_only(monkeypat
     with torch.no_grad():
         assert torch.equal(conv(x), plain(x)) and not calls  # too small: nn.Conv2d
     monkeypatch.setattr(winograd, "MIN_TILE_PRODUCTS", 0)
+    monkeypatch.setattr(winograd, "MAX_TILE_BYTES", 16 * 6 * 2 * 5 * 4 * 4 - 1)  # one byte short of the tiles
+    with torch.no_grad():
+        assert torch.equal(conv(x), plain(x)) and not calls
+    monkeypatch.setattr(winograd, "MAX_TILE_BYTES", 16 * 6 * 2 * 5 * 4 * 4)
     with torch.no_grad():
         got = conv(x)
         assert calls and torch.allclose(got.double(), _reference(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)
