@@ -72,13 +72,11 @@ def _input_tiles(xp, th, tw, v):  # pragma: no cover - compiled
                     o3[base + j] = u[z + 1] - u[z + 3]
 
 
+@compiled.jit
 def _column_pair(m, q, o, t):  # pragma: no cover - compiled
-    """Column ``q`` of :math:`A^\top m` (its two rows) for tile ``t`` of output channel ``o``."""
+    r"""Column ``q`` of :math:`A^\top m` (its two rows) for tile ``t`` of output channel ``o``."""
     e0, e1, e2, e3 = m[q, o, t], m[4 + q, o, t], m[8 + q, o, t], m[12 + q, o, t]
     return e0 + e1 + e2, e1 - e2 - e3
-
-
-_column_pair_c = compiled.jit(_column_pair)
 
 
 @compiled.jit(parallel=True)
@@ -92,10 +90,10 @@ def _output_tiles(m, bias, th, tw, y):  # pragma: no cover - compiled
             h = 2 * i
             for j in range(tw):
                 t, w = (b * th + i) * tw + j, 2 * j
-                p0, q0 = _column_pair_c(m, 0, o, t)
-                p1, q1 = _column_pair_c(m, 1, o, t)
-                p2, q2 = _column_pair_c(m, 2, o, t)
-                p3, q3 = _column_pair_c(m, 3, o, t)
+                p0, q0 = _column_pair(m, 0, o, t)
+                p1, q1 = _column_pair(m, 1, o, t)
+                p2, q2 = _column_pair(m, 2, o, t)
+                p3, q3 = _column_pair(m, 3, o, t)
                 # ... times A: the same combinations of the columns
                 out[h, w] = p0 + p1 + p2 + beta
                 if w + 1 < W:

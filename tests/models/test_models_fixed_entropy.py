@@ -169,7 +169,7 @@ def test_converted_networks_survive_a_float_forward_and_follow_weight_changes(na
         with entropy_arithmetic(net, "float"):
             net.compress(x)
         assert lc._fixed_nets(torch.device("cpu")) is first
-        for p in lc._fixed_modules()[next(iter(lc._fixed_modules()))].parameters():
+        for p in next(iter(lc._fixed_modules().values())).parameters():
             p.mul_(1.0)  # an in-place update, as an optimiser's: the weights' version changes
         assert lc._fixed_nets(torch.device("cpu")) is not first
 
