@@ -371,6 +371,19 @@ def test_w8_products_on_other_devices_are_the_same_integers():
     assert torch.equal((w.double() @ c.double()).to(torch.int32).long(), exact)
 
 
+@pytest.mark.parametrize("K", [1, 2, 3, 7, 8, 17, 100])
+def test_w8_products_of_columns_and_transposed_weights_are_exact(K):
+    """The layers multiply columns by a transposed view of the weights; one input channel (K = 1)
+    included, whose (1, N) view ``torch._int_mm`` misreads."""
+    from gnn_lic.models.fixed_point.int8 import int8_products
+
+    g = torch.Generator().manual_seed(K)
+    for M, N in [(1, 5), (3, 2), (40, 17), (96, 64)]:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+        c = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8)
+        assert torch.equal(int8_products(c, w.t()).long(), c.long() @ w.t().long()), (M, K, N)
+
+
 def test_w8_products_in_blocks_of_rows_are_the_same_integers(monkeypatch):
     """A large output is computed in blocks of rows: the same integers as one product."""
     from gnn_lic.models.fixed_point import int8

@@ -131,7 +131,7 @@ def test_gated_ffn_is_the_same_with_the_loops_on_and_off():
 def test_combine_requantize_matches_torch_and_integers(planes, with_bias):
     g = torch.Generator().manual_seed(planes)
     O, L = 5, 300
-    sums = torch.randint(-(2**22), 2**22, (O, planes, L), generator=g, dtype=torch.int32)
+    sums = torch.randint(-(2**22), 2**22, (planes, L, O), generator=g, dtype=torch.int32)  # rows: pixels
     offset = torch.randint(-(2**30), 2**30, (O, 1), generator=g).double()
     scale = torch.tensor([2.0**-e for e in (0, 3, 9, 17, 24)], dtype=torch.float64).reshape(O, 1)
     bias = torch.randint(-(2**20), 2**20, (O, 1), generator=g).double() if with_bias else None
@@ -140,7 +140,7 @@ def test_combine_requantize_matches_torch_and_integers(planes, with_bias):
     # the same in Python integers: exact sums, round half to even, clamp
     for o in range(O):
         for j in range(0, L, 37):
-            acc = sum(256**k * int(sums[o, k, j]) for k in range(planes)) + int(offset[o])
+            acc = sum(256**k * int(sums[k, j, o]) for k in range(planes)) + int(offset[o])
             v = round(acc * float(scale[o])) if float(scale[o]) == 1.0 else round(acc / int(1 / float(scale[o])))
             v = v + (int(bias[o]) if with_bias else 0)
             assert off[o, j] == max(-fp.ACT_MAX, min(fp.ACT_MAX, v))
@@ -164,3 +164,47 @@ def test_layer_norm_matches_torch(shape):
     _same_bits(on, off)
     assert torch.allclose(fp.from_act(off, torch.float64), norm(fp.from_act(x, torch.float64).float()).double(),
                           atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+@pytest.mark.parametrize("kernel, padding, taps", [
+    ((3, 3), (1, 1), list(range(9))),
+    ((5, 5), (2, 2), [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]),  # a checkerboard context's taps in use
+    ((1, 3), (0, 0), [0, 2]),  # no padding, a tap skipped
+])
+def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding, taps):
+    from gnn_lic.models.fixed_point.int8 import byte_digits, digit_columns, digit_offset  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(planes)
+    top = 2 ** (8 * planes - 1)
+    C, H, W = 5, 6, 7
+    x = torch.randint(-top, top, (C, H, W), generator=g).double()
+    x[0, 0, 0], x[-1, -1, -1] = top - 1, -top  # the digits' extremes
+    on, off = _both(lambda: digit_columns(x, planes, kernel, padding, taps))
+    assert on.dtype == torch.int8 and torch.equal(on, off)
+    (kh, kw), (ph, pw) = kernel, padding
+    Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+    cols = off.reshape(planes, Ho, Wo, len(taps), C).long()
+    padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    for t, tap in enumerate(taps):  # row (k, i, j), column (t, c): digit k of the padded input under tap t
+        dy, dx = divmod(tap, kw)
+        window = padded[:, dy : dy + Ho, dx : dx + Wo]
+        expected = byte_digits(window.reshape(C, -1), planes).reshape(C, planes, Ho, Wo).permute(1, 2, 3, 0)
+        assert torch.equal(cols[:, :, :, t], expected.long()), (t, tap)
+        rebuilt = sum(256**k * cols[k, :, :, t] for k in range(planes)) + digit_offset(planes)
+        assert torch.equal(rebuilt, window.permute(1, 2, 0).long())
+
+
+@pytest.mark.parametrize("conv", [
+    torch.nn.Conv2d(6, 5, 3, padding=1),
+    torch.nn.Conv2d(6, 5, (3, 1), padding=(1, 0)),
+    torch.nn.Conv2d(6, 5, 1),
+    torch.nn.Conv2d(6, 5, 5, stride=2, padding=2),
+])
+def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv):
+    torch.manual_seed(3)
+    f = fp.FixedConv2d(conv, "conv", int8=True)
+    x = fp.to_act(torch.randn(2, 6, 9, 11) * 40)
+    x[0, :, 0, 0] = fp.ACT_MAX  # four digits
+    on, off = _both(lambda: f(x.clone()))
+    _same_bits(on, off)

@@ -22,9 +22,9 @@ No path goes through a convolution algorithm that transforms the operands (FFT,
 Winograd), whose intermediate values are not integers.
 
 With ``int8=True`` (scheme ``w8``, :mod:`~gnn_lic.models.fixed_point.int8`) a layer that is
-not depthwise multiplies 8-bit weights by the four signed base-256 digits of its inputs
-instead: the same column layouts (input, shifted views, ``unfold``) in int8, the four
-digits side by side, one integer matrix product, exact.
+not depthwise multiplies 8-bit weights by the signed base-256 digits of its inputs
+instead: one row of int8 columns per digit and output pixel (the taps in use at stride 1,
+``unfold`` otherwise), one integer matrix product by the transposed weights, exact.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choo
 from gnn_lic.models.fixed_point.int8 import (
     byte_digits,
     check_fan_in,
+    digit_columns,
     digit_offset,
     digit_planes,
     int8_products,
@@ -235,36 +236,27 @@ class FixedConv2d:
 
         The inputs are split into the fewest digits ``p`` that hold them all
         (:func:`~gnn_lic.models.fixed_point.int8.digit_planes`; zero, the padding, in every
-        range), the same integers whatever ``p``. The columns hold the ``p`` digits of every
-        input side by side (``[d_0 | ... | d_{p-1}]``, each ``L`` wide), so one call gives
-        the ``p`` partial sums. Zero padding is applied to the integers before they are
-        split, so padded inputs carry the digits of 0.
+        range), the same integers whatever ``p``. Zero padding is applied to the integers
+        before they are split, so padded inputs carry the digits of 0. Stride 1 (the taps in
+        use, or the one tap of a pointwise layer): one row of columns per digit and output pixel
+        (:func:`~gnn_lic.models.fixed_point.int8.digit_columns`). Otherwise the transposed
+        columns of ``unfold``, each input's ``p`` digits side by side. Either
+        way one product with the transposed weights gives the ``p`` partial sums of every
+        output, one row per output pixel.
         """
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        _, C, H, W = x.shape
+        H, W = x.shape[-2:]
+        O = self.out_channels
         lo, hi = torch.aminmax(x)
         p = digit_planes(float(lo), float(hi))
         if self.kind == "unfold":
             Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-            Wp = Wo
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            cols = byte_digits(cols, p).reshape(cols.shape[0], -1)  # (C*k, p L)
-        elif self.kind == "pointwise":
-            Ho, Wo, Wp = H, W, W
-            cols = byte_digits(x[0].reshape(C, H * W), p).reshape(C, -1)
-        else:  # shifted views of the padded digits, as in _shifted, one block of rows per tap in use
-            Hp, Wp = H + 2 * ph, W + 2 * pw
-            Ho, Wo = Hp - kh + 1, Wp - kw + 1
-            n = Ho * Wp
-            padded = F.pad(x[0].to(torch.int32), (pw, pw, ph, ph + 1)).reshape(C, (Hp + 1) * Wp)
-            digits = byte_digits(padded, p)  # (C, p, (Hp + 1) * Wp)
-            cols = digits.new_empty((len(self._taps8), C, p, n))
-            for i, t in enumerate(self._taps8):
-                off = (t // kw) * Wp + t % kw
-                cols[i] = digits[:, :, off : off + n]
-            cols = cols.reshape(-1, p * n)
-        g = int8_products(self._w8, cols)
+            cols = byte_digits(cols, p).reshape(cols.shape[0], -1).t()  # (C*k, p L), transposed
+        else:  # taps or pointwise (one tap): stride 1
+            Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8)  # (p L, T C)
+        g = int8_products(cols, self._w8.t()).view(p, Ho * Wo, O)
         bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
-        out = kernels.combine_requantize(g.reshape(self.out_channels, p, -1), self._wsum8 * digit_offset(p),
-                                         self._scale8, bias, ACT_MAX).reshape(1, self.out_channels, Ho, Wp)
-        return out[..., :Wo] if Wp != Wo else out
+        out = kernels.combine_requantize(g, self._wsum8 * digit_offset(p), self._scale8, bias, ACT_MAX)
+        return out.reshape(1, O, Ho, Wo)

@@ -41,12 +41,16 @@ import math
 import sys
 from typing import Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from gnn_lic import compiled
+from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import DTYPE
 
-__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
+__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits", "digit_columns",
            "DIGIT_OFFSET", "check_fan_in", "int8_products"]
 
 #: largest |integer weight| of scheme w8
@@ -132,6 +136,37 @@ def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
     return a32.unsqueeze(-1).view(torch.int8)[..., :planes].transpose(-1, -2).contiguous()  # (..., n, 4) -> (..., p, n)
 
 
+def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps) -> Tensor:
+    r"""Scheme w8's columns of a stride-1 convolution: ``(planes * Ho * Wo, len(taps) * C)`` int8.
+
+    ``x`` ``(C, H, W)`` holds integers that :func:`digit_planes`
+    gives ``planes`` digits. Row :math:`(k, i, j)` (digit, output pixel), column :math:`(t, c)`
+    (tap in use, channel) holds digit :math:`k` (:func:`byte_digits`)
+    of the zero-padded input at :math:`(i + d_{y,t}, j + d_{x,t})` of channel :math:`c`, where tap
+    :math:`t` sits at :math:`(d_y, d_x)` = ``divmod(taps[t], kw)``. With the output pixels on the rows
+    the integer product ``columns @ weights^T`` runs faster than the transposed one, and each row is
+    made by copying whole runs of ``C`` digits.
+    """
+    (kh, kw), (ph, pw) = kernel_size, padding
+    C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    dy = [t // kw for t in taps]
+    dx = [t % kw for t in taps]
+    out = torch.empty((planes, Ho, Wo, len(taps), C), dtype=torch.int8, device=x.device)
+    if kernels._use_compiled(x) and x.is_contiguous():
+        mask = sum(0x80 << (8 * k) for k in range(planes - 1))
+        padded = torch.empty((planes, Hp, Wp, C), dtype=torch.int8)
+        compiled.parallel(kernels._digit_columns_loop, x.numpy(), planes, mask, ph, pw, np.array(dy, dtype=np.int64),
+                          np.array(dx, dtype=np.int64), padded.numpy(), out.numpy())
+    else:
+        padded = F.pad(x.to(torch.int32), (pw, pw, ph, ph)).permute(1, 2, 0)  # (Hp, Wp, C)
+        padded = byte_digits(padded, planes).permute(2, 0, 1, 3)  # (Hp, Wp, planes, C) -> (planes, Hp, Wp, C)
+        for t, (a, b) in enumerate(zip(dy, dx)):
+            out[:, :, :, t] = padded[:, a : a + Ho, b : b + Wo]
+    return out.reshape(planes * Ho * Wo, len(taps) * C)
+
+
 def check_fan_in(terms: int, name: str) -> None:
     """Refuse a layer whose digit sums could leave float64's exact integers.
 
@@ -148,21 +183,24 @@ def check_fan_in(terms: int, name: str) -> None:
 INT_MM_BLOCK_BYTES = 32 << 20
 
 
-def int8_products(w8: Tensor, cols: Tensor) -> Tensor:
-    """``w8 @ cols`` of an int8 ``(out, K)`` and an int8 ``(K, N)`` matrix, exactly, as int32.
+def int8_products(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of an int8 ``(M, K)`` and an int8 ``(K, N)`` matrix (either may be a transposed view),
+    exactly, as int32: the weights times the columns, or the columns times the transposed weights.
 
     On the CPU ``torch._int_mm`` (32-bit accumulation, exact for ``K`` below
     ``2^31 / (127 * 128)`` terms), in blocks of output rows when the output is large (the
     same integers: each row is its own sums); elsewhere a float64 product of the same
     integers (every partial sum below ``2^53``: exact). All give the same integers.
     """
-    if w8.device.type != "cpu":
-        return (w8.to(DTYPE) @ cols.to(DTYPE)).to(torch.int32)
-    O, N = w8.shape[0], cols.shape[1]
-    if O * N * 4 <= INT_MM_BLOCK_BYTES:
-        return torch._int_mm(w8, cols)
+    if a.device.type != "cpu":
+        return (a.to(DTYPE) @ b.to(DTYPE)).to(torch.int32)
+    if a.shape[1] == 1:  # torch._int_mm misreads the strides of a (1, N) transposed view: the outer product
+        return a.to(torch.int32) * b.to(torch.int32)
+    M, N = a.shape[0], b.shape[1]
+    if M * N * 4 <= INT_MM_BLOCK_BYTES:
+        return torch._int_mm(a, b)
     rows = max(256, INT_MM_BLOCK_BYTES // (8 * N))
-    out = torch.empty((O, N), dtype=torch.int32)
-    for r in range(0, O, rows):
-        torch._int_mm(w8[r : r + rows], cols, out=out[r : r + rows])
+    out = torch.empty((M, N), dtype=torch.int32)
+    for r in range(0, M, rows):
+        torch._int_mm(a[r : r + rows], b, out=out[r : r + rows])
     return out

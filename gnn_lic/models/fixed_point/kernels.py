@@ -144,36 +144,76 @@ def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tenso
 
 @compiled.jit(parallel=True)
 def _combine_loop(g, offset, scale, bias, has_bias, bound, out):  # pragma: no cover - compiled
-    O, P, L = g.shape
-    for o in prange(O):
-        off, s, b = offset[o], scale[o], bias[o]
-        for j in range(L):
-            acc = np.float64(g[o, P - 1, j])
+    P, L, O = g.shape
+    block = 16  # output pixels per task: their sums are read row by row and written out per channel
+    for t in prange((L + block - 1) // block):
+        j0 = t * block
+        j1 = min(j0 + block, L)
+        acc = np.empty((j1 - j0, O))
+        for j in range(j0, j1):
+            for o in range(O):
+                acc[j - j0, o] = g[P - 1, j, o]
             for k in range(P - 2, -1, -1):
-                acc = acc * 256.0 + g[o, k, j]
-            v = np.rint((acc + off) * s)
-            out[o, j] = _clamp(v + b if has_bias else v, bound)
+                for o in range(O):
+                    acc[j - j0, o] = acc[j - j0, o] * 256.0 + g[k, j, o]
+        for o in range(O):
+            off, s, b = offset[o], scale[o], bias[o]
+            for j in range(j0, j1):
+                v = np.rint((acc[j - j0, o] + off) * s)
+                out[o, j] = _clamp(v + b if has_bias else v, bound)
 
 
 def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float) -> Tensor:
-    """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(out, p, L)`` (int32, least significant first):
+    """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(p, L, out)`` (int32, least significant
+    digit first, one row per output pixel as the integer product gives them):
     ``clamp(round((sum_k 256^k g_k + offset) * scale) + bias)``, with per-output ``(out, 1)`` float64
     ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
     significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`)."""
-    O, P, L = g.shape
-    if _use_compiled(g, dtype=torch.int32):
+    P, L, O = g.shape
+    if _use_compiled(g, dtype=torch.int32) and g.is_contiguous():
         out = torch.empty((O, L), dtype=torch.float64)
         b = bias if bias is not None else scale
         compiled.parallel(_combine_loop, g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(),
                           b.reshape(-1).numpy(), bias is not None, float(bound), out.numpy())
         return out
-    acc = g[:, -1].to(torch.float64)
+    acc = g[-1].t().to(torch.float64)
     for k in range(P - 2, -1, -1):
-        acc = acc.mul_(256.0).add_(g[:, k])
+        acc = acc.mul_(256.0).add_(g[k].t())
     out = acc.add_(offset).mul_(scale).round_()
     if bias is not None:
         out += bias
     return out.clamp_(-bound, bound)
+
+
+@compiled.jit(parallel=True)
+def _digit_columns_loop(x, planes, mask, ph, pw, dy, dx, padded, out):  # pragma: no cover - compiled
+    C, H, W = x.shape
+    _, Hp, Wp, _ = padded.shape
+    _, Ho, Wo, T, _ = out.shape
+    zero = np.empty(planes, np.int8)  # the digits of 0, the padding
+    for k in range(planes):
+        b = (mask >> (8 * k)) & 0xFF
+        zero[k] = b - 256 if b >= 128 else b
+    for i in prange(Hp):  # the padded map's digits, channels last: (planes, Hp, Wp, C)
+        for j in range(Wp):
+            for k in range(planes):
+                padded[k, i, j, :] = zero[k]
+        y = i - ph
+        if 0 <= y < H:
+            for c in range(C):
+                for xs in range(W):
+                    v = np.int32(x[c, y, xs]) ^ mask
+                    for k in range(planes):
+                        b = (v >> (8 * k)) & 0xFF
+                        padded[k, i, xs + pw, c] = b - 256 if b >= 128 else b
+    for r in prange(planes * Ho):  # each tap's window, a copy of C digits per output pixel
+        k, i = r // Ho, r % Ho
+        for j in range(Wo):
+            for t in range(T):
+                src = padded[k, i + dy[t], j + dx[t]]
+                dst = out[k, i, j, t]
+                for c in range(C):
+                    dst[c] = src[c]
 
 
 @compiled.jit(parallel=True)
