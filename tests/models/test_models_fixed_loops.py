@@ -208,3 +208,39 @@ def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv):
     x[0, :, 0, 0] = fp.ACT_MAX  # four digits
     on, off = _both(lambda: f(x.clone()))
     _same_bits(on, off)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "tanh"])
+def test_combine_requantize_reads_a_table_in_the_same_pass(kind):
+    from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table, tanh_table  # noqa: PLC0415
+
+    table = FixedTable(gelu_table() if kind == "gelu" else tanh_table(), kind)
+    g = torch.Generator().manual_seed(5)
+    O, L, planes = 6, 400, 3
+    sums = torch.randint(-(2**14), 2**14, (planes, L, O), generator=g, dtype=torch.int32)
+    offset = torch.randint(-(2**20), 2**20, (O, 1), generator=g).double()
+    scale = torch.tensor([2.0**-e for e in (0, 3, 5, 8, 10, 12)], dtype=torch.float64).reshape(O, 1)
+    bias = torch.randint(-(2**19), 2**19, (O, 1), generator=g).double()
+    on, off = _both(lambda: kernels.combine_requantize(sums, offset, scale, bias, fp.ACT_MAX, table))
+    _same_bits(on, off)
+    plain = kernels.combine_requantize(sums, offset, scale, bias, fp.ACT_MAX)
+    assert plain.abs().max() > 2 * LIM and bool((plain.abs() < LIM).any())  # both sides of the table's range
+    _same_bits(on, kernels.table_lookup(plain, table))
+
+
+def test_w8_convolutions_read_the_next_gelu_in_their_own_pass():
+    from gnn_lic.models.fixed_point.blocks import FixedSequential  # noqa: PLC0415
+    from gnn_lic.models.fixed_point.convert import to_fixed  # noqa: PLC0415
+    from gnn_lic.models.layers import conv_stack  # noqa: PLC0415
+
+    torch.manual_seed(4)
+    fixed = to_fixed(conv_stack([12, 16, 8, 4]), "stack", int8=True)
+    assert isinstance(fixed, FixedSequential)
+    assert [t is not None for _, t in fixed._steps] == [True, True, False]  # conv+GELU twice, the last conv alone
+    x = fp.to_act(torch.randn(2, 12, 7, 9) * 3)
+    one_by_one = x.clone()
+    for layer in fixed.layers:
+        one_by_one = layer(one_by_one)
+    on, off = _both(lambda: fixed(x.clone()))
+    _same_bits(on, one_by_one)
+    _same_bits(off, one_by_one)

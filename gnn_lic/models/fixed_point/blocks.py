@@ -108,10 +108,21 @@ class FixedLeakyReLU:
 
 
 class FixedSequential:
-    """Calls its fixed-point layers in order."""
+    """Calls its fixed-point layers in order.
+
+    A scheme-w8 convolution followed by a table (GELU) reads its output through the table in
+    its own output pass: the same values, one sweep fewer.
+    """
 
     def __init__(self, layers: Sequence[Callable]):
         self.layers = list(layers)
+        self._steps = []
+        i = 0
+        while i < len(self.layers):
+            layer, after = self.layers[i], self.layers[i + 1] if i + 1 < len(self.layers) else None
+            fused = isinstance(layer, FixedConv2d) and layer.int8 and isinstance(after, FixedTable)
+            self._steps.append((layer, after if fused else None))
+            i += 2 if fused else 1
 
     def to(self, device: torch.device) -> "FixedSequential":
         for layer in self.layers:
@@ -119,8 +130,8 @@ class FixedSequential:
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
+        for layer, table in self._steps:
+            x = layer(x) if table is None else layer(x, table)
         return x
 
 

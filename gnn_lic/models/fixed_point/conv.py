@@ -171,12 +171,16 @@ class FixedConv2d:
             self.bias16 = None if self.bias16 is None else self.bias16.to(device)
         return self
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, table=None) -> Tensor:
+        """The layer's output; with ``table`` (scheme w8 only), read through that
+        :class:`~gnn_lic.models.fixed_point.tables.FixedTable` in the same pass."""
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {C}")
         if self.int8:
-            return torch.cat([self._int8(x[b : b + 1]) for b in range(B)]) if B > 1 else self._int8(x)
+            return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
+        if table is not None:
+            raise ValueError(f"{self.name}: only a scheme-w8 layer reads a table in its own pass")
         if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
             x = x.clamp(-self.in_max, self.in_max)
         if self.kind == "pointwise":
@@ -231,7 +235,7 @@ class FixedConv2d:
                     out[b].addmm_(self._w[t], xp[b, :, off : off + L])
         return requantize_(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
 
-    def _int8(self, x: Tensor) -> Tensor:
+    def _int8(self, x: Tensor, table=None) -> Tensor:
         """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the input digits.
 
         The inputs are split into the fewest digits ``p`` that hold them all
@@ -258,5 +262,5 @@ class FixedConv2d:
             cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8)  # (p L, T C)
         g = int8_products(cols, self._w8.t()).view(p, Ho * Wo, O)
         bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
-        out = kernels.combine_requantize(g, self._wsum8 * digit_offset(p), self._scale8, bias, ACT_MAX)
+        out = kernels.combine_requantize(g, self._wsum8 * digit_offset(p), self._scale8, bias, ACT_MAX, table)
         return out.reshape(1, O, Ho, Wo)

@@ -143,7 +143,7 @@ def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tenso
 
 
 @compiled.jit(parallel=True)
-def _combine_loop(g, offset, scale, bias, has_bias, bound, out):  # pragma: no cover - compiled
+def _combine_loop(g, offset, scale, bias, has_bias, bound, table, out):  # pragma: no cover - compiled
     P, L, O = g.shape
     block = 16  # output pixels per task: their sums are read row by row and written out per channel
     for t in prange((L + block - 1) // block):
@@ -160,21 +160,29 @@ def _combine_loop(g, offset, scale, bias, has_bias, bound, out):  # pragma: no c
             off, s, b = offset[o], scale[o], bias[o]
             for j in range(j0, j1):
                 v = np.rint((acc[j - j0, o] + off) * s)
-                out[o, j] = _clamp(v + b if has_bias else v, bound)
+                v = _clamp(v + b if has_bias else v, bound)
+                if table is not None:  # a table read in the same pass (None: a separate compilation without it)
+                    grid, lim, shift, inv_step, identity_above = table
+                    v = _table_value_c(v, grid, lim, shift, inv_step, identity_above)
+                out[o, j] = v
 
 
-def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float) -> Tensor:
+def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float,
+                       table=None) -> Tensor:
     """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(p, L, out)`` (int32, least significant
     digit first, one row per output pixel as the integer product gives them):
     ``clamp(round((sum_k 256^k g_k + offset) * scale) + bias)``, with per-output ``(out, 1)`` float64
     ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
-    significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`)."""
+    significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`).
+    With ``table`` (a :class:`~gnn_lic.models.fixed_point.tables.FixedTable`) the output is then read
+    through it (:func:`table_lookup`), in the same pass."""
     P, L, O = g.shape
     if _use_compiled(g, dtype=torch.int32) and g.is_contiguous():
         out = torch.empty((O, L), dtype=torch.float64)
         b = bias if bias is not None else scale
         compiled.parallel(_combine_loop, g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(),
-                          b.reshape(-1).numpy(), bias is not None, float(bound), out.numpy())
+                          b.reshape(-1).numpy(), bias is not None, float(bound),
+                          None if table is None else _grid_args(table), out.numpy())
         return out
     acc = g[-1].t().to(torch.float64)
     for k in range(P - 2, -1, -1):
@@ -182,7 +190,8 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     out = acc.add_(offset).mul_(scale).round_()
     if bias is not None:
         out += bias
-    return out.clamp_(-bound, bound)
+    out = out.clamp_(-bound, bound)
+    return out if table is None else table_lookup(out, table)
 
 
 @compiled.jit(parallel=True)
