@@ -50,8 +50,8 @@ from gnn_lic import compiled
 from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import DTYPE
 
-__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits", "digit_columns",
-           "DIGIT_OFFSET", "check_fan_in", "int8_products"]
+__all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
+           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "int8_products"]
 
 #: largest |integer weight| of scheme w8
 WEIGHT_MAX = 127
