@@ -129,7 +129,7 @@ def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
     """
     if sys.byteorder != "little":  # the byte view below assumes the little-endian layout
         raise RuntimeError("scheme w8 reads int32 bytes in little-endian order")
-    mask = sum(0x80 << (8 * k) for k in range(planes - 1))  # the offset (low) digits
+    mask = digit_offset(planes)  # 0x80 in every offset (low) byte: flipping it subtracts the offset
     a32 = a.to(torch.int32)
     if mask:
         a32 = a32 ^ mask
@@ -155,7 +155,7 @@ def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps) -> Tensor:
     dx = [t % kw for t in taps]
     out = torch.empty((planes, Ho, Wo, len(taps), C), dtype=torch.int8, device=x.device)
     if kernels._use_compiled(x) and x.is_contiguous():
-        mask = sum(0x80 << (8 * k) for k in range(planes - 1))
+        mask = digit_offset(planes)
         padded = torch.empty((planes, Hp, Wp, C), dtype=torch.int8)
         compiled.parallel(kernels._digit_columns_loop, x.numpy(), planes, mask, ph, pw, np.array(dy, dtype=np.int64),
                           np.array(dx, dtype=np.int64), padded.numpy(), out.numpy())
