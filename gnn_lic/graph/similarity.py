@@ -207,7 +207,9 @@ def unit_features(x: Tensor, eps: float = 1e-12) -> Tensor:
     if _rowkernels.enabled(x) and x.numel() > 0:
         return _rowkernels.unit_features(x, eps)
     B, C, H, W = x.shape
-    xn = x.detach().reshape(B, C, H * W).transpose(1, 2).contiguous()
+    # always a copy: for a channels-last map the transposed view is already contiguous, and dividing it in
+    # place would change the caller's map
+    xn = x.new_empty((B, H * W, C)).copy_(x.detach().reshape(B, C, H * W).transpose(1, 2))
     return xn.div_(torch.linalg.vector_norm(xn, dim=-1, keepdim=True).clamp_min_(eps))
 
 

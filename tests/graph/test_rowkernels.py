@@ -185,6 +185,22 @@ def test_switch(monkeypatch):
 FEATURE_SHAPES = [(1, 192, 16, 24), (2, 5, 7, 9), (1, 3, 1, 6), (2, 4, 5, 1), (1, 1, 1, 1), (3, 2, 2, 2)]
 
 
+@pytest.mark.parametrize("compiled_on", [True, False])
+def test_graphs_leave_a_channels_last_map_unchanged(compiled_on):
+    """A channels-last map's transposed node view is already contiguous: normalising it in place (the
+    PyTorch path once did) changed the caller's map, and every layer after the graph read wrong features."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 8, 8, generator=g)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    previous = _rowkernels.set_enabled(compiled_on)
+    try:
+        assert torch.equal(unit_features(xcl), unit_features(x))
+        graphs = build_graphs(xcl, {"window": WindowPartition(4), "local": LocalWindow(4, block=2)}, AdaptiveDegree(5))
+    finally:
+        _rowkernels.set_enabled(previous)
+    assert torch.equal(xcl, x) and graphs["window"].num_nodes == 128
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", FEATURE_SHAPES)
 def test_feature_passes_match_torch(shape, dtype):
