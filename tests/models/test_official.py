@@ -41,12 +41,23 @@ def test_compat_paper_models_have_the_authors_parameter_counts(name, count, pape
     assert sum(p.numel() for p in plain.parameters()) < count  # the extra terms are the authors' additions
 
 
-def test_forward_reproduces_the_authors(loaded):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_reproduces_the_authors(loaded, dtype):
+    """``x_hat`` within 1e-4 and the likelihoods within 1e-4 relative, in float32 and float64; ``y`` within
+    1e-4 in float64. In float32 our own rounding differs with the machine and the thread count, and GLIC's
+    graphs are discontinuous in their input (a degree quota or a bisection threshold that moves by one
+    ulp changes a neighbour set): on one AVX2 machine with two threads ``y`` moved by 5e-4 from the
+    one-thread result, though ``x_hat`` and the likelihoods stayed within 1e-5. Float64 leaves only the
+    fixture's own float32 error."""
+    import copy
+
     name, f, net = loaded
+    net = copy.deepcopy(net).to(dtype)
+    x = f["x"].to(dtype)
     with torch.no_grad():
-        out = net(f["x"])
-        y = net.g_a(f["x"])
-    assert (y - f["y"]).abs().max() < 1e-4
+        out = net(x)
+        y = net.g_a(x)
+    assert (y - f["y"]).abs().max() < (1e-4 if dtype == torch.float64 else 1e-3)
     assert (out["x_hat"] - f["x_hat"]).abs().max() < 1e-4
     for key, ref in f["likelihoods"].items():
         rel = ((out["likelihoods"][key] - ref).abs() / ref.abs()).max()
