@@ -7,7 +7,8 @@
    as ``arithmetic``) and with the float ones (format-1 path), decodes both
    in the same process for reference latents, and times both paths;
 2. one *decode* process per setting (1 thread; 2 threads; 1 thread with
-   ``GNN_LIC_NUMBA=0``; float64 transforms; two images decoded as one batch; on the GPU when
+   ``GNN_LIC_NUMBA=0``; scheme w8's products forced to byte digits and to float64,
+   ``GNN_LIC_W8_PRODUCTS``; float64 transforms; two images decoded as one batch; on the GPU when
    CUDA is available) decodes the saved strings and compares its latents with the
    reference, bit for bit.
 
@@ -163,6 +164,8 @@ SETTINGS = {
     "1-thread": ({}, ["--threads", "1"]),
     "2-threads": ({}, ["--threads", "2"]),
     "1-thread-no-numba": ({"GNN_LIC_NUMBA": "0"}, ["--threads", "1"]),
+    "w8-digit-products": ({"GNN_LIC_W8_PRODUCTS": "digits"}, ["--threads", "1"]),
+    "w8-float64-products": ({"GNN_LIC_W8_PRODUCTS": "float64"}, ["--threads", "1"]),
     "float64-transforms": ({}, ["--threads", "1", "--float64"]),
     "batch-of-2": ({}, ["--threads", "1", "--batch"]),
 }

@@ -168,8 +168,9 @@ class ChannelSliceLatentCodec(FixedPointHyperpriorCodec):
     tanh of ``compress``/``decompress`` run in fixed point (:mod:`gnn_lic.models.fixed_point`),
     so the decoded latents are bit-identical on every machine; ``"float"`` runs the float
     networks (format-1 streams). w8 is the default of this codec because its networks are
-    3x3 convolutions whose integer products run faster than fx16's float64 ones (at paper
-    size, faster than the float path); trained models code at the same rate with either.
+    3x3 convolutions whose integer products run faster than fx16's float64 ones on CPUs that
+    multiply bytes natively (at paper size, faster than the float path), and at fx16's speed
+    elsewhere; trained models code at the same rate with either.
     """
 
     arithmetic: str = "fixed8"

@@ -1,7 +1,7 @@
 """Decoded latents do not depend on the decoding process: threads, compiled kernels, dtype.
 
 Encoding runs in one fresh process with 2 threads; decoding in others with 1 thread and
-``GNN_LIC_NUMBA=0``, and with float64 transforms. The shipped weights are used: trained
+``GNN_LIC_NUMBA=0``, with float64 transforms, and (scheme w8) with each CPU kernel of its products. The shipped weights are used: trained
 entropy networks put many scales near the table boundaries, where float noise bites.
 """
 
@@ -42,8 +42,8 @@ with torch.no_grad(), entropy_arithmetic(net, mode):
 """
 
 
-def _run(role, name, threads, path, mode="fixed", dtype="float32", numba=True):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+def _run(role, name, threads, path, mode="fixed", dtype="float32", numba=True, products="auto"):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "GNN_LIC_W8_PRODUCTS": products}
     if not numba:
         env["GNN_LIC_NUMBA"] = "0"
     done = subprocess.run(
@@ -62,12 +62,15 @@ def test_latents_identical_across_processes_threads_and_kernels(name, tmp_path):
     _run("encode", name, 2, blob)
     ref = torch.load(blob, weights_only=False)["y_hat"]
     assert ref.abs().max() > 0.5  # non-trivial latents
-    for i, (threads, dtype, numba) in enumerate([(1, "float32", False), (1, "float64", True)]):
+    settings = [(1, "float32", False, "auto"), (1, "float64", True, "auto")]
+    if name == "gabic":  # scheme w8: both CPU kernels of its integer products
+        settings += [(1, "float32", True, "digits"), (1, "float32", True, "float64")]
+    for i, (threads, dtype, numba, products) in enumerate(settings):
         copy = tmp_path / f"dec{i}.pt"
         copy.write_bytes(blob.read_bytes())
-        _run("decode", name, threads, copy, dtype=dtype, numba=numba)
+        _run("decode", name, threads, copy, dtype=dtype, numba=numba, products=products)
         got = torch.load(str(copy) + ".dec")
-        assert torch.equal(got, ref), f"{threads} thread(s), {dtype}, numba={numba}: latents differ"
+        assert torch.equal(got, ref), f"{threads} thread(s), {dtype}, numba={numba}, {products}: latents differ"
 
 
 def test_the_portability_report_codes_with_the_models_own_scheme_unless_told():

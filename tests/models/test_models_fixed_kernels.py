@@ -290,8 +290,23 @@ def reference_conv_w8(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return out.clamp(-fp.ACT_MAX, fp.ACT_MAX).reshape(B, O, Ho, L // Ho)
 
 
+@pytest.fixture(params=["digits", "float64"])
+def w8_products(request, monkeypatch):
+    """Scheme w8's CPU products forced to the byte digits (``torch._int_mm``) or to float64 products of
+    the whole inputs; the float64 run fails if it reaches ``torch._int_mm``."""
+    from gnn_lic.models.fixed_point import int8
+
+    monkeypatch.setattr(int8, "W8_PRODUCTS", request.param)
+    if request.param == "float64":
+        def refuse(*args, **kwargs):
+            raise AssertionError("torch._int_mm called with float64 products")
+
+        monkeypatch.setattr(torch, "_int_mm", refuse)
+    return request.param
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
-def test_w8_conv_equals_its_definition_in_python_integers(kind):
+def test_w8_conv_equals_its_definition_in_python_integers(kind, w8_products):
     conv = _seeded(_conv(kind), seed=11)
     f = fp.FixedConv2d(conv, kind, int8=True)
     assert f.int8 and f.weight8.abs().max() <= 127
@@ -304,7 +319,7 @@ def test_w8_conv_equals_its_definition_in_python_integers(kind):
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
-def test_w8_conv_with_fewer_digits_equals_its_definition(kind):
+def test_w8_conv_with_fewer_digits_equals_its_definition(kind, w8_products):
     """Inputs that fit in 1, 2 or 3 signed bytes are split into that many digits: same integers."""
     from gnn_lic.models.fixed_point.int8 import digit_planes
 
@@ -395,6 +410,50 @@ def test_w8_products_in_blocks_of_rows_are_the_same_integers(monkeypatch):
     monkeypatch.setattr(int8, "INT_MM_BLOCK_BYTES", 4 * 50 * 3)  # blocks of 256 rows: 3 blocks, the last partial
     assert torch.equal(int8.int8_products(w, c), whole)
     assert torch.equal(whole.long(), w.long() @ c.long())
+
+
+def test_w8_products_are_chosen_once_per_process_and_by_the_environment(monkeypatch):
+    """``auto`` times the two kernels once and keeps the answer; ``digits``/``float64`` force one;
+    other devices always use float64; anything else is refused."""
+    from gnn_lic.models.fixed_point import int8
+
+    for forced, expected in (("digits", True), ("float64", False)):
+        monkeypatch.setattr(int8, "W8_PRODUCTS", forced)
+        assert int8.use_digit_products(torch.device("cpu")) is expected
+        assert int8.use_digit_products(torch.device("cuda")) is False
+    monkeypatch.setattr(int8, "W8_PRODUCTS", "auto")
+    monkeypatch.setattr(int8, "_digits_are_faster", None)
+    choice = int8.use_digit_products(torch.device("cpu"))
+    assert isinstance(choice, bool) and int8._digits_are_faster is choice
+    monkeypatch.setattr(int8, "_digits_are_faster", not choice)  # kept, not timed again
+    assert int8.use_digit_products(torch.device("cpu")) is (not choice)
+    monkeypatch.setattr(int8, "W8_PRODUCTS", "int")
+    with pytest.raises(ValueError, match="GNN_LIC_W8_PRODUCTS must be auto, digits or float64"):
+        int8.use_digit_products(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
+def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, monkeypatch):
+    """The two CPU kernels of scheme w8 are the same function: every digit count, batches, a table read in
+    the same pass, and the float64 operands made once and then reused."""
+    from gnn_lic.models.fixed_point import int8
+    from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table
+
+    conv = _seeded(_conv(kind), seed=21)
+    f = fp.FixedConv2d(conv, kind, int8=True)
+    table = FixedTable(gelu_table(), "gelu")
+    g = torch.Generator().manual_seed(22)
+    for top in (127, 2**15 - 1, 2**23 - 1, fp.ACT_MAX):
+        x = torch.randint(-int(top), int(top) + 1, (2, f.in_channels, 5, 6), generator=g).double()
+        x[0, 0, 0, 0], x[1, -1, -1, -1] = top, -top
+        out = {}
+        for mode in ("digits", "float64"):
+            monkeypatch.setattr(int8, "W8_PRODUCTS", mode)
+            out[mode] = (f(x.clone()), f(x.clone(), table))
+        assert torch.equal(out["digits"][0], out["float64"][0]), (kind, top)
+        assert torch.equal(out["digits"][1], out["float64"][1]), (kind, top)
+    operands = f._w64
+    assert operands is not None and f._float64_operands() is operands
 
 
 def test_w8_refuses_a_fan_in_beyond_exact_float64():

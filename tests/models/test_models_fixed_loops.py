@@ -201,7 +201,11 @@ def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding,
     torch.nn.Conv2d(6, 5, 1),
     torch.nn.Conv2d(6, 5, 5, stride=2, padding=2),
 ])
-def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv):
+@pytest.mark.parametrize("products", ["digits", "float64"])
+def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv, products, monkeypatch):
+    from gnn_lic.models.fixed_point import int8  # noqa: PLC0415
+
+    monkeypatch.setattr(int8, "W8_PRODUCTS", products)
     torch.manual_seed(3)
     f = fp.FixedConv2d(conv, "conv", int8=True)
     x = fp.to_act(torch.randn(2, 6, 9, 11) * 40)
@@ -228,11 +232,15 @@ def test_combine_requantize_reads_a_table_in_the_same_pass(kind):
     _same_bits(on, kernels.table_lookup(plain, table))
 
 
-def test_w8_convolutions_read_the_next_gelu_in_their_own_pass():
+@pytest.mark.parametrize("products", ["digits", "float64"])
+def test_w8_convolutions_read_the_next_gelu_in_their_own_pass(products, monkeypatch):
     from gnn_lic.models.fixed_point.blocks import FixedSequential  # noqa: PLC0415
     from gnn_lic.models.fixed_point.convert import to_fixed  # noqa: PLC0415
     from gnn_lic.models.layers import conv_stack  # noqa: PLC0415
 
+    from gnn_lic.models.fixed_point import int8  # noqa: PLC0415
+
+    monkeypatch.setattr(int8, "W8_PRODUCTS", products)
     torch.manual_seed(4)
     fixed = to_fixed(conv_stack([12, 16, 8, 4]), "stack", int8=True)
     assert isinstance(fixed, FixedSequential)

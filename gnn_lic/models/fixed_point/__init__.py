@@ -50,7 +50,9 @@ float64 products of 16-bit-fraction weights. Scheme **w8** (:data:`SCHEME_W8`, a
 norms, tables and depthwise convolutions of fx16 and rounds the weights of every other
 convolution to 8 bits per output channel; their products are integer matrix products of
 the inputs' byte digits with 32-bit accumulation (:mod:`~gnn_lic.models.fixed_point.int8`),
-exact like fx16's and faster for wide layers (paper-size models). Its 8-bit weights move
+exact like fx16's and faster for wide layers (paper-size models) on CPUs that multiply bytes
+natively (VNNI, AMX); elsewhere (AVX2, other devices) the same integers come from one float64
+product of the whole inputs, at fx16's speed. Its 8-bit weights move
 the means by a fraction of a quantisation step: on the trained shipped models the rate is
 the same, but untrained or tiny models drift further from their float forward than with
 fx16. Each latent codec names its default (``arithmetic``): GABIC's channel-slice codec w8,

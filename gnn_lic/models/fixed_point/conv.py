@@ -24,13 +24,16 @@ Winograd), whose intermediate values are not integers.
 With ``int8=True`` (scheme ``w8``, :mod:`~gnn_lic.models.fixed_point.int8`) a layer that is
 not depthwise multiplies 8-bit weights by the signed base-256 digits of its inputs
 instead: one row of int8 columns per digit and output pixel (the taps in use at stride 1,
-``unfold`` otherwise), one integer matrix product by the transposed weights, exact.
+``unfold`` otherwise), one integer matrix product by the transposed weights, exact. Where
+integer products are slow (:func:`~gnn_lic.models.fixed_point.int8.use_digit_products`)
+it runs the float64 kernels above with its 8-bit weights times :math:`2^{-f_o}` instead:
+the same exact sums, the same output.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +51,7 @@ from gnn_lic.models.fixed_point.int8 import (
     int8_products,
     int8_weights,
     powers_of_two,
+    use_digit_products,
 )
 
 __all__ = ["FixedConv2d"]
@@ -120,19 +124,21 @@ class FixedConv2d:
     def _prepare(self, weight: Tensor) -> None:
         """The kernels' operands: integer weights and bias times 2**-F_w (exact)."""
         s = 2.0**-self.frac_bits
-        w = weight * s
         self._bias = None if self.bias is None else (self.bias * s).reshape(-1, 1)
+        self._w, self._taps = self._operands(weight * s)
+
+    def _operands(self, w: Tensor) -> Tuple[Tensor, List[int]]:
+        """The float64 kernels' weight operand for ``w`` ``(out, in/groups * kh * kw)`` (already scaled) and the
+        taps in use: ``w`` itself (pointwise, unfold), one column of per-channel weights per tap ``(T, C, 1)``
+        (depthwise) or one weight matrix per tap ``(T, out, in)``."""
         kh, kw = self.kernel_size
         if self.kind in ("pointwise", "unfold"):
-            self._w = w
-            self._taps: List[int] = []
-            return
-        if self.kind == "depthwise":  # (T, C, 1): one column of per-channel weights per tap
+            return w, []
+        if self.kind == "depthwise":
             taps = w.t().reshape(kh * kw, -1, 1)
-        else:  # (T, out, in): one weight matrix per tap
+        else:
             taps = w.reshape(self.out_channels, self.in_channels, kh * kw).permute(2, 0, 1)
-        self._taps = [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
-        self._w = taps.contiguous()
+        return taps.contiguous(), [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
 
     def _prepare_int8(self, weight8: Tensor) -> None:
         """Scheme w8's operands: ``(out, taps in use * in)`` int8 weights, tap-major, and ``2^-f`` per output."""
@@ -148,6 +154,13 @@ class FixedConv2d:
         self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
         self._wsum8 = weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
         self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
+        self._w64: Optional[Tuple[Tensor, List[int]]] = None  # the float64 kernels' operands, made on first use
+
+    def _float64_operands(self) -> Tuple[Tensor, List[int]]:
+        """Scheme w8's operands for the float64 kernels: the 8-bit weights times ``2^-f`` per output (exact)."""
+        if self._w64 is None:
+            self._w64 = self._operands(self.weight8 * self._scale8)
+        return self._w64
 
     @property
     def weight8(self) -> Tensor:
@@ -169,6 +182,7 @@ class FixedConv2d:
         if self.int8:
             self._w8, self._scale8, self._wsum8 = (t.to(device) for t in (self._w8, self._scale8, self._wsum8))
             self.bias16 = None if self.bias16 is None else self.bias16.to(device)
+            self._w64 = None
         return self
 
     def __call__(self, x: Tensor, table=None) -> Tensor:
@@ -177,43 +191,61 @@ class FixedConv2d:
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {C}")
-        if self.int8:
+        if self.int8 and use_digit_products(x.device):
             return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
-        if table is not None:
-            raise ValueError(f"{self.name}: only a scheme-w8 layer reads a table in its own pass")
-        if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
-            x = x.clamp(-self.in_max, self.in_max)
-        if self.kind == "pointwise":
-            return requantize_(self._pointwise(x.reshape(B, C, H * W))).reshape(B, self.out_channels, H, W)
-        if self.kind == "unfold":
-            return self._unfold(x)
-        return self._shifted(x)
+        if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
+            (w, taps), bias = self._float64_operands(), None
 
-    def _pointwise(self, x: Tensor) -> Tensor:
-        """``(B, C, L)`` -> ``(B, out, L)`` accumulators."""
+            def finish(acc: Tensor) -> Tensor:
+                return self._finish8(acc, table)
+        else:
+            if table is not None:
+                raise ValueError(f"{self.name}: only a scheme-w8 layer reads a table in its own pass")
+            if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
+                x = x.clamp(-self.in_max, self.in_max)
+            w, taps, bias, finish = self._w, self._taps, self._bias, requantize_
+        if self.kind == "pointwise":
+            return finish(self._pointwise(x.reshape(B, C, H * W), w, bias)).reshape(B, self.out_channels, H, W)
+        if self.kind == "unfold":
+            return self._unfold(x, w, bias, finish)
+        return self._shifted(x, w, taps, bias, finish)
+
+    def _finish8(self, acc: Tensor, table=None) -> Tensor:
+        """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output:
+        ``clamp(round(acc) + bias)`` (then read through ``table``), as
+        :func:`~gnn_lic.models.fixed_point.kernels.combine_requantize` gives it from the digit sums."""
+        acc = acc.round_()
+        if self.bias16 is not None:
+            acc += self.bias16.reshape(1, -1, 1)
+        acc = acc.clamp_(-ACT_MAX, ACT_MAX)
+        return acc if table is None else kernels.table_lookup(acc, table)
+
+    def _pointwise(self, x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``(B, C, L)`` -> ``(B, out, L)`` accumulators ``w @ x + bias``."""
         out = x.new_empty((x.shape[0], self.out_channels, x.shape[2]))
         for b in range(x.shape[0]):
-            if self._bias is None:
-                torch.mm(self._w, x[b], out=out[b])
+            if bias is None:
+                torch.mm(w, x[b], out=out[b])
             else:
-                torch.addmm(self._bias, self._w, x[b], out=out[b])
+                torch.addmm(bias, w, x[b], out=out[b])
         return out
 
-    def _unfold(self, x: Tensor) -> Tensor:
+    def _unfold(self, x: Tensor, w: Tensor, bias: Optional[Tensor], finish: Callable[[Tensor], Tensor]) -> Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         B, C, H, W = x.shape
         Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (B, C*k, L)
         if self.depthwise:
             cols = cols.reshape(B, C, kh * kw, Ho * Wo)
-            acc = (cols * self._w.reshape(1, C, kh * kw, 1)).sum(2)
-            if self._bias is not None:
-                acc += self._bias.reshape(1, -1, 1)
+            acc = (cols * w.reshape(1, C, kh * kw, 1)).sum(2)
+            if bias is not None:
+                acc += bias.reshape(1, -1, 1)
         else:
-            acc = self._pointwise(cols)
-        return requantize_(acc).reshape(B, self.out_channels, Ho, Wo)
+            acc = self._pointwise(cols, w, bias)
+        return finish(acc).reshape(B, self.out_channels, Ho, Wo)
 
-    def _shifted(self, x: Tensor) -> Tensor:
+    def _shifted(self, x: Tensor, w: Tensor, taps: List[int], bias: Optional[Tensor],
+                 finish: Callable[[Tensor], Tensor]) -> Tensor:
         """Stride 1: one product (or multiply-add) per tap over shifted views of the padded input."""
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         B, C, H, W = x.shape
@@ -222,18 +254,18 @@ class FixedConv2d:
         L = Ho * Wp  # every output row at the padded width; the last kw - 1 columns are discarded
         # one more zero row at the bottom keeps the last row's discarded columns inside the buffer
         xp = F.pad(x, (pw, pw, ph, ph + 1)).reshape(B, C, (Hp + 1) * Wp)
-        if self._bias is None:
+        if bias is None:
             out = x.new_zeros((B, self.out_channels, L))
         else:
-            out = self._bias.expand(B, -1, L).contiguous()
-        for t in self._taps:
+            out = bias.expand(B, -1, L).contiguous()
+        for t in taps:
             off = (t // kw) * Wp + t % kw
             if self.kind == "depthwise":
-                out.addcmul_(xp[:, :, off : off + L], self._w[t])
+                out.addcmul_(xp[:, :, off : off + L], w[t])
             else:
                 for b in range(B):
-                    out[b].addmm_(self._w[t], xp[b, :, off : off + L])
-        return requantize_(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
+                    out[b].addmm_(w[t], xp[b, :, off : off + L])
+        return finish(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
 
     def _int8(self, x: Tensor, table=None) -> Tensor:
         """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the input digits.

@@ -19,7 +19,11 @@ and changes the weights of every convolution that is not depthwise:
   on it;
 * **products**: for each digit, :math:`\Sigma_k = \sum_i \hat w_{o,i} d_{k,i}` is an
   integer matrix product with 32-bit accumulation (``torch._int_mm``, one call for the
-  ``p`` digits side by side), exact, hence independent of the summation order;
+  ``p`` digits side by side), exact, hence independent of the summation order. ``torch._int_mm``
+  is fast only on CPUs that multiply bytes natively (VNNI, AMX) and many times slower than a
+  float product elsewhere: there, and on other devices, a layer multiplies the whole integer
+  inputs by its 8-bit weights in one float64 product instead (:func:`use_digit_products`),
+  exact because every partial sum stays below :math:`2^{53}`;
   :math:`\mathrm{acc}_o = \sum_k 256^k \Sigma_k + 128 \sum_{k<p-1} 256^k \sum_i \hat w_{o,i}`
   is exact in float64 for fewer than
   :math:`2^{15}` terms (checked at conversion, :func:`check_fan_in`);
@@ -38,8 +42,10 @@ its own receptive field, exactly as in the float network.
 from __future__ import annotations
 
 import math
+import os
 import sys
-from typing import Tuple
+import time
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +57,8 @@ from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import DTYPE
 
 __all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
-           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "int8_products"]
+           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "use_digit_products",
+           "int8_products"]
 
 #: largest |integer weight| of scheme w8
 WEIGHT_MAX = 127
@@ -204,3 +211,41 @@ def int8_products(a: Tensor, b: Tensor) -> Tensor:
     for r in range(0, M, rows):
         torch._int_mm(a[r : r + rows], b, out=out[r : r + rows])
     return out
+
+
+#: how scheme-w8 layers multiply on the CPU: ``"digits"`` (integer products of the inputs' byte digits,
+#: ``torch._int_mm``), ``"float64"`` (one float64 product of the whole inputs) or ``"auto"`` (the faster of
+#: the two on this machine, timed once per process); the same integers either way
+W8_PRODUCTS = os.environ.get("GNN_LIC_W8_PRODUCTS", "auto")
+_digits_are_faster: Optional[bool] = None
+
+
+def use_digit_products(device: torch.device) -> bool:
+    """Whether scheme-w8 layers on ``device`` multiply byte digits with ``torch._int_mm`` (CPU only) rather than
+    the whole integer inputs in float64 (:data:`W8_PRODUCTS`).
+
+    ``"auto"`` times, once per process, a three-digit integer product against the float64 one of a
+    layer-sized matrix: where the CPU multiplies bytes natively (VNNI, AMX) the digits win, elsewhere
+    (AVX2) ``torch._int_mm`` falls back to a loop some 20 times slower than float64.
+    """
+    global _digits_are_faster
+    if torch.device(device).type != "cpu":
+        return False
+    if W8_PRODUCTS in ("digits", "float64"):
+        return W8_PRODUCTS == "digits"
+    if W8_PRODUCTS != "auto":
+        raise ValueError(f"GNN_LIC_W8_PRODUCTS must be auto, digits or float64, got {W8_PRODUCTS!r}")
+    if _digits_are_faster is None:
+        a8, b8 = torch.ones((3 * 128, 1024), dtype=torch.int8), torch.ones((1024, 256), dtype=torch.int8)
+        a, b = torch.ones((128, 1024), dtype=DTYPE), torch.ones((1024, 256), dtype=DTYPE)
+        times = []
+        for fn, args in ((torch._int_mm, (a8, b8)), (torch.mm, (a, b))):
+            fn(*args)
+            best = math.inf
+            for _ in range(2):
+                start = time.perf_counter()
+                fn(*args)
+                best = min(best, time.perf_counter() - start)
+            times.append(best)
+        _digits_are_faster = times[0] < times[1]
+    return _digits_are_faster
