@@ -97,7 +97,7 @@ class FixedConv2d:
             self.kind = "depthwise" if self.depthwise else "taps"
         self.int8 = bool(int8) and not self.depthwise
         self.name = name
-        if self.int8:  # scheme w8 holds its 8-bit weights only, not fx16's float64 operands
+        if self.int8:  # scheme w8 holds its 8-bit weights, float64 operands only once its float64 kernels run
             weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
             self._w = self._bias = None
