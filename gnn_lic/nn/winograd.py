@@ -18,8 +18,12 @@ transforms of the input patches (:math:`B^\top d B`) and of the products (:math:
 are compiled loops (numba), the products one batched ``torch.bmm``.
 
 The values are the convolution's up to float rounding (other products summed in another
-order), not bit for bit: this serves float networks only (GABIC's channel-slice networks),
-never the fixed-point entropy parameters, whose sums must be exact.
+order), not bit for bit. The fixed-point entropy networks use it only where every value is an
+exact float64 integer (in units of a power of two): :math:`G` holds halves, :math:`B` and
+:math:`A` hold :math:`0, \pm 1`, so for integer inputs and weights every transformed value,
+product and partial sum is an integer in units of a quarter of the weights' unit, exact while
+their absolute sum stays below :math:`2^{53}`; the result is then the direct convolution's, bit
+for bit (:class:`~gnn_lic.models.fixed_point.FixedConv2d`).
 """
 
 from __future__ import annotations
@@ -112,16 +116,20 @@ def filter_tiles(weight: Tensor) -> Tensor:
     return torch.mm(torch.kron(g, g), weight.reshape(O * C, 9).t()).view(16, O, C)
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    r"""``F.conv2d(x, weight, bias, padding=1)`` for a ``(B, C, H, W)`` float32 CPU map and ``(O, C, 3, 3)``
-    weights, by :math:`F(2 \times 2, 3 \times 3)` (module docstring), without autograd."""
+def winograd_conv3x3(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor] = None,
+                     tiles: Optional[Tensor] = None) -> Tensor:
+    r"""``F.conv2d(x, weight, bias, padding=1)`` for a ``(B, C, H, W)`` contiguous CPU map and ``(O, C, 3, 3)``
+    weights of its dtype, by :math:`F(2 \times 2, 3 \times 3)` (module docstring), without autograd;
+    ``tiles`` = :func:`filter_tiles` ``(weight)`` when already made."""
     B, C, H, W = x.shape
-    O = weight.shape[0]
+    if tiles is None:
+        tiles = filter_tiles(weight)
+    O = tiles.shape[1]
     th, tw = (H + 1) // 2, (W + 1) // 2
     xp = F.pad(x, (1, 2 * tw + 1 - W, 1, 2 * th + 1 - H)).contiguous()
     v = torch.empty((16, C, B * th * tw), dtype=x.dtype)
     compiled.parallel(_input_tiles, xp.numpy(), th, tw, v.numpy())
-    m = torch.bmm(filter_tiles(weight), v)  # (16, O, tiles)
+    m = torch.bmm(tiles, v)  # (16, O, tiles)
     y = torch.empty((B, O, H, W), dtype=x.dtype)
     b = bias if bias is not None else x.new_zeros(O)
     compiled.parallel(_output_tiles, m.numpy(), b.detach().contiguous().numpy(), th, tw, y.numpy())

@@ -456,6 +456,32 @@ def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, mon
     assert operands is not None and f._float64_operands() is operands
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_3x3_layers_take_winograd_only_where_it_is_exact(int8, monkeypatch):
+    """Winograd's F(2x2, 3x3) in the float64 kernels (both schemes): the definition's output bit for bit;
+    inputs above the layer's exact range take the shifted views instead."""
+    from gnn_lic.models.fixed_point import conv as conv_module
+    from gnn_lic.models.fixed_point import int8 as int8_module
+
+    monkeypatch.setattr(int8_module, "W8_PRODUCTS", "float64")
+    calls = []
+    real = conv_module.winograd_conv3x3
+    monkeypatch.setattr(conv_module, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
+    conv = _seeded(nn.Conv2d(12, 10, 3, padding=1), seed=31)
+    f = fp.FixedConv2d(conv, "c3", int8=int8)
+    x = fp.to_act(torch.randn(2, 12, 7, 9, generator=torch.Generator().manual_seed(32)) * 6)  # odd: cropped tiles
+    x[0, :, 0, 0], x[1, :, -1, -1] = 2.0**24, -(2.0**24)
+    reference = reference_conv_w8(conv, x) if int8 else reference_conv(f, x)
+    monkeypatch.setattr(conv_module, "MIN_TILE_PRODUCTS", 1 << 62)
+    assert torch.equal(f(x.clone()), reference) and not calls
+    monkeypatch.setattr(conv_module, "MIN_TILE_PRODUCTS", 0)
+    assert torch.equal(f(x.clone()), reference) and len(calls) == 1
+    tiles, limit = f._wino
+    assert limit > 2.0**24  # far below 2^53 at 12 input channels
+    f._wino = (tiles, 2.0**20)  # a smaller exact range: these inputs leave it
+    assert torch.equal(f(x.clone()), reference) and len(calls) == 1
+
+
 def test_w8_refuses_a_fan_in_beyond_exact_float64():
     from gnn_lic.models.fixed_point.int8 import check_fan_in
 

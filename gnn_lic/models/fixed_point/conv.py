@@ -16,10 +16,16 @@ and the layer may use whichever split is fastest:
   :math:`k^2` times the input is made; taps whose weights are all zero (the masked half
   of a checkerboard context) are skipped, their terms being exact zeros;
 * stride 1, depthwise: one multiply-add per tap over the same shifted views;
+* 3x3, padding 1, ``groups = 1``, large enough maps: Winograd's :math:`F(2 \times 2, 3 \times 3)`
+  (:func:`~gnn_lic.nn.winograd.winograd_conv3x3`, 2.25 times fewer products), whose transforms
+  hold only :math:`0, \pm 1` and halves, so every value is an integer in units of a quarter of
+  the weights' unit: exact, and so the same output, when each output's
+  :math:`4 \max|a| \sum |G w G^\top| + |b|` (in those units) stays below :math:`2^{52}`, checked
+  on every call against the input's largest value (otherwise the shifted views);
 * otherwise: ``unfold`` and one matrix product.
 
-No path goes through a convolution algorithm that transforms the operands (FFT,
-Winograd), whose intermediate values are not integers.
+No path goes through a convolution algorithm whose intermediate values are not integers
+(FFT, Winograd with larger tiles).
 
 With ``int8=True`` (scheme ``w8``, :mod:`~gnn_lic.models.fixed_point.int8`) a layer that is
 not depthwise multiplies 8-bit weights by the signed base-256 digits of its inputs
@@ -40,6 +46,7 @@ import torch.nn.functional as F
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
+from gnn_lic import compiled
 from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
 from gnn_lic.models.fixed_point.int8 import (
@@ -53,6 +60,7 @@ from gnn_lic.models.fixed_point.int8 import (
     powers_of_two,
     use_digit_products,
 )
+from gnn_lic.nn.winograd import MAX_TILE_BYTES, MIN_TILE_PRODUCTS, filter_tiles, winograd_conv3x3
 
 __all__ = ["FixedConv2d"]
 
@@ -97,6 +105,7 @@ class FixedConv2d:
             self.kind = "depthwise" if self.depthwise else "taps"
         self.int8 = bool(int8) and not self.depthwise
         self.name = name
+        self._wino: Optional[Tuple[Tensor, float]] = None  # Winograd's filter tiles and input bound, made on first use
         if self.int8:  # scheme w8 holds its 8-bit weights, float64 operands only once its float64 kernels run
             weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
@@ -183,6 +192,7 @@ class FixedConv2d:
             self._w8, self._scale8, self._wsum8 = (t.to(device) for t in (self._w8, self._scale8, self._wsum8))
             self.bias16 = None if self.bias16 is None else self.bias16.to(device)
             self._w64 = None
+        self._wino = None
         return self
 
     def __call__(self, x: Tensor, table=None) -> Tensor:
@@ -194,7 +204,7 @@ class FixedConv2d:
         if self.int8 and use_digit_products(x.device):
             return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
         if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
-            (w, taps), bias = self._float64_operands(), None
+            (w, taps), bias, unit = self._float64_operands(), None, self._scale8
 
             def finish(acc: Tensor) -> Tensor:
                 return self._finish8(acc, table)
@@ -204,11 +214,43 @@ class FixedConv2d:
             if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
                 x = x.clamp(-self.in_max, self.in_max)
             w, taps, bias, finish = self._w, self._taps, self._bias, requantize_
+            unit = torch.full((self.out_channels, 1), 2.0**-self.frac_bits, dtype=DTYPE)
+        if self._winograd_applies(x):
+            tiles, in_limit = self._winograd_operands(w, bias, unit)
+            if float(x.abs().max()) <= in_limit:
+                b = None if bias is None else bias.reshape(-1)
+                y = winograd_conv3x3(x, None, b, tiles=tiles)
+                return finish(y.reshape(B, self.out_channels, H * W)).reshape(B, self.out_channels, H, W)
         if self.kind == "pointwise":
             return finish(self._pointwise(x.reshape(B, C, H * W), w, bias)).reshape(B, self.out_channels, H, W)
         if self.kind == "unfold":
             return self._unfold(x, w, bias, finish)
         return self._shifted(x, w, taps, bias, finish)
+
+    def _winograd_applies(self, x: Tensor) -> bool:
+        """Whether the shape allows Winograd's :math:`F(2 \\times 2, 3 \\times 3)` and it pays (the float
+        layers' rule, :class:`~gnn_lic.nn.winograd.WinogradConv2d`; its loops are compiled ones)."""
+        if not (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1) and compiled.enabled()
+                and x.device.type == "cpu" and x.is_contiguous()):
+            return False
+        tiles = x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
+        return (self.in_channels * self.out_channels * tiles >= MIN_TILE_PRODUCTS
+                and 16 * max(self.in_channels, self.out_channels) * tiles * x.element_size() <= MAX_TILE_BYTES)
+
+    def _winograd_operands(self, w: Tensor, bias: Optional[Tensor], unit: Tensor) -> Tuple[Tensor, float]:
+        """Winograd's filter tiles ``(16, out, in)`` of the taps operand ``w`` ``(9, out, in)`` (exact: sums of
+        weights times 1, 1/2 and 1/4) and the largest input magnitude for which every value stays an exact
+        integer: per output, in units of ``unit / 4`` (``unit`` the weights' unit per output, ``(out, 1)``),
+        ``4 max|a| sum |tiles| + |b| < 2^52``."""
+        if self._wino is None:
+            tiles = filter_tiles(w.permute(1, 2, 0).reshape(self.out_channels, self.in_channels, 3, 3))
+            quarter = unit.reshape(-1) / 4
+            spread = tiles.abs().sum((0, 2)) / quarter
+            b = 0.0 if bias is None else bias.abs().reshape(-1) / quarter
+            room = (2.0**52 - b) / (4 * spread)
+            limit = float(room[spread > 0].min()) if bool((spread > 0).any()) else math.inf
+            self._wino = (tiles, limit)
+        return self._wino
 
     def _finish8(self, acc: Tensor, table=None) -> Tensor:
         """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output:
