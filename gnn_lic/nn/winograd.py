@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from gnn_lic import compiled
 
-__all__ = ["WinogradConv2d", "winograd_conv3x3", "filter_tiles", "MIN_TILE_PRODUCTS", "MAX_TILE_BYTES"]
+__all__ = ["WinogradConv2d", "winograd_conv3x3", "winograd_pays", "filter_tiles", "MIN_TILE_PRODUCTS",
+           "MAX_TILE_BYTES"]
 
 #: smallest ``in * out * tiles`` (2x2 output tiles of all images) that takes the Winograd path: below it the
 #: 16 matrix products are too small to beat oneDNN's direct kernel
@@ -136,6 +137,17 @@ def winograd_conv3x3(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]
     return y
 
 
+def winograd_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
+    """Whether :func:`winograd_conv3x3` may and should take the ``(B, C, H, W)`` map ``x``: a contiguous CPU
+    map with compiled loops on, at least :data:`MIN_TILE_PRODUCTS` channel pairs times output tiles, and
+    temporaries within :data:`MAX_TILE_BYTES`."""
+    if not (compiled.enabled() and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()):
+        return False
+    tiles = x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
+    return (in_channels * out_channels * tiles >= MIN_TILE_PRODUCTS
+            and 16 * max(in_channels, out_channels) * tiles * x.element_size() <= MAX_TILE_BYTES)
+
+
 class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 3, padding=1)`` (the same parameters and state dict) whose
     forward without autograd, for contiguous float32 CPU maps with compiled loops on, at least
@@ -153,12 +165,9 @@ class WinogradConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
 
     def _winograd(self, x: Tensor) -> bool:
-        if torch.is_grad_enabled() or not (compiled.enabled() and x.device.type == "cpu" and x.dim() == 4
-                                           and x.dtype == self.weight.dtype == torch.float32 and x.is_contiguous()):
+        if torch.is_grad_enabled() or x.dtype != self.weight.dtype or x.dtype != torch.float32:
             return False
-        tiles = x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
-        return (self.in_channels * self.out_channels * tiles >= MIN_TILE_PRODUCTS
-                and 16 * max(self.in_channels, self.out_channels) * tiles * 4 <= MAX_TILE_BYTES)
+        return winograd_pays(x, self.in_channels, self.out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._winograd(x):

@@ -462,6 +462,7 @@ def test_3x3_layers_take_winograd_only_where_it_is_exact(int8, monkeypatch):
     inputs above the layer's exact range take the shifted views instead."""
     from gnn_lic.models.fixed_point import conv as conv_module
     from gnn_lic.models.fixed_point import int8 as int8_module
+    from gnn_lic.nn import winograd
 
     monkeypatch.setattr(int8_module, "W8_PRODUCTS", "float64")
     calls = []
@@ -472,9 +473,9 @@ def test_3x3_layers_take_winograd_only_where_it_is_exact(int8, monkeypatch):
     x = fp.to_act(torch.randn(2, 12, 7, 9, generator=torch.Generator().manual_seed(32)) * 6)  # odd: cropped tiles
     x[0, :, 0, 0], x[1, :, -1, -1] = 2.0**24, -(2.0**24)
     reference = reference_conv_w8(conv, x) if int8 else reference_conv(f, x)
-    monkeypatch.setattr(conv_module, "MIN_TILE_PRODUCTS", 1 << 62)
+    monkeypatch.setattr(winograd, "MIN_TILE_PRODUCTS", 1 << 62)
     assert torch.equal(f(x.clone()), reference) and not calls
-    monkeypatch.setattr(conv_module, "MIN_TILE_PRODUCTS", 0)
+    monkeypatch.setattr(winograd, "MIN_TILE_PRODUCTS", 0)
     assert torch.equal(f(x.clone()), reference) and len(calls) == 1
     tiles, limit = f._wino
     assert limit > 2.0**24  # far below 2^53 at 12 input channels

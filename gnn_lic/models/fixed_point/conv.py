@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
-from gnn_lic import compiled
 from gnn_lic.models.fixed_point import kernels
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
 from gnn_lic.models.fixed_point.int8 import (
@@ -60,7 +59,7 @@ from gnn_lic.models.fixed_point.int8 import (
     powers_of_two,
     use_digit_products,
 )
-from gnn_lic.nn.winograd import MAX_TILE_BYTES, MIN_TILE_PRODUCTS, filter_tiles, winograd_conv3x3
+from gnn_lic.nn.winograd import filter_tiles, winograd_conv3x3, winograd_pays
 
 __all__ = ["FixedConv2d"]
 
@@ -228,14 +227,10 @@ class FixedConv2d:
         return self._shifted(x, w, taps, bias, finish)
 
     def _winograd_applies(self, x: Tensor) -> bool:
-        """Whether the shape allows Winograd's :math:`F(2 \\times 2, 3 \\times 3)` and it pays (the float
-        layers' rule, :class:`~gnn_lic.nn.winograd.WinogradConv2d`; its loops are compiled ones)."""
-        if not (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1) and compiled.enabled()
-                and x.device.type == "cpu" and x.is_contiguous()):
-            return False
-        tiles = x.shape[0] * ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2)
-        return (self.in_channels * self.out_channels * tiles >= MIN_TILE_PRODUCTS
-                and 16 * max(self.in_channels, self.out_channels) * tiles * x.element_size() <= MAX_TILE_BYTES)
+        """Whether the layer is a 3x3, padding-1 convolution and Winograd pays for ``x`` (the float layers' rule,
+        :func:`~gnn_lic.nn.winograd.winograd_pays`)."""
+        return (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1)
+                and winograd_pays(x, self.in_channels, self.out_channels))
 
     def _winograd_operands(self, w: Tensor, bias: Optional[Tensor], unit: Tensor) -> Tuple[Tensor, float]:
         """Winograd's filter tiles ``(16, out, in)`` of the taps operand ``w`` ``(9, out, in)`` (exact: sums of
