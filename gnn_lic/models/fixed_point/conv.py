@@ -104,8 +104,8 @@ class FixedConv2d:
             self.kind = "depthwise" if self.depthwise else "taps"
         self.int8 = bool(int8) and not self.depthwise
         self.name = name
-        self._wino: Optional[Tuple[Tensor, float]] = None  # Winograd's filter tiles and input bound, made on first use
-        if self.int8:  # scheme w8 holds its 8-bit weights, float64 operands only once its float64 kernels run
+        self._wino_limit: Optional[float] = None  # Winograd's exact input range, found on first use
+        if self.int8:  # scheme w8 holds its 8-bit weights only (its float64 kernels' operands are made per call)
             weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
             self._w = self._bias = None
@@ -162,13 +162,6 @@ class FixedConv2d:
         self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
         self._wsum8 = weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
         self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
-        self._w64: Optional[Tuple[Tensor, List[int]]] = None  # the float64 kernels' operands, made on first use
-
-    def _float64_operands(self) -> Tuple[Tensor, List[int]]:
-        """Scheme w8's operands for the float64 kernels: the 8-bit weights times ``2^-f`` per output (exact)."""
-        if self._w64 is None:
-            self._w64 = self._operands(self.weight8 * self._scale8)
-        return self._w64
 
     @property
     def weight8(self) -> Tensor:
@@ -190,8 +183,6 @@ class FixedConv2d:
         if self.int8:
             self._w8, self._scale8, self._wsum8 = (t.to(device) for t in (self._w8, self._scale8, self._wsum8))
             self.bias16 = None if self.bias16 is None else self.bias16.to(device)
-            self._w64 = None
-        self._wino = None
         return self
 
     def __call__(self, x: Tensor, table=None) -> Tensor:
@@ -203,7 +194,9 @@ class FixedConv2d:
         if self.int8 and use_digit_products(x.device):
             return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
         if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
-            (w, taps), bias, unit = self._float64_operands(), None, self._scale8
+            # the 8-bit weights times 2^-f per output (exact), made per call: float64 copies of every layer's
+            # weights would hold eight times the int8 ones (more than the float model for GABIC's slice networks)
+            w, bias, unit = self.weight8 * self._scale8, None, self._scale8
 
             def finish(acc: Tensor) -> Tensor:
                 return self._finish8(acc, table)
@@ -212,14 +205,17 @@ class FixedConv2d:
                 raise ValueError(f"{self.name}: only a scheme-w8 layer reads a table in its own pass")
             if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
                 x = x.clamp(-self.in_max, self.in_max)
-            w, taps, bias, finish = self._w, self._taps, self._bias, requantize_
+            w, bias, finish = None, self._bias, requantize_
             unit = torch.full((self.out_channels, 1), 2.0**-self.frac_bits, dtype=DTYPE)
         if self._winograd_applies(x):
-            tiles, in_limit = self._winograd_operands(w, bias, unit)
-            if float(x.abs().max()) <= in_limit:
+            # the filter tiles are made per call too (16/9 of the weights): cheap next to the products
+            full = w if self.int8 else self._w.permute(1, 2, 0)  # (out, in, 9) either way, scaled
+            tiles = filter_tiles(full.reshape(self.out_channels, self.in_channels, 3, 3))
+            if float(x.abs().max()) <= self._winograd_limit(tiles, bias, unit):
                 b = None if bias is None else bias.reshape(-1)
                 y = winograd_conv3x3(x, None, b, tiles=tiles)
                 return finish(y.reshape(B, self.out_channels, H * W)).reshape(B, self.out_channels, H, W)
+        w, taps = self._operands(w) if self.int8 else (self._w, self._taps)
         if self.kind == "pointwise":
             return finish(self._pointwise(x.reshape(B, C, H * W), w, bias)).reshape(B, self.out_channels, H, W)
         if self.kind == "unfold":
@@ -232,20 +228,18 @@ class FixedConv2d:
         return (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1)
                 and winograd_pays(x, self.in_channels, self.out_channels))
 
-    def _winograd_operands(self, w: Tensor, bias: Optional[Tensor], unit: Tensor) -> Tuple[Tensor, float]:
-        """Winograd's filter tiles ``(16, out, in)`` of the taps operand ``w`` ``(9, out, in)`` (exact: sums of
-        weights times 1, 1/2 and 1/4) and the largest input magnitude for which every value stays an exact
-        integer: per output, in units of ``unit / 4`` (``unit`` the weights' unit per output, ``(out, 1)``),
-        ``4 max|a| sum |tiles| + |b| < 2^52``."""
-        if self._wino is None:
-            tiles = filter_tiles(w.permute(1, 2, 0).reshape(self.out_channels, self.in_channels, 3, 3))
+    def _winograd_limit(self, tiles: Tensor, bias: Optional[Tensor], unit: Tensor) -> float:
+        """The largest input magnitude for which every value of Winograd's products with ``tiles`` ``(16, out, in)``
+        (exact: sums of weights times 1, 1/2 and 1/4) stays an exact integer: per output, in units of
+        ``unit / 4`` (``unit`` the weights' unit per output, ``(out, 1)``), ``4 max|a| sum |tiles| + |b| < 2^52``.
+        Found on the first call, then kept."""
+        if self._wino_limit is None:
             quarter = unit.reshape(-1) / 4
             spread = tiles.abs().sum((0, 2)) / quarter
             b = 0.0 if bias is None else bias.abs().reshape(-1) / quarter
             room = (2.0**52 - b) / (4 * spread)
-            limit = float(room[spread > 0].min()) if bool((spread > 0).any()) else math.inf
-            self._wino = (tiles, limit)
-        return self._wino
+            self._wino_limit = float(room[spread > 0].min()) if bool((spread > 0).any()) else math.inf
+        return self._wino_limit
 
     def _finish8(self, acc: Tensor, table=None) -> Tensor:
         """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output:
