@@ -105,7 +105,8 @@ class FixedConv2d:
         self.int8 = bool(int8) and not self.depthwise
         self.name = name
         self._wino_limit: Optional[float] = None  # Winograd's exact input range, found on first use
-        if self.int8:  # scheme w8 holds its 8-bit weights only (its float64 kernels' operands are made per call)
+        self._tiles16: Optional[Tensor] = None  # scheme w8: 4 G w G^T as int16, made when Winograd first runs
+        if self.int8:  # scheme w8 holds its 8-bit weights (and int16 Winograd tiles once they run), no float64
             weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
             self._w = self._bias = None
@@ -177,6 +178,7 @@ class FixedConv2d:
         return full.reshape(self.out_channels, -1)
 
     def to(self, device: torch.device) -> "FixedConv2d":
+        self._tiles16 = None
         self.bias = None if self.bias is None else self.bias.to(device)
         self._w = None if self._w is None else self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
@@ -194,9 +196,7 @@ class FixedConv2d:
         if self.int8 and use_digit_products(x.device):
             return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
         if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
-            # the 8-bit weights times 2^-f per output (exact), made per call: float64 copies of every layer's
-            # weights would hold eight times the int8 ones (more than the float model for GABIC's slice networks)
-            w, bias, unit = self.weight8 * self._scale8, None, self._scale8
+            bias, unit = None, self._scale8
 
             def finish(acc: Tensor) -> Tensor:
                 return self._finish8(acc, table)
@@ -205,17 +205,19 @@ class FixedConv2d:
                 raise ValueError(f"{self.name}: only a scheme-w8 layer reads a table in its own pass")
             if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
                 x = x.clamp(-self.in_max, self.in_max)
-            w, bias, finish = None, self._bias, requantize_
+            bias, finish = self._bias, requantize_
             unit = torch.full((self.out_channels, 1), 2.0**-self.frac_bits, dtype=DTYPE)
         if self._winograd_applies(x):
-            # the filter tiles are made per call too (16/9 of the weights): cheap next to the products
-            full = w if self.int8 else self._w.permute(1, 2, 0)  # (out, in, 9) either way, scaled
-            tiles = filter_tiles(full.reshape(self.out_channels, self.in_channels, 3, 3))
+            if self.int8:  # the integer tiles times 2^-f / 4 per output: exact
+                tiles = self._winograd_tiles8() * (self._scale8.reshape(1, -1, 1) / 4)
+            else:  # fx16 holds float64 weights already: its tiles are made per call (16/9 of them)
+                tiles = filter_tiles(self._w.permute(1, 2, 0).reshape(self.out_channels, self.in_channels, 3, 3))
             if float(x.abs().max()) <= self._winograd_limit(tiles, bias, unit):
                 b = None if bias is None else bias.reshape(-1)
                 y = winograd_conv3x3(x, None, b, tiles=tiles)
                 return finish(y.reshape(B, self.out_channels, H * W)).reshape(B, self.out_channels, H, W)
-        w, taps = self._operands(w) if self.int8 else (self._w, self._taps)
+        # scheme w8's float64 operands are made per call: kept, they would hold eight times its int8 weights
+        w, taps = self._operands(self.weight8 * self._scale8) if self.int8 else (self._w, self._taps)
         if self.kind == "pointwise":
             return finish(self._pointwise(x.reshape(B, C, H * W), w, bias)).reshape(B, self.out_channels, H, W)
         if self.kind == "unfold":
@@ -227,6 +229,15 @@ class FixedConv2d:
         :func:`~gnn_lic.nn.winograd.winograd_pays`)."""
         return (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1)
                 and winograd_pays(x, self.in_channels, self.out_channels))
+
+    def _winograd_tiles8(self) -> Tensor:
+        """Scheme w8's Winograd filter tiles ``4 G w G^T`` ``(16, out, in)`` of its integer weights, as int16
+        (exact: ``2G`` is an integer matrix whose rows sum to at most 3 in absolute value, so
+        ``|4 G w G^T| <= 3 * 3 * 127 = 1143``), made on first use."""
+        if self._tiles16 is None:
+            full = self.weight8.reshape(self.out_channels, self.in_channels, 3, 3)
+            self._tiles16 = (filter_tiles(full) * 4).to(torch.int16)
+        return self._tiles16
 
     def _winograd_limit(self, tiles: Tensor, bias: Optional[Tensor], unit: Tensor) -> float:
         """The largest input magnitude for which every value of Winograd's products with ``tiles`` ``(16, out, in)``
