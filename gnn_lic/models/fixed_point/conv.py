@@ -196,7 +196,7 @@ class FixedConv2d:
         if self.int8 and use_digit_products(x.device):
             return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
         if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
-            bias, unit = None, self._scale8
+            bias = None
 
             def finish(acc: Tensor) -> Tensor:
                 return self._finish8(acc, table)
@@ -206,11 +206,12 @@ class FixedConv2d:
             if self.in_max < ACT_MAX:  # a large fan-in: this layer's own, smaller input range
                 x = x.clamp(-self.in_max, self.in_max)
             bias, finish = self._bias, requantize_
-            unit = torch.full((self.out_channels, 1), 2.0**-self.frac_bits, dtype=DTYPE)
         if self._winograd_applies(x):
             if self.int8:  # the integer tiles times 2^-f / 4 per output: exact
-                tiles = self._winograd_tiles8() * (self._scale8.reshape(1, -1, 1) / 4)
+                unit = self._scale8
+                tiles = self._winograd_tiles8() * (unit.reshape(1, -1, 1) / 4)
             else:  # fx16 holds float64 weights already: its tiles are made per call (16/9 of them)
+                unit = torch.full((self.out_channels, 1), 2.0**-self.frac_bits, dtype=DTYPE)
                 tiles = filter_tiles(self._w.permute(1, 2, 0).reshape(self.out_channels, self.in_channels, 3, 3))
             if float(x.abs().max()) <= self._winograd_limit(tiles, bias, unit):
                 b = None if bias is None else bias.reshape(-1)
@@ -253,14 +254,10 @@ class FixedConv2d:
         return self._wino_limit
 
     def _finish8(self, acc: Tensor, table=None) -> Tensor:
-        """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output:
-        ``clamp(round(acc) + bias)`` (then read through ``table``), as
-        :func:`~gnn_lic.models.fixed_point.kernels.combine_requantize` gives it from the digit sums."""
-        acc = acc.round_()
-        if self.bias16 is not None:
-            acc += self.bias16.reshape(1, -1, 1)
-        acc = acc.clamp_(-ACT_MAX, ACT_MAX)
-        return acc if table is None else kernels.table_lookup(acc, table)
+        """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output,
+        as :func:`~gnn_lic.models.fixed_point.kernels.combine_requantize` gives it from the digit sums."""
+        bias = None if self.bias16 is None else self.bias16.reshape(1, -1, 1)
+        return kernels.round_bias_clamp_(acc, bias, ACT_MAX, table)
 
     def _pointwise(self, x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
         """``(B, C, L)`` -> ``(B, out, L)`` accumulators ``w @ x + bias``."""

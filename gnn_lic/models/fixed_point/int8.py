@@ -226,7 +226,7 @@ def use_digit_products(device: torch.device) -> bool:
 
     ``"auto"`` times, once per process, a three-digit integer product against the float64 one of a
     layer-sized matrix: where the CPU multiplies bytes natively (VNNI, AMX) the digits win, elsewhere
-    (AVX2) ``torch._int_mm`` falls back to a loop some 20 times slower than float64.
+    (AVX2) ``torch._int_mm`` falls back to a loop far slower than float64.
     """
     global _digits_are_faster
     if torch.device(device).type != "cpu":

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["round_clamp_", "table_lookup", "table_gate", "combine_requantize", "layer_norm"]
+__all__ = ["round_clamp_", "round_bias_clamp_", "table_lookup", "table_gate", "combine_requantize", "layer_norm"]
 
 #: maps with fewer elements than this take the PyTorch path (starting the loop's threads costs more)
 MIN_ELEMENTS = 1 << 14
@@ -187,11 +187,18 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     acc = g[-1].t().to(torch.float64)
     for k in range(P - 2, -1, -1):
         acc = acc.mul_(256.0).add_(g[k].t())
-    out = acc.add_(offset).mul_(scale).round_()
+    return round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table)
+
+
+def round_bias_clamp_(acc: Tensor, bias: Tensor | None, bound: float, table=None) -> Tensor:
+    """Scheme w8's output from sums already scaled to activation units: ``clamp(round(acc) + bias)``
+    (round half to even, in place; ``bias`` broadcast against ``acc``), then read through ``table``
+    (:func:`table_lookup`) if given. The bias is added after rounding, so it is an integer."""
+    acc = acc.round_()
     if bias is not None:
-        out += bias
-    out = out.clamp_(-bound, bound)
-    return out if table is None else table_lookup(out, table)
+        acc += bias
+    acc = acc.clamp_(-bound, bound)
+    return acc if table is None else table_lookup(acc, table)
 
 
 @compiled.jit(parallel=True)
