@@ -44,3 +44,40 @@ def test_image_sizes_and_slopes(capsys):
     assert "log-log slope against pixels (2 sizes): forward_s" in out
     assert main(["codec", "--sizes", "tiny,64y64"]) == 2
     assert "unknown size '64y64'" in capsys.readouterr().err
+
+
+def test_training_steps_are_timed_once_memory_is_reused(monkeypatch):
+    """Warm-up ends at the first step (from the fewest on) that faults in almost no fresh page, and at the most
+    allowed; the timed steps come after it."""
+    import torch
+
+    from gnn_lic.bench import codec
+    from gnn_lic.models import create_model
+
+    net = create_model("glic", size="tiny")
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+
+    def run(faults_per_step):
+        counter = {"faults": 0, "steps": 0}
+        real_step = torch.optim.Adam.step
+
+        def counted(self, *a, **k):  # every training step ends with one optimiser step
+            counter["steps"] += 1
+            n = counter["steps"]
+            counter["faults"] += faults_per_step[n - 1] if n <= len(faults_per_step) else 0
+            return real_step(self, *a, **k)
+
+        monkeypatch.setattr(codec, "_minor_faults", lambda: counter["faults"])
+        monkeypatch.setattr(torch.optim.Adam, "step", counted)
+        r = codec._time_codec(net, img, 2, lambda im: (b"", 1), lambda blob: None, True, 1, 32)
+        monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+        return r, counter["steps"]
+
+    lo, hi = codec.TRAIN_WARMUP
+    many = 10 * codec.STEADY_FAULTS
+    r, steps = run([many] * 3 + [0] * 20)  # fresh memory in the first three steps
+    assert r["train_warmup_steps"] == max(lo, 4) and steps == r["train_warmup_steps"] + 2 and r["train_faults"] == 0
+    r, steps = run([0] * 20)  # steady from the start: the fewest warm-up steps
+    assert r["train_warmup_steps"] == lo and steps == lo + 2
+    r, steps = run([many] * 20)  # never steady: the most, and the timed steps say so
+    assert r["train_warmup_steps"] == hi and steps == hi + 2 and r["train_faults"] == many
