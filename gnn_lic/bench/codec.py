@@ -139,7 +139,7 @@ def _minor_faults() -> int:
     """Minor page faults of this process so far (0 where ``resource`` is missing)."""
     try:
         import resource  # noqa: PLC0415
-    except ImportError:  # not on Windows
+    except ImportError:  # Windows has no resource module
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
