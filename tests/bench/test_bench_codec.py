@@ -57,9 +57,10 @@ def test_training_steps_are_timed_once_memory_is_reused(monkeypatch):
     net = create_model("glic", size="tiny")
     img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
 
+    real_step = torch.optim.Adam.step
+
     def run(faults_per_step):
         counter = {"faults": 0, "steps": 0}
-        real_step = torch.optim.Adam.step
 
         def counted(self, *a, **k):  # every training step ends with one optimiser step
             counter["steps"] += 1
@@ -70,7 +71,6 @@ def test_training_steps_are_timed_once_memory_is_reused(monkeypatch):
         monkeypatch.setattr(codec, "_minor_faults", lambda: counter["faults"])
         monkeypatch.setattr(torch.optim.Adam, "step", counted)
         r = codec._time_codec(net, img, 2, lambda im: (b"", 1), lambda blob: None, True, 1, 32)
-        monkeypatch.setattr(torch.optim.Adam, "step", real_step)
         return r, counter["steps"]
 
     lo, hi = codec.TRAIN_WARMUP

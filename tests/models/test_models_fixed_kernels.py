@@ -460,9 +460,9 @@ def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, mon
 def test_3x3_layers_take_winograd_only_where_it_is_exact(int8, monkeypatch):
     """Winograd's F(2x2, 3x3) in the float64 kernels (both schemes): the definition's output bit for bit;
     inputs above the layer's exact range take the shifted views instead."""
+    from gnn_lic import compiled
     from gnn_lic.models.fixed_point import conv as conv_module
     from gnn_lic.models.fixed_point import int8 as int8_module
-    from gnn_lic import compiled
     from gnn_lic.nn import winograd
 
     monkeypatch.setattr(int8_module, "W8_PRODUCTS", "float64")
