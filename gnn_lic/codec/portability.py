@@ -171,6 +171,8 @@ SETTINGS = {
 }
 #: added where CUDA is available: the same strings decoded on the GPU
 CUDA_SETTING = {"cuda": ({}, ["--threads", "1", "--device", "cuda"])}
+#: added where PyTorch has oneDNN's exact byte product: scheme w8's seven-bit digits
+ONEDNN_SETTING = {"w8-onednn-products": ({"GNN_LIC_W8_PRODUCTS": "onednn"}, ["--threads", "1"])}
 
 
 def _cuda_available() -> bool:
@@ -180,8 +182,12 @@ def _cuda_available() -> bool:
 
 
 def settings() -> Dict[str, Any]:
-    """The decode settings of this machine: :data:`SETTINGS`, and the GPU where there is one."""
-    return {**SETTINGS, **(CUDA_SETTING if _cuda_available() else {})}
+    """The decode settings of this machine: :data:`SETTINGS`, oneDNN's byte products where they work, and
+    the GPU where there is one."""
+    from gnn_lic.models.fixed_point import onednn  # noqa: PLC0415
+
+    return {**SETTINGS, **(ONEDNN_SETTING if onednn.available() else {}),
+            **(CUDA_SETTING if _cuda_available() else {})}
 
 
 def _child(role: str, args, extra_env: Dict[str, str], extra: Sequence[str]) -> str:

@@ -78,10 +78,13 @@ def test_latents_identical_across_processes_threads_and_kernels(name, tmp_path):
     ref, ref_pixels = enc["y_hat"], enc["x_hat"]
     assert ref.abs().max() > 0.5  # non-trivial latents
     settings = [(1, "float32", False, "auto"), (1, "float64", True, "auto")]
-    if name == "gabic":  # scheme w8: the CPU kernel of its products that "auto" does not choose here
-        from gnn_lic.models.fixed_point.int8 import use_digit_products
+    if name == "gabic":  # scheme w8: the CPU kernels of its products that "auto" does not choose here
+        from gnn_lic.models.fixed_point import onednn
+        from gnn_lic.models.fixed_point.int8 import w8_products
 
-        settings.append((1, "float32", True, "float64" if use_digit_products(torch.device("cpu")) else "digits"))
+        chosen = w8_products(torch.device("cpu"))
+        kinds = ["digits", "float64"] + (["onednn"] if onednn.available() else [])
+        settings += [(1, "float32", True, kind) for kind in kinds if kind != chosen]
     for i, (threads, dtype, numba, products) in enumerate(settings):
         copy = tmp_path / f"dec{i}.pt"
         copy.write_bytes(blob.read_bytes())
@@ -102,14 +105,18 @@ def test_the_portability_report_codes_with_the_models_own_scheme_unless_told():
     assert _paths(gabic, "fx16")[0] == ("fixed", "fixed") and _paths(glic, "w8")[0] == ("fixed", "fixed8")
 
 
-def test_the_gpu_joins_the_decode_settings_only_where_cuda_is_available(monkeypatch):
+@pytest.mark.parametrize("has_onednn", [False, True])
+def test_the_gpu_and_onednn_join_the_decode_settings_only_where_available(has_onednn, monkeypatch):
     from gnn_lic.codec import portability
+    from gnn_lic.models.fixed_point import onednn
 
+    monkeypatch.setattr(onednn, "_available", has_onednn)
+    base = set(portability.SETTINGS) | ({"w8-onednn-products"} if has_onednn else set())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert set(portability.settings()) == set(portability.SETTINGS)
+    assert set(portability.settings()) == base
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     got = portability.settings()
-    assert set(got) == set(portability.SETTINGS) | {"cuda"}
+    assert set(got) == base | {"cuda"}
     assert got["cuda"][1][-2:] == ["--device", "cuda"]
 
 

@@ -290,16 +290,21 @@ def reference_conv_w8(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return out.clamp(-fp.ACT_MAX, fp.ACT_MAX).reshape(B, O, Ho, L // Ho)
 
 
-@pytest.fixture(params=["digits", "float64"])
+@pytest.fixture(params=["digits", "onednn", "float64"])
 def w8_products(request, monkeypatch):
-    """Scheme w8's CPU products forced to the byte digits (``torch._int_mm``) or to float64 products of
-    the whole inputs; the float64 run fails if it reaches ``torch._int_mm``."""
-    from gnn_lic.models.fixed_point import int8
+    """Scheme w8's CPU products forced to the signed byte digits (``torch._int_mm``), to oneDNN's seven-bit
+    digits (for every digit count they can hold, not only the ones that pay) or to float64 products of the
+    whole inputs; the runs other than ``digits`` fail if they reach ``torch._int_mm``."""
+    from gnn_lic.models.fixed_point import int8, onednn
 
     monkeypatch.setattr(int8, "W8_PRODUCTS", request.param)
-    if request.param == "float64":
+    if request.param == "onednn":
+        if not onednn.available():
+            pytest.skip("this PyTorch has no exact oneDNN byte product")
+        monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)
+    if request.param != "digits":
         def refuse(*args, **kwargs):
-            raise AssertionError("torch._int_mm called with float64 products")
+            raise AssertionError(f"torch._int_mm called with {request.param} products")
 
         monkeypatch.setattr(torch, "_int_mm", refuse)
     return request.param
@@ -413,31 +418,36 @@ def test_w8_products_in_blocks_of_rows_are_the_same_integers(monkeypatch):
 
 
 def test_w8_products_are_chosen_once_per_process_and_by_the_environment(monkeypatch):
-    """``auto`` times the two kernels once and keeps the answer; ``digits``/``float64`` force one;
+    """``auto`` times the kernels once and keeps the answer; ``digits``/``onednn``/``float64`` force one;
     other devices always use float64; anything else is refused."""
-    from gnn_lic.models.fixed_point import int8
+    from gnn_lic.models.fixed_point import int8, onednn
 
-    for forced, expected in (("digits", True), ("float64", False)):
+    kinds = ["digits", "float64"] + (["onednn"] if onednn.available() else [])
+    for forced in kinds:
         monkeypatch.setattr(int8, "W8_PRODUCTS", forced)
-        assert int8.use_digit_products(torch.device("cpu")) is expected
-        assert int8.use_digit_products(torch.device("cuda")) is False
+        assert int8.w8_products(torch.device("cpu")) == forced
+        assert int8.w8_products(torch.device("cuda")) == "float64"
     monkeypatch.setattr(int8, "W8_PRODUCTS", "auto")
-    monkeypatch.setattr(int8, "_digits_are_faster", None)
-    choice = int8.use_digit_products(torch.device("cpu"))
-    assert isinstance(choice, bool) and int8._digits_are_faster is choice
-    monkeypatch.setattr(int8, "_digits_are_faster", not choice)  # kept, not timed again
-    assert int8.use_digit_products(torch.device("cpu")) is (not choice)
+    monkeypatch.setattr(int8, "_fastest", None)
+    choice = int8.w8_products(torch.device("cpu"))
+    assert choice in kinds and int8._fastest == choice
+    other = next(k for k in kinds if k != choice)
+    monkeypatch.setattr(int8, "_fastest", other)  # kept, not timed again
+    assert int8.w8_products(torch.device("cpu")) == other
     monkeypatch.setattr(int8, "W8_PRODUCTS", "int")
-    with pytest.raises(ValueError, match="GNN_LIC_W8_PRODUCTS must be auto, digits or float64"):
-        int8.use_digit_products(torch.device("cpu"))
+    with pytest.raises(ValueError, match="GNN_LIC_W8_PRODUCTS must be auto, digits, onednn, float64"):
+        int8.w8_products(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
 def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, monkeypatch):
-    """The two CPU kernels of scheme w8 are the same function: every digit count, batches, a table read in
+    """The CPU kernels of scheme w8 are the same function: every digit count, batches, a table read in
     the same pass, and the float64 operands made once and then reused."""
-    from gnn_lic.models.fixed_point import int8
+    from gnn_lic.models.fixed_point import int8, onednn
     from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table
+
+    modes = ("digits", "float64") + (("onednn",) if onednn.available() else ())
+    monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)  # oneDNN for every digit count it holds
 
     conv = _seeded(_conv(kind), seed=21)
     f = fp.FixedConv2d(conv, kind, int8=True)
@@ -447,11 +457,12 @@ def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, mon
         x = torch.randint(-int(top), int(top) + 1, (2, f.in_channels, 5, 6), generator=g).double()
         x[0, 0, 0, 0], x[1, -1, -1, -1] = top, -top
         out = {}
-        for mode in ("digits", "float64"):
+        for mode in modes:
             monkeypatch.setattr(int8, "W8_PRODUCTS", mode)
             out[mode] = (f(x.clone()), f(x.clone(), table))
-        assert torch.equal(out["digits"][0], out["float64"][0]), (kind, top)
-        assert torch.equal(out["digits"][1], out["float64"][1]), (kind, top)
+        for mode in modes[1:]:
+            assert torch.equal(out["digits"][0], out[mode][0]), (kind, top, mode)
+            assert torch.equal(out["digits"][1], out[mode][1]), (kind, top, mode)
     held = [v for v in vars(f).values() if isinstance(v, torch.Tensor) and v.numel() >= f._w8.numel()]
     assert [v.dtype for v in held] == [torch.int8]  # the float64 kernels' operands are not kept
 

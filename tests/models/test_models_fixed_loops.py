@@ -172,16 +172,20 @@ def test_layer_norm_matches_torch(shape):
     ((5, 5), (2, 2), [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]),  # a checkerboard context's taps in use
     ((1, 3), (0, 0), [0, 2]),  # no padding, a tap skipped
 ])
-def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding, taps):
+@pytest.mark.parametrize("seven_bit", [False, True])
+def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding, taps, seven_bit):
     from gnn_lic.models.fixed_point.int8 import byte_digits, digit_columns, digit_offset  # noqa: PLC0415
+    from gnn_lic.models.fixed_point.onednn import seven_bit_digits, seven_bit_offset  # noqa: PLC0415
 
     g = torch.Generator().manual_seed(planes)
-    top = 2 ** (8 * planes - 1)
+    bits, split = (7, seven_bit_digits) if seven_bit else (8, byte_digits)
+    base, offset = 2**bits, (-seven_bit_offset(planes) if seven_bit else digit_offset(planes))
+    top = 2 ** (bits * planes - 1)
     C, H, W = 5, 6, 7
     x = torch.randint(-top, top, (C, H, W), generator=g).double()
     x[0, 0, 0], x[-1, -1, -1] = top - 1, -top  # the digits' extremes
-    on, off = _both(lambda: digit_columns(x, planes, kernel, padding, taps))
-    assert on.dtype == torch.int8 and torch.equal(on, off)
+    on, off = _both(lambda: digit_columns(x, planes, kernel, padding, taps, seven_bit))
+    assert on.dtype == (torch.uint8 if seven_bit else torch.int8) and torch.equal(on, off)
     (kh, kw), (ph, pw) = kernel, padding
     Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
     cols = off.reshape(planes, Ho, Wo, len(taps), C).long()
@@ -189,9 +193,9 @@ def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding,
     for t, tap in enumerate(taps):  # row (k, i, j), column (t, c): digit k of the padded input under tap t
         dy, dx = divmod(tap, kw)
         window = padded[:, dy : dy + Ho, dx : dx + Wo]
-        expected = byte_digits(window.reshape(C, -1), planes).reshape(C, planes, Ho, Wo).permute(1, 2, 3, 0)
+        expected = split(window.reshape(C, -1), planes).reshape(C, planes, Ho, Wo).permute(1, 2, 3, 0)
         assert torch.equal(cols[:, :, :, t], expected.long()), (t, tap)
-        rebuilt = sum(256**k * cols[k, :, :, t] for k in range(planes)) + digit_offset(planes)
+        rebuilt = sum(base**k * cols[k, :, :, t] for k in range(planes)) + offset
         assert torch.equal(rebuilt, window.permute(1, 2, 0).long())
 
 
@@ -201,15 +205,19 @@ def test_digit_columns_match_torch_and_their_definition(planes, kernel, padding,
     torch.nn.Conv2d(6, 5, 1),
     torch.nn.Conv2d(6, 5, 5, stride=2, padding=2),
 ])
-@pytest.mark.parametrize("products", ["digits", "float64"])
+@pytest.mark.parametrize("products", ["digits", "onednn", "float64"])
 def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv, products, monkeypatch):
-    from gnn_lic.models.fixed_point import int8  # noqa: PLC0415
+    from gnn_lic.models.fixed_point import int8, onednn  # noqa: PLC0415
 
+    if products == "onednn" and not onednn.available():
+        pytest.skip("this PyTorch has no exact oneDNN byte product")
     monkeypatch.setattr(int8, "W8_PRODUCTS", products)
+    monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)
     torch.manual_seed(3)
     f = fp.FixedConv2d(conv, "conv", int8=True)
     x = fp.to_act(torch.randn(2, 6, 9, 11) * 40)
-    x[0, :, 0, 0] = fp.ACT_MAX  # four digits
+    # four byte digits, or four seven-bit ones (the most oneDNN's products take)
+    x[0, :, 0, 0] = 2**27 - 1 if products == "onednn" else fp.ACT_MAX
     on, off = _both(lambda: f(x.clone()))
     _same_bits(on, off)
 

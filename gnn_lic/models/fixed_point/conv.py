@@ -31,9 +31,10 @@ With ``int8=True`` (scheme ``w8``, :mod:`~gnn_lic.models.fixed_point.int8`) a la
 not depthwise multiplies 8-bit weights by the signed base-256 digits of its inputs
 instead: one row of int8 columns per digit and output pixel (the taps in use at stride 1,
 ``unfold`` otherwise), one integer matrix product by the transposed weights, exact. Where
-integer products are slow (:func:`~gnn_lic.models.fixed_point.int8.use_digit_products`)
-it runs the float64 kernels above with its 8-bit weights times :math:`2^{-f_o}` instead:
-the same exact sums, the same output.
+``torch._int_mm`` is slow (:func:`~gnn_lic.models.fixed_point.int8.w8_products`) inputs with
+few seven-bit digits take oneDNN's unsigned-by-signed byte products instead
+(:mod:`~gnn_lic.models.fixed_point.onednn`), and the others the float64 kernels above with its
+8-bit weights times :math:`2^{-f_o}`: the same exact sums, the same output.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
-from gnn_lic.models.fixed_point import kernels
+from gnn_lic.models.fixed_point import kernels, onednn
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
 from gnn_lic.models.fixed_point.int8 import (
     byte_digits,
@@ -57,7 +58,7 @@ from gnn_lic.models.fixed_point.int8 import (
     int8_products,
     int8_weights,
     powers_of_two,
-    use_digit_products,
+    w8_products,
 )
 from gnn_lic.nn.winograd import filter_tiles, winograd_conv3x3, winograd_pays
 
@@ -179,6 +180,7 @@ class FixedConv2d:
 
     def to(self, device: torch.device) -> "FixedConv2d":
         self._tiles16 = None
+        onednn.forget(self)
         self.bias = None if self.bias is None else self.bias.to(device)
         self._w = None if self._w is None else self._w.to(device)
         self._bias = None if self._bias is None else self._bias.to(device)
@@ -193,8 +195,12 @@ class FixedConv2d:
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"expected {self.in_channels} channels, got {C}")
-        if self.int8 and use_digit_products(x.device):
-            return torch.cat([self._int8(x[b : b + 1], table) for b in range(B)]) if B > 1 else self._int8(x, table)
+        products = w8_products(x.device) if self.int8 else None
+        planes = self._seven_bit_planes(x) if products == "onednn" else None
+        if products == "digits" or planes is not None:
+            if B == 1:
+                return self._int8(x, table, planes)
+            return torch.cat([self._int8(x[b : b + 1], table, planes) for b in range(B)])
         if self.int8:  # the same sums from the float64 kernels, bias added after rounding as in the digit path
             bias = None
 
@@ -224,6 +230,13 @@ class FixedConv2d:
         if self.kind == "unfold":
             return self._unfold(x, w, bias, finish)
         return self._shifted(x, w, taps, bias, finish)
+
+    def _seven_bit_planes(self, x: Tensor) -> Optional[int]:
+        """The seven-bit digits of ``x`` for oneDNN's byte products, or ``None`` where the float64 products
+        take it (more than :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` digits)."""
+        lo, hi = torch.aminmax(x)
+        planes = onednn.seven_bit_planes(float(lo), float(hi))
+        return planes if planes is not None and planes <= onednn.FAST_PLANES else None
 
     def _winograd_applies(self, x: Tensor) -> bool:
         """Whether the layer is a 3x3, padding-1 convolution and Winograd pays for ``x`` (the float layers' rule,
@@ -306,7 +319,7 @@ class FixedConv2d:
                     out[b].addmm_(w[t], xp[b, :, off : off + L])
         return finish(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
 
-    def _int8(self, x: Tensor, table=None) -> Tensor:
+    def _int8(self, x: Tensor, table=None, seven_bit: Optional[int] = None) -> Tensor:
         """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the input digits.
 
         The inputs are split into the fewest digits ``p`` that hold them all
@@ -317,21 +330,33 @@ class FixedConv2d:
         (:func:`~gnn_lic.models.fixed_point.int8.digit_columns`). Otherwise the transposed
         columns of ``unfold``, each input's ``p`` digits side by side. Either
         way one product with the transposed weights gives the ``p`` partial sums of every
-        output, one row per output pixel.
+        output, one row per output pixel. With ``seven_bit`` (``p``), the digits are seven-bit ones
+        and oneDNN multiplies them (:mod:`~gnn_lic.models.fixed_point.onednn`).
         """
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         H, W = x.shape[-2:]
         O = self.out_channels
-        lo, hi = torch.aminmax(x)
-        p = digit_planes(float(lo), float(hi))
+        if seven_bit is None:
+            lo, hi = torch.aminmax(x)
+            p = digit_planes(float(lo), float(hi))
+        else:
+            p = seven_bit
         if self.kind == "unfold":
             Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            cols = byte_digits(cols, p).reshape(cols.shape[0], -1).t()  # (C*k, p L), transposed
+            if seven_bit is None:
+                cols = byte_digits(cols, p).reshape(cols.shape[0], -1).t()  # (C*k, p L), transposed
+            else:  # (L, p, C*k) -> (p L, C*k), contiguous rows for oneDNN
+                cols = onednn.seven_bit_digits(cols.t(), p).transpose(0, 1).reshape(p * Ho * Wo, -1)
         else:  # taps or pointwise (one tap): stride 1
             Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
-            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8)  # (p L, T C)
-        g = int8_products(cols, self._w8.t()).view(p, Ho * Wo, O)
+            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, seven_bit is not None)
         bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
-        out = kernels.combine_requantize(g, self._wsum8 * digit_offset(p), self._scale8, bias, ACT_MAX, table)
+        if seven_bit is None:
+            g = int8_products(cols, self._w8.t()).view(p, Ho * Wo, O)
+            offset, base = self._wsum8 * digit_offset(p), 256
+        else:
+            g = onednn.u8_products(cols, onednn.packed_weights(self, self._w8)).view(p, Ho * Wo, O)
+            offset, base = self._wsum8 * -onednn.seven_bit_offset(p), 128
+        out = kernels.combine_requantize(g, offset, self._scale8, bias, ACT_MAX, table, base)
         return out.reshape(1, O, Ho, Wo)

@@ -21,9 +21,10 @@ and changes the weights of every convolution that is not depthwise:
   integer matrix product with 32-bit accumulation (``torch._int_mm``, one call for the
   ``p`` digits side by side), exact, hence independent of the summation order. ``torch._int_mm``
   is fast only on CPUs that multiply bytes natively (VNNI, AMX) and many times slower than a
-  float product elsewhere: there, and on other devices, a layer multiplies the whole integer
-  inputs by its 8-bit weights in one float64 product instead (:func:`use_digit_products`),
-  exact because every partial sum stays below :math:`2^{53}`;
+  float product elsewhere: there a layer whose inputs fit in few seven-bit digits multiplies
+  those by oneDNN's unsigned-by-signed byte kernel (:mod:`~gnn_lic.models.fixed_point.onednn`),
+  and otherwise, as on other devices, the whole integer inputs by its 8-bit weights in one
+  float64 product (:func:`w8_products`), exact because every partial sum stays below :math:`2^{53}`;
   :math:`\mathrm{acc}_o = \sum_k 256^k \Sigma_k + 128 \sum_{k<p-1} 256^k \sum_i \hat w_{o,i}`
   is exact in float64 for fewer than
   :math:`2^{15}` terms (checked at conversion, :func:`check_fan_in`);
@@ -53,11 +54,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gnn_lic import compiled
-from gnn_lic.models.fixed_point import kernels
+from gnn_lic.models.fixed_point import kernels, onednn
 from gnn_lic.models.fixed_point.arith import DTYPE
+from gnn_lic.models.fixed_point.onednn import seven_bit_digits, seven_bit_offset
 
 __all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
-           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "use_digit_products",
+           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "PRODUCT_KINDS", "w8_products",
            "int8_products"]
 
 #: largest |integer weight| of scheme w8
@@ -143,16 +145,19 @@ def byte_digits(a: Tensor, planes: int = 4) -> Tensor:
     return a32.unsqueeze(-1).view(torch.int8)[..., :planes].transpose(-1, -2).contiguous()  # (..., n, 4) -> (..., p, n)
 
 
-def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps) -> Tensor:
-    r"""Scheme w8's columns of a stride-1 convolution: ``(planes * Ho * Wo, len(taps) * C)`` int8.
+def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps, seven_bit: bool = False) -> Tensor:
+    r"""Scheme w8's columns of a stride-1 convolution: ``(planes * Ho * Wo, len(taps) * C)`` int8 (uint8
+    with ``seven_bit``).
 
-    ``x`` ``(C, H, W)`` holds integers that :func:`digit_planes`
-    gives ``planes`` digits. Row :math:`(k, i, j)` (digit, output pixel), column :math:`(t, c)`
-    (tap in use, channel) holds digit :math:`k` (:func:`byte_digits`)
-    of the zero-padded input at :math:`(i + d_{y,t}, j + d_{x,t})` of channel :math:`c`, where tap
-    :math:`t` sits at :math:`(d_y, d_x)` = ``divmod(taps[t], kw)``. With the output pixels on the rows
-    the integer product ``columns @ weights^T`` runs faster than the transposed one, and each row is
-    made by copying whole runs of ``C`` digits.
+    ``x`` ``(C, H, W)`` holds integers that :func:`digit_planes` (with ``seven_bit``,
+    :func:`~gnn_lic.models.fixed_point.onednn.seven_bit_planes`) gives ``planes`` digits. Row
+    :math:`(k, i, j)` (digit, output pixel), column :math:`(t, c)` (tap in use, channel) holds
+    digit :math:`k` (:func:`byte_digits`, or
+    :func:`~gnn_lic.models.fixed_point.onednn.seven_bit_digits`) of the zero-padded input at
+    :math:`(i + d_{y,t}, j + d_{x,t})` of channel :math:`c`, where tap :math:`t` sits at
+    :math:`(d_y, d_x)` = ``divmod(taps[t], kw)``. With the output pixels on the rows the integer
+    product ``columns @ weights^T`` runs faster than the transposed one, and each row is made by
+    copying whole runs of ``C`` digits.
     """
     (kh, kw), (ph, pw) = kernel_size, padding
     C, H, W = x.shape
@@ -160,15 +165,18 @@ def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps) -> Tensor:
     Ho, Wo = Hp - kh + 1, Wp - kw + 1
     dy = [t // kw for t in taps]
     dx = [t % kw for t in taps]
-    out = torch.empty((planes, Ho, Wo, len(taps), C), dtype=torch.int8, device=x.device)
+    dtype = torch.uint8 if seven_bit else torch.int8
+    out = torch.empty((planes, Ho, Wo, len(taps), C), dtype=dtype, device=x.device)
     if kernels._use_compiled(x) and x.is_contiguous():
-        mask = digit_offset(planes)
-        padded = torch.empty((planes, Hp, Wp, C), dtype=torch.int8)
-        compiled.parallel(kernels._digit_columns_loop, x.numpy(), planes, mask, ph, pw, np.array(dy, dtype=np.int64),
-                          np.array(dx, dtype=np.int64), padded.numpy(), out.numpy())
+        # digit k: bits [k bits, (k + 1) bits) of (a ^ mask) + add (see byte_digits and seven_bit_digits)
+        mask, add, bits = (0, seven_bit_offset(planes), 7) if seven_bit else (digit_offset(planes), 0, 8)
+        padded = torch.empty((planes, Hp, Wp, C), dtype=dtype)
+        compiled.parallel(kernels._digit_columns_loop, x.numpy(), planes, mask, add, bits, not seven_bit, ph, pw,
+                          np.array(dy, dtype=np.int64), np.array(dx, dtype=np.int64), padded.numpy(), out.numpy())
     else:
+        split = seven_bit_digits if seven_bit else byte_digits
         padded = F.pad(x.to(torch.int32), (pw, pw, ph, ph)).permute(1, 2, 0)  # (Hp, Wp, C)
-        padded = byte_digits(padded, planes).permute(2, 0, 1, 3)  # (Hp, Wp, planes, C) -> (planes, Hp, Wp, C)
+        padded = split(padded, planes).permute(2, 0, 1, 3)  # (Hp, Wp, planes, C) -> (planes, Hp, Wp, C)
         for t, (a, b) in enumerate(zip(dy, dx)):
             out[:, :, :, t] = padded[:, a : a + Ho, b : b + Wo]
     return out.reshape(planes * Ho * Wo, len(taps) * C)
@@ -213,39 +221,63 @@ def int8_products(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-#: how scheme-w8 layers multiply on the CPU: ``"digits"`` (integer products of the inputs' byte digits,
-#: ``torch._int_mm``), ``"float64"`` (one float64 product of the whole inputs) or ``"auto"`` (the faster of
-#: the two on this machine, timed once per process); the same integers either way
+#: how scheme-w8 layers multiply on the CPU: ``"digits"`` (integer products of the inputs' signed byte digits,
+#: ``torch._int_mm``), ``"onednn"`` (products of their seven-bit digits by oneDNN's unsigned-by-signed byte
+#: kernel, :mod:`~gnn_lic.models.fixed_point.onednn`), ``"float64"`` (one float64 product of the whole inputs)
+#: or ``"auto"`` (the fastest on this machine, timed once per process); the same integers every way
 W8_PRODUCTS = os.environ.get("GNN_LIC_W8_PRODUCTS", "auto")
-_digits_are_faster: Optional[bool] = None
+PRODUCT_KINDS = ("digits", "onednn", "float64")
+_fastest: Optional[str] = None
 
 
-def use_digit_products(device: torch.device) -> bool:
-    """Whether scheme-w8 layers on ``device`` multiply byte digits with ``torch._int_mm`` (CPU only) rather than
-    the whole integer inputs in float64 (:data:`W8_PRODUCTS`).
-
-    ``"auto"`` times, once per process, a three-digit integer product against the float64 one of a
-    layer-sized matrix: where the CPU multiplies bytes natively (VNNI, AMX) the digits win, elsewhere
-    (AVX2) ``torch._int_mm`` falls back to a loop far slower than float64.
-    """
-    global _digits_are_faster
-    if torch.device(device).type != "cpu":
-        return False
-    if W8_PRODUCTS in ("digits", "float64"):
-        return W8_PRODUCTS == "digits"
-    if W8_PRODUCTS != "auto":
-        raise ValueError(f"GNN_LIC_W8_PRODUCTS must be auto, digits or float64, got {W8_PRODUCTS!r}")
-    if _digits_are_faster is None:
-        a8, b8 = torch.ones((3 * 128, 1024), dtype=torch.int8), torch.ones((1024, 256), dtype=torch.int8)
-        a, b = torch.ones((128, 1024), dtype=DTYPE), torch.ones((1024, 256), dtype=DTYPE)
-        times = []
-        for fn, args in ((torch._int_mm, (a8, b8)), (torch.mm, (a, b))):
+def _time_products() -> str:
+    """How to multiply on this CPU, from layer-sized products timed once: the inputs as three byte digits
+    where that beats float64 (they serve inputs of any size); else as
+    :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` seven-bit digits where that does (the
+    layers' larger inputs then take float64); else float64."""
+    g = torch.Generator().manual_seed(0)
+    w8 = torch.randint(-127, 128, (256, 1024), generator=g, dtype=torch.int8)
+    candidates = {
+        "digits": (torch._int_mm, (torch.randint(-128, 128, (3 * 128, 1024), generator=g, dtype=torch.int8),
+                                   w8.t())),
+        "float64": (torch.mm, (torch.randn(128, 1024, generator=g, dtype=DTYPE), w8.t().to(DTYPE))),
+    }
+    if onednn.available():
+        cols = torch.randint(0, 128, (onednn.FAST_PLANES * 128, 1024), generator=g, dtype=torch.uint8)
+        candidates["onednn"] = (onednn.u8_products, (cols, onednn._pack(w8)))
+    times = {}
+    for name, (fn, args) in candidates.items():
+        fn(*args)
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
             fn(*args)
-            best = math.inf
-            for _ in range(2):
-                start = time.perf_counter()
-                fn(*args)
-                best = min(best, time.perf_counter() - start)
-            times.append(best)
-        _digits_are_faster = times[0] < times[1]
-    return _digits_are_faster
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    if times["digits"] < times["float64"]:
+        return "digits"
+    return "onednn" if times.get("onednn", math.inf) < times["float64"] else "float64"
+
+
+def w8_products(device: torch.device) -> str:
+    """How scheme-w8 layers on ``device`` multiply (:data:`W8_PRODUCTS`): ``"digits"``, ``"onednn"`` or
+    ``"float64"``; off the CPU always ``"float64"``.
+
+    ``"auto"`` times, once per process, the ways this CPU offers on a layer-sized product
+    (:func:`_time_products`): where it multiplies bytes natively (VNNI, AMX) the byte digits win;
+    elsewhere (AVX2) ``torch._int_mm`` falls back to a loop far slower than float64, and oneDNN's
+    seven-bit digits serve the layers whose inputs have few of them.
+    """
+    global _fastest
+    if torch.device(device).type != "cpu":
+        return "float64"
+    if W8_PRODUCTS in PRODUCT_KINDS:
+        if W8_PRODUCTS == "onednn" and not onednn.available():
+            raise RuntimeError("GNN_LIC_W8_PRODUCTS=onednn, but this PyTorch has no exact oneDNN byte product")
+        return W8_PRODUCTS
+    if W8_PRODUCTS != "auto":
+        raise ValueError(f"GNN_LIC_W8_PRODUCTS must be auto, {', '.join(PRODUCT_KINDS)}, got {W8_PRODUCTS!r}")
+    if _fastest is None:
+        _fastest = _time_products()
+    return _fastest
+

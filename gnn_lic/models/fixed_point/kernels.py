@@ -143,7 +143,7 @@ def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tenso
 
 
 @compiled.jit(parallel=True)
-def _combine_loop(g, offset, scale, bias, has_bias, bound, table, out):  # pragma: no cover - compiled
+def _combine_loop(g, base, offset, scale, bias, has_bias, bound, table, out):  # pragma: no cover - compiled
     P, L, O = g.shape
     block = 16  # output pixels per task: their sums are read row by row and written out per channel
     for t in prange((L + block - 1) // block):
@@ -155,7 +155,7 @@ def _combine_loop(g, offset, scale, bias, has_bias, bound, table, out):  # pragm
                 acc[j - j0, o] = g[P - 1, j, o]
             for k in range(P - 2, -1, -1):
                 for o in range(O):
-                    acc[j - j0, o] = acc[j - j0, o] * 256.0 + g[k, j, o]
+                    acc[j - j0, o] = acc[j - j0, o] * base + g[k, j, o]
         for o in range(O):
             off, s, b = offset[o], scale[o], bias[o]
             for j in range(j0, j1):
@@ -168,10 +168,11 @@ def _combine_loop(g, offset, scale, bias, has_bias, bound, table, out):  # pragm
 
 
 def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float,
-                       table=None) -> Tensor:
+                       table=None, base: int = 256) -> Tensor:
     """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(p, L, out)`` (int32, least significant
     digit first, one row per output pixel as the integer product gives them):
-    ``clamp(round((sum_k 256^k g_k + offset) * scale) + bias)``, with per-output ``(out, 1)`` float64
+    ``clamp(round((sum_k base^k g_k + offset) * scale) + bias)`` (``base`` 256 for byte digits, 128 for
+    seven-bit ones), with per-output ``(out, 1)`` float64
     ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
     significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`).
     With ``table`` (a :class:`~gnn_lic.models.fixed_point.tables.FixedTable`) the output is then read
@@ -180,13 +181,14 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     if _use_compiled(g, dtype=torch.int32) and g.is_contiguous():
         out = torch.empty((O, L), dtype=torch.float64)
         b = bias if bias is not None else scale
-        compiled.parallel(_combine_loop, g.numpy(), offset.reshape(-1).numpy(), scale.reshape(-1).numpy(),
+        compiled.parallel(_combine_loop, g.numpy(), float(base), offset.reshape(-1).numpy(),
+                          scale.reshape(-1).numpy(),
                           b.reshape(-1).numpy(), bias is not None, float(bound),
                           None if table is None else _grid_args(table), out.numpy())
         return out
     acc = g[-1].t().to(torch.float64)
     for k in range(P - 2, -1, -1):
-        acc = acc.mul_(256.0).add_(g[k].t())
+        acc = acc.mul_(float(base)).add_(g[k].t())
     return round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table)
 
 
@@ -202,14 +204,16 @@ def round_bias_clamp_(acc: Tensor, bias: Tensor | None, bound: float, table=None
 
 
 @compiled.jit(parallel=True)
-def _digit_columns_loop(x, planes, mask, ph, pw, dy, dx, padded, out):  # pragma: no cover - compiled
+def _digit_columns_loop(x, planes, mask, add, bits, signed, ph, pw, dy, dx, padded, out):  # pragma: no cover
+    # digit k of an input a: the bits [k bits, (k + 1) bits) of (a ^ mask) + add, read as a signed byte if signed
     C, H, W = x.shape
     _, Hp, Wp, _ = padded.shape
     _, Ho, Wo, T, _ = out.shape
-    zero = np.empty(planes, np.int8)  # the digits of 0, the padding
+    low = (1 << bits) - 1
+    zero = np.empty(planes, np.int64)  # the digits of 0, the padding
     for k in range(planes):
-        b = (mask >> (8 * k)) & 0xFF
-        zero[k] = b - 256 if b >= 128 else b
+        b = ((mask + add) >> (bits * k)) & low
+        zero[k] = b - 256 if signed and b >= 128 else b
     for i in prange(Hp):  # the padded map's digits, channels last: (planes, Hp, Wp, C)
         for j in range(Wp):
             for k in range(planes):
@@ -218,10 +222,10 @@ def _digit_columns_loop(x, planes, mask, ph, pw, dy, dx, padded, out):  # pragma
         if 0 <= y < H:
             for c in range(C):
                 for xs in range(W):
-                    v = np.int32(x[c, y, xs]) ^ mask
+                    v = (np.int64(x[c, y, xs]) ^ mask) + add
                     for k in range(planes):
-                        b = (v >> (8 * k)) & 0xFF
-                        padded[k, i, xs + pw, c] = b - 256 if b >= 128 else b
+                        b = (v >> (bits * k)) & low
+                        padded[k, i, xs + pw, c] = b - 256 if signed and b >= 128 else b
     for r in prange(planes * Ho):  # each tap's window, a copy of C digits per output pixel
         k, i = r // Ho, r % Ho
         for j in range(Wo):

@@ -1,0 +1,115 @@
+"""Scheme w8's products through oneDNN's seven-bit digits: the same integers as int64 products.
+
+The digits must rebuild every input they hold, the kernel's sums must be exact however
+large (chunks of the fan-in), a layer must take the kernel exactly where its rule says and
+give the bits of the float64 products, and a PyTorch without a working kernel must be
+detected rather than trusted.
+"""
+
+import platform
+
+import pytest
+import torch
+
+from gnn_lic.models import fixed_point as fp
+from gnn_lic.models.fixed_point import int8, onednn
+
+needs_kernel = pytest.mark.skipif(not onednn.available(), reason="this PyTorch has no exact oneDNN byte product")
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+def test_seven_bit_digits_rebuild_every_input_they_hold(planes):
+    top = 2 ** (7 * planes - 1)
+    g = torch.Generator().manual_seed(planes)
+    a = torch.cat([torch.randint(-top, top, (3000,), generator=g).double(),
+                   torch.tensor([top - 1.0, -top, 0.0, -1.0, 63.0, -64.0], dtype=torch.float64)])
+    assert onednn.seven_bit_planes(float(a.min()), float(a.max())) == planes
+    d = onednn.seven_bit_digits(a, planes)
+    assert d.dtype == torch.uint8 and d.shape == (planes, a.numel()) and int(d.max()) <= 127
+    rebuilt = sum(128**k * d[k].long() for k in range(planes)) - onednn.seven_bit_offset(planes)
+    assert torch.equal(rebuilt, a.long())
+    assert onednn.seven_bit_planes(-top - 1.0, 0.0) != planes and onednn.seven_bit_planes(0.0, float(top)) != planes
+
+
+def test_inputs_beyond_four_seven_bit_digits_are_refused():
+    assert onednn.seven_bit_planes(0.0, 2.0**27 - 1) == 4
+    assert onednn.seven_bit_planes(0.0, 2.0**27) is None
+    assert onednn.seven_bit_planes(-(2.0**27) - 1, 0.0) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("K", [1, 5, onednn.CHUNK, 1041, 2 * onednn.CHUNK + 7])
+def test_the_kernel_products_are_exact_at_any_fan_in(K):
+    """1041 terms of 127 * 127 sum to an odd number above 2^24, which float32 cannot hold: exact only
+    because the fan-in is cut into chunks."""
+    g = torch.Generator().manual_seed(K)
+    M, N = 37, 19
+    cols = torch.randint(0, 128, (M, K), generator=g, dtype=torch.uint8)
+    w8 = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    cols[0], w8[0], w8[1] = 127, 127, -127  # the largest sums of both signs
+    got = onednn.u8_products(cols, onednn._pack(w8))
+    assert got.dtype == torch.int32 and torch.equal(got.long(), cols.long() @ w8.long().t())
+
+
+def _conv_and_input(top: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv2d(40, 24, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.2)
+    x = torch.randint(-top, top, (2, 40, 6, 7), generator=g).double()
+    x[0, 0, 0, 0], x[1, -1, -1, -1] = top - 1, -top
+    return fp.FixedConv2d(conv, "conv", int8=True), x
+
+
+@needs_kernel
+@pytest.mark.parametrize("planes", [1, 2, 3, 4, 5])
+def test_layers_take_the_kernel_where_their_inputs_have_few_digits(planes, monkeypatch):
+    """Up to ``FAST_PLANES`` seven-bit digits the layer multiplies through oneDNN, beyond it in float64;
+    the output is the float64 products' either way."""
+    f, x = _conv_and_input(2 ** (7 * planes - 1), seed=planes)
+    monkeypatch.setattr(int8, "W8_PRODUCTS", "float64")
+    expected = f(x.clone())
+    calls = []
+    real = onednn.u8_products
+    monkeypatch.setattr(onednn, "u8_products", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(int8, "W8_PRODUCTS", "onednn")
+    assert torch.equal(f(x.clone()), expected)
+    assert bool(calls) is (planes <= onednn.FAST_PLANES)
+
+
+@needs_kernel
+def test_a_layer_packs_its_weights_once_and_again_after_moving(monkeypatch):
+    f, x = _conv_and_input(50, seed=7)
+    monkeypatch.setattr(int8, "W8_PRODUCTS", "onednn")
+    packs = []
+    real = onednn._pack
+    monkeypatch.setattr(onednn, "_pack", lambda w: packs.append(1) or real(w))
+    first = f(x.clone())
+    assert torch.equal(f(x.clone()), first) and len(packs) == 1
+    f.to(torch.device("cpu"))
+    assert torch.equal(f(x.clone()), first) and len(packs) == 2
+
+
+def test_a_kernel_that_fails_or_is_wrong_is_not_used(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no such kernel")
+
+    for kernel in (broken, lambda x, w, ones, zeros: torch.zeros(x.shape[0], ones.numel()) + 1):
+        monkeypatch.setattr(onednn, "_available", None)
+        monkeypatch.setattr(onednn, "_kernel", kernel)
+        monkeypatch.setattr(onednn, "_pack", lambda w8: [(0, w8.shape[1], None, torch.ones(w8.shape[0]), None)])
+        assert onednn.available() is False
+        monkeypatch.setattr(int8, "W8_PRODUCTS", "onednn")
+        with pytest.raises(RuntimeError, match="no exact oneDNN byte product"):
+            int8.w8_products(torch.device("cpu"))
+        monkeypatch.setattr(int8, "W8_PRODUCTS", "auto")
+        monkeypatch.setattr(int8, "_fastest", None)
+        assert int8.w8_products(torch.device("cpu")) in ("digits", "float64")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
+                    reason="oneDNN's byte kernel is checked on x86-64 builds with oneDNN")
+def test_the_kernel_is_found_exact_on_x86_builds_with_onednn():
+    """Where PyTorch ships oneDNN on x86-64 the check must pass: a failing one would silently send every
+    layer to the float64 products (and skip the tests above)."""
+    assert onednn.available()
