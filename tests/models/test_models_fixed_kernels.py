@@ -302,6 +302,7 @@ def w8_products(request, monkeypatch):
         if not onednn.available():
             pytest.skip("this PyTorch has no exact oneDNN byte product")
         monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)
+        monkeypatch.setattr(onednn, "WINOGRAD_PLANES", onednn.MAX_PLANES)
     if request.param != "digits":
         def refuse(*args, **kwargs):
             raise AssertionError(f"torch._int_mm called with {request.param} products")
@@ -448,6 +449,7 @@ def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, mon
 
     modes = ("digits", "float64") + (("onednn",) if onednn.available() else ())
     monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)  # oneDNN for every digit count it holds
+    monkeypatch.setattr(onednn, "WINOGRAD_PLANES", onednn.MAX_PLANES)
 
     conv = _seeded(_conv(kind), seed=21)
     f = fp.FixedConv2d(conv, kind, int8=True)

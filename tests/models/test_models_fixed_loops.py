@@ -213,6 +213,7 @@ def test_w8_conv_is_the_same_with_the_loops_on_and_off(conv, products, monkeypat
         pytest.skip("this PyTorch has no exact oneDNN byte product")
     monkeypatch.setattr(int8, "W8_PRODUCTS", products)
     monkeypatch.setattr(onednn, "FAST_PLANES", onednn.MAX_PLANES)
+    monkeypatch.setattr(onednn, "WINOGRAD_PLANES", onednn.MAX_PLANES)
     torch.manual_seed(3)
     f = fp.FixedConv2d(conv, "conv", int8=True)
     x = fp.to_act(torch.randn(2, 6, 9, 11) * 40)

@@ -11,6 +11,7 @@ import platform
 import pytest
 import torch
 
+from gnn_lic import compiled
 from gnn_lic.models import fixed_point as fp
 from gnn_lic.models.fixed_point import int8, onednn
 
@@ -51,22 +52,28 @@ def test_the_kernel_products_are_exact_at_any_fan_in(K):
     assert got.dtype == torch.int32 and torch.equal(got.long(), cols.long() @ w8.long().t())
 
 
-def _conv_and_input(top: int, seed: int):
+def _conv_and_input(top: int, seed: int, channels: int = 40, size=(6, 7)):
     g = torch.Generator().manual_seed(seed)
-    conv = torch.nn.Conv2d(40, 24, 3, padding=1)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.2)
-    x = torch.randint(-top, top, (2, 40, 6, 7), generator=g).double()
+    x = torch.randint(-top, top, (2, channels, *size), generator=g).double()
     x[0, 0, 0, 0], x[1, -1, -1, -1] = top - 1, -top
     return fp.FixedConv2d(conv, "conv", int8=True), x
 
 
 @needs_kernel
+@pytest.mark.parametrize("winograd", [False, True])
 @pytest.mark.parametrize("planes", [1, 2, 3, 4, 5])
-def test_layers_take_the_kernel_where_their_inputs_have_few_digits(planes, monkeypatch):
-    """Up to ``FAST_PLANES`` seven-bit digits the layer multiplies through oneDNN, beyond it in float64;
-    the output is the float64 products' either way."""
-    f, x = _conv_and_input(2 ** (7 * planes - 1), seed=planes)
+def test_layers_take_the_kernel_where_their_inputs_have_few_digits(planes, winograd, monkeypatch):
+    """Up to ``FAST_PLANES`` seven-bit digits (``WINOGRAD_PLANES`` for a layer whose float64 products run
+    Winograd's) the layer multiplies through oneDNN, beyond it in float64; the output is the float64
+    products' either way."""
+    if winograd and not compiled.enabled():
+        pytest.skip("Winograd's products need the compiled loops")
+    shape = dict(channels=128, size=(32, 64)) if winograd else {}
+    f, x = _conv_and_input(2 ** (7 * planes - 1), planes, **shape)
+    assert f._winograd_applies(x) is winograd
     monkeypatch.setattr(int8, "W8_PRODUCTS", "float64")
     expected = f(x.clone())
     calls = []
@@ -74,7 +81,7 @@ def test_layers_take_the_kernel_where_their_inputs_have_few_digits(planes, monke
     monkeypatch.setattr(onednn, "u8_products", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(int8, "W8_PRODUCTS", "onednn")
     assert torch.equal(f(x.clone()), expected)
-    assert bool(calls) is (planes <= onednn.FAST_PLANES)
+    assert bool(calls) is (planes <= (onednn.WINOGRAD_PLANES if winograd else onednn.FAST_PLANES))
 
 
 @needs_kernel

@@ -233,10 +233,12 @@ class FixedConv2d:
 
     def _seven_bit_planes(self, x: Tensor) -> Optional[int]:
         """The seven-bit digits of ``x`` for oneDNN's byte products, or ``None`` where the float64 products
-        take it (more than :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` digits)."""
+        take it (more than :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` digits, or
+        :data:`~gnn_lic.models.fixed_point.onednn.WINOGRAD_PLANES` where Winograd applies)."""
         lo, hi = torch.aminmax(x)
         planes = onednn.seven_bit_planes(float(lo), float(hi))
-        return planes if planes is not None and planes <= onednn.FAST_PLANES else None
+        most = onednn.WINOGRAD_PLANES if self._winograd_applies(x) else onednn.FAST_PLANES
+        return planes if planes is not None and planes <= most else None
 
     def _winograd_applies(self, x: Tensor) -> bool:
         """Whether the layer is a 3x3, padding-1 convolution and Winograd pays for ``x`` (the float layers' rule,
