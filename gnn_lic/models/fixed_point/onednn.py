@@ -34,8 +34,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK", "seven_bit_planes", "seven_bit_offset", "seven_bit_digits", "available",
-           "packed_weights", "forget", "u8_products"]
+__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK", "seven_bit_planes", "seven_bit_offset",
+           "seven_bit_digits", "available", "packed_weights", "forget", "u8_products"]
 
 #: most seven-bit digits: inputs in [-2^27, 2^27); larger ones take the float64 products
 MAX_PLANES = 4
