@@ -440,6 +440,26 @@ def test_w8_products_are_chosen_once_per_process_and_by_the_environment(monkeypa
         int8.w8_products(torch.device("cpu"))
 
 
+def test_a_slow_byte_product_is_timed_once_and_a_fast_one_three_times(monkeypatch):
+    """``auto``'s timing stops at the first call of a kernel far slower than float64 (``torch._int_mm``
+    without byte dot products), and picks the byte digits when they are the fastest."""
+    import time
+
+    from gnn_lic.models.fixed_point import int8
+
+    calls = []
+
+    def slow(a, b):
+        calls.append(1)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(torch, "_int_mm", slow)
+    assert int8._time_products() in ("onednn", "float64") and len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(1))
+    assert int8._time_products() == "digits" and len(calls) == 3
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])
 def test_w8_conv_gives_the_same_output_with_digit_and_float64_products(kind, monkeypatch):
     """The CPU kernels of scheme w8 are the same function: every digit count, batches, a table read in

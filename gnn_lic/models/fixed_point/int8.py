@@ -46,7 +46,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -230,6 +230,24 @@ PRODUCT_KINDS = ("digits", "onednn", "float64")
 _fastest: Optional[str] = None
 
 
+#: a kernel whose first call is this many times slower than float64's best product is not timed further:
+#: ``torch._int_mm`` without byte dot products is many times slower, and timing it again would take most
+#: of the choice's time
+GIVE_UP = 20.0
+
+
+def _best_time(fn: Callable, args: Tuple, give_up: float = math.inf) -> float:
+    """The best of three timed calls of ``fn(*args)`` (the first one warms up), fewer once one is past ``give_up``."""
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - start)
+        if best > give_up:
+            break
+    return best
+
+
 def _time_products() -> str:
     """How to multiply on this CPU, from layer-sized products timed once: the inputs as three byte digits
     where that beats float64 (they serve inputs of any size); else as
@@ -237,26 +255,15 @@ def _time_products() -> str:
     layers' larger inputs then take float64); else float64."""
     g = torch.Generator().manual_seed(0)
     w8 = torch.randint(-127, 128, (256, 1024), generator=g, dtype=torch.int8)
-    candidates = {
-        "digits": (torch._int_mm, (torch.randint(-128, 128, (3 * 128, 1024), generator=g, dtype=torch.int8),
-                                   w8.t())),
-        "float64": (torch.mm, (torch.randn(128, 1024, generator=g, dtype=DTYPE), w8.t().to(DTYPE))),
-    }
+    f64 = _best_time(torch.mm, (torch.randn(128, 1024, generator=g, dtype=DTYPE), w8.t().to(DTYPE)))
+    digits = torch.randint(-128, 128, (3 * 128, 1024), generator=g, dtype=torch.int8)
+    if _best_time(torch._int_mm, (digits, w8.t()), give_up=GIVE_UP * f64) < f64:
+        return "digits"
     if onednn.available():
         cols = torch.randint(0, 128, (onednn.FAST_PLANES * 128, 1024), generator=g, dtype=torch.uint8)
-        candidates["onednn"] = (onednn.u8_products, (cols, onednn._pack(w8)))
-    times = {}
-    for name, (fn, args) in candidates.items():
-        fn(*args)
-        best = math.inf
-        for _ in range(2):
-            start = time.perf_counter()
-            fn(*args)
-            best = min(best, time.perf_counter() - start)
-        times[name] = best
-    if times["digits"] < times["float64"]:
-        return "digits"
-    return "onednn" if times.get("onednn", math.inf) < times["float64"] else "float64"
+        if _best_time(onednn.u8_products, (cols, onednn._pack(w8))) < f64:
+            return "onednn"
+    return "float64"
 
 
 def w8_products(device: torch.device) -> str:
