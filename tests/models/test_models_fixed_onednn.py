@@ -120,3 +120,26 @@ def test_the_kernel_is_found_exact_on_x86_builds_with_onednn():
     """Where PyTorch ships oneDNN on x86-64 the check must pass: a failing one would silently send every
     layer to the float64 products (and skip the tests above)."""
     assert onednn.available()
+
+
+@pytest.mark.parametrize("products", ["digits", "onednn"])
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (5, 2), ((1, 3), (0, 1)), (1, 0)])
+def test_digit_products_in_bands_of_rows_give_the_same_outputs(products, kernel, padding, monkeypatch):
+    """Columns over the size limit are made and multiplied band by band of output rows (the rows'
+    inputs and their zero padding): the same bits as the whole map, for every band height."""
+    from gnn_lic.models.fixed_point import conv as fconv
+
+    if products == "onednn" and not onednn.available():
+        pytest.skip("this PyTorch has no exact oneDNN byte product")
+    monkeypatch.setattr(int8, "W8_PRODUCTS", products)
+    g = torch.Generator().manual_seed(9)
+    layer = torch.nn.Conv2d(12, 7, kernel, padding=padding)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.3)
+    f = fp.FixedConv2d(layer, "conv", int8=True)
+    x = torch.randint(-(2**12), 2**12, (2, 12, 11, 9), generator=g).double()
+    whole = f(x.clone())
+    per_row = 2 * 9 * len(f._taps8) * 12  # bytes of one output row's columns (two digits here)
+    for rows in (1, 2, 4, 10):
+        monkeypatch.setattr(fconv, "MAX_COLUMN_BYTES", rows * per_row)
+        assert torch.equal(f(x.clone()), whole), rows

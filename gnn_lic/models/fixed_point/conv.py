@@ -62,7 +62,11 @@ from gnn_lic.models.fixed_point.int8 import (
 )
 from gnn_lic.nn.winograd import filter_tiles, winograd_conv3x3, winograd_pays
 
-__all__ = ["FixedConv2d"]
+__all__ = ["FixedConv2d", "MAX_COLUMN_BYTES"]
+
+#: most bytes of a stride-1 scheme-w8 layer's digit columns at once: larger maps are multiplied in bands of
+#: output rows (the same integers: each output is its own sum)
+MAX_COLUMN_BYTES = 64 << 20
 
 
 class FixedConv2d:
@@ -332,12 +336,14 @@ class FixedConv2d:
         (:func:`~gnn_lic.models.fixed_point.int8.digit_columns`). Otherwise the transposed
         columns of ``unfold``, each input's ``p`` digits side by side. Either
         way one product with the transposed weights gives the ``p`` partial sums of every
-        output, one row per output pixel. With ``seven_bit`` (``p``), the digits are seven-bit ones
-        and oneDNN multiplies them (:mod:`~gnn_lic.models.fixed_point.onednn`).
+        output, one row per output pixel; at stride 1, in bands of output rows where the columns
+        would exceed :data:`MAX_COLUMN_BYTES`. With ``seven_bit`` (``p``), the digits are seven-bit
+        ones and oneDNN multiplies them (:mod:`~gnn_lic.models.fixed_point.onednn`).
         """
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         H, W = x.shape[-2:]
         O = self.out_channels
+        seven = seven_bit is not None
         if seven_bit is None:
             lo, hi = torch.aminmax(x)
             p = digit_planes(float(lo), float(hi))
@@ -346,19 +352,36 @@ class FixedConv2d:
         if self.kind == "unfold":
             Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            if seven_bit is None:
+            if not seven:
                 cols = byte_digits(cols, p).reshape(cols.shape[0], -1).t()  # (C*k, p L), transposed
             else:  # (L, p, C*k) -> (p L, C*k), contiguous rows for oneDNN
                 cols = onednn.seven_bit_digits(cols.t(), p).transpose(0, 1).reshape(p * Ho * Wo, -1)
-        else:  # taps or pointwise (one tap): stride 1
-            Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
-            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, seven_bit is not None)
+            return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
+        # taps or pointwise (one tap): stride 1
+        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+        rows = max(1, MAX_COLUMN_BYTES // (p * Wo * len(self._taps8) * self.in_channels))
+        if rows >= Ho:
+            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, seven)
+            return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
+        # bands of output rows, each from its rows of the input padded with zero rows (split like the padding)
+        xp = F.pad(x[0], (0, 0, ph, ph))
+        out = x.new_empty((O, Ho * Wo))
+        for i0 in range(0, Ho, rows):
+            i1 = min(Ho, i0 + rows)
+            band = xp[:, i0 : i1 + kh - 1].contiguous()
+            cols = digit_columns(band, p, self.kernel_size, (0, pw), self._taps8, seven)
+            out[:, i0 * Wo : i1 * Wo] = self._digit_outputs(cols, p, seven, table)
+        return out.reshape(1, O, Ho, Wo)
+
+    def _digit_outputs(self, cols: Tensor, p: int, seven: bool, table=None) -> Tensor:
+        """Scheme ``w8``'s outputs ``(out, L)`` from the columns ``(p L, K)`` of ``p`` byte digits (seven-bit ones
+        with ``seven``): one integer product, then the digits' sums combined and re-quantised."""
+        O = self.out_channels
         bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
-        if seven_bit is None:
-            g = int8_products(cols, self._w8.t()).view(p, Ho * Wo, O)
+        if not seven:
+            g = int8_products(cols, self._w8.t()).view(p, -1, O)
             offset, base = self._wsum8 * digit_offset(p), 256
         else:
-            g = onednn.u8_products(cols, onednn.packed_weights(self, self._w8)).view(p, Ho * Wo, O)
+            g = onednn.u8_products(cols, onednn.packed_weights(self, self._w8)).view(p, -1, O)
             offset, base = self._wsum8 * -onednn.seven_bit_offset(p), 128
-        out = kernels.combine_requantize(g, offset, self._scale8, bias, ACT_MAX, table, base)
-        return out.reshape(1, O, Ho, Wo)
+        return kernels.combine_requantize(g, offset, self._scale8, bias, ACT_MAX, table, base)
