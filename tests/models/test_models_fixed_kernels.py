@@ -339,6 +339,18 @@ def test_w8_conv_with_fewer_digits_equals_its_definition(kind, w8_products):
         assert torch.equal(f(x.clone()), reference_conv_w8(conv, x)), (kind, planes)
 
 
+@pytest.mark.parametrize("kind", ["1x1", "3x3", "3x3-stride2"])
+def test_w8_conv_with_all_weights_zero_gives_its_bias(kind, w8_products):
+    """No tap in use (a pruned or zeroed layer): every kernel gives the definition, the bias alone."""
+    conv = _seeded(_conv(kind), seed=23)
+    with torch.no_grad():
+        conv.weight.zero_()
+    f = fp.FixedConv2d(conv, kind, int8=True)
+    x = fp.to_act(torch.randn(2, f.in_channels, 5, 6, generator=torch.Generator().manual_seed(24)) * 3)
+    out = f(x.clone())
+    assert torch.equal(out, reference_conv_w8(conv, x)) and out.abs().max() > 0
+
+
 def test_w8_depthwise_keeps_the_float64_products():
     conv = _seeded(_conv("5x5-depthwise"), seed=13)
     f = fp.FixedConv2d(conv, "dw", int8=True)

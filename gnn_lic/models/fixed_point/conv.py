@@ -179,7 +179,9 @@ class FixedConv2d:
         if self.kind != "taps":
             return self._w8.to(DTYPE)
         full = torch.zeros(self.out_channels, self.in_channels, kh * kw, dtype=DTYPE, device=self._w8.device)
-        full[:, :, self._taps8] = self._w8.to(DTYPE).reshape(self.out_channels, len(self._taps8), -1).permute(0, 2, 1)
+        if self._taps8:  # no tap in use: the weights are all zero
+            w = self._w8.to(DTYPE).reshape(self.out_channels, len(self._taps8), self.in_channels)
+            full[:, :, self._taps8] = w.permute(0, 2, 1)
         return full.reshape(self.out_channels, -1)
 
     def to(self, device: torch.device) -> "FixedConv2d":
@@ -239,6 +241,8 @@ class FixedConv2d:
         """The seven-bit digits of ``x`` for oneDNN's byte products, or ``None`` where the float64 products
         take it (more than :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` digits, or
         :data:`~gnn_lic.models.fixed_point.onednn.WINOGRAD_PLANES` where Winograd applies)."""
+        if not self._w8.shape[1]:  # no weight in use: nothing to multiply
+            return None
         lo, hi = torch.aminmax(x)
         planes = onednn.seven_bit_planes(float(lo), float(hi))
         most = onednn.WINOGRAD_PLANES if self._winograd_applies(x) else onednn.FAST_PLANES
@@ -359,7 +363,7 @@ class FixedConv2d:
             return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
         # taps or pointwise (one tap): stride 1
         Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
-        rows = max(1, MAX_COLUMN_BYTES // (p * Wo * len(self._taps8) * self.in_channels))
+        rows = max(1, MAX_COLUMN_BYTES // max(1, p * Wo * len(self._taps8) * self.in_channels))
         if rows >= Ho:
             cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, seven)
             return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
