@@ -461,10 +461,15 @@ def test_a_slow_byte_product_is_timed_once_and_a_fast_one_three_times(monkeypatc
 
     calls = []
 
-    def slow(a, b):
-        calls.append(1)
-        time.sleep(0.3)
+    def float64_product(a, b):  # a fixed time, whatever the host's load
+        time.sleep(0.01)
 
+    def slow(a, b):  # far past GIVE_UP times float64's
+        calls.append(1)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(int8, "GIVE_UP", 20.0)
+    monkeypatch.setattr(torch, "mm", float64_product)
     monkeypatch.setattr(torch, "_int_mm", slow)
     assert int8._time_products() in ("onednn", "float64") and len(calls) == 1
     calls.clear()
