@@ -348,11 +348,11 @@ class FixedConv2d:
         H, W = x.shape[-2:]
         O = self.out_channels
         seven = seven_bit is not None
-        if seven_bit is None:
+        if seven:
+            p = seven_bit
+        else:
             lo, hi = torch.aminmax(x)
             p = digit_planes(float(lo), float(hi))
-        else:
-            p = seven_bit
         if self.kind == "unfold":
             Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]

@@ -56,7 +56,6 @@ from torch import Tensor
 from gnn_lic import compiled
 from gnn_lic.models.fixed_point import kernels, onednn
 from gnn_lic.models.fixed_point.arith import DTYPE
-from gnn_lic.models.fixed_point.onednn import seven_bit_digits, seven_bit_offset
 
 __all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
            "digit_columns", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "PRODUCT_KINDS", "w8_products",
@@ -169,12 +168,12 @@ def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps, seven_bit:
     out = torch.empty((planes, Ho, Wo, len(taps), C), dtype=dtype, device=x.device)
     if kernels._use_compiled(x) and x.is_contiguous():
         # digit k: bits [k bits, (k + 1) bits) of (a ^ mask) + add (see byte_digits and seven_bit_digits)
-        mask, add, bits = (0, seven_bit_offset(planes), 7) if seven_bit else (digit_offset(planes), 0, 8)
+        mask, add, bits = (0, onednn.seven_bit_offset(planes), 7) if seven_bit else (digit_offset(planes), 0, 8)
         padded = torch.empty((planes, Hp, Wp, C), dtype=dtype)
         compiled.parallel(kernels._digit_columns_loop, x.numpy(), planes, mask, add, bits, not seven_bit, ph, pw,
                           np.array(dy, dtype=np.int64), np.array(dx, dtype=np.int64), padded.numpy(), out.numpy())
     else:
-        split = seven_bit_digits if seven_bit else byte_digits
+        split = onednn.seven_bit_digits if seven_bit else byte_digits
         padded = F.pad(x.to(torch.int32), (pw, pw, ph, ph)).permute(1, 2, 0)  # (Hp, Wp, C)
         padded = split(padded, planes).permute(2, 0, 1, 3)  # (Hp, Wp, planes, C) -> (planes, Hp, Wp, C)
         for t, (a, b) in enumerate(zip(dy, dx)):
