@@ -37,14 +37,13 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import nn
 
 from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
-from gnn_lic.models.layers import SubpixelConvTranspose2d
+from gnn_lic.models.layers import GDN, SubpixelConvTranspose2d
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
 from gnn_lic.nn.blocks import GraphWindowBlock

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence
 
 import torch
+from compressai import layers as compressai_layers
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
+from gnn_lic.nn.banded import row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
@@ -23,6 +25,8 @@ __all__ = [
     "conv3x3",
     "SubpixelConvTranspose2d",
     "subpel_conv3x3",
+    "GDN",
+    "GDN_BAND_BYTES",
     "DepthwiseConvBlock",
     "GatedTransformCNN",
     "ParameterAggregationBlock",
@@ -90,6 +94,37 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
         y = nn.functional.conv2d(h, self.phase_weight(), self.bias.repeat_interleave(s * s) if self.bias is not None
                                  else None, padding=0 if top != bottom else top)
         return nn.functional.pixel_shuffle(y, s)
+
+
+#: bytes of one band's temporaries in :class:`GDN` (a few MB, so that they stay in the caches)
+GDN_BAND_BYTES = 4 << 20
+
+
+class GDN(compressai_layers.GDN):
+    r"""CompressAI's GDN and inverse GDN (Ballé et al., ICLR 2016) with its parameters, state dict and function:
+
+    .. math:: y_i = x_i \Big/ \sqrt{\beta_i + \textstyle\sum_j \gamma_{ij}\, x_j^2}
+        \qquad \Big(\text{inverse: } y_i = x_i \sqrt{\beta_i + \textstyle\sum_j \gamma_{ij}\, x_j^2}\Big).
+
+    An output pixel reads its own input pixel alone. So without autograd the map is computed band of rows
+    by band of rows (:data:`GDN_BAND_BYTES` per temporary) into one output map: every pixel goes through the
+    same operations as on the whole map (the same bits), while the temporaries (:math:`x^2`, the norm and
+    its root) are a band's instead of three maps. Under autograd it is CompressAI's forward.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or x.dim() != 4:
+            return super().forward(x)
+        C = x.shape[1]
+        beta = self.beta_reparam(self.beta)
+        gamma = self.gamma_reparam(self.gamma).reshape(C, C, 1, 1)
+        out = torch.empty_like(x)  # x's memory format
+        for r0, r1 in row_bands(x.shape[-2], x.shape[-1], pixels=max(1, GDN_BAND_BYTES // (C * x.element_size()))):
+            xb = x[:, :, r0:r1]
+            norm = nn.functional.conv2d(xb**2, gamma, beta)
+            norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
+            torch.mul(xb, norm, out=out[:, :, r0:r1])
+        return out
 
 
 class DepthwiseConvBlock(nn.Module):

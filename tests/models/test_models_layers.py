@@ -139,3 +139,44 @@ def test_subpixel_transposed_convolution_is_the_transposed_convolution(in_ch, ou
 def test_subpixel_transposed_convolution_refuses_other_geometries():
     with pytest.raises(ValueError, match="kernel_size \\+ output_padding - 2 \\* padding == stride"):
         SubpixelConvTranspose2d(3, 3, 4, 2)  # padding 2, output padding 1: 4 + 1 - 4 != 2
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("band_bytes", [1, 24 * 4 * 11 * 4, 1 << 30])  # bands of one row, of 4 rows, the whole map
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gdn_without_autograd_is_compressais_bit_for_bit(monkeypatch, inverse, band_bytes, channels_last):
+    from compressai.layers import GDN as CompressAIGDN
+
+    from gnn_lic.models import layers
+
+    monkeypatch.setattr(layers, "GDN_BAND_BYTES", band_bytes)
+    torch.manual_seed(0)
+    ours, ref = layers.GDN(24, inverse=inverse), CompressAIGDN(24, inverse=inverse)
+    with torch.no_grad():  # a gamma that mixes channels, so a band's norm is not the identity
+        ours.gamma.add_(torch.rand_like(ours.gamma) * 0.05)
+        ours.beta.add_(torch.rand_like(ours.beta))
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 24, 13, 11) * 3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got, want = ours(x), ref(x)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # under autograd: CompressAI's forward, with gradients
+    y = ours(x.requires_grad_())
+    assert torch.equal(y.detach(), want)
+    y.sum().backward()
+    assert x.grad is not None and ours.gamma.grad is not None
+
+
+def test_gdn_bands_are_rows_of_the_budget(monkeypatch):
+    from gnn_lic.models import layers
+
+    rows = []
+    real = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda x, *a, **k: rows.append(x.shape[-2]) or real(x, *a, **k))
+    monkeypatch.setattr(layers, "GDN_BAND_BYTES", 8 * 4 * 10 * 3)  # 3 rows of 10 pixels of 8 channels
+    with torch.no_grad():
+        layers.GDN(8)(torch.rand(1, 8, 8, 10))
+    assert rows == [3, 3, 2]
