@@ -354,7 +354,11 @@ class GraphWindowBlock(nn.Module):
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
         attr = window_offset_attr(graph, W).unsqueeze(-1).to(x.dtype) if self.edge_attr else None
         g = self.attn(tokens, graph, attr).view(B, H, W, C).permute(0, 3, 1, 2)
-        return self.branch_a(x) * torch.sigmoid(self.branch_b(g)) + x
+        if torch.is_grad_enabled():
+            return self.branch_a(x) * torch.sigmoid(self.branch_b(g)) + x
+        # no autograd: the gate, product and sum in place in branch b's output, the same numbers
+        gate = torch.sigmoid_(self.branch_b(g))
+        return gate.mul_(self.branch_a(x)).add_(x)
 
 
 def window_offset_attr(graph: CSRGraph, width: int) -> Tensor:

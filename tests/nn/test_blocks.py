@@ -124,6 +124,18 @@ def test_graph_window_block_formula():
     torch.testing.assert_close(block(x), x + 2.0)  # the gate saturates at 1
 
 
+def test_graph_window_block_without_autograd_is_bitwise_the_same():
+    torch.manual_seed(0)
+    block = GraphWindowBlock(8, window=4, knn=3, heads=2)
+    x = _x(h=8, w=12)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        want = block(inp)
+        with torch.no_grad():
+            got = block(inp)
+        assert torch.equal(got, want)
+        assert torch.equal(inp, x)  # the input is not overwritten
+
+
 def test_gelu_on_either_layout_is_f_gelu():
     """gelu() takes the NHWC view of a channels-last map: F.gelu's values to the last bit, the layout kept;
     inplace overwrites its input."""
