@@ -272,9 +272,25 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
         weights = sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))
         return int(weights + pixels * self.map_bytes_per_pixel())
 
+    def update(self, scale_table: Optional[Tensor] = None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """CompressAI's ``update`` (the entropy coder's tables), then the latent codec's fixed-point networks
+        (:meth:`_prepare_coding`): everything that coding needs, made once. Returns whether a table changed."""
+        updated = super().update(scale_table, force=force, update_quantiles=update_quantiles)
+        self._prepare_coding()
+        return updated
+
+    def _prepare_coding(self) -> None:
+        """The latent codec's ``prepare`` where it has one
+        (:meth:`gnn_lic.models.entropy.FixedPointHyperpriorCodec.prepare`)."""
+        prepare = getattr(self.latent_codec, "prepare", None)
+        if prepare is not None:
+            prepare()
+
     @torch.no_grad()
     def compress(self, x: Tensor, quality: Optional[float] = None) -> Dict[str, Any]:
-        """``{"strings", "shape"}``; a variable-rate model records the (scalar) ``quality`` in ``shape``."""
+        """``{"strings", "shape"}``; a variable-rate model records the (scalar) ``quality`` in ``shape``.
+        The latent codec is prepared before the analysis transform runs (:meth:`_prepare_coding`)."""
+        self._prepare_coding()
         q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
         if q is None:

@@ -174,6 +174,35 @@ def test_converted_networks_survive_a_float_forward_and_follow_weight_changes(na
         assert lc._fixed_nets(torch.device("cpu")) is not first
 
 
+@pytest.mark.parametrize("name", ["glic", "gabic"])
+def test_update_and_compress_convert_before_the_analysis_transform(monkeypatch, name):
+    """``update`` converts the networks of the codec's arithmetic (none for "float"); ``compress`` converts
+    changed weights before ``g_a`` runs, not in the middle of the latent coding."""
+    from gnn_lic.models import entropy
+
+    calls = []
+    real = entropy.to_fixed
+    monkeypatch.setattr(entropy, "to_fixed", lambda m, k, int8: calls.append("convert") or real(m, k, int8))
+    net = make(name)
+    with entropy_arithmetic(net, "float"):
+        net.update(force=True)
+    assert calls == []
+    net.update(force=True)
+    converted = len(calls)
+    assert converted == len(net.latent_codec._fixed_modules())
+    net.eval()
+    net.g_a.register_forward_pre_hook(lambda m, a: calls.append("g_a"))
+    x = images(1, 64, 64)
+    net.compress(x)
+    assert calls[converted:] == ["g_a"]  # nothing converted again
+    with torch.no_grad():
+        for p in net.latent_codec.parameters():
+            p.mul_(1.0)  # a new version of every weight
+    calls.clear()
+    net.compress(x)
+    assert calls == ["convert"] * converted + ["g_a"]
+
+
 def test_unsupported_module_is_refused():
     with pytest.raises(TypeError, match="no fixed-point version"):
         fp.to_fixed(nn.Sigmoid())

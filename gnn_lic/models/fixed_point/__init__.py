@@ -63,8 +63,9 @@ Scaling by a power of two is exact, so a layer multiplies its integer weights an
 :math:`2^{-F_w}` once, at conversion: products and sums are then the integer ones times
 :math:`2^{-F_w}`, still exact, and the output needs only ``round`` and ``clamp``.
 
-The networks are converted from the trained float modules (:func:`to_fixed`) when a
-latent codec first compresses or decompresses, and again whenever a parameter changes (the
+The networks are converted from the trained float modules (:func:`to_fixed`) by the model's
+``update`` or, failing that, when a latent codec first compresses (before the analysis transform
+runs) or decompresses, and again whenever a parameter changes (the
 conversion is itself exact, so it gives the same integers everywhere): every checkpoint,
 the shipped weights included, gains the property; :data:`SCHEME` names this arithmetic in the model
 identity, since changing it changes the decoded symbols.
