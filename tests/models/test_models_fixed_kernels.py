@@ -248,12 +248,16 @@ def test_frac_bits_equal_a_full_scan():
     g = torch.Generator().manual_seed(12)
     cases = []
     for fan_in, scale, bias_scale in [(1, 1.0, 1.0), (9, 0.3, 3.0), (300, 0.05, 0.1), (4608, 0.015, 0.0), (64, 1e-7, 1e3),
-                                      (16, 30.0, None), (2, 2.0**-30, 2.0**-40), (5000, 1.0, None), (3, 0.0, None)]:
+                                      (16, 30.0, None), (2, 2.0**-30, 2.0**-40), (5000, 1.0, None), (3, 0.0, None),
+                                      (8, 1.0, 2.0**20), (300, 0.1, 2.0**12)]:  # the bias sets the bits
         w = torch.randn(7, fan_in, generator=g, dtype=torch.float64) * scale
         b = None if bias_scale is None else torch.randn(7, generator=g, dtype=torch.float64) * bias_scale
         cases.append((w, b))
     w = torch.full((3, 8), 0.5**10, dtype=torch.float64)  # sums at a power of two: bound exactly at the limit
     cases.append((w, None))
+    # a bias one unit above the limit at the top bits: its lower bound passes, the rounded bound does not
+    top = fp.MAX_WEIGHT_FRAC_BITS + fp.ACT_FRAC_BITS
+    cases.append((torch.zeros(1, 4, dtype=torch.float64), torch.tensor([(fp.ACC_LIMIT + 1) * 2.0**-top], dtype=torch.float64)))
     for w, b in cases:
         expected = _frac_bits_by_full_scan(w, b)
         if expected is None:

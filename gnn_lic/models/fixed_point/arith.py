@@ -98,28 +98,37 @@ def choose_frac_bits(w: Tensor, b: Tensor | None, what: str) -> Tuple[int, int]:
     input to a smaller power of two instead (down to 2^-6 of the activation range).
     ``w`` is ``(out, fan_in)`` float64; the bound is checked on the rounded integers.
 
-    Bits that cannot pass are skipped without rounding the weights: since
-    :math:`|\mathrm{round}(y)| \ge |y| - 1/2`, the bound is at least
-    :math:`A'\,(2^{F_w}\sum_i |w_i| - n/2) + 2^{F_w + 16}|b| - 1/2` per output, and where
-    that (with a relative margin far above its float error) exceeds the limit, the
-    rounded check fails too. The result is the one of checking every value from the top.
+    The weights are rounded only where the bound is in doubt: since
+    :math:`|y| - 1/2 \le |\mathrm{round}(y)| \le |y| + 1/2`, the bound lies between
+    :math:`A'\,(2^{F_w}\sum_i |w_i| \mp n/2) + 2^{F_w + 16}|b| \mp 1/2` per output. Where the
+    lower end (with a relative margin far above its float error) exceeds the limit, the rounded
+    check fails too; where the upper end stays within it, it passes, and the largest rounded
+    weight is the rounded largest weight (rounding is monotone). The result is the one of
+    checking every value from the top.
     """
     n = w.shape[1]
-    w_sum = w.abs().sum(1)
+    w_abs = w.abs()
+    w_sum, w_max = w_abs.sum(1), float(w_abs.max())
     b_abs = b.abs() if b is not None else torch.zeros_like(w_sum)
+    rounded = None  # |round(w 2^bits)| = round(|w| 2^bits), made only where the bound is in doubt
     for drop in range(0, 7):
         in_max = ACT_MAX >> drop
         for bits in range(MAX_WEIGHT_FRAC_BITS, -1, -1):
             low = in_max * (shift(w_sum, bits) - n / 2).clamp(min=0) + (shift(b_abs, bits + ACT_FRAC_BITS) - 0.5).clamp(min=0)
             if float(low.max()) * (1 - 2**-30) > ACC_LIMIT:
                 continue
-            wi = torch.round(shift(w, bits))
-            bound = wi.abs().sum(1) * in_max
-            if b is not None:
-                bound = bound + torch.round(shift(b, bits + ACT_FRAC_BITS)).abs()
-            if float(bound.max()) <= ACC_LIMIT:
-                levels = float(wi.abs().max())
-                if levels == 0 or levels >= MIN_WEIGHT_LEVELS:
-                    return bits, in_max
-                break
+            high = in_max * (shift(w_sum, bits) + n / 2) + shift(b_abs, bits + ACT_FRAC_BITS) + 0.5
+            if float(high.max()) * (1 + 2**-30) <= ACC_LIMIT:
+                levels = round(w_max * 2.0**bits)  # exact product; Python's round is half to even
+            else:
+                rounded = torch.mul(w_abs, 2.0**bits, out=rounded).round_()
+                bound = rounded.sum(1) * in_max
+                if b is not None:
+                    bound = bound + torch.round(shift(b, bits + ACT_FRAC_BITS)).abs()
+                if float(bound.max()) > ACC_LIMIT:
+                    continue
+                levels = float(rounded.max())
+            if levels == 0 or levels >= MIN_WEIGHT_LEVELS:
+                return bits, in_max
+            break
     raise ValueError(f"{what}: weights too large for exact fixed-point accumulation; lower ACT_LIMIT")

@@ -69,6 +69,11 @@ __all__ = ["FixedConv2d", "MAX_COLUMN_BYTES"]
 MAX_COLUMN_BYTES = 64 << 20
 
 
+def _taps_in_use(used: Tensor) -> List[int]:
+    """The indexes of the ``True`` entries of a tap mask ``(kh * kw,)``."""
+    return used.nonzero().flatten().tolist()
+
+
 class FixedConv2d:
     """A :class:`torch.nn.Conv2d` (groups 1 or depthwise, zero padding) in fixed point.
 
@@ -97,9 +102,6 @@ class FixedConv2d:
         self.padding = tuple(conv.padding)
         b = conv.bias.detach().to("cpu", DTYPE) if conv.bias is not None else None
         flat = w.reshape(w.shape[0], -1)
-        self.frac_bits, self.in_max = choose_frac_bits(flat, b, name)
-        weight = torch.round(shift(flat, self.frac_bits))  # (out, in/groups * kh * kw)
-        self.bias = None if b is None else torch.round(shift(b, self.frac_bits + ACT_FRAC_BITS))
         kh, kw = self.kernel_size
         if kh * kw == 1 and self.stride == (1, 1) and self.padding == (0, 0):
             self.kind = "pointwise"
@@ -114,10 +116,14 @@ class FixedConv2d:
         if self.int8:  # scheme w8 holds its 8-bit weights (and int16 Winograd tiles once they run), no float64
             weight8, self.weight_exp = int8_weights(flat)
             self.bias16 = None if b is None else torch.round(shift(b, ACT_FRAC_BITS))
+            # fx16's weight bits, input clamp and bias: not made (scheme w8 neither clamps nor uses them)
+            self.frac_bits, self.in_max, self.bias = None, ACT_MAX, None
             self._w = self._bias = None
             self._prepare_int8(weight8)
         else:
-            self._prepare(weight)
+            self.frac_bits, self.in_max = choose_frac_bits(flat, b, name)
+            self.bias = None if b is None else torch.round(shift(b, self.frac_bits + ACT_FRAC_BITS))
+            self._prepare(torch.round(shift(flat, self.frac_bits)))  # (out, in/groups * kh * kw)
 
     @property
     def weight(self) -> Tensor:
@@ -152,14 +158,14 @@ class FixedConv2d:
             taps = w.t().reshape(kh * kw, -1, 1)
         else:
             taps = w.reshape(self.out_channels, self.in_channels, kh * kw).permute(2, 0, 1)
-        return taps.contiguous(), [t for t in range(kh * kw) if bool(taps[t].ne(0).any())]
+        return taps.contiguous(), _taps_in_use(taps.ne(0).flatten(1).any(1))
 
     def _prepare_int8(self, weight8: Tensor) -> None:
         """Scheme w8's operands: ``(out, taps in use * in)`` int8 weights, tap-major, and ``2^-f`` per output."""
         kh, kw = self.kernel_size
         taps = weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
         if self.kind == "taps":
-            self._taps8 = [t for t in range(kh * kw) if bool(taps[:, t].ne(0).any())]
+            self._taps8 = _taps_in_use(weight8.reshape(self.out_channels, self.in_channels, kh * kw).ne(0).any(1).any(0))
             taps = taps[:, self._taps8]
         else:  # pointwise: one tap; unfold: F.unfold's channel-major order
             self._taps8 = list(range(kh * kw))

@@ -87,9 +87,9 @@ def int8_weights(w: Tensor) -> Tuple[Tensor, Tensor]:
 
 def powers_of_two(n: Tensor) -> Tensor:
     """``2**n`` for integer-valued ``n`` (float64), exactly: ``math.ldexp`` per distinct value, not ``pow``."""
-    values = {int(v): math.ldexp(1.0, int(v)) for v in n.unique().tolist()}
-    flat = n.reshape(-1).tolist()
-    return torch.tensor([values[int(v)] for v in flat], dtype=DTYPE, device=n.device).reshape(n.shape)
+    exps, where = torch.unique(n, return_inverse=True)
+    values = torch.tensor([math.ldexp(1.0, int(v)) for v in exps.tolist()], dtype=DTYPE, device=n.device)
+    return values[where].reshape(n.shape)
 
 
 def digit_planes(lo: float, hi: float) -> int:
