@@ -100,25 +100,33 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
 GDN_BAND_BYTES = 4 << 20
 
 
+def _channels_last(x: Tensor) -> bool:
+    """Whether a 4-D map is held channels-last (and not also contiguous, as a one-channel map would be)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class GDN(compressai_layers.GDN):
     r"""CompressAI's GDN and inverse GDN (Ballé et al., ICLR 2016) with its parameters, state dict and function:
 
     .. math:: y_i = x_i \Big/ \sqrt{\beta_i + \textstyle\sum_j \gamma_{ij}\, x_j^2}
         \qquad \Big(\text{inverse: } y_i = x_i \sqrt{\beta_i + \textstyle\sum_j \gamma_{ij}\, x_j^2}\Big).
 
-    An output pixel reads its own input pixel alone. So without autograd the map is computed band of rows
-    by band of rows (:data:`GDN_BAND_BYTES` per temporary) into one output map: every pixel goes through the
-    same operations as on the whole map (the same bits), while the temporaries (:math:`x^2`, the norm and
-    its root) are a band's instead of three maps. Under autograd it is CompressAI's forward.
+    An output pixel reads its own input pixel alone. So without autograd a channels-last map (the layout
+    of the models' transforms) is computed band of rows by band of rows (:data:`GDN_BAND_BYTES` per
+    temporary) into one output map: every pixel goes through the same operations as on the whole map, while
+    the temporaries (:math:`x^2`, the norm and its root) are a band's instead of three maps. The bits are
+    CompressAI's where oneDNN's 1x1 convolution gives a pixel the same sum whatever the rows of the call:
+    on channels-last maps a few dozen pixels wide and more, at any thread count (the tests check this);
+    not on contiguous (NCHW) maps, nor on tiny ones, so those, and autograd, take CompressAI's forward.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.dim() != 4:
+        if torch.is_grad_enabled() or x.dim() != 4 or not _channels_last(x):
             return super().forward(x)
         C = x.shape[1]
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma).reshape(C, C, 1, 1)
-        out = torch.empty_like(x)  # x's memory format
+        out = torch.empty_like(x)  # channels-last, as x
         for r0, r1 in row_bands(x.shape[-2], x.shape[-1], pixels=max(1, GDN_BAND_BYTES // (C * x.element_size()))):
             xb = x[:, :, r0:r1]
             norm = nn.functional.conv2d(xb**2, gamma, beta)

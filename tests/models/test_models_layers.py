@@ -142,32 +142,39 @@ def test_subpixel_transposed_convolution_refuses_other_geometries():
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-@pytest.mark.parametrize("band_bytes", [1, 24 * 4 * 11 * 4, 1 << 30])  # bands of one row, of 4 rows, the whole map
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_gdn_without_autograd_is_compressais_bit_for_bit(monkeypatch, inverse, band_bytes, channels_last):
+@pytest.mark.parametrize("rows", [1, 3, 4, None])  # bands of 1, 3 and 4 rows; None: the whole map
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gdn_without_autograd_is_compressais_bit_for_bit(monkeypatch, inverse, rows, threads):
     from compressai.layers import GDN as CompressAIGDN
 
     from gnn_lic.models import layers
 
-    monkeypatch.setattr(layers, "GDN_BAND_BYTES", band_bytes)
+    n, c, h, w = 2, 32, 16, 64
+    monkeypatch.setattr(layers, "GDN_BAND_BYTES", 1 << 30 if rows is None else rows * w * c * 4)
     torch.manual_seed(0)
-    ours, ref = layers.GDN(24, inverse=inverse), CompressAIGDN(24, inverse=inverse)
+    ours, ref = layers.GDN(c, inverse=inverse), CompressAIGDN(c, inverse=inverse)
     with torch.no_grad():  # a gamma that mixes channels, so a band's norm is not the identity
         ours.gamma.add_(torch.rand_like(ours.gamma) * 0.05)
         ours.beta.add_(torch.rand_like(ours.beta))
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 24, 13, 11) * 3
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        got, want = ours(x), ref(x)
+    x = (torch.randn(n, c, h, w) * 3).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got, want = ours(x), ref(x)
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(got, want)
-    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
-    # under autograd: CompressAI's forward, with gradients
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    # under autograd, and on a contiguous map: CompressAI's forward itself
     y = ours(x.requires_grad_())
     assert torch.equal(y.detach(), want)
     y.sum().backward()
     assert x.grad is not None and ours.gamma.grad is not None
+    with torch.no_grad():
+        flat = x.detach().contiguous()
+        assert torch.equal(ours(flat), ref(flat))
 
 
 def test_gdn_bands_are_rows_of_the_budget(monkeypatch):
@@ -177,6 +184,9 @@ def test_gdn_bands_are_rows_of_the_budget(monkeypatch):
     real = torch.nn.functional.conv2d
     monkeypatch.setattr(torch.nn.functional, "conv2d", lambda x, *a, **k: rows.append(x.shape[-2]) or real(x, *a, **k))
     monkeypatch.setattr(layers, "GDN_BAND_BYTES", 8 * 4 * 10 * 3)  # 3 rows of 10 pixels of 8 channels
+    x = torch.rand(1, 8, 8, 10)
     with torch.no_grad():
-        layers.GDN(8)(torch.rand(1, 8, 8, 10))
-    assert rows == [3, 3, 2]
+        layers.GDN(8)(x.contiguous(memory_format=torch.channels_last))
+        assert rows == [3, 3, 2]
+        layers.GDN(8)(x)  # a contiguous map: CompressAI's forward, one call
+    assert rows == [3, 3, 2, 8]
