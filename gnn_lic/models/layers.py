@@ -115,9 +115,9 @@ class GDN(compressai_layers.GDN):
     of the models' transforms) is computed band of rows by band of rows (:data:`GDN_BAND_BYTES` per
     temporary) into one output map: every pixel goes through the same operations as on the whole map, while
     the temporaries (:math:`x^2`, the norm and its root) are a band's instead of three maps. The bits are
-    CompressAI's where oneDNN's 1x1 convolution gives a pixel the same sum whatever the rows of the call:
-    on channels-last maps a few dozen pixels wide and more, at any thread count (the tests check this);
-    not on contiguous (NCHW) maps, nor on tiny ones, so those, and autograd, take CompressAI's forward.
+    CompressAI's because oneDNN's 1x1 convolution gives a pixel the same sum whatever the rows of the call
+    on channels-last maps (the tests check 1, 2 and 3 threads; a map that fits one band is one call
+    anyway). On contiguous (NCHW) maps it does not, so those, and autograd, take CompressAI's forward.
     """
 
     def forward(self, x: Tensor) -> Tensor:
