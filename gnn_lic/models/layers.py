@@ -15,7 +15,7 @@ from compressai import layers as compressai_layers
 from compressai.layers import conv3x3, subpel_conv3x3
 from torch import Tensor, nn
 
-from gnn_lic.nn.banded import row_bands
+from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
@@ -100,11 +100,6 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
 GDN_BAND_BYTES = 4 << 20
 
 
-def _channels_last(x: Tensor) -> bool:
-    """Whether a 4-D map is held channels-last (and not also contiguous, as a one-channel map would be)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 class GDN(compressai_layers.GDN):
     r"""CompressAI's GDN and inverse GDN (Ballé et al., ICLR 2016) with its parameters, state dict and function:
 
@@ -121,7 +116,7 @@ class GDN(compressai_layers.GDN):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.dim() != 4 or not _channels_last(x):
+        if torch.is_grad_enabled() or memory_layout(x) != torch.channels_last:
             return super().forward(x)
         C = x.shape[1]
         beta = self.beta_reparam(self.beta)

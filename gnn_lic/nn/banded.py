@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "image_rows", "conv_radius", "channels_last_call", "dense"]
+           "image_rows", "conv_radius", "channels_last_call", "dense", "memory_layout"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -105,6 +105,12 @@ def banded_residual(x: Tensor, fn: Callable[[Tensor], Tensor], halo: int = 0, pi
             y = y[..., r0 - lo : r1 - lo, :]
         torch.add(x[..., r0:r1, :], y, out=out[..., r0:r1, :])
     return out
+
+
+def memory_layout(x: Tensor) -> torch.memory_format:
+    """Channels-last for a 4-D map stored channels-last (and not also contiguous), else contiguous."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def dense(x: Tensor, fmt: torch.memory_format = torch.contiguous_format) -> Tensor:

@@ -23,7 +23,7 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graphs,
 )
-from gnn_lic.nn.banded import banded_residual, band_pixels, use_bands
+from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
@@ -32,18 +32,12 @@ __all__ = ["gelu", "GELU", "LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer"
            "window_offset_attr"]
 
 
-def _layout(x: Tensor) -> torch.memory_format:
-    """Channels-last for a 4-D map stored channels-last (and not also contiguous), else contiguous."""
-    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
-
-
 def gelu(x: Tensor, inplace: bool = False) -> Tensor:
     """``F.gelu`` (exact erf form). A channels-last map goes through its NHWC view, which is contiguous:
     PyTorch's CPU GELU takes a slow scalar path on channels-last memory (several times slower on inputs
     of magnitude a few units). The same function; the last bit may differ from ``F.gelu`` on that layout.
     ``inplace`` (no autograd) overwrites ``x``."""
-    if _layout(x) == torch.channels_last:
+    if memory_layout(x) == torch.channels_last:
         return gelu(x.permute(0, 2, 3, 1), inplace).permute(0, 3, 1, 2)
     return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
 
@@ -100,7 +94,7 @@ class GatedFFN(nn.Module):
         # no autograd: the gate in place in a dense copy of ``a`` (the halves of ``h`` are strided views, on
         # which GELU and oneDNN's 1x1 convolution run slowly), the same numbers as :class:`_GeluGate`
         a, b = h.chunk(2, dim=1)
-        a = a.contiguous(memory_format=_layout(h))
+        a = a.contiguous(memory_format=memory_layout(h))
         return self.proj_out(gelu(a, inplace=True).mul_(b))
 
 
@@ -114,7 +108,7 @@ class _GeluGate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor) -> Tensor:
-        fmt = _layout(h)
+        fmt = memory_layout(h)
         a, b = h.chunk(2, dim=1)
         gelu_a = gelu(a.contiguous(memory_format=fmt))
         ctx.save_for_backward(h, gelu_a)
@@ -128,7 +122,7 @@ class _GeluGate(torch.autograd.Function):
         half = hv.shape[-1] // 2
         out = torch.empty_like(h)
         ov = out.movedim(1, -1)
-        g = grad.contiguous(memory_format=_layout(h)).movedim(1, -1)
+        g = grad.contiguous(memory_format=memory_layout(h)).movedim(1, -1)
         torch.mul(g, gelu_a.movedim(1, -1), out=ov[..., half:])
         torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
         return out
