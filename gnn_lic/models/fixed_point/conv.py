@@ -165,7 +165,7 @@ class FixedConv2d:
         kh, kw = self.kernel_size
         taps = weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
         if self.kind == "taps":
-            self._taps8 = _taps_in_use(weight8.reshape(self.out_channels, self.in_channels, kh * kw).ne(0).any(1).any(0))
+            self._taps8 = _taps_in_use(taps.ne(0).any(2).any(0))
             taps = taps[:, self._taps8]
         else:  # pointwise: one tap; unfold: F.unfold's channel-major order
             self._taps8 = list(range(kh * kw))
