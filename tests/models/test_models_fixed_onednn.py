@@ -39,17 +39,45 @@ def test_inputs_beyond_four_seven_bit_digits_are_refused():
 
 
 @needs_kernel
-@pytest.mark.parametrize("K", [1, 5, onednn.CHUNK, 1041, 2 * onednn.CHUNK + 7])
-def test_the_kernel_products_are_exact_at_any_fan_in(K):
+@pytest.mark.parametrize("K, top", [(1, 127), (5, 127), (1040, 127), (1041, 127), (2087, 127), (4200, 31), (9000, 20)])
+def test_the_kernel_products_are_exact_at_any_fan_in(K, top):
     """1041 terms of 127 * 127 sum to an odd number above 2^24, which float32 cannot hold: exact only
-    because the fan-in is cut into chunks."""
+    because the fan-in is cut into chunks. Small weights go uncut over long fan-ins, with sums near 2^24."""
     g = torch.Generator().manual_seed(K)
     M, N = 37, 19
     cols = torch.randint(0, 128, (M, K), generator=g, dtype=torch.uint8)
-    w8 = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-    cols[0], w8[0], w8[1] = 127, 127, -127  # the largest sums of both signs
+    w8 = torch.randint(-top, top + 1, (N, K), generator=g, dtype=torch.int8)
+    cols[0], w8[0], w8[1] = 127, top, -top  # the largest sums of both signs
     got = onednn.u8_products(cols, onednn._pack(w8))
     assert got.dtype == torch.int32 and torch.equal(got.long(), cols.long() @ w8.long().t())
+    if top * K <= onednn.CHUNK_WEIGHT_SUM:
+        assert len(onednn._pack(w8)) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fan_in_chunks_are_the_fewest_exact_ones(seed):
+    """Brute force: the chunks cover the fan-in in order, every output's positive and negative weights in a
+    chunk stay within the limit, and no chunk could take one more term."""
+    g = torch.Generator().manual_seed(seed)
+    N, K = 1 + seed, 300 + 1700 * seed
+    w8 = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    if seed % 2:  # mostly one sign in some outputs, as trained layers have
+        w8[0] = w8[0].abs()
+        w8[-1] = -w8[-1].abs()
+    w8[:, : K // 3] //= 1 + seed  # smaller weights at the start: chunks of varying length
+    chunks = onednn.fan_in_chunks(w8)
+    assert chunks[0][0] == 0 and chunks[-1][1] == K and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    w = w8.long()
+
+    def fits(k0, k1):
+        part = w[:, k0:k1]
+        return bool((part.clamp(min=0).sum(1) <= onednn.CHUNK_WEIGHT_SUM).all()
+                    and ((-part).clamp(min=0).sum(1) <= onednn.CHUNK_WEIGHT_SUM).all())
+
+    for k0, k1 in chunks:
+        assert k1 > k0 and fits(k0, k1)
+        assert k1 == K or not fits(k0, k1 + 1)
+    assert 127 * onednn.CHUNK_WEIGHT_SUM <= 2**24 < 127 * (onednn.CHUNK_WEIGHT_SUM + 1)
 
 
 def _conv_and_input(top: int, seed: int, channels: int = 40, size=(6, 7)):

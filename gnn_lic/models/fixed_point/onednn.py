@@ -13,9 +13,13 @@ integer and saturates there, so the unsigned operand is kept to seven bits:
   weights :math:`|\hat w| \le 127` sum to at most :math:`2 \cdot 127^2 < 2^{15}`: no
   saturation, on any instruction set;
 * **products**: the kernel accumulates in 32-bit integers and returns them as float32 times
-  unit scales, exact while every sum stays below :math:`2^{24}`: the fan-in is cut into
-  chunks of at most :data:`CHUNK` terms (:math:`1024 \cdot 127^2 < 2^{24}`), whose sums
-  are added as int32 (:func:`u8_products`);
+  unit scales, exact while every sum stays within :math:`2^{24}`. With digits in
+  :math:`[0, 127]` a sum lies between :math:`-127` times the magnitudes of the negative
+  weights and :math:`127` times the positive ones, so the fan-in is cut, in order, into the
+  fewest chunks in which each output's positive weights, and its negative ones, add up to
+  at most :data:`CHUNK_WEIGHT_SUM` (:func:`fan_in_chunks`; at least 1040 terms of any
+  weights, the whole fan-in of most layers); the chunks' sums are added as int32
+  (:func:`u8_products`);
 * **combination**: :math:`\mathrm{acc}_o = \sum_k 128^k \Sigma_k - 2^{7p-1} \sum_i \hat w_{o,i}`,
   in float64 as for the byte digits
   (:func:`~gnn_lic.models.fixed_point.kernels.combine_requantize` with base 128; exact
@@ -34,7 +38,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK", "seven_bit_planes", "seven_bit_offset",
+__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK_WEIGHT_SUM", "fan_in_chunks", "seven_bit_planes", "seven_bit_offset",
            "seven_bit_digits", "available", "packed_weights", "forget", "u8_products"]
 
 #: most seven-bit digits: inputs in [-2^27, 2^27); larger ones take the float64 products
@@ -46,8 +50,9 @@ FAST_PLANES = 3
 #: the same for a 3x3 layer whose float64 products would run Winograd's F(2x2, 3x3), which multiplies
 #: 2.25 times fewer operands
 WINOGRAD_PLANES = 2
-#: most terms of one product of the kernel: every sum of a chunk stays below 2^24, exact in float32
-CHUNK = 1024
+#: most sum of one sign of an output's weights in one product of the kernel: times the largest digit (127),
+#: every sum of the chunk stays within 2^24, exact in float32
+CHUNK_WEIGHT_SUM = (1 << 24) // 127
 
 _available: Optional[bool] = None
 _packs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -88,13 +93,36 @@ def _kernel(x: Tensor, w, ones: Tensor, zeros: Tensor) -> Tensor:
     return torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, ones, zeros, None, 1.0, 0, torch.float32, "none", [], "")
 
 
+def fan_in_chunks(w8: Tensor) -> List[Tuple[int, int]]:
+    """The ranges ``[k0, k1)`` that cut the fan-in of ``w8`` ``(N, K)`` (``|w| <= 127``), in order, into the fewest
+    chunks whose products stay exact: in every output, the positive weights of a chunk add up to at most
+    :data:`CHUNK_WEIGHT_SUM`, and so do the magnitudes of its negative ones. Each chunk is the longest
+    that does (greedy, hence the fewest); a single weight always fits.
+
+    >>> fan_in_chunks(torch.full((2, 3000), 127, dtype=torch.int8))
+    [(0, 1040), (1040, 2080), (2080, 3000)]
+    >>> fan_in_chunks(torch.tensor([[60, -60] * 2000], dtype=torch.int8))
+    [(0, 4000)]
+    """
+    w = w8.to(torch.int64)
+    zero = w.new_zeros((w.shape[0], 1))
+    running = [torch.cat([zero, w.clamp(min=0).cumsum(1)], 1), torch.cat([zero, (-w).clamp(min=0).cumsum(1)], 1)]
+    chunks, k0, K = [], 0, w.shape[1]
+    while k0 < K:
+        # per output and sign, the last end whose sum since k0 stays within the limit (the sums never decrease)
+        k1 = min(int((torch.searchsorted(s, s[:, k0 : k0 + 1] + CHUNK_WEIGHT_SUM, right=True) - 1).min())
+                 for s in running)
+        chunks.append((k0, k1))
+        k0 = k1
+    return chunks
+
+
 def _pack(w8: Tensor) -> List[Tuple[int, int, object, Tensor, Tensor]]:
-    """``(k0, k1, packed chunk, unit scales, zero points)`` for every chunk of the fan-in of ``w8`` ``(N, K)``."""
+    """``(k0, k1, packed chunk, unit scales, zero points)`` for every chunk (:func:`fan_in_chunks`) of ``w8`` ``(N, K)``."""
     n = w8.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
-    return [(k0, min(k0 + CHUNK, w8.shape[1]),
-             torch.ops.onednn.qlinear_prepack(w8[:, k0 : k0 + CHUNK].contiguous(), None), ones, zeros)
-            for k0 in range(0, w8.shape[1], CHUNK)]
+    return [(k0, k1, torch.ops.onednn.qlinear_prepack(w8[:, k0:k1].contiguous(), None), ones, zeros)
+            for k0, k1 in fan_in_chunks(w8)]
 
 
 def u8_products(cols: Tensor, packs) -> Tensor:
@@ -124,18 +152,22 @@ def forget(owner) -> None:
 
 def available() -> bool:
     """Whether this PyTorch has the kernel and it gives exact integer products here: checked once per process
-    on operands that reach the largest pairwise sums and the largest chunk sums."""
+    on operands that reach the largest pairwise sums and, in chunks of either length (weights as large as
+    they come, cut every 1040 terms; small weights over a fan-in of 4200 in one chunk), sums near 2^24."""
     global _available
     if _available is None:
         try:
             g = torch.Generator().manual_seed(0)
-            M, K, N = 40, CHUNK + 37, 24
-            cols = torch.randint(0, 128, (M, K), generator=g, dtype=torch.uint8)
-            w8 = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
-            cols[0], w8[0], w8[1] = 127, 127, -127  # the largest sums of either sign
-            w8[2, 0::2], w8[2, 1::2] = 127, -127
-            got = u8_products(cols, _pack(w8))
-            _available = bool(torch.equal(got.long(), cols.long() @ w8.long().t()))
+            ok = True
+            for K, top in ((1077, 127), (4200, 31)):
+                M, N = 40, 24
+                cols = torch.randint(0, 128, (M, K), generator=g, dtype=torch.uint8)
+                w8 = torch.randint(-top, top + 1, (N, K), generator=g, dtype=torch.int8)
+                cols[0], w8[0], w8[1] = 127, top, -top  # the largest sums of either sign
+                w8[2, 0::2], w8[2, 1::2] = top, -top
+                got = u8_products(cols, _pack(w8))
+                ok = ok and bool(torch.equal(got.long(), cols.long() @ w8.long().t()))
+            _available = ok
         except (AttributeError, RuntimeError, NotImplementedError):
             _available = False
     return _available
