@@ -283,6 +283,37 @@ def test_allocator_tuned_only_where_the_budget_leaves_room(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's huge-page switch is Linux's")
+def test_large_images_without_the_tuned_allocator_suggest_huge_pages(monkeypatch, capsys):
+    """The line announcing a large job names THP_MEM_ALLOC_ENABLE exactly where the allocator is left as it
+    is and the variable is not set already."""
+    from gnn_lic.codec import budget  # noqa: PLC0415
+
+    monkeypatch.setattr(budget, "tune_malloc", lambda: True)
+    monkeypatch.delenv(budget.THP_ENV, raising=False)
+
+    class Net:
+        def memory_estimate(self, h, w):
+            return h * w
+
+    side = 2000
+    need = side * side + budget.RUNTIME_BYTES
+
+    def line(max_memory, h=side):
+        with budget.job_plan(Net(), h, side, str(max_memory), "net"):
+            pass
+        return capsys.readouterr().err
+
+    tight, roomy = int(need * budget.TUNE_HEADROOM) - 1, int(need * budget.TUNE_HEADROOM) + 1
+    assert "about" in line(tight) and budget.THP_ENV in line(tight)
+    assert "about" in line(roomy) and budget.THP_ENV not in line(roomy)
+    assert line(tight, h=10) == ""  # small images get no line
+    monkeypatch.setattr(budget, "tune_malloc", lambda: False)  # the allocator could not be tuned
+    assert budget.THP_ENV in line(roomy)
+    monkeypatch.setenv(budget.THP_ENV, "1")
+    assert "about" in line(tight) and budget.THP_ENV not in line(tight)
+
+
 def test_max_memory_refuses_what_cannot_fit_and_changes_no_bit(work, capsys, tmp_path):
     ck = str(work / "model.pth.tar")
     src, out, png = str(work / "in.png"), str(tmp_path / "o.glic"), str(tmp_path / "o.png")
