@@ -122,7 +122,8 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
     if height * width >= ANNOUNCE_PIXELS:
         seconds = None if calibrate is None else _time_estimate(calibrate, height * width)
         when = "" if seconds is None else f" and {seconds / 60:.1f} min"
-        hint = "" if tuned or os.environ.get(THP_ENV) == "1" or not sys.platform.startswith("linux") else f"; {THP_HINT}"
+        suggest = not tuned and os.environ.get(THP_ENV) != "1" and sys.platform.startswith("linux")
+        hint = f"; {THP_HINT}" if suggest else ""
         print(f"{width}x{height} image with {label}: about {need / gb:.1f} GB{when} (estimates; "
               f"{budget / gb:.1f} GB allowed{hint})", file=sys.stderr, flush=True)
         if seconds is not None and sys.stderr.isatty():  # a bar redrawn twice a second is no use in a log file
