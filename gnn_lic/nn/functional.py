@@ -187,16 +187,21 @@ _EXP_ALIGN = 64
 
 def row_chunks(crow: Tensor, max_edges: int) -> List[Tuple[int, int]]:
     """Rows ``[(a, b), ...]`` of a CSR matrix, in order, each with at most ``max_edges`` entries
-    (or one row, when a row alone holds more).
+    (or one row, when a row alone holds more). ``crow`` may also be ``(R, n + 1)``: several
+    non-decreasing running sums over the same ``n`` positions, each chunk then the longest within
+    the limit in every one of them.
 
     >>> row_chunks(torch.tensor([0, 2, 5, 5, 9]), 5)
-    [(0, 2), (2, 4)]
+    [(0, 3), (3, 4)]
+    >>> row_chunks(torch.tensor([[0, 2, 5, 5, 9], [0, 0, 0, 6, 6]]), 5)
+    [(0, 2), (2, 3), (3, 4)]
     """
-    n = crow.numel() - 1
+    sums = crow.reshape(-1, crow.shape[-1])
+    n = sums.shape[1] - 1
     chunks, a = [], 0
     while a < n:
-        limit = int(crow[a]) + max_edges
-        b = int(torch.searchsorted(crow, limit, right=True)) - 1  # last row end within the limit
+        limit = sums[:, a : a + 1] + max_edges
+        b = int(torch.searchsorted(sums, limit, right=True).min()) - 1  # last row end within the limit
         b = min(n, max(a + 1, b))
         chunks.append((a, b))
         a = b

@@ -36,10 +36,13 @@ import weakref
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK_WEIGHT_SUM", "fan_in_chunks", "seven_bit_planes", "seven_bit_offset",
-           "seven_bit_digits", "available", "packed_weights", "forget", "u8_products"]
+from gnn_lic.nn.functional import row_chunks
+
+__all__ = ["MAX_PLANES", "FAST_PLANES", "WINOGRAD_PLANES", "CHUNK_WEIGHT_SUM", "fan_in_chunks", "seven_bit_planes",
+           "seven_bit_offset", "seven_bit_digits", "available", "packed_weights", "forget", "u8_products"]
 
 #: most seven-bit digits: inputs in [-2^27, 2^27); larger ones take the float64 products
 MAX_PLANES = 4
@@ -105,20 +108,13 @@ def fan_in_chunks(w8: Tensor) -> List[Tuple[int, int]]:
     [(0, 4000)]
     """
     w = w8.to(torch.int64)
-    zero = w.new_zeros((w.shape[0], 1))
-    running = [torch.cat([zero, w.clamp(min=0).cumsum(1)], 1), torch.cat([zero, (-w).clamp(min=0).cumsum(1)], 1)]
-    chunks, k0, K = [], 0, w.shape[1]
-    while k0 < K:
-        # per output and sign, the last end whose sum since k0 stays within the limit (the sums never decrease)
-        k1 = min(int((torch.searchsorted(s, s[:, k0 : k0 + 1] + CHUNK_WEIGHT_SUM, right=True) - 1).min())
-                 for s in running)
-        chunks.append((k0, k1))
-        k0 = k1
-    return chunks
+    # per output, the running sums (from 0) of its positive weights and of its negative ones' magnitudes
+    running = F.pad(torch.cat([w.clamp(min=0), (-w).clamp(min=0)]).cumsum(1), (1, 0))
+    return row_chunks(running, CHUNK_WEIGHT_SUM)
 
 
 def _pack(w8: Tensor) -> List[Tuple[int, int, object, Tensor, Tensor]]:
-    """``(k0, k1, packed chunk, unit scales, zero points)`` for every chunk (:func:`fan_in_chunks`) of ``w8`` ``(N, K)``."""
+    """``(k0, k1, packed chunk, unit scales, zero points)`` for every chunk of ``w8`` ``(N, K)`` (:func:`fan_in_chunks`)."""
     n = w8.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
     return [(k0, k1, torch.ops.onednn.qlinear_prepack(w8[:, k0:k1].contiguous(), None), ones, zeros)
@@ -158,9 +154,9 @@ def available() -> bool:
     if _available is None:
         try:
             g = torch.Generator().manual_seed(0)
+            M, N = 40, 24
             ok = True
             for K, top in ((1077, 127), (4200, 31)):
-                M, N = 40, 24
                 cols = torch.randint(0, 128, (M, K), generator=g, dtype=torch.uint8)
                 w8 = torch.randint(-top, top + 1, (N, K), generator=g, dtype=torch.int8)
                 cols[0], w8[0], w8[1] = 127, top, -top  # the largest sums of either sign
