@@ -271,6 +271,7 @@ def build_graph(
         never connect.
 
     Example:
+        >>> from gnn_lic.graph import AdaptiveDegree, LocalWindow
         >>> x = torch.randn(2, 16, 12, 12)
         >>> ei = build_graph(x, LocalWindow(8), AdaptiveDegree(avg_degree=16))
         >>> ei.shape[0], int(ei.max()) < 2 * 12 * 12
