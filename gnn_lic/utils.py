@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable, Union
 
 import torch
 
-__all__ = ["module_device", "atomic_write", "tune_malloc"]
+__all__ = ["module_device", "module_bytes", "atomic_write", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -27,6 +27,11 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[BinaryIO], object]],

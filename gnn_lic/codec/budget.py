@@ -1,8 +1,10 @@
 """Large images on the command line: a memory budget, estimates of memory and time, a progress bar.
 
 ``python -m gnn_lic compress/decompress --max-memory SIZE`` (:func:`job_plan`) refuses an image
-whose estimated need (the model's :meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate`
-plus :data:`RUNTIME_BYTES`) exceeds the budget. The model's own bands and chunks (a function of
+whose estimated need exceeds the budget: the process's resident memory when the job is planned
+(libraries and model loaded), plus :data:`CODING_BYTES`, plus what the model's
+:meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate` adds to its weights (where the
+resident memory cannot be read: :data:`RUNTIME_BYTES` plus the whole estimate). The model's own bands and chunks (a function of
 the image size alone, so the budget changes no bit) keep the need near linear in the pixels. Where
 the budget holds :data:`TUNE_HEADROOM` times the need, the allocator keeps freed memory for reuse
 (:func:`gnn_lic.utils.tune_malloc`: faster, the same bits, a higher resident peak). For
@@ -26,16 +28,20 @@ import numpy as np
 
 from gnn_lic.codec.image_codec import decode_image, encode_image
 from gnn_lic.errors import MemoryBudgetError
-from gnn_lic.utils import tune_malloc
+from gnn_lic.utils import module_bytes, tune_malloc
 
-__all__ = ["parse_memory", "job_plan", "time_encode", "time_decode", "RUNTIME_BYTES", "ANNOUNCE_PIXELS",
-           "CALIBRATION_SIDE", "TUNE_HEADROOM", "THP_ENV"]
+__all__ = ["parse_memory", "job_plan", "job_need", "time_encode", "time_decode", "RUNTIME_BYTES", "CODING_BYTES",
+           "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "THP_ENV"]
 
-#: memory of the Python process, torch and its libraries, besides the model's own (for --max-memory)
+#: memory of the Python process, torch and its libraries, besides the model's own, where the resident
+#: memory cannot be read (for --max-memory)
 RUNTIME_BYTES = 600 << 20
+#: memory a job adds to the process besides the model's feature maps, whatever the image size: the
+#: coding's own work and buffers, the allocator's slack (for --max-memory)
+CODING_BYTES = 512 << 20
 #: the allocator keeps freed memory (:func:`gnn_lic.utils.tune_malloc`) when the budget holds this many
 #: times the estimated need: faster, the same bits, but the resident memory stays at a higher peak
-TUNE_HEADROOM = 1.5
+TUNE_HEADROOM = 1.3
 #: images of at least this many pixels get a line with their memory estimate before the job starts
 ANNOUNCE_PIXELS = 4_000_000
 #: PyTorch's switch for 2 MB pages under large tensors (read before the process's first tensor): where the
@@ -59,6 +65,29 @@ def parse_memory(text: str) -> int:
     if value < 1:
         raise MemoryBudgetError(f"--max-memory must be positive, got '{text}'")
     return value
+
+
+def _resident_memory() -> Optional[int]:
+    """The process's resident memory now (Linux: ``/proc/self/statm``), else ``None``."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def job_need(net, height: int, width: int) -> int:
+    """Estimated peak bytes of the process for a job on a ``height x width`` image: the resident memory
+    now plus :data:`CODING_BYTES` plus what ``net.memory_estimate`` adds to the weights (already
+    resident); where the resident memory cannot be read, :data:`RUNTIME_BYTES` plus the whole estimate.
+    A model without ``memory_estimate`` counts as its weights."""
+    weights = module_bytes(net)
+    estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
+    model = weights if estimate is None else estimate(height, width)
+    resident = _resident_memory()
+    if resident is None:
+        return RUNTIME_BYTES + model
+    return resident + CODING_BYTES + max(0, model - weights)
 
 
 def _available_memory() -> int:
@@ -104,14 +133,13 @@ def _progress(seconds: float, label: str) -> Iterator[None]:
 
 def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str,
              calibrate: Optional[Callable[[int], float]] = None) -> contextlib.ExitStack:
-    """What runs a job on a ``height x width`` image: refuses one whose memory estimate exceeds
-    ``--max-memory`` (or the available memory); tunes the allocator where the budget leaves
+    """What runs a job on a ``height x width`` image: refuses one whose memory estimate (:func:`job_need`)
+    exceeds ``--max-memory`` (or the available memory); tunes the allocator where the budget leaves
     :data:`TUNE_HEADROOM` room; for a large image announces the memory and time estimates
     (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the pixel count)
     and, on a terminal, shows a progress bar."""
     budget = parse_memory(max_memory) if max_memory else _available_memory()
-    estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
-    need = (0 if estimate is None else estimate(height, width)) + RUNTIME_BYTES
+    need = job_need(net, height, width)
     gb = 1 << 30
     if need > budget:
         source = "--max-memory allows" if max_memory else "the machine has available"

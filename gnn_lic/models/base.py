@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.variable_rate import GainUnits, QualityLike
 from gnn_lic.models.wavelet import OLP
+from gnn_lic.utils import module_bytes
 
 __all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "upgrade_state_dict", "earlier_state_dict",
            "PaddedCompressionModel"]
@@ -269,8 +270,7 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
         a bound (the README compares it with measured peaks)."""
         m = self.pad_multiple
         pixels = -(-height // m) * m * (-(-width // m) * m)
-        weights = sum(t.numel() * t.element_size() for t in (*self.parameters(), *self.buffers()))
-        return int(weights + pixels * self.map_bytes_per_pixel())
+        return int(module_bytes(self) + pixels * self.map_bytes_per_pixel())
 
     def update(self, scale_table: Optional[Tensor] = None, force: bool = False, update_quantiles: bool = False) -> bool:
         """CompressAI's ``update`` (the entropy coder's tables), then the latent codec's fixed-point networks

@@ -212,8 +212,16 @@ class GABIC(PaddedCompressionModel):
         self._init_rate(rate_lambdas, M)
 
     def map_bytes_per_pixel(self) -> float:
-        """The whole maps at 1/4 resolution (the layers above run in bands): about 10 maps of ``N`` channels."""
-        return 10 * self.N * 4 / 16
+        """The whole maps at 1/4 resolution (the layers above run in bands): about 5 maps of ``N`` channels."""
+        return 5 * self.N * 4 / 16
+
+    def memory_estimate(self, height: int, width: int) -> int:
+        """:meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate` plus one band of the layers
+        above 1/4 resolution (at most :data:`STAGE_PIXELS` image pixels): about 1.5 maps of ``N`` channels
+        at 1/2 resolution per pixel of the band. The counts of maps are fitted to measured peaks (the
+        README's memory sections)."""
+        band = min(height * width, STAGE_PIXELS)
+        return super().memory_estimate(height, width) + int(band * 1.5 * self.N * 4 / 4)
 
 
 #: per-size defaults. "paper": GABIC/WACNN (N=192, M=320, 10 slices, support 5);

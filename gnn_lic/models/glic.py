@@ -226,10 +226,11 @@ class GLIC(PaddedCompressionModel):
         self._widths = (channels[1], gfa.avg_degree)
 
     def map_bytes_per_pixel(self) -> float:
-        """The 1/4-resolution graph stage (the layers around it run in bands): about 11 maps of
-        :math:`C_2` channels and two graphs of ``1.3 * avg_degree`` edges per node (int64 sources)."""
+        """The 1/4-resolution graph stage (the layers around it run in bands): about 8 maps of
+        :math:`C_2` channels and two graphs of ``1.3 * avg_degree`` edges per node (int64 sources);
+        the count of maps fitted to measured peaks (the README's memory sections)."""
         c2, degree = self._widths
-        return (11 * c2 * 4 + 2 * 1.3 * degree * 8) / 16
+        return (8 * c2 * 4 + 2 * 1.3 * degree * 8) / 16
 
 
 #: per-size defaults, as keywords of :class:`GLIC` and of :class:`GFAConfig`. "paper": GLIC
