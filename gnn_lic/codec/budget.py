@@ -1,15 +1,16 @@
 """Large images on the command line: a memory budget, estimates of memory and time, a progress bar.
 
 ``python -m gnn_lic compress/decompress --max-memory SIZE`` (:func:`job_plan`) refuses an image
-whose estimated need exceeds the budget: the process's resident memory when the job is planned
-(libraries and model loaded), plus :data:`CODING_BYTES`, plus what the model's
-:meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate` adds to its weights (where the
-resident memory cannot be read: :data:`RUNTIME_BYTES` plus the whole estimate). The model's own bands and chunks (a function of
-the image size alone, so the budget changes no bit) keep the need near linear in the pixels. Where
+whose estimated need (:func:`job_need`) exceeds the budget: the process's resident memory when the
+job is planned (libraries and model loaded), plus :data:`CODING_BYTES`, plus what the model's
+:meth:`~gnn_lic.models.base.PaddedCompressionModel.memory_estimate` adds to its weights. The
+model's own bands and chunks (a function of the image size alone, so the budget changes no bit)
+keep the need near linear in the pixels. Where
 the budget holds :data:`TUNE_HEADROOM` times the need, the allocator keeps freed memory for reuse
 (:func:`gnn_lic.utils.tune_malloc`: faster, the same bits, a higher resident peak). For
 images of :data:`ANNOUNCE_PIXELS` and more it prints the memory and time estimates first (time
-fitted to two calibration crops) and, on a terminal, shows a progress bar over the estimated time.
+fitted to two calibration crops, times :data:`UNTUNED_SLOWDOWN` where the allocator is left as it
+is) and, on a terminal, shows a progress bar over the estimated time.
 Where the allocator is left as it is, that line suggests :data:`THP_ENV` (huge pages under large
 tensors: faster there, slower on small images and with the tuned allocator, so never set here).
 """
@@ -31,7 +32,7 @@ from gnn_lic.errors import MemoryBudgetError
 from gnn_lic.utils import module_bytes, tune_malloc
 
 __all__ = ["parse_memory", "job_plan", "job_need", "time_encode", "time_decode", "RUNTIME_BYTES", "CODING_BYTES",
-           "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "THP_ENV"]
+           "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "UNTUNED_SLOWDOWN", "THP_ENV"]
 
 #: memory of the Python process, torch and its libraries, besides the model's own, where the resident
 #: memory cannot be read (for --max-memory)
@@ -44,6 +45,10 @@ CODING_BYTES = 512 << 20
 TUNE_HEADROOM = 1.3
 #: images of at least this many pixels get a line with their memory estimate before the job starts
 ANNOUNCE_PIXELS = 4_000_000
+#: a large job's time with the allocator left as it is, over the time estimated from the calibration crops
+#: (whose temporaries are too small to be returned to the system): every large temporary faults in page by
+#: page (measured on 12-MP jobs of both paper models: the README's memory sections)
+UNTUNED_SLOWDOWN = 1.6
 #: PyTorch's switch for 2 MB pages under large tensors (read before the process's first tensor): where the
 #: allocator is not tuned, a large image's temporaries fault in 512 times fewer pages with it
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
@@ -149,6 +154,8 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
     stack = contextlib.ExitStack()
     if height * width >= ANNOUNCE_PIXELS:
         seconds = None if calibrate is None else _time_estimate(calibrate, height * width)
+        if seconds is not None and not tuned:
+            seconds *= UNTUNED_SLOWDOWN
         when = "" if seconds is None else f" and {seconds / 60:.1f} min"
         suggest = not tuned and os.environ.get(THP_ENV) != "1" and sys.platform.startswith("linux")
         hint = f"; {THP_HINT}" if suggest else ""

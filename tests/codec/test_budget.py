@@ -108,3 +108,18 @@ def test_large_images_without_the_tuned_allocator_suggest_huge_pages(monkeypatch
     assert budget.THP_ENV in line(roomy)
     monkeypatch.setenv(budget.THP_ENV, "1")
     assert "about" in line(tight) and budget.THP_ENV not in line(tight)
+
+
+def test_time_estimates_count_the_untuned_allocators_slowdown(monkeypatch, capsys, resident):
+    """Where the allocator is left as it is, the announced time is UNTUNED_SLOWDOWN times the calibrated one."""
+    monkeypatch.setattr(budget, "tune_malloc", lambda: True)
+    side = 3000
+    need = budget.job_need(Net(1), side, side)
+
+    def minutes(max_memory):
+        with budget.job_plan(Net(1), side, side, str(max_memory), "net", calibrate=lambda crop: 60.0 * crop):
+            pass
+        return float(capsys.readouterr().err.split(" and ")[1].split(" min")[0])
+
+    assert minutes(int(need * budget.TUNE_HEADROOM) - 1) == pytest.approx(
+        minutes(int(need * budget.TUNE_HEADROOM) + 1) * budget.UNTUNED_SLOWDOWN, rel=0.01)
