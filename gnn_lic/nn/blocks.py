@@ -23,7 +23,7 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graphs,
 )
-from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, row_bands, use_bands
+from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
@@ -91,12 +91,8 @@ class GatedFFN(nn.Module):
             h = self.dwconv(h)
         if torch.is_grad_enabled():
             return self.proj_out(_GeluGate.apply(h))
-        return self.gate_out(h)
-
-    def gate_out(self, h: Tensor) -> Tensor:
-        r""":math:`W_2\,(\mathrm{GELU}(a) \odot b)` of ``h = [a | b]`` without autograd: the gate in place in a
-        dense copy of ``a`` (the halves of ``h`` are strided views, on which GELU and oneDNN's 1x1
-        convolution run slowly), the same numbers as :class:`_GeluGate`."""
+        # no autograd: the gate in place in a dense copy of ``a`` (the halves of ``h`` are strided views, on
+        # which GELU and oneDNN's 1x1 convolution run slowly), the same numbers as :class:`_GeluGate`
         a, b = h.chunk(2, dim=1)
         a = a.contiguous(memory_format=memory_layout(h))
         return self.proj_out(gelu(a, inplace=True).mul_(b))
@@ -143,32 +139,8 @@ def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:
     if isinstance(ffn, GatedFFN):
         pixels = band_pixels(ffn.proj_in.out_channels, x.element_size())
         if use_bands(x, pixels):
-            if ffn.dwconv is None:
-                return banded_residual(x, residual, pixels=pixels, inplace=True)
-            return _depthwise_ffn_residual(x, norm, ffn, pixels)
+            return banded_residual(x, residual, halo=0 if ffn.dwconv is None else 1, pixels=pixels, inplace=True)
     return x + residual(x)
-
-
-def _depthwise_ffn_residual(x: Tensor, norm: nn.Module, ffn: GatedFFN, pixels: int) -> Tensor:
-    """``x + ffn(norm(x))`` into ``x`` for a :class:`GatedFFN` with its 3x3 depthwise convolution, band of
-    rows by band (:func:`~gnn_lic.nn.banded.row_bands`), each row's hidden vector (``proj_in``, the widest
-    layer) computed once: the depthwise convolution of a band also reads the last two hidden rows of the
-    band before it, and the band keeps the output rows whose neighbour rows it holds or the map's zero
-    padding gives, so its output lags one row behind the band (the gate and ``proj_out`` run on the two rows
-    before too, as on a halo). Row by row the operations of the whole-map computation, so the same numbers."""
-    H, W = x.shape[-2:]
-    above: Optional[Tensor] = None  # the band before's last hidden rows (two, or one in the map's first row)
-    done = 0  # output rows so far
-    for r0, r1 in row_bands(H, W, pixels):
-        hidden = ffn.proj_in(norm(x[..., r0:r1, :]))
-        h = hidden if above is None else torch.cat([above, hidden], dim=-2)
-        lo = r0 - h.shape[-2] + hidden.shape[-2]  # map row of h's first row
-        end = H if r1 == H else r1 - 1  # rows done .. end - 1 have both neighbours in h (or outside the map)
-        above = h[..., -2:, :]
-        if end > done:
-            x[..., done:end, :] += ffn.gate_out(ffn.dwconv(h))[..., done - lo : end - lo, :]
-            done = end
-    return x
 
 
 class GFALayer(nn.Module):

@@ -8,7 +8,7 @@ from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock
 from gnn_lic.nn import banded
 from gnn_lic.nn.banded import banded_residual, row_bands, use_bands
-from gnn_lic.nn.blocks import GatedFFN, GFABlock, LayerNorm2d, ffn_residual
+from gnn_lic.nn.blocks import GatedFFN, GFABlock, LayerNorm2d
 
 
 def test_band_pixels_bound_the_hidden_tensor():
@@ -78,24 +78,6 @@ def test_gelu_gate_in_place_is_bitwise():
                 out = ffn(inp)
             assert torch.equal(out, grad_path)
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("pixels", [1, 7, 8, 24, 40, 10_000])
-def test_depthwise_ffn_residual_computes_each_hidden_row_once_and_equals_whole_map(pixels, layout, monkeypatch):
-    """ffn_residual of a depthwise FFN, band by band with the depthwise convolution reading the band before's
-    hidden rows: the whole map's bits, for bands of 1 row up to the whole map; proj_in sees each row once."""
-    torch.manual_seed(0)
-    ffn, norm = GatedFFN(16, 2.0, depthwise=True), LayerNorm2d(16)
-    x = torch.randn(2, 16, 11, 8).contiguous(memory_format=layout)
-    with torch.no_grad():
-        ref = x + ffn(norm(x))
-        rows = []
-        ffn.proj_in.register_forward_hook(lambda m, i, o: rows.append(o.shape[-2]))
-        monkeypatch.setattr(banded, "BAND_BYTES", pixels * 64 * 4)  # ``pixels`` pixels of the 64 hidden channels
-        out = ffn_residual(x.clone(), norm, ffn)
-    assert torch.equal(out, ref)
-    assert sum(rows) == 11
 
 
 @pytest.mark.parametrize("in_ch, make", [(16, lambda: GatedTransformCNN(16, expansion=4)),
