@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable, Union
 
 import torch
 
-__all__ = ["module_device", "module_bytes", "atomic_write", "tune_malloc"]
+__all__ = ["module_device", "module_bytes", "process_memory", "atomic_write", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -32,6 +32,19 @@ def module_device(module: torch.nn.Module) -> torch.device:
 def module_bytes(module: torch.nn.Module) -> int:
     """Bytes of ``module``'s parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def process_memory(key: str = "VmRSS") -> int:
+    """A memory figure of this process from ``/proc/self/status`` in bytes (``VmRSS``: now,
+    ``VmHWM``: the high-water mark); 0 where the file is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[BinaryIO], object]],

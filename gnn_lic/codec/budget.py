@@ -29,7 +29,7 @@ import numpy as np
 
 from gnn_lic.codec.image_codec import decode_image, encode_image
 from gnn_lic.errors import MemoryBudgetError
-from gnn_lic.utils import module_bytes, tune_malloc
+from gnn_lic.utils import module_bytes, process_memory, tune_malloc
 
 __all__ = ["parse_memory", "job_plan", "job_need", "time_encode", "time_decode", "RUNTIME_BYTES", "CODING_BYTES",
            "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "UNTUNED_SLOWDOWN", "THP_ENV"]
@@ -72,15 +72,6 @@ def parse_memory(text: str) -> int:
     return value
 
 
-def _resident_memory() -> Optional[int]:
-    """The process's resident memory now (Linux: ``/proc/self/statm``), else ``None``."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
 def job_need(net, height: int, width: int) -> int:
     """Estimated peak bytes of the process for a job on a ``height x width`` image: the resident memory
     now plus :data:`CODING_BYTES` plus what ``net.memory_estimate`` adds to the weights (already
@@ -89,8 +80,8 @@ def job_need(net, height: int, width: int) -> int:
     weights = module_bytes(net)
     estimate = getattr(net, "memory_estimate", None)  # models outside gnn_lic may not estimate
     model = weights if estimate is None else estimate(height, width)
-    resident = _resident_memory()
-    if resident is None:
+    resident = process_memory("VmRSS")
+    if not resident:  # unreadable (not Linux)
         return RUNTIME_BYTES + model
     return resident + CODING_BYTES + max(0, model - weights)
 

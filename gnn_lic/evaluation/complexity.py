@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from gnn_lic.utils import module_device
+from gnn_lic.utils import module_device, process_memory
 
 __all__ = [
     "process_memory",
@@ -64,19 +64,6 @@ __all__ = [
     "profile_model",
     "compress_decompress",
 ]
-
-
-def process_memory(key: str = "VmRSS") -> int:
-    """A memory figure of this process from ``/proc/self/status`` in bytes (``VmRSS``: now,
-    ``VmHWM``: the high-water mark); 0 where the file is missing (not Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def reset_peak_memory() -> bool:

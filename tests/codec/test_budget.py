@@ -26,23 +26,23 @@ class Net(torch.nn.Module):
 @pytest.fixture
 def resident(monkeypatch):
     """The process's resident memory, fixed, so that the needs the tests compute are job_plan's."""
-    monkeypatch.setattr(budget, "_resident_memory", lambda: RESIDENT)
+    monkeypatch.setattr(budget, "process_memory", lambda key="VmRSS": RESIDENT)
 
 
 def test_the_need_is_the_process_plus_what_the_job_adds(monkeypatch, resident):
     assert budget.job_need(Net(), 100, 200) == RESIDENT + budget.CODING_BYTES + 100 * 200 * 1000
     plain = torch.nn.Linear(10, 10)  # no estimate: its weights, already resident
     assert budget.job_need(plain, 100, 200) == RESIDENT + budget.CODING_BYTES
-    monkeypatch.setattr(budget, "_resident_memory", lambda: None)  # unreadable: the runtime plus the estimate
+    monkeypatch.setattr(budget, "process_memory", lambda key="VmRSS": 0)  # unreadable: the runtime plus the estimate
     assert budget.job_need(Net(), 100, 200) == budget.RUNTIME_BYTES + 4000 + 100 * 200 * 1000
     assert budget.job_need(plain, 100, 200) == budget.RUNTIME_BYTES + 440
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_resident_memory_is_read():
-    before = budget._resident_memory()
+    before = budget.process_memory("VmRSS")
     block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
-    assert before is not None and budget._resident_memory() >= before + (48 << 20)
+    assert before > 0 and budget.process_memory("VmRSS") >= before + (48 << 20)
     del block
 
 

@@ -278,7 +278,7 @@ def test_max_memory_refuses_what_cannot_fit_and_changes_no_bit(work, capsys, tmp
     assert code == 2 and "not a size" in _one_error(err)
     assert _main(capsys, "compress", src, out, "-c", ck)[0] == 0
     plain = Path(out).read_bytes()
-    tight = budget._resident_memory() + budget.CODING_BYTES + (256 << 20)  # enough, without the headroom
+    tight = budget.process_memory("VmRSS") + budget.CODING_BYTES + (256 << 20)  # enough, without the headroom
     assert _main(capsys, "compress", src, out, "-c", ck, "-f", "--max-memory", str(tight))[0] == 0
     assert Path(out).read_bytes() == plain
     code, _, err = _main(capsys, "decompress", out, png, "-c", ck, "--max-memory", "1M")
