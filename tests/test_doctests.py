@@ -8,18 +8,16 @@ import pytest
 
 import gnn_lic
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(gnn_lic.__path__, "gnn_lic."))
-
-
-def _examples(name):
-    return [t for t in doctest.DocTestFinder().find(importlib.import_module(name)) if t.examples]
+#: module name -> how many of its docstrings hold examples
+EXAMPLES = {m.name: sum(1 for t in doctest.DocTestFinder().find(importlib.import_module(m.name)) if t.examples)
+            for m in pkgutil.walk_packages(gnn_lic.__path__, "gnn_lic.")}
 
 
 def test_the_docstrings_hold_examples():
-    assert sum(len(_examples(name)) for name in MODULES) >= 20
+    assert sum(EXAMPLES.values()) >= 20
 
 
-@pytest.mark.parametrize("name", [name for name in MODULES if _examples(name)])
+@pytest.mark.parametrize("name", sorted(name for name, count in EXAMPLES.items() if count))
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed (output above)"
