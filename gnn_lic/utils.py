@@ -9,13 +9,14 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 import torch
 
 __all__ = ["module_device", "module_bytes", "process_memory", "atomic_write", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _tuned = False
 
@@ -92,7 +93,7 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, Callable[[Bin
     return p
 
 
-def tune_malloc() -> bool:
+def tune_malloc(mmap_threshold: Optional[int] = None) -> bool:
     """Keep freed memory in the process instead of returning it to the OS.
 
     glibc serves large blocks (tensors) with ``mmap`` and unmaps them on free, so
@@ -102,11 +103,17 @@ def tune_malloc() -> bool:
     ``mmap`` off for ``malloc`` and disables heap trimming (``mallopt``), so
     freed tensors are reused. The price: resident memory stays at its peak.
 
+    With ``mmap_threshold`` (bytes), a middle setting: only blocks of at least that size are
+    mapped (and returned on free), and the heap's free top is returned above twice that size.
+    Temporaries below the threshold (bands, tiles) are then reused, while whole maps above it
+    still leave when freed, so the resident memory stays close to the untuned allocator's. (glibc's
+    own threshold adapts up to 32 MiB only; a glibc that refuses a larger fixed one sets nothing.)
+
     Called by gnn_lic's entry points (``experiments/run.py``, benchmarks, and the
     command line's compress and decompress where the memory budget leaves room:
     :func:`gnn_lic.codec.budget.job_plan`), never on import. Set
-    ``GNN_LIC_TUNE_MALLOC=0`` to skip it.
-    Returns whether the settings were applied (glibc only).
+    ``GNN_LIC_TUNE_MALLOC=0`` to skip it. The first setting applied stays for the process.
+    Returns whether a setting is applied (glibc only).
     """
     global _tuned
     if _tuned:
@@ -115,7 +122,11 @@ def tune_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        if mmap_threshold is None:
+            ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        else:
+            threshold = min(int(mmap_threshold), 2**30)  # mallopt takes an int; twice it is the trim threshold
+            ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold) == 1
     except (OSError, AttributeError):
         return False
     _tuned = ok

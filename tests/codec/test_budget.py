@@ -70,27 +70,71 @@ def test_the_need_covers_a_real_jobs_peak(name):
     assert peak <= need, f"peak {peak / 2**30:.2f} GiB over the estimated need {need / 2**30:.2f} GiB"
 
 
-def test_allocator_tuned_only_where_the_budget_leaves_room(monkeypatch, resident):
-    """job_plan keeps freed memory (tune_malloc) when the budget holds TUNE_HEADROOM times the need."""
+def test_allocator_setting_follows_the_budgets_room(monkeypatch, resident):
+    """job_plan keeps freed memory (tune_malloc()) where the budget holds TUNE_HEADROOM times the need, keeps
+    blocks below PARTIAL_MMAP_THRESHOLD where it holds the need plus that size, and leaves it as it is below;
+    a setting the allocator refuses falls through to the next."""
     calls = []
-    monkeypatch.setattr(budget, "tune_malloc", lambda: calls.append(1) or True)
+    monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: calls.append(threshold) or True)
     need = budget.job_need(Net(), 100, 100)
-    with budget.job_plan(Net(), 100, 100, str(int(need * budget.TUNE_HEADROOM) - 1), "net"):
-        pass
-    assert calls == []  # fits, but without the headroom
-    with budget.job_plan(Net(), 100, 100, str(int(need * budget.TUNE_HEADROOM) + 1), "net"):
-        pass
-    assert calls == [1]
-    with pytest.raises(budget.MemoryBudgetError, match="needs about"):
-        with budget.job_plan(Net(), 100, 100, str(need - 1), "net"):
+
+    def plan(max_memory):
+        calls.clear()
+        with budget.job_plan(Net(), 100, 100, str(max_memory), "net"):
             pass
+        return list(calls)
+
+    partial, roomy = need + budget.PARTIAL_MMAP_THRESHOLD, int(need * budget.TUNE_HEADROOM) + 1
+    assert partial < roomy
+    assert plan(partial - 1) == []  # fits, without room for either setting
+    assert plan(partial) == [budget.PARTIAL_MMAP_THRESHOLD]
+    assert plan(roomy - 2) == [budget.PARTIAL_MMAP_THRESHOLD]
+    assert plan(roomy) == [None]
+    monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: calls.append(threshold) or threshold is not None)
+    assert plan(roomy) == [None, budget.PARTIAL_MMAP_THRESHOLD]
+    with pytest.raises(budget.MemoryBudgetError, match="needs about"):
+        plan(need - 1)
+
+
+ALLOCATOR = """
+import resource, sys, torch
+from gnn_lic.utils import process_memory, tune_malloc
+setting = sys.argv[1]
+assert setting == "system" or tune_malloc(None if setting == "tuned" else int(setting))
+for n in range(30):  # band-sized temporaries; the faults of the last 20 are counted
+    if n == 10:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(40 << 20, dtype=torch.uint8)
+    del block
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+block = torch.ones(300 << 20, dtype=torch.uint8)  # a whole map (numpy's would ask for huge pages)
+held = process_memory("VmRSS")
+del block
+print(faults, held - process_memory("VmRSS"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_partial_setting_reuses_bands_and_returns_whole_maps():
+    """With a 256 MiB threshold, 40 MB temporaries are reused (a fraction of the page faults of the allocator as
+    it is), while a freed 300 MiB block still leaves the process; wholly tuned, it stays."""
+    def run(setting):
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR, setting], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return tuple(map(int, out.stdout.split()))
+
+    system, partial, tuned = run("system"), run(str(256 << 20)), run("tuned")
+    assert system[0] > 20 * (40 << 20) // 4096 // 2  # as it is, each block faults in afresh
+    assert partial[0] * 10 < system[0] and tuned[0] * 10 < system[0]
+    assert partial[1] > 250 << 20 and system[1] > 250 << 20  # returned
+    assert tuned[1] < 50 << 20  # kept
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's huge-page switch is Linux's")
 def test_large_images_without_the_tuned_allocator_suggest_huge_pages(monkeypatch, capsys, resident):
-    """The line announcing a large job names THP_MEM_ALLOC_ENABLE exactly where the allocator is left as it
-    is and the variable is not set already."""
-    monkeypatch.setattr(budget, "tune_malloc", lambda: True)
+    """The line announcing a large job names THP_MEM_ALLOC_ENABLE exactly where the allocator is not wholly
+    tuned (partly, or left as it is) and the variable is not set already."""
+    monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: True)
     monkeypatch.delenv(budget.THP_ENV, raising=False)
     side = 2000
     need = budget.job_need(Net(1), side, side)
@@ -101,18 +145,21 @@ def test_large_images_without_the_tuned_allocator_suggest_huge_pages(monkeypatch
         return capsys.readouterr().err
 
     tight, roomy = int(need * budget.TUNE_HEADROOM) - 1, int(need * budget.TUNE_HEADROOM) + 1
-    assert "about" in line(tight) and budget.THP_ENV in line(tight)
+    assert "about" in line(tight) and budget.THP_ENV in line(tight)  # the partial setting
+    assert budget.THP_ENV in line(need + budget.PARTIAL_MMAP_THRESHOLD - 1)  # as it is
+    assert "256 MiB and more goes back" in line(tight)
+    assert "memory goes back" in line(need + budget.PARTIAL_MMAP_THRESHOLD - 1)
     assert "about" in line(roomy) and budget.THP_ENV not in line(roomy)
     assert line(tight, h=10) == ""  # small images get no line
-    monkeypatch.setattr(budget, "tune_malloc", lambda: False)  # the allocator could not be tuned
+    monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: False)  # the allocator could not be tuned
     assert budget.THP_ENV in line(roomy)
     monkeypatch.setenv(budget.THP_ENV, "1")
     assert "about" in line(tight) and budget.THP_ENV not in line(tight)
 
 
-def test_time_estimates_count_the_untuned_allocators_slowdown(monkeypatch, capsys, resident):
-    """Where the allocator is left as it is, the announced time is UNTUNED_SLOWDOWN times the calibrated one."""
-    monkeypatch.setattr(budget, "tune_malloc", lambda: True)
+def test_time_estimates_count_the_allocators_slowdown(monkeypatch, capsys, resident):
+    """The announced time is the calibrated one times SLOWDOWN of the allocator's setting."""
+    monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: True)
     side = 3000
     need = budget.job_need(Net(1), side, side)
 
@@ -121,5 +168,9 @@ def test_time_estimates_count_the_untuned_allocators_slowdown(monkeypatch, capsy
             pass
         return float(capsys.readouterr().err.split(" and ")[1].split(" min")[0])
 
-    assert minutes(int(need * budget.TUNE_HEADROOM) - 1) == pytest.approx(
-        minutes(int(need * budget.TUNE_HEADROOM) + 1) * budget.UNTUNED_SLOWDOWN, rel=0.01)
+    tuned = minutes(int(need * budget.TUNE_HEADROOM) + 1)
+    partial = minutes(int(need * budget.TUNE_HEADROOM) - 1)
+    system = minutes(need + budget.PARTIAL_MMAP_THRESHOLD - 1)
+    assert partial == pytest.approx(tuned * budget.SLOWDOWN["partial"], rel=0.01)
+    assert system == pytest.approx(tuned * budget.SLOWDOWN["system"], rel=0.01)
+    assert budget.SLOWDOWN["tuned"] == 1.0 < budget.SLOWDOWN["partial"] < budget.SLOWDOWN["system"]
