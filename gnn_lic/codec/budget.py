@@ -11,7 +11,8 @@ the budget holds :data:`TUNE_HEADROOM` times the need, the allocator keeps freed
 the need plus :data:`PARTIAL_MMAP_THRESHOLD`, only blocks below that size are kept (bands and other
 temporaries; whole maps go back to the system). For
 images of :data:`ANNOUNCE_PIXELS` and more it prints the memory and time estimates first (time
-fitted to two calibration crops, times :data:`SLOWDOWN` of the allocator's setting) and, on a terminal, shows a progress bar over the estimated time.
+fitted to two calibration crops, times :data:`SLOWDOWN` of the allocator's setting) and, on a
+terminal, shows a progress bar over the estimated time.
 Where the allocator is not wholly tuned, that line suggests :data:`THP_ENV` (huge pages under large
 tensors: faster there, slower on small images and with the tuned allocator, so never set here).
 """
@@ -60,7 +61,8 @@ SLOWDOWN = {"tuned": 1.0, "partial": 1.5, "system": 1.6}
 #: allocator is not tuned, a large image's temporaries fault in 512 times fewer pages with it
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 THP_HINT = "{} goes back to the system, which is slower; " + THP_ENV + "=1 in the environment speeds that up"
-_RETURNED = {"partial": f"freed memory in blocks of {PARTIAL_MMAP_THRESHOLD >> 20} MiB and more", "system": "freed memory"}
+_RETURNED = {"partial": f"freed memory in blocks of {PARTIAL_MMAP_THRESHOLD >> 20} MiB and more",
+             "system": "freed memory"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -139,7 +141,8 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
              calibrate: Optional[Callable[[int], float]] = None) -> contextlib.ExitStack:
     """What runs a job on a ``height x width`` image: refuses one whose memory estimate (:func:`job_need`)
     exceeds ``--max-memory`` (or the available memory); tunes the allocator where the budget leaves
-    :data:`TUNE_HEADROOM` room, partly where it leaves :data:`PARTIAL_MMAP_THRESHOLD`; for a large image announces the memory and time estimates
+    :data:`TUNE_HEADROOM` room, partly where it leaves :data:`PARTIAL_MMAP_THRESHOLD`
+    (:func:`_tune_allocator`); for a large image announces the memory and time estimates
     (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the pixel count)
     and, on a terminal, shows a progress bar."""
     budget = parse_memory(max_memory) if max_memory else _available_memory()
