@@ -7,9 +7,9 @@ job is planned (libraries and model loaded), plus :data:`CODING_BYTES`, plus wha
 model's own bands and chunks (a function of the image size alone, so the budget changes no bit)
 keep the need near linear in the pixels. Where
 the budget holds :data:`TUNE_HEADROOM` times the need, the allocator keeps freed memory for reuse
-(:func:`gnn_lic.utils.tune_malloc`: faster, the same bits, a higher resident peak); where it holds
-the need plus :data:`PARTIAL_MMAP_THRESHOLD`, only blocks below that size are kept (bands and other
-temporaries; whole maps go back to the system). For
+(:func:`gnn_lic.utils.tune_malloc`: faster, the same bits, a higher resident peak); for a model that
+names a ``partial_mmap_threshold``, where the budget holds the need plus that size, only freed blocks
+below it are kept (bands and other temporaries; whole maps go back to the system). For
 images of :data:`ANNOUNCE_PIXELS` and more it prints the memory and time estimates first (time
 fitted to two calibration crops, times :data:`SLOWDOWN` of the allocator's setting) and, on a
 terminal, shows a progress bar over the estimated time.
@@ -34,8 +34,7 @@ from gnn_lic.errors import MemoryBudgetError
 from gnn_lic.utils import module_bytes, process_memory, tune_malloc
 
 __all__ = ["parse_memory", "job_plan", "job_need", "time_encode", "time_decode", "RUNTIME_BYTES", "CODING_BYTES",
-           "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "PARTIAL_MMAP_THRESHOLD", "SLOWDOWN",
-           "THP_ENV"]
+           "ANNOUNCE_PIXELS", "CALIBRATION_SIDE", "TUNE_HEADROOM", "SLOWDOWN", "THP_ENV"]
 
 #: memory of the Python process, torch and its libraries, besides the model's own, where the resident
 #: memory cannot be read (for --max-memory)
@@ -46,10 +45,6 @@ CODING_BYTES = 512 << 20
 #: the allocator keeps freed memory (:func:`gnn_lic.utils.tune_malloc`) when the budget holds this many
 #: times the estimated need: faster, the same bits, but the resident memory stays at a higher peak
 TUNE_HEADROOM = 1.3
-#: where the budget holds less than that but at least the need plus this many bytes, the allocator maps (and
-#: returns on free) only blocks of this size and more (:func:`gnn_lic.utils.tune_malloc` with a threshold):
-#: band-sized temporaries are reused, whole maps still leave; the peak rises by a fraction of this size
-PARTIAL_MMAP_THRESHOLD = 256 << 20
 #: images of at least this many pixels get a line with their memory estimate before the job starts
 ANNOUNCE_PIXELS = 4_000_000
 #: a large job's time over the time estimated from the calibration crops (whose temporaries are too small to
@@ -61,8 +56,6 @@ SLOWDOWN = {"tuned": 1.0, "partial": 1.5, "system": 1.6}
 #: allocator is not tuned, a large image's temporaries fault in 512 times fewer pages with it
 THP_ENV = "THP_MEM_ALLOC_ENABLE"
 THP_HINT = "{} goes back to the system, which is slower; " + THP_ENV + "=1 in the environment speeds that up"
-_RETURNED = {"partial": f"freed memory in blocks of {PARTIAL_MMAP_THRESHOLD >> 20} MiB and more",
-             "system": "freed memory"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -141,7 +134,7 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
              calibrate: Optional[Callable[[int], float]] = None) -> contextlib.ExitStack:
     """What runs a job on a ``height x width`` image: refuses one whose memory estimate (:func:`job_need`)
     exceeds ``--max-memory`` (or the available memory); tunes the allocator where the budget leaves
-    :data:`TUNE_HEADROOM` room, partly where it leaves :data:`PARTIAL_MMAP_THRESHOLD`
+    :data:`TUNE_HEADROOM` room, partly where it leaves the model's ``partial_mmap_threshold``
     (:func:`_tune_allocator`); for a large image announces the memory and time estimates
     (``calibrate(side)``: seconds of the job on a ``side x side`` crop, scaled by the pixel count)
     and, on a terminal, shows a progress bar."""
@@ -152,13 +145,15 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
         source = "--max-memory allows" if max_memory else "the machine has available"
         raise MemoryBudgetError(f"a {width}x{height} image needs about {need / gb:.1f} GB with {label} (estimate); "
                                 f"{source} {budget / gb:.1f} GB")
-    allocator = _tune_allocator(need, budget)
+    threshold = getattr(net, "partial_mmap_threshold", None)  # models outside gnn_lic may not name one
+    allocator = _tune_allocator(need, budget, threshold)
     stack = contextlib.ExitStack()
     if height * width >= ANNOUNCE_PIXELS:
         seconds = None if calibrate is None else _time_estimate(calibrate, height * width) * SLOWDOWN[allocator]
         when = "" if seconds is None else f" and {seconds / 60:.1f} min"
         suggest = allocator != "tuned" and os.environ.get(THP_ENV) != "1" and sys.platform.startswith("linux")
-        hint = "; " + THP_HINT.format(_RETURNED[allocator]) if suggest else ""
+        returned = "freed memory" + (f" in blocks of {threshold >> 20} MiB and more" if allocator == "partial" else "")
+        hint = "; " + THP_HINT.format(returned) if suggest else ""
         print(f"{width}x{height} image with {label}: about {need / gb:.1f} GB{when} (estimates; "
               f"{budget / gb:.1f} GB allowed{hint})", file=sys.stderr, flush=True)
         if seconds is not None and sys.stderr.isatty():  # a bar redrawn twice a second is no use in a log file
@@ -166,13 +161,13 @@ def job_plan(net, height: int, width: int, max_memory: Optional[str], label: str
     return stack
 
 
-def _tune_allocator(need: int, budget: int) -> str:
+def _tune_allocator(need: int, budget: int, threshold: Optional[int] = None) -> str:
     """The allocator's setting for a job of ``need`` bytes under ``budget`` (a key of :data:`SLOWDOWN`),
-    applied: ``"tuned"`` (freed memory kept), ``"partial"`` (freed blocks below
-    :data:`PARTIAL_MMAP_THRESHOLD` kept) or ``"system"`` (left as it is, or not tunable here)."""
+    applied: ``"tuned"`` (freed memory kept), ``"partial"`` (freed blocks below ``threshold`` bytes kept,
+    where the budget holds the need plus that size) or ``"system"`` (left as it is, or not tunable here)."""
     if need * TUNE_HEADROOM <= budget and tune_malloc():
         return "tuned"
-    if need + PARTIAL_MMAP_THRESHOLD <= budget and tune_malloc(PARTIAL_MMAP_THRESHOLD):
+    if threshold and need + threshold <= budget and tune_malloc(threshold):
         return "partial"
     return "system"
 

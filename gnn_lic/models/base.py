@@ -209,6 +209,9 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
 
     #: gain units of a variable-rate model (:mod:`gnn_lic.models.variable_rate`), else None
     gain: Optional[GainUnits]
+    #: under a tight memory budget (:func:`gnn_lic.codec.budget.job_plan`), the block size in bytes below which
+    #: freed memory is kept for reuse, where the model's band temporaries gain from it; None: they do not
+    partial_mmap_threshold: Optional[int] = None
 
     def _init_rate(self, rate_lambdas: Optional[Sequence[float]], channels: int) -> None:
         """Make the model variable-rate (gain units on its ``channels`` latent channels) when ``rate_lambdas`` is given."""

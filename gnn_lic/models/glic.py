@@ -184,6 +184,10 @@ class GLIC(PaddedCompressionModel):
     """
 
     pad_multiple = 64
+    #: the bands of GLIC's feed-forwards (:data:`gnn_lic.nn.banded.BAND_BYTES` plus a halo) are just above
+    #: glibc's adaptive mmap ceiling (32 MiB), so without reuse each one faults in afresh (the README's memory
+    #: sections)
+    partial_mmap_threshold = 256 << 20
 
     def __init__(
         self,

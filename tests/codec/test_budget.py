@@ -9,10 +9,14 @@ import torch
 from gnn_lic.codec import budget
 
 RESIDENT = 1 << 30
+PARTIAL = 256 << 20
 
 
 class Net(torch.nn.Module):
-    """Weights of 4000 bytes and an estimate of ``per_pixel`` bytes per pixel besides them."""
+    """Weights of 4000 bytes and an estimate of ``per_pixel`` bytes per pixel besides them; freed blocks below
+    ``PARTIAL`` are worth keeping under a tight budget."""
+
+    partial_mmap_threshold = PARTIAL
 
     def __init__(self, per_pixel=1000):
         super().__init__()
@@ -72,26 +76,29 @@ def test_the_need_covers_a_real_jobs_peak(name):
 
 def test_allocator_setting_follows_the_budgets_room(monkeypatch, resident):
     """job_plan keeps freed memory (tune_malloc()) where the budget holds TUNE_HEADROOM times the need, keeps
-    blocks below PARTIAL_MMAP_THRESHOLD where it holds the need plus that size, and leaves it as it is below;
-    a setting the allocator refuses falls through to the next."""
+    blocks below the model's partial_mmap_threshold where it holds the need plus that size (a model without
+    one: never), and leaves it as it is below; a setting the allocator refuses falls through to the next."""
     calls = []
     monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: calls.append(threshold) or True)
     need = budget.job_need(Net(), 100, 100)
 
-    def plan(max_memory):
+    def plan(max_memory, net=Net()):
         calls.clear()
-        with budget.job_plan(Net(), 100, 100, str(max_memory), "net"):
+        with budget.job_plan(net, 100, 100, str(max_memory), "net"):
             pass
         return list(calls)
 
-    partial, roomy = need + budget.PARTIAL_MMAP_THRESHOLD, int(need * budget.TUNE_HEADROOM) + 1
+    partial, roomy = need + PARTIAL, int(need * budget.TUNE_HEADROOM) + 1
     assert partial < roomy
     assert plan(partial - 1) == []  # fits, without room for either setting
-    assert plan(partial) == [budget.PARTIAL_MMAP_THRESHOLD]
-    assert plan(roomy - 2) == [budget.PARTIAL_MMAP_THRESHOLD]
+    assert plan(partial) == [PARTIAL]
+    assert plan(roomy - 2) == [PARTIAL]
     assert plan(roomy) == [None]
+    plain = Net()
+    plain.partial_mmap_threshold = None
+    assert plan(roomy - 2, plain) == []
     monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: calls.append(threshold) or threshold is not None)
-    assert plan(roomy) == [None, budget.PARTIAL_MMAP_THRESHOLD]
+    assert plan(roomy) == [None, PARTIAL]
     with pytest.raises(budget.MemoryBudgetError, match="needs about"):
         plan(need - 1)
 
@@ -146,9 +153,9 @@ def test_large_images_without_the_tuned_allocator_suggest_huge_pages(monkeypatch
 
     tight, roomy = int(need * budget.TUNE_HEADROOM) - 1, int(need * budget.TUNE_HEADROOM) + 1
     assert "about" in line(tight) and budget.THP_ENV in line(tight)  # the partial setting
-    assert budget.THP_ENV in line(need + budget.PARTIAL_MMAP_THRESHOLD - 1)  # as it is
+    assert budget.THP_ENV in line(need + PARTIAL - 1)  # as it is
     assert "256 MiB and more goes back" in line(tight)
-    assert "memory goes back" in line(need + budget.PARTIAL_MMAP_THRESHOLD - 1)
+    assert "memory goes back" in line(need + PARTIAL - 1)
     assert "about" in line(roomy) and budget.THP_ENV not in line(roomy)
     assert line(tight, h=10) == ""  # small images get no line
     monkeypatch.setattr(budget, "tune_malloc", lambda threshold=None: False)  # the allocator could not be tuned
@@ -170,7 +177,15 @@ def test_time_estimates_count_the_allocators_slowdown(monkeypatch, capsys, resid
 
     tuned = minutes(int(need * budget.TUNE_HEADROOM) + 1)
     partial = minutes(int(need * budget.TUNE_HEADROOM) - 1)
-    system = minutes(need + budget.PARTIAL_MMAP_THRESHOLD - 1)
+    system = minutes(need + PARTIAL - 1)
     assert partial == pytest.approx(tuned * budget.SLOWDOWN["partial"], rel=0.01)
     assert system == pytest.approx(tuned * budget.SLOWDOWN["system"], rel=0.01)
     assert budget.SLOWDOWN["tuned"] == 1.0 < budget.SLOWDOWN["partial"] < budget.SLOWDOWN["system"]
+
+
+def test_only_glic_names_a_partial_threshold():
+    """GLIC's feed-forward bands gain from the partial setting; GABIC's jobs do not (the README's memory sections)."""
+    from gnn_lic.models import create_model
+
+    assert create_model("glic", size="tiny").partial_mmap_threshold == PARTIAL
+    assert create_model("gabic", size="tiny").partial_mmap_threshold is None
