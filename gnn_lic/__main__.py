@@ -174,8 +174,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the model (default: cpu)")
     p.add_argument("--max-memory", metavar="SIZE", default=None,
                    help="memory the job may use, e.g. 8G or 512M (default: the memory available now); a larger "
-                        "need is refused; with room freed memory is kept for reuse (faster), with less GLIC's blocks "
-                        "under 256 MiB (else THP_MEM_ALLOC_ENABLE=1 helps large images); the budget changes no bit")
+                        "need is refused; with room freed memory is kept for reuse (faster), with less blocks "
+                        "under 64-256 MiB (else THP_MEM_ALLOC_ENABLE=1 helps large images); the budget changes no bit")
     p.add_argument("--force", "-f", action="store_true", help="overwrite the output file if it exists")
 
 

@@ -174,6 +174,9 @@ class GABIC(PaddedCompressionModel):
     """
 
     pad_multiple = 64
+    #: GABIC's band temporaries are tens of MiB, above glibc's adaptive mmap ceiling (32 MiB); a larger
+    #: threshold is faster still but holds more (the README's memory sections)
+    partial_mmap_threshold = 64 << 20
 
     def __init__(
         self,

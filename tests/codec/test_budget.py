@@ -183,9 +183,11 @@ def test_time_estimates_count_the_allocators_slowdown(monkeypatch, capsys, resid
     assert budget.SLOWDOWN["tuned"] == 1.0 < budget.SLOWDOWN["partial"] < budget.SLOWDOWN["system"]
 
 
-def test_only_glic_names_a_partial_threshold():
-    """GLIC's feed-forward bands gain from the partial setting; GABIC's jobs do not (the README's memory sections)."""
+def test_the_paper_models_name_their_partial_thresholds():
+    """GLIC keeps freed blocks below 256 MiB under a tight budget, GABIC below 64 MiB (the README's memory sections);
+    a model that names none is left as it is."""
     from gnn_lic.models import create_model
 
     assert create_model("glic", size="tiny").partial_mmap_threshold == PARTIAL
-    assert create_model("gabic", size="tiny").partial_mmap_threshold is None
+    assert create_model("gabic", size="tiny").partial_mmap_threshold == 64 << 20
+    assert create_model("wacnn", size="tiny").partial_mmap_threshold is None
