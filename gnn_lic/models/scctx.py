@@ -15,7 +15,7 @@ coded in two checkerboard passes, on a hyperprior.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from compressai.entropy_models import EntropyBottleneck
@@ -26,6 +26,7 @@ from compressai.latent_codecs import (
     HyperLatentCodec,
 )
 from compressai.layers import CheckerboardMaskedConv2d
+from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from gnn_lic.models.entropy import FixedPointHyperpriorCodec, RansCoder, fixed_dequantize, fixed_symbols, fixed_z_hat
@@ -33,7 +34,7 @@ from gnn_lic.models.fixed_point import from_act, scale_indexes
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock, channel_ramp, conv3x3, subpel_conv3x3
 
 __all__ = ["ELIC_GROUPS", "elic_groups", "glic_hyper_transforms", "CheckerboardContextConv2d", "checkerboard_context",
-           "SCCTXLatentCodec", "scctx_latent_codec"]
+           "HalfMapCheckerboardLatentCodec", "SCCTXLatentCodec", "scctx_latent_codec"]
 
 #: ELIC's uneven channel groups for M = 320 (the GLIC authors' model keeps them)
 ELIC_GROUPS = (16, 16, 32, 64, 192)
@@ -115,6 +116,46 @@ def checkerboard_context(in_ch: int, out_ch: int) -> CheckerboardContextConv2d:
     with torch.no_grad():
         conv.weight.mul_(conv.mask)
     return conv
+
+
+class HalfMapCheckerboardLatentCodec(CheckerboardLatentCodec):
+    r"""CompressAI's checkerboard codec whose two-pass forward runs the parameter network on the coded half only.
+
+    CompressAI's ``"twopass"`` forward evaluates ``entropy_parameters`` on the whole map in both
+    passes and keeps the anchors' parameters from the first, the non-anchors' from the second.
+    With a pointwise parameter network (every convolution 1x1, as SCCTX's is: GLIC Fig. 2(c))
+    a position's parameters depend on its own context only, so each pass here runs the network
+    on the half of the positions it keeps, gathered into a map of half the width
+    (:meth:`unembed`):
+
+    .. math:: \Phi_s = f\big([\,\mathrm{ctx}_s \,|\, \psi\,]_{P_s}\big), \quad s \in \{\text{anchor}, \text{non-anchor}\}
+
+    with :math:`P_s` the positions of pass :math:`s`. The model, its parameters, ``y_hat`` and
+    likelihoods are CompressAI's (up to the rounding of products over maps of another shape),
+    at half the parameter network's work. A network with a wider kernel, or a map of odd width,
+    takes CompressAI's forward.
+    """
+
+    def _pointwise(self) -> bool:
+        return all(m.kernel_size == (1, 1) for m in self.entropy_parameters.modules() if isinstance(m, nn.Conv2d))
+
+    def _forward_twopass(self, y: Tensor, side_params: Tensor) -> Dict[str, Any]:
+        if y.shape[-1] % 2 or not self._pointwise():
+            return super()._forward_twopass(y, side_params)
+        B, C, H, W = y.shape
+        y_half, side_half = self.unembed(y), self.unembed(side_params)  # [0]: anchors, [1]: non-anchors
+        params, y_hat = [], []
+        for i in range(2):
+            if i == 0:  # no spatial context for the anchors
+                ctx = y.new_zeros((B, self.context_prediction.out_channels, H, W // 2))
+            else:
+                anchors = self.embed(torch.stack([y_hat[0], torch.zeros_like(y_hat[0])]))
+                ctx = self.unembed(self.context_prediction(anchors))[1]
+            params.append(self.entropy_parameters(self.merge(ctx, side_half[i])))
+            _, means = self.latent_codec["y"]._chunk(params[i])
+            y_hat.append(quantize_ste(y_half[i] - means) + means)
+        y_out = self.latent_codec["y"](y, self.embed(torch.stack(params)))
+        return {"likelihoods": {"y": y_out["likelihoods"]["y"]}, "y_hat": self.embed(torch.stack(y_hat))}
 
 
 class SCCTXLatentCodec(FixedPointHyperpriorCodec):
@@ -218,7 +259,7 @@ def scctx_latent_codec(
         for k in range(1, len(groups))
     }
     group_codecs = {
-        f"y{k}": CheckerboardLatentCodec(
+        f"y{k}": HalfMapCheckerboardLatentCodec(
             latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
             entropy_parameters=channel_ramp(
                 2 * g + (2 * g if k > 0 else 0) + side_channels,

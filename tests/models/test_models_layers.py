@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
-from gnn_lic.models.scctx import CheckerboardContextConv2d, elic_groups, scctx_latent_codec
+from compressai.latent_codecs import CheckerboardLatentCodec
+
+from gnn_lic.models.scctx import (CheckerboardContextConv2d, HalfMapCheckerboardLatentCodec, elic_groups,
+                                  scctx_latent_codec)
 from gnn_lic.models.layers import (DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, SubpixelConvTranspose2d,
                                    channel_ramp, ramp_widths)
 from gnn_lic.nn.blocks import GatedFFN
@@ -84,6 +87,60 @@ def test_scctx_latent_codec_structure():
     assert out["likelihoods"]["z"].shape == (1, 16, 1, 2)
     with pytest.raises(ValueError):
         scctx_latent_codec(M=32, groups=[2, 2, 4, 8])
+
+
+def _twopass_both_ways(lc, y, side):
+    """(ours, CompressAI's) forward of ``lc``: y_hat, likelihoods and the gradients of a loss on both."""
+    runs = []
+    for forward in (lc._forward_twopass, lambda *a: CheckerboardLatentCodec._forward_twopass(lc, *a)):
+        lc.zero_grad()
+        yy, ss = y.clone().requires_grad_(), side.clone().requires_grad_()
+        torch.manual_seed(1)  # the same training noise of the likelihoods
+        out = forward(yy, ss)
+        (out["y_hat"].square().sum() - out["likelihoods"]["y"].log().sum()).backward()
+        grads = [yy.grad, ss.grad] + [p.grad.clone() for p in lc.parameters() if p.grad is not None]
+        runs.append([out["y_hat"], out["likelihoods"]["y"], *grads])
+    return runs
+
+
+@pytest.mark.parametrize("parity", ["even", "odd"])
+@pytest.mark.parametrize("shape", [(4, 8), (5, 6), (1, 2)])
+def test_half_map_checkerboard_is_compressais_twopass(parity, shape):
+    """The parameter network on each pass's half of the positions gives CompressAI's two-pass forward and
+    gradients (float64: equal up to the rounding of products over another map shape)."""
+    torch.manual_seed(0)
+    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
+                            ctx_min_channels=16, param_min_channels=32).double()
+    cb = lc.latent_codec["y"].latent_codec["y3"]
+    assert isinstance(cb, HalfMapCheckerboardLatentCodec) and cb._pointwise()
+    cb.anchor_parity, cb.non_anchor_parity = parity, {"even": "odd", "odd": "even"}[parity]
+    H, W = shape
+    y = 3 * torch.randn(2, 8, H, W, dtype=torch.float64)
+    side = torch.randn(2, 2 * 8 + 32, H, W, dtype=torch.float64)  # channel context (2 g) and side parameters
+    ours, theirs = _twopass_both_ways(cb, y, side)
+    assert len(ours) == len(theirs) > 4
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_half_map_checkerboard_falls_back_to_the_whole_map():
+    """An odd width, or a parameter network with a spatial kernel, takes CompressAI's forward."""
+    torch.manual_seed(0)
+    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
+                            ctx_min_channels=16, param_min_channels=32)
+    cb = lc.latent_codec["y"].latent_codec["y0"]
+    calls = []
+    cb.entropy_parameters.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    cb(torch.randn(1, 2, 4, 5), torch.randn(1, 32, 4, 5))
+    assert calls == [(1, 36, 4, 5)] * 2
+    calls.clear()
+    cb(torch.randn(1, 2, 4, 6), torch.randn(1, 32, 4, 6))
+    assert calls == [(1, 36, 4, 3)] * 2
+    cb.entropy_parameters.append(torch.nn.Conv2d(4, 4, 3, padding=1))
+    assert not cb._pointwise()
+    calls.clear()
+    cb(torch.randn(1, 2, 4, 6), torch.randn(1, 32, 4, 6))
+    assert calls == [(1, 36, 4, 6)] * 2
 
 
 def test_channel_slices_use_the_first_support_slices():
