@@ -161,7 +161,8 @@ class HalfMapCheckerboardLatentCodec(CheckerboardLatentCodec):
 class SCCTXLatentCodec(FixedPointHyperpriorCodec):
     r"""CompressAI's hyperprior codec over channel groups of checkerboard codecs, coded deterministically.
 
-    ``forward`` is CompressAI's (float, differentiable). With ``arithmetic = "fixed"``
+    ``forward`` is CompressAI's (float, differentiable; each group's parameter network runs on the
+    half of the positions each pass keeps, :class:`HalfMapCheckerboardLatentCodec`). With ``arithmetic = "fixed"``
     (default) ``compress``/``decompress`` evaluate ``h_s``, every channel context,
     checkerboard context and parameter network in fixed point
     (:mod:`gnn_lic.models.fixed_point`), in the same order as CompressAI's codecs: for
