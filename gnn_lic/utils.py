@@ -18,7 +18,11 @@ __all__ = ["module_device", "module_bytes", "process_memory", "atomic_write", "t
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
-_tuned = False
+#: glibc's default of M_MMAP_MAX (DEFAULT_MMAP_MAX), restored by the partial setting
+_DEFAULT_MMAP_MAX = 65536
+_UNSET = object()
+#: the setting in force: ``_UNSET`` (none applied), ``None`` (wholly tuned) or a threshold in bytes
+_applied: object = _UNSET
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -112,22 +116,27 @@ def tune_malloc(mmap_threshold: Optional[int] = None) -> bool:
     Called by gnn_lic's entry points (``experiments/run.py``, benchmarks, and the
     command line's compress and decompress where the memory budget leaves room:
     :func:`gnn_lic.codec.budget.job_plan`), never on import. Set
-    ``GNN_LIC_TUNE_MALLOC=0`` to skip it. The first setting applied stays for the process.
-    Returns whether a setting is applied (glibc only).
+    ``GNN_LIC_TUNE_MALLOC=0`` to skip it. A later call with another setting replaces the one in
+    force (a job under a tighter budget after a roomy one: the heap's free memory kept by the
+    tuned setting is then returned, ``malloc_trim``). Returns whether the setting is in force (glibc only).
     """
-    global _tuned
-    if _tuned:
+    global _applied
+    setting = None if mmap_threshold is None else min(int(mmap_threshold), 2**30)  # mallopt takes an int
+    if _applied is not _UNSET and _applied == setting:
         return True
     if os.environ.get("GNN_LIC_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if mmap_threshold is None:
+        if setting is None:
             ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-        else:
-            threshold = min(int(mmap_threshold), 2**30)  # mallopt takes an int; twice it is the trim threshold
-            ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold) == 1
+        else:  # twice the threshold is the trim threshold
+            ok = (libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX) == 1 and libc.mallopt(_M_MMAP_THRESHOLD, setting) == 1
+                  and libc.mallopt(_M_TRIM_THRESHOLD, 2 * setting) == 1)
+            if ok and _applied is None:
+                libc.malloc_trim(0)
     except (OSError, AttributeError):
         return False
-    _tuned = ok
+    if ok:
+        _applied = setting
     return ok

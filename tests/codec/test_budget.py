@@ -106,8 +106,8 @@ def test_allocator_setting_follows_the_budgets_room(monkeypatch, resident):
 ALLOCATOR = """
 import resource, sys, torch
 from gnn_lic.utils import process_memory, tune_malloc
-setting = sys.argv[1]
-assert setting == "system" or tune_malloc(None if setting == "tuned" else int(setting))
+for setting in sys.argv[1].split(","):  # applied in turn: the last one is in force
+    assert setting == "system" or tune_malloc(None if setting == "tuned" else int(setting))
 for n in range(30):  # band-sized temporaries; the faults of the last 20 are counted
     if n == 10:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -135,6 +135,10 @@ def test_partial_setting_reuses_bands_and_returns_whole_maps():
     assert partial[0] * 10 < system[0] and tuned[0] * 10 < system[0]
     assert partial[1] > 250 << 20 and system[1] > 250 << 20  # returned
     assert tuned[1] < 50 << 20  # kept
+    # a later setting replaces the one in force (a tight budget after a roomy one, and back)
+    tuned_then_partial, partial_then_tuned = run(f"tuned,{256 << 20}"), run(f"{256 << 20},tuned")
+    assert tuned_then_partial[0] * 10 < system[0] and tuned_then_partial[1] > 250 << 20
+    assert partial_then_tuned[0] * 10 < system[0] and partial_then_tuned[1] < 50 << 20
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PyTorch's huge-page switch is Linux's")
