@@ -128,7 +128,8 @@ class HalfMapCheckerboardLatentCodec(CheckerboardLatentCodec):
     on the half of the positions it keeps, gathered into a map of half the width
     (:meth:`unembed`):
 
-    .. math:: \Phi_s = f\big([\,\mathrm{ctx}_s \,|\, \psi\,]_{P_s}\big), \quad s \in \{\text{anchor}, \text{non-anchor}\}
+    .. math:: \Phi_s = f\big([\,\mathrm{ctx}_s \,|\, \psi\,]_{P_s}\big),
+              \quad s \in \{\text{anchor}, \text{non-anchor}\}
 
     with :math:`P_s` the positions of pass :math:`s`. The model, its parameters, ``y_hat`` and
     likelihoods are CompressAI's (up to the rounding of products over maps of another shape),

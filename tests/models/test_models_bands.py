@@ -122,8 +122,10 @@ def test_transforms_train_on_the_layout_their_backward_runs_fastest(net):
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     first = next(m for m in net.g_a.modules() if isinstance(m, convs))
     seen = []
-    hook = first.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
-                                                                    and not a[0].is_contiguous()))
+    def nhwc(t):
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+    hook = first.register_forward_pre_hook(lambda m, a: seen.append(nhwc(a[0])))
     x = torch.rand(1, 3, 64, 128)
     try:
         y = net.g_a(x)
