@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
-from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from compressai.latent_codecs import CheckerboardLatentCodec
 
+from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
 from gnn_lic.models.scctx import (CheckerboardContextConv2d, HalfMapCheckerboardLatentCodec, elic_groups,
                                   scctx_latent_codec)
 from gnn_lic.models.layers import (DepthwiseConvBlock, GatedTransformCNN, ParameterAggregationBlock, SubpixelConvTranspose2d,
@@ -78,9 +77,14 @@ def test_parameter_aggregation_is_pointwise():
     assert torch.all(diff == 0)
 
 
+def _small_scctx():
+    """A 32-channel SCCTX codec (groups 2, 2, 4, 8, 16) with narrow networks."""
+    return scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
+                              ctx_min_channels=16, param_min_channels=32)
+
+
 def test_scctx_latent_codec_structure():
-    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
-                            ctx_min_channels=16, param_min_channels=32)
+    lc = _small_scctx()
     y = torch.randn(1, 32, 4, 8)  # the models pad y to a multiple of 4
     out = lc(y)
     assert out["y_hat"].shape == y.shape and out["likelihoods"]["y"].shape == y.shape
@@ -109,8 +113,7 @@ def test_half_map_checkerboard_is_compressais_twopass(parity, shape):
     """The parameter network on each pass's half of the positions gives CompressAI's two-pass forward and
     gradients (float64: equal up to the rounding of products over another map shape)."""
     torch.manual_seed(0)
-    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
-                            ctx_min_channels=16, param_min_channels=32).double()
+    lc = _small_scctx().double()
     cb = lc.latent_codec["y"].latent_codec["y3"]
     assert isinstance(cb, HalfMapCheckerboardLatentCodec) and cb._pointwise()
     cb.anchor_parity, cb.non_anchor_parity = parity, {"even": "odd", "odd": "even"}[parity]
@@ -126,8 +129,7 @@ def test_half_map_checkerboard_is_compressais_twopass(parity, shape):
 def test_half_map_checkerboard_falls_back_to_the_whole_map():
     """An odd width, or a parameter network with a spatial kernel, takes CompressAI's forward."""
     torch.manual_seed(0)
-    lc = scctx_latent_codec(M=32, groups=[2, 2, 4, 8, 16], hyper_channels=16, side_channels=32, hyper_depth=1,
-                            ctx_min_channels=16, param_min_channels=32)
+    lc = _small_scctx()
     cb = lc.latent_codec["y"].latent_codec["y0"]
     calls = []
     cb.entropy_parameters.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
