@@ -143,7 +143,7 @@ class HalfMapCheckerboardLatentCodec(CheckerboardLatentCodec):
     def _forward_twopass(self, y: Tensor, side_params: Tensor) -> Dict[str, Any]:
         if y.shape[-1] % 2 or not self._pointwise():
             return super()._forward_twopass(y, side_params)
-        B, C, H, W = y.shape
+        B, _, H, W = y.shape
         y_half, side_half = self.unembed(y), self.unembed(side_params)  # [0]: anchors, [1]: non-anchors
         params, y_hat = [], []
         for i in range(2):
