@@ -20,7 +20,7 @@ edge values are ``(H, E)`` in the graph's CSR order.
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -227,13 +227,14 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
     align = _EXP_ALIGN * max(1, torch.get_num_threads())
     bound = None if logit_bound is None else logit_bound.detach()
 
-    def run(h: int, kt: Tensor, v1: Tensor, rows: Tensor, crow: Tensor, edges, use_bound: bool) -> None:
-        """Head ``h`` of output rows ``rows``, whose edges are ``edges`` of the graph (CSR pointers ``crow``)."""
-        n, col = rows.numel(), graph.col[edges]
+    def run(h: int, kt: Tensor, v1: Tensor, rows: Union[slice, Tensor], crow: Tensor, edges, use_bound: bool) -> None:
+        """Head ``h`` of output rows ``rows`` (a slice, or the indices of rows anywhere), whose edges are ``edges``
+        of the graph (CSR pointers ``crow``)."""
+        n, col = crow.numel() - 1, graph.col[edges]
         E = col.numel()
         buf = q.new_zeros(-(-max(E, 1) // align) * align)
         logits = buf[:E]
-        _sampled_products(crow, col, logits, q[h].index_select(0, rows), kt)
+        _sampled_products(crow, col, logits, q[h][rows] if isinstance(rows, slice) else q[h].index_select(0, rows), kt)
         if edge_bias is not None:
             logits.add_(edge_bias[h][edges])
         if use_bound:
@@ -244,19 +245,23 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
             logits.sub_(torch.repeat_interleave(m, crow.diff(), output_size=E))
         buf.exp_()
         num = torch.mm(_csr(crow, col, logits, n, M), v1)
-        out[:, h].index_copy_(0, rows, num[:, :-1])
-        den[h].index_copy_(0, rows, num[:, -1])
+        if isinstance(rows, slice):  # a run of rows: copies, not index operations
+            out[rows, h].copy_(num[:, :-1])
+            den[h, rows].copy_(num[:, -1])
+        else:
+            out[:, h].index_copy_(0, rows, num[:, :-1])
+            den[h].index_copy_(0, rows, num[:, -1])
 
-    def run_rows(rows: Tensor, crow: Tensor, edges, use_bound: bool, chunks) -> None:
+    def run_rows(rows: Optional[Tensor], crow: Tensor, edges, use_bound: bool, chunks) -> None:
+        """``rows`` ``None``: every row in order."""
         for h in range(H):
             kt, v1 = k[h].contiguous().t(), torch.cat([v[h], ones], -1)
             for a, b in chunks:
                 lo, hi = int(crow[a]), int(crow[b])
                 sub = edges[lo:hi] if isinstance(edges, Tensor) else slice(lo, hi)
-                run(h, kt, v1, rows[a:b], crow[a : b + 1] - lo, sub, use_bound)
+                run(h, kt, v1, slice(a, b) if rows is None else rows[a:b], crow[a : b + 1] - lo, sub, use_bound)
 
-    every = torch.arange(N, device=graph.crow.device)
-    run_rows(every, graph.crow, None, bound is not None, row_chunks(graph.crow, max_edges or CHUNK_EDGES))
+    run_rows(None, graph.crow, None, bound is not None, row_chunks(graph.crow, max_edges or CHUNK_EDGES))
     if bound is not None:
         degree = graph.degree()
         bad = ((den < _UNDERFLOW).any(0) & (degree > 0)).nonzero().squeeze(1)
@@ -265,7 +270,7 @@ def _attention_by_head(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_b
             crow = crow_from_degree(sub_degree)
             E = int(crow[-1])
             first = torch.repeat_interleave(graph.crow[bad] - crow[:-1], sub_degree, output_size=E)
-            edges = first + torch.arange(E, device=every.device)
+            edges = first + torch.arange(E, device=first.device)
             run_rows(bad, crow, edges, False, row_chunks(crow, max_edges or CHUNK_EDGES))
     out.div_(den.t().unsqueeze(-1).clamp_min(_UNDERFLOW))  # rows without edges: 0 / tiny = 0
     return out.transpose(0, 1)
