@@ -32,13 +32,15 @@ do: they are computed in fixed point, :mod:`gnn_lic.models.fixed_point`).
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+import contextlib
+import threading
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = ["BAND_PIXELS", "band_pixels", "row_bands", "banded_residual", "use_bands", "banded_stage", "stage_bands",
-           "image_rows", "conv_radius", "channels_last_call", "dense", "memory_layout"]
+           "image_rows", "conv_radius", "channels_last_call", "dense", "memory_layout", "in_band"]
 
 #: default pixels per band (see :func:`band_pixels` for bands sized by hidden width)
 BAND_PIXELS = 16384
@@ -173,6 +175,25 @@ def image_rows(pixels: int, width: int, stride: int = 1) -> int:
     return max(1, pixels // (width * stride * stride))
 
 
+_BANDS = threading.local()
+
+
+def in_band() -> bool:
+    """Whether this thread is inside :func:`banded_stage`'s chain: layers whose float rounding would depend on
+    how their rows are grouped (:func:`~gnn_lic.nn.winograd43.winograd43`'s matrix products) then compute
+    each row on its own, so that a band's rows come out as the whole map's."""
+    return getattr(_BANDS, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def _band() -> Iterator[None]:
+    _BANDS.depth = getattr(_BANDS, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _BANDS.depth -= 1
+
+
 def stage_bands(height: int, max_rows: int, step: int = 1) -> List[Tuple[int, int]]:
     """The bands of :func:`banded_stage`: the fewest bands of at most ``max_rows`` rows (rounded
     up to ``step``), as equal as ``step`` allows; a function of the height alone.
@@ -225,11 +246,13 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
     halo = -(-halo // align) * align
     bands = stage_bands(H, max_rows, align)
     if len(bands) == 1:
-        return fn(*inputs)
+        with _band():
+            return fn(*inputs)
     out: Optional[Tensor] = None
     for r0, r1 in bands:
         lo, hi = max(0, r0 - halo), min(H, r1 + halo)
-        y = fn(*(t[..., lo:hi, :] for t in inputs))
+        with _band():
+            y = fn(*(t[..., lo:hi, :] for t in inputs))
         a, n = (r0 - lo) * up // down, (r1 - r0) * up // down
         if out is None:
             out = y.new_empty(*y.shape[:-2], H * up // down, y.shape[-1])
