@@ -16,8 +16,10 @@ windows, GABIC Sec. 3.3), and a channel-wise entropy model with LRP.
                            M→N               N→N                            N→N               N→3
 
 ``conv`` = 5x5 stride-2 convolution, ``deconv`` = 5x5 stride-2 transposed
-convolution (CompressAI helpers; the last one computed as a convolution and a pixel shuffle,
-:class:`~gnn_lic.models.layers.SubpixelConvTranspose2d`). Registered names:
+convolution (CompressAI's ``conv``/``deconv``; the last one computed as a convolution and a pixel
+shuffle, :class:`~gnn_lic.models.layers.SubpixelConvTranspose2d`, the others between feature maps
+:class:`~gnn_lic.models.layers.Stride2Conv2d` and :class:`~gnn_lic.models.layers.Stride2ConvTranspose2d`,
+which run Winograd's F(4x4, 3x3) without autograd). Registered names:
 
 =================  ==========================================================
 ``gabic``          GABIC, k-NN graphs with ``k = 9`` (no self loop), 8 heads
@@ -34,19 +36,21 @@ entropy model with GABIC.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from compressai.models.utils import conv, deconv
+from compressai.models.utils import conv
 from torch import nn
 
 from gnn_lic.graph import TopK
 from gnn_lic.models.base import PaddedCompressionModel
 from gnn_lic.models.channel_slice import ChannelSliceLatentCodec
-from gnn_lic.models.layers import GDN, SubpixelConvTranspose2d
+from gnn_lic.models.layers import GDN, Stride2Conv2d, Stride2ConvTranspose2d, SubpixelConvTranspose2d
 from gnn_lic.models.registry import register_model
 from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
 from gnn_lic.nn.blocks import GraphWindowBlock
+from gnn_lic.nn.winograd43 import TILE_ROWS
 
 __all__ = ["GABIC", "GABIC_PRESETS", "build_gabic", "window_codec_transforms", "BandedSequential",
            "ChannelsLastSequential"]
@@ -116,18 +120,18 @@ def window_codec_transforms(
     w_hi, w_lo = windows
     layers_a = (
         conv(3, N, kernel_size=5, stride=2), GDN(N),
-        conv(N, N, kernel_size=5, stride=2), GDN(N),
+        Stride2Conv2d(N, N), GDN(N),
         block(N, w_hi, "high"),
-        conv(N, N, kernel_size=5, stride=2), GDN(N),
-        conv(N, M, kernel_size=5, stride=2),
+        Stride2Conv2d(N, N), GDN(N),
+        Stride2Conv2d(N, M),
         block(M, w_lo, "low"),
     )  # fmt: skip
     layers_s = (
         block(M, w_lo, "low"),
-        deconv(M, N, kernel_size=5, stride=2), GDN(N, inverse=True),
-        deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
+        Stride2ConvTranspose2d(M, N), GDN(N, inverse=True),
+        Stride2ConvTranspose2d(N, N), GDN(N, inverse=True),
         block(N, w_hi, "high"),
-        deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
+        Stride2ConvTranspose2d(N, N), GDN(N, inverse=True),
         SubpixelConvTranspose2d(N, 3, kernel_size=5, stride=2),  # = deconv(N, 3, 5, 2), faster
     )  # fmt: skip
     if not banded:
@@ -136,14 +140,16 @@ def window_codec_transforms(
     quarter = max(conv_radius(layers_a[4].branch_a), conv_radius(layers_a[4].branch_b)) + w_hi
     # analysis, in image rows: two 5x5 stride-2 convolutions, then the block at 1/4; windows on the grid
     halo_a = 4 * (quarter + 1) + 2 * conv_radius(layers_a[2]) + conv_radius(layers_a[0])
-    g_a = BandedSequential(*layers_a, band=(0, 5), stride=1, down=4, align=4 * w_hi, halo=halo_a)
+    # bands start on the window grid at 1/4 and on the tile grid of g_a[2]'s Winograd products (at 1/4)
+    g_a = BandedSequential(*layers_a, band=(0, 5), stride=1, down=4, align=4 * math.lcm(w_hi, TILE_ROWS), halo=halo_a)
     # synthesis, in rows at 1/8: the two last 5x5 stride-2 deconvolutions need one row of the block's output
     # beyond the band (at 1/4); that row, through the residual units, whole windows of the block's input
     # (the band starts on the window grid); a 5x5 stride-2 deconvolution makes them from (rows + 2) / 2 rows
     reach = 1 + max(conv_radius(layers_s[5].branch_a), conv_radius(layers_s[5].branch_b))
     window_rows = w_hi * -(-reach // w_hi)  # at 1/4
     halo_s = -(-(window_rows + 2) // 2)
-    g_s = BandedSequential(*layers_s, band=(3, 9), stride=8, up=8, align=max(1, w_hi // 2),
+    # bands start on the window grid (at 1/4) and on the tile grid of g_s[3]'s Winograd products (at 1/8)
+    g_s = BandedSequential(*layers_s, band=(3, 9), stride=8, up=8, align=math.lcm(max(1, w_hi // 2), TILE_ROWS),
                            halo=halo_s)
     return g_a, g_s
 

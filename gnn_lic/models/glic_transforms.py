@@ -9,9 +9,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from gnn_lic.models.layers import conv3x3, subpel_conv3x3
+from gnn_lic.models.layers import SubpelConv3x3, conv3x3
 from gnn_lic.models.wavelet import WLS, iWLS
 from gnn_lic.nn.banded import banded_stage, channels_last_call, conv_radius, image_rows
+from gnn_lic.nn.winograd43 import TILE_ROWS
 
 __all__ = ["StageFactory", "GLICAnalysis", "GLICSynthesis"]
 
@@ -98,7 +99,8 @@ class GLICAnalysis(_StagedTransform):
 class GLICSynthesis(_StagedTransform):
     """GLIC synthesis transform ``g_s``: ``(B, C4, h, w) -> (B, 3, 16h, 16w)``, mirror of :class:`GLICAnalysis`.
 
-    Up-sampling is CompressAI's ``subpel_conv3x3`` (3x3 conv + PixelShuffle(2));
+    Up-sampling is CompressAI's ``subpel_conv3x3`` (3x3 conv + PixelShuffle(2), as
+    :class:`~gnn_lic.models.layers.SubpelConv3x3`: Winograd's F(4x4, 3x3) without autograd);
     the optional :class:`~gnn_lic.models.wavelet.iWLS` chain is fed from ``y_hat``.
     Without autograd the layers after the last graph block (1/2 and full resolution) run
     band by band, as in :class:`GLICAnalysis`.
@@ -107,7 +109,7 @@ class GLICSynthesis(_StagedTransform):
     def __init__(self, channels: Sequence[int], stage: StageFactory, wavelet: bool):
         super().__init__()
         c = [3, *channels][::-1]  # C4, C3, C2, C1, 3
-        self.up = nn.ModuleList(subpel_conv3x3(c[i], c[i + 1], 2) for i in range(4))
+        self.up = nn.ModuleList(SubpelConv3x3(c[i], c[i + 1]) for i in range(4))
         self.blocks = nn.ModuleList([stage(3, c[1]), stage(2, c[2]), stage(1, c[3]), nn.Identity()])
         self.wavelet = nn.ModuleList(iWLS(c[i], c[i + 1]) for i in range(4)) if wavelet else None
 
@@ -126,4 +128,6 @@ class GLICSynthesis(_StagedTransform):
         # 1/4 rows an image row reads: the sub-pixel convolutions around the blocks at 1/2
         halo = 2 + conv_radius(self.blocks[2])
         inputs = [x] if self.wavelet is None else [x, w]
-        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=image_rows(STAGE_PIXELS, x.shape[-1], 4))
+        # bands start on the tile grid of up[2]'s Winograd products (at 1/4)
+        return banded_stage(inputs, self._tail, up=4, halo=halo, max_rows=image_rows(STAGE_PIXELS, x.shape[-1], 4),
+                            align=TILE_ROWS)

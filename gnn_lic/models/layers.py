@@ -19,11 +19,15 @@ from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
+from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, winograd43, winograd43_pays
 
 __all__ = [
     "conv1x1",
     "conv3x3",
     "SubpixelConvTranspose2d",
+    "Stride2Conv2d",
+    "Stride2ConvTranspose2d",
+    "SubpelConv3x3",
     "subpel_conv3x3",
     "GDN",
     "GDN_BAND_BYTES",
@@ -94,6 +98,60 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
         y = nn.functional.conv2d(h, self.phase_weight(), self.bias.repeat_interleave(s * s) if self.bias is not None
                                  else None, padding=0 if top != bottom else top)
         return nn.functional.pixel_shuffle(y, s)
+
+
+class Stride2Conv2d(nn.Conv2d):
+    """CompressAI's ``conv(in_channels, out_channels, 5, 2)`` (``nn.Conv2d``'s parameters, state dict and
+    function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`, runs
+    Winograd's F(4x4, 3x3) over the input's polyphase components (:mod:`gnn_lic.nn.winograd43`; the same
+    values up to float rounding). Elsewhere (training included) it is ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 5, stride=2, padding=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if winograd43_pays(x, self.in_channels, self.out_channels):
+            return winograd43(x, filter_tiles43(polyphase_weight(self.weight)), self.bias, polyphase=True,
+                              shuffle=False)
+        return super().forward(x)
+
+
+class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
+    """CompressAI's ``deconv(in_channels, out_channels, 5, 2)`` (``nn.ConvTranspose2d``'s parameters, state
+    dict and function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`,
+    runs its phase convolution (:meth:`SubpixelConvTranspose2d.phase_weight`) by Winograd's F(4x4, 3x3),
+    the pixel shuffle folded in (the same values up to float rounding). Elsewhere (training included) it
+    is ``nn.ConvTranspose2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 5, 2)
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        if output_size is None and winograd43_pays(x, self.in_channels, self.out_channels):
+            O = self.out_channels  # phase channels (o, r, q) -> (r, q, o), the order winograd43 shuffles
+            w = self.phase_weight().unflatten(0, (O, 4)).transpose(0, 1).flatten(0, 1)
+            bias = None if self.bias is None else self.bias.repeat(4)
+            return winograd43(x, filter_tiles43(w), bias, polyphase=False, shuffle=True)
+        return nn.ConvTranspose2d.forward(self, x, output_size)
+
+
+class SubpelConv3x3(nn.Sequential):
+    """CompressAI's ``subpel_conv3x3(in_ch, out_ch, 2)``: ``nn.Conv2d(in_ch, 4 out_ch, 3, padding=1)`` then
+    ``nn.PixelShuffle(2)``, with their state dict, whose forward without autograd, where
+    :func:`~gnn_lic.nn.winograd43.winograd43_pays`, runs the convolution by Winograd's F(4x4, 3x3), the
+    pixel shuffle folded in (the same values up to float rounding)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(nn.Conv2d(in_ch, out_ch * 4, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self[0]
+        if not winograd43_pays(x, conv.in_channels, conv.out_channels):
+            return super().forward(x)
+        # channels (o, p, q) of the pixel shuffle -> (p, q, o), the order winograd43 shuffles
+        w = conv.weight.unflatten(0, (-1, 4)).transpose(0, 1).flatten(0, 1)
+        bias = None if conv.bias is None else conv.bias.unflatten(0, (-1, 4)).t().flatten()
+        return winograd43(x, filter_tiles43(w), bias, polyphase=False, shuffle=True)
 
 
 #: bytes of one band's temporaries in :class:`GDN` (a few MB, so that they stay in the caches)

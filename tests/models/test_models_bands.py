@@ -8,7 +8,7 @@ import torch
 from gnn_lic.codec import decode_image, encode_image
 from gnn_lic.codec.budget import job_plan
 from gnn_lic.models import create_model, gabic, glic, glic_transforms
-from gnn_lic.nn import banded
+from gnn_lic.nn import banded, winograd43
 
 MODELS = ["glic", "gabic"]
 
@@ -75,8 +75,13 @@ def test_the_transforms_use_several_bands(net, monkeypatch):
     assert len(calls) >= 2 and all(len(bands) >= 2 for bands in calls)
 
 
-def test_bands_and_budget_change_no_bit_of_a_stream(net, monkeypatch):
-    """Several bands, one band (the whole map) and any memory budget: the same stream and pixels."""
+@pytest.mark.parametrize("winograd", [False, True])
+def test_bands_and_budget_change_no_bit_of_a_stream(net, winograd, monkeypatch):
+    """Several bands, one band (the whole map) and any memory budget: the same stream and pixels. Also with
+    the test models' narrow layers on Winograd's F(4x4, 3x3) (:mod:`gnn_lic.nn.winograd43`), whose bands
+    start on its tile grid."""
+    if winograd:
+        monkeypatch.setattr(winograd43, "MIN_CHANNELS", 1)
     rng = np.random.default_rng(0)
     img = (rng.random((200, 90, 3)) * 255).astype(np.uint8)  # odd size: padded to 256x128
     streams, pixels = [], []

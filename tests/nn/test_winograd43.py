@@ -1,0 +1,135 @@
+"""Winograd F(4x4, 3x3) for 5x5 stride-2 (transposed) convolutions and sub-pixel convolutions: the same
+function as the direct layers up to float rounding, and the direct layers wherever the path does not apply."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from compressai.layers import subpel_conv3x3
+from compressai.models.utils import conv, deconv
+from torch import nn
+
+from gnn_lic import compiled
+from gnn_lic.models.layers import Stride2Conv2d, Stride2ConvTranspose2d, SubpelConv3x3
+from gnn_lic.nn import winograd43
+from gnn_lic.nn.banded import banded_stage
+from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, winograd43 as run43
+
+needs_compiled = pytest.mark.skipif(not compiled.enabled(), reason="the Winograd path is a compiled loop")
+SHAPES = [(1, 7, 9), (2, 5, 4), (1, 1, 1), (1, 13, 4), (1, 8, 8), (2, 2, 11)]
+
+
+def _close(got, ref):
+    """float32 transforms against the float64 direct sum: within a few ulps (tens: factors up to 8) of the outputs' scale."""
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    assert (got.double() - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def _pair(make, reference, in_ch, out_ch, seed):
+    """A layer and the CompressAI layer with the same parameters (random bias)."""
+    torch.manual_seed(seed)
+    layer = make(in_ch, out_ch)
+    with torch.no_grad():
+        layer[0].bias.normal_() if isinstance(layer, nn.Sequential) else layer.bias.normal_()
+    ref = reference(in_ch, out_ch)
+    ref.load_state_dict(layer.state_dict())
+    return layer, ref
+
+
+def test_polyphase_weight_is_the_strided_convolution():
+    """Brute force: the valid 3x3 convolution over the polyphase components (channels (a, b, c)) with
+    :func:`polyphase_weight` is the 5x5 stride-2 convolution with padding 2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 6, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, w, stride=2, padding=2)
+    Ho, Wo = ref.shape[-2:]
+    xp = F.pad(x, (2, 2 * (Wo + 2) - 6 - 2, 2, 2 * (Ho + 2) - 9 - 2))
+    phases = torch.cat([xp[:, :, a::2, b::2] for a in range(2) for b in range(2)], dim=1)
+    assert torch.allclose(F.conv2d(phases, polyphase_weight(w)), ref, atol=1e-12)
+
+
+def test_filter_tiles43_is_g_w_gt():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    G = winograd43._G
+    tiles = filter_tiles43(w)
+    assert tiles.shape == (36, 2, 3)
+    for o in range(3):
+        for c in range(2):
+            assert torch.allclose(tiles[:, c, o].reshape(6, 6), G @ w[o, c] @ G.t())
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", SHAPES)
+def test_strided_convolution_is_the_convolution(shape):
+    layer, ref = _pair(Stride2Conv2d, lambda a, b: conv(a, b, 5, 2), 32, 40, sum(shape))
+    x = torch.randn(shape[0], 32, *shape[1:])
+    with torch.no_grad():
+        _close(layer(x), ref.double()(x.double()))
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", SHAPES)
+def test_strided_transposed_convolution_is_the_transposed_convolution(shape):
+    layer, ref = _pair(Stride2ConvTranspose2d, lambda a, b: deconv(a, b, 5, 2), 40, 32, sum(shape))
+    x = torch.randn(shape[0], 40, *shape[1:])
+    with torch.no_grad():
+        _close(layer(x), ref.double()(x.double()))
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", SHAPES)
+def test_subpixel_convolution_is_compressais(shape):
+    layer, ref = _pair(SubpelConv3x3, lambda a, b: subpel_conv3x3(a, b, 2), 32, 12, sum(shape))
+    x = torch.randn(shape[0], 32, *shape[1:])
+    with torch.no_grad():
+        _close(layer(x), ref.double()(x.double()))
+
+
+@needs_compiled
+@pytest.mark.parametrize("polyphase, shuffle", [(True, False), (False, True), (False, False)])
+def test_rows_in_bands_are_the_whole_maps_bit_for_bit(polyphase, shuffle, monkeypatch):
+    """Inside :func:`~gnn_lic.nn.banded.banded_stage` every row of tiles is its own product: bands that start
+    on the tile grid (4 rows of the 3x3 convolution's output) and any chunking give the whole map's bits."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 8, 64, 10, generator=g)
+    w = torch.randn(16, 32 if polyphase else 8, 3, 3, generator=g)
+    tiles, bias = filter_tiles43(w), torch.randn(16, generator=g)
+    geometry = dict(down=2, align=8, halo=8) if polyphase else dict(up=2 if shuffle else 1, align=4, halo=4)
+
+    def fn(t):
+        return run43(t, tiles, bias, polyphase, shuffle)
+
+    whole = banded_stage([x], fn, max_rows=64, **geometry)  # one band: the whole map
+    assert (whole - fn(x)).abs().max() <= 1e-5 * whole.abs().max()  # outside a band: a product per chunk
+    for max_rows in (8, 16, 24):
+        assert torch.equal(banded_stage([x], fn, max_rows=max_rows, **geometry), whole), max_rows
+    monkeypatch.setattr(winograd43, "CHUNK_BYTES", 1)  # one row of tiles per chunk
+    assert torch.equal(banded_stage([x], fn, max_rows=16, **geometry), whole)
+    # bands off the tile grid compute their rows from other tiles: other rounding
+    off_grid = dict(geometry, align=geometry["align"] // 2, halo=geometry["align"] // 2)
+    assert not torch.equal(banded_stage([x], fn, max_rows=10 if polyphase else 6, **off_grid), whole)
+
+
+@pytest.mark.parametrize("make, reference", [
+    (Stride2Conv2d, lambda a, b: conv(a, b, 5, 2)),
+    (Stride2ConvTranspose2d, lambda a, b: deconv(a, b, 5, 2)),
+    (SubpelConv3x3, lambda a, b: subpel_conv3x3(a, b, 2)),
+])
+def test_direct_layer_wherever_the_path_does_not_apply(make, reference, monkeypatch):
+    """Same state dict as CompressAI's layer; under autograd, with the compiled loops off, and with too few
+    channels the forward is the direct layer's, bit for bit (training gradients included)."""
+    layer, ref = _pair(make, reference, 32, 32, 3)
+    assert layer.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(1, 32, 6, 7, requires_grad=True)
+    got, want = layer(x), ref(x)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    with torch.no_grad():
+        previous = compiled.set_enabled(False)
+        try:
+            assert torch.equal(layer(x), ref(x))
+        finally:
+            compiled.set_enabled(previous)
+        monkeypatch.setattr(winograd43, "MIN_CHANNELS", 33)
+        assert torch.equal(layer(x), ref(x))
