@@ -27,6 +27,7 @@ from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_b
 from gnn_lic.nn.convs import PointwiseConv2d
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
+from gnn_lic.nn.winograd import WinogradConv2d
 
 __all__ = ["gelu", "GELU", "LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
            "window_offset_attr"]
@@ -276,7 +277,8 @@ class GFABlock(nn.Module):
 
 
 class ResidualUnit(nn.Module):
-    """1x1 (C -> C/2), GELU, 3x3, GELU, 1x1 (-> C), plus identity, then GELU (WACNN)."""
+    """1x1 (C -> C/2), GELU, 3x3, GELU, 1x1 (-> C), plus identity, then GELU (WACNN). The 3x3 convolution is
+    :class:`~gnn_lic.nn.winograd.WinogradConv2d` (``nn.Conv2d``'s parameters and state dict)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -284,7 +286,7 @@ class ResidualUnit(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(channels, half, 1),
             GELU(),
-            nn.Conv2d(half, half, 3, padding=1),
+            WinogradConv2d(half, half),
             GELU(),
             nn.Conv2d(half, channels, 1),
         )

@@ -37,6 +37,8 @@ from numba import prange
 from torch import Tensor, nn
 
 from gnn_lic import compiled
+from gnn_lic.nn.banded import memory_layout
+from gnn_lic.nn.winograd43 import filter_tiles43, winograd43, winograd43_pays
 
 __all__ = ["WinogradConv2d", "winograd_conv3x3", "winograd_pays", "filter_tiles", "MIN_TILE_PRODUCTS",
            "MAX_TILE_BYTES"]
@@ -150,10 +152,12 @@ def winograd_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
 
 class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 3, padding=1)`` (the same parameters and state dict) whose
-    forward without autograd, for contiguous float32 CPU maps with compiled loops on, at least
+    forward without autograd, for float32 CPU maps with compiled loops on, runs Winograd's algorithm:
+    on channels-last maps :math:`F(4 \times 4, 3 \times 3)` (:func:`~gnn_lic.nn.winograd43.winograd43`,
+    where :func:`~gnn_lic.nn.winograd43.winograd43_pays`); on contiguous maps with at least
     :data:`MIN_TILE_PRODUCTS` channel pairs times output tiles and temporaries within
-    :data:`MAX_TILE_BYTES`, is :func:`winograd_conv3x3`. Elsewhere (training included) it is
-    ``nn.Conv2d``. The weights' transform is made on every call: kept, it would hold 16/9 of the
+    :data:`MAX_TILE_BYTES`, :func:`winograd_conv3x3`. Elsewhere (training included) it is
+    ``nn.Conv2d``. The weights' transform is made on every call: kept, it would hold 16/9 (36/9) of the
     weights in memory.
 
     Args:
@@ -170,6 +174,9 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_pays(x, self.in_channels, self.out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        if (memory_layout(x) == torch.channels_last and self.weight.dtype == x.dtype
+                and winograd43_pays(x, self.in_channels, self.out_channels)):
+            return winograd43(x, filter_tiles43(self.weight), self.bias, polyphase=False, shuffle=False)
         if self._winograd(x):
             return winograd_conv3x3(x, self.weight, self.bias)
         return super().forward(x)

@@ -133,3 +133,22 @@ def test_direct_layer_wherever_the_path_does_not_apply(make, reference, monkeypa
             compiled.set_enabled(previous)
         monkeypatch.setattr(winograd43, "MIN_CHANNELS", 33)
         assert torch.equal(layer(x), ref(x))
+
+
+@needs_compiled
+def test_winograd_conv2d_takes_f43_on_channels_last_maps(monkeypatch):
+    """:class:`~gnn_lic.nn.winograd.WinogradConv2d` (the 3x3 convolution of the residual units): F(4x4, 3x3) on
+    channels-last maps without autograd, the direct convolution's values up to rounding."""
+    from gnn_lic.nn.winograd import WinogradConv2d
+
+    torch.manual_seed(4)
+    layer = WinogradConv2d(32, 32)
+    calls = []
+    monkeypatch.setattr("gnn_lic.nn.winograd.winograd43", lambda *a, **k: calls.append(1) or run43(*a, **k))
+    x = torch.randn(2, 32, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _close(layer(x), layer.double()(x.double()))
+        layer.float()
+        assert calls == [1]
+        layer(x.contiguous())  # a contiguous map: not this path
+    assert calls == [1]
