@@ -58,7 +58,7 @@ __all__ = ["polyphase_weight", "filter_tiles43", "winograd43", "winograd43_pays"
            "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 #: output rows of the 3x3 convolution per tile: inside :func:`~gnn_lic.nn.banded.banded_stage` a band's rows come
 #: out as the whole map's when the band starts on a multiple of it (in the 3x3 convolution's output rows)
 TILE_ROWS = 4
@@ -179,7 +179,7 @@ def filter_tiles43(weight: Tensor) -> Tensor:
     by :math:`G \otimes G`)."""
     O, K = weight.shape[:2]
     g = _G.to(weight.dtype)
-    return torch.mm(torch.kron(g, g), weight.detach().reshape(O * K, 9).t()).view(36, O, K).transpose(1, 2).contiguous()
+    return torch.mm(torch.kron(g, g), weight.detach().permute(2, 3, 1, 0).reshape(9, K * O)).view(36, K, O)
 
 
 def winograd43_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
