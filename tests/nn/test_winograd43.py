@@ -19,7 +19,7 @@ SHAPES = [(1, 7, 9), (2, 5, 4), (1, 1, 1), (1, 13, 4), (1, 8, 8), (2, 2, 11)]
 
 
 def _close(got, ref):
-    """float32 transforms against the float64 direct sum: within a few ulps (tens: factors up to 8) of the outputs' scale."""
+    """float32 transforms against the float64 direct sum: within tens of ulps (factors up to 8) of the outputs' scale."""
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert (got.double() - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
 
@@ -59,29 +59,23 @@ def test_filter_tiles43_is_g_w_gt():
             assert torch.allclose(tiles[:, c, o].reshape(6, 6), G @ w[o, c] @ G.t())
 
 
-@needs_compiled
-@pytest.mark.parametrize("shape", SHAPES)
-def test_strided_convolution_is_the_convolution(shape):
-    layer, ref = _pair(Stride2Conv2d, lambda a, b: conv(a, b, 5, 2), 32, 40, sum(shape))
-    x = torch.randn(shape[0], 32, *shape[1:])
-    with torch.no_grad():
-        _close(layer(x), ref.double()(x.double()))
+#: (layer, CompressAI's layer, in and out channels)
+LAYERS = {
+    "conv": (Stride2Conv2d, lambda a, b: conv(a, b, 5, 2), 32, 40),
+    "deconv": (Stride2ConvTranspose2d, lambda a, b: deconv(a, b, 5, 2), 40, 32),
+    "subpel": (SubpelConv3x3, lambda a, b: subpel_conv3x3(a, b, 2), 32, 12),
+}
 
 
 @needs_compiled
+@pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("shape", SHAPES)
-def test_strided_transposed_convolution_is_the_transposed_convolution(shape):
-    layer, ref = _pair(Stride2ConvTranspose2d, lambda a, b: deconv(a, b, 5, 2), 40, 32, sum(shape))
-    x = torch.randn(shape[0], 40, *shape[1:])
-    with torch.no_grad():
-        _close(layer(x), ref.double()(x.double()))
-
-
-@needs_compiled
-@pytest.mark.parametrize("shape", SHAPES)
-def test_subpixel_convolution_is_compressais(shape):
-    layer, ref = _pair(SubpelConv3x3, lambda a, b: subpel_conv3x3(a, b, 2), 32, 12, sum(shape))
-    x = torch.randn(shape[0], 32, *shape[1:])
+def test_layers_compute_compressais_function(kind, shape):
+    """The strided convolution, the transposed one and the sub-pixel convolution: CompressAI's layers in float64
+    up to float32 rounding, odd sizes and batches included."""
+    make, reference, in_ch, out_ch = LAYERS[kind]
+    layer, ref = _pair(make, reference, in_ch, out_ch, sum(shape))
+    x = torch.randn(shape[0], in_ch, *shape[1:])
     with torch.no_grad():
         _close(layer(x), ref.double()(x.double()))
 
@@ -111,14 +105,11 @@ def test_rows_in_bands_are_the_whole_maps_bit_for_bit(polyphase, shuffle, monkey
     assert not torch.equal(banded_stage([x], fn, max_rows=10 if polyphase else 6, **off_grid), whole)
 
 
-@pytest.mark.parametrize("make, reference", [
-    (Stride2Conv2d, lambda a, b: conv(a, b, 5, 2)),
-    (Stride2ConvTranspose2d, lambda a, b: deconv(a, b, 5, 2)),
-    (SubpelConv3x3, lambda a, b: subpel_conv3x3(a, b, 2)),
-])
-def test_direct_layer_wherever_the_path_does_not_apply(make, reference, monkeypatch):
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_direct_layer_wherever_the_path_does_not_apply(kind, monkeypatch):
     """Same state dict as CompressAI's layer; under autograd, with the compiled loops off, and with too few
     channels the forward is the direct layer's, bit for bit (training gradients included)."""
+    make, reference = LAYERS[kind][:2]
     layer, ref = _pair(make, reference, 32, 32, 3)
     assert layer.state_dict().keys() == ref.state_dict().keys()
     x = torch.randn(1, 32, 6, 7, requires_grad=True)
