@@ -19,7 +19,7 @@ from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
-from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, winograd43, winograd43_pays
+from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, shuffle_tiles43, winograd43, winograd43_pays
 
 __all__ = [
     "conv1x1",
@@ -128,10 +128,9 @@ class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if output_size is None and winograd43_pays(x, self.in_channels, self.out_channels):
-            O = self.out_channels  # phase channels (o, r, q) -> (r, q, o), the order winograd43 shuffles
-            w = self.phase_weight().unflatten(0, (O, 4)).transpose(0, 1).flatten(0, 1)
-            bias = None if self.bias is None else self.bias.repeat(4)
-            return winograd43(x, filter_tiles43(w), bias, polyphase=False, shuffle=True)
+            bias = None if self.bias is None else self.bias.repeat_interleave(4)  # per phase channel (o, r, q)
+            tiles, bias = shuffle_tiles43(self.phase_weight(), bias)
+            return winograd43(x, tiles, bias, polyphase=False, shuffle=True)
         return nn.ConvTranspose2d.forward(self, x, output_size)
 
 
@@ -148,10 +147,8 @@ class SubpelConv3x3(nn.Sequential):
         conv = self[0]
         if not winograd43_pays(x, conv.in_channels, conv.out_channels):
             return super().forward(x)
-        # channels (o, p, q) of the pixel shuffle -> (p, q, o), the order winograd43 shuffles
-        w = conv.weight.unflatten(0, (-1, 4)).transpose(0, 1).flatten(0, 1)
-        bias = None if conv.bias is None else conv.bias.unflatten(0, (-1, 4)).t().flatten()
-        return winograd43(x, filter_tiles43(w), bias, polyphase=False, shuffle=True)
+        tiles, bias = shuffle_tiles43(conv.weight, conv.bias)
+        return winograd43(x, tiles, bias, polyphase=False, shuffle=True)
 
 
 #: bytes of one band's temporaries in :class:`GDN` (a few MB, so that they stay in the caches)

@@ -44,7 +44,7 @@ outputs are floats anyway (the models' analysis and synthesis), never for the en
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,8 +54,8 @@ from torch import Tensor
 from gnn_lic import compiled
 from gnn_lic.nn.banded import in_band
 
-__all__ = ["polyphase_weight", "filter_tiles43", "winograd43", "winograd43_pays", "CHUNK_BYTES", "MIN_CHANNELS",
-           "TILE_ROWS"]
+__all__ = ["polyphase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43", "winograd43_pays", "CHUNK_BYTES",
+           "MIN_CHANNELS", "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
 CHUNK_BYTES = 8 << 20
@@ -84,6 +84,18 @@ def _gather(x, b, y0, x0, row):  # pragma: no cover - compiled
             row[c] = 0
 
 
+@compiled.jit
+def _bt(d0, d1, d2, d3, d4, d5, out):  # pragma: no cover - compiled
+    """``out[k] = (B^T d)_k`` for vectors ``d0 .. d5`` over the channels."""
+    for c in range(out.shape[1]):
+        out[0, c] = _F4 * d0[c] - _F5 * d2[c] + d4[c]
+        out[1, c] = -_F4 * (d1[c] + d2[c]) + d3[c] + d4[c]
+        out[2, c] = _F4 * (d1[c] - d2[c]) - d3[c] + d4[c]
+        out[3, c] = _F2 * (d3[c] - d1[c]) - d2[c] + d4[c]
+        out[4, c] = _F2 * (d1[c] - d3[c]) - d2[c] + d4[c]
+        out[5, c] = _F4 * d1[c] - _F5 * d3[c] + d5[c]
+
+
 @compiled.jit(parallel=True)
 def _input_tiles(x, poly, th, tw, r0, v):  # pragma: no cover - compiled
     # x (B, H, W, C); v (36, rows, tw, K): B^T d B of the 6x6 patches of tile rows r0 .. r0 + rows (r = b th + i)
@@ -104,24 +116,10 @@ def _input_tiles(x, poly, th, tw, r0, v):  # pragma: no cover - compiled
                             _gather(x, b, 2 * pm + ab // 2 - 2, 2 * pn + ab % 2 - 2, d[m, n, ab * C : (ab + 1) * C])
                     else:
                         _gather(x, b, pm - 1, pn - 1, d[m, n])
-            for n in range(6):  # B^T d
-                d0, d1, d2, d3, d4, d5 = d[0, n], d[1, n], d[2, n], d[3, n], d[4, n], d[5, n]
-                for c in range(K):
-                    tmp[0, n, c] = _F4 * d0[c] - _F5 * d2[c] + d4[c]
-                    tmp[1, n, c] = -_F4 * (d1[c] + d2[c]) + d3[c] + d4[c]
-                    tmp[2, n, c] = _F4 * (d1[c] - d2[c]) - d3[c] + d4[c]
-                    tmp[3, n, c] = _F2 * (d3[c] - d1[c]) - d2[c] + d4[c]
-                    tmp[4, n, c] = _F2 * (d1[c] - d3[c]) - d2[c] + d4[c]
-                    tmp[5, n, c] = _F4 * d1[c] - _F5 * d3[c] + d5[c]
+            for n in range(6):  # B^T d, column n
+                _bt(d[0, n], d[1, n], d[2, n], d[3, n], d[4, n], d[5, n], tmp[:, n])
             for m in range(6):  # ... B
-                u0, u1, u2, u3, u4, u5 = tmp[m, 0], tmp[m, 1], tmp[m, 2], tmp[m, 3], tmp[m, 4], tmp[m, 5]
-                for c in range(K):
-                    v[6 * m, rr, j, c] = _F4 * u0[c] - _F5 * u2[c] + u4[c]
-                    v[6 * m + 1, rr, j, c] = -_F4 * (u1[c] + u2[c]) + u3[c] + u4[c]
-                    v[6 * m + 2, rr, j, c] = _F4 * (u1[c] - u2[c]) - u3[c] + u4[c]
-                    v[6 * m + 3, rr, j, c] = _F2 * (u3[c] - u1[c]) - u2[c] + u4[c]
-                    v[6 * m + 4, rr, j, c] = _F2 * (u1[c] - u3[c]) - u2[c] + u4[c]
-                    v[6 * m + 5, rr, j, c] = _F4 * u1[c] - _F5 * u3[c] + u5[c]
+                _bt(tmp[m, 0], tmp[m, 1], tmp[m, 2], tmp[m, 3], tmp[m, 4], tmp[m, 5], v[6 * m : 6 * m + 6, rr, j])
 
 
 @compiled.jit
@@ -182,6 +180,17 @@ def filter_tiles43(weight: Tensor) -> Tensor:
     return torch.mm(torch.kron(g, g), weight.detach().permute(2, 3, 1, 0).reshape(9, K * O)).view(36, K, O)
 
 
+def shuffle_tiles43(weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(4O, K, 3, 3)`` weights and ``(4O,)`` bias of a 3x3 convolution followed by ``pixel_shuffle(2)``
+    (channels ``(o, p, q)``) -> the filter tiles and bias :func:`winograd43` takes with ``shuffle``, whose
+    channels are ``(p, q, o)``."""
+
+    def phases_first(t: Tensor) -> Tensor:
+        return t.unflatten(0, (-1, 4)).transpose(0, 1).flatten(0, 1)
+
+    return filter_tiles43(phases_first(weight)), None if bias is None else phases_first(bias)
+
+
 def winograd43_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
     """Whether :func:`winograd43` may and should take ``x``: a float32 CPU map with compiled loops on, no
     autograd, at least :data:`MIN_CHANNELS` input and output channels."""
@@ -197,7 +206,7 @@ def winograd43(x: Tensor, tiles: Tensor, bias: Optional[Tensor], polyphase: bool
     :func:`polyphase_weight`); output ``ceil(H / 2) x ceil(W / 2)``. Otherwise a 3x3 convolution with
     padding 1; with ``shuffle`` its ``4 O`` channels ``(p, q, o)`` are pixel-shuffled into a
     ``2H x 2W`` output of ``O`` channels (a 5x5 stride-2 transposed convolution, or a sub-pixel
-    convolution). ``bias`` is per channel of the 3x3 convolution (``tiles.shape[2]``)."""
+    convolution; :func:`shuffle_tiles43`). ``bias`` is per channel of the 3x3 convolution (``tiles.shape[2]``)."""
     B, C, H, W = x.shape
     K, out = tiles.shape[1], tiles.shape[2]
     O = out // 4 if shuffle else out
