@@ -77,17 +77,19 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
             for j, e in enumerate(offsets):
                 if 0 <= r + p - s * e < k:
                     taps[r, j] = r + p - s * e
-        self.register_buffer("_taps", taps, persistent=False)
+        # tap of phase (r, q) at offset (e, f) in the flattened k x k kernel, k^2 (a zero appended) where none
+        rows, cols = taps[:, None, :, None], taps[None, :, None, :]  # (r, q, e, f)
+        flat = torch.where((rows >= 0) & (cols >= 0), rows * k + cols, k * k)
+        self.register_buffer("_flat_taps", flat.reshape(-1), persistent=False)
+        self._offsets = len(offsets)
 
     def phase_weight(self) -> Tensor:
         """The ``(C_out s^2, C_in, E, E)`` weight of the phase convolution, channels ``(c, r, q)``."""
-        s, E = self.stride[0], self._taps.shape[1]
-        taps = self._taps.clamp_min(0)
-        valid = (self._taps >= 0).to(self.weight.dtype)
-        w = self.weight.transpose(0, 1)  # (C_out, C_in, k, k)
-        w = w[:, :, taps][:, :, :, :, taps]  # (C_out, C_in, r, e, q, f)
-        w = w * (valid[:, :, None, None] * valid[None, None])
-        return w.permute(0, 2, 4, 1, 3, 5).reshape(-1, self.in_channels, E, E)
+        s, E = self.stride[0], self._offsets
+        C_in, C_out = self.weight.shape[:2]
+        w = nn.functional.pad(self.weight.reshape(C_in, C_out, -1), (0, 1))  # (C_in, C_out, k^2 + 1)
+        w = w.index_select(2, self._flat_taps).view(C_in, C_out, s, s, E, E)  # (i, o, r, q, e, f)
+        return w.permute(1, 2, 3, 0, 4, 5).reshape(-1, C_in, E, E)
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if output_size is not None:
