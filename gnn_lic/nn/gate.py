@@ -71,29 +71,34 @@ def _erf_array(z, out):  # pragma: no cover - compiled
 
 @compiled.jit(parallel=True, fastmath=_FAST)
 def _dw_gate(h, w, out):  # pragma: no cover - compiled
-    # h (B, H, W, 2E) channels-last, w (9, 2E) taps row-major, out (B, H, W, E)
+    # h (B, H, W, 2E) channels-last, w (9, 2E) taps row-major, out (B, H, W, E); the nine taps summed in order,
+    # a zero vector in place of a pixel past the border
     B, H, W, C2 = h.shape
     E = C2 // 2
+    zero = np.zeros(C2, dtype=h.dtype)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
     for r in prange(B * H):
         b, y = r // H, r % H
-        acc = np.empty(C2, dtype=h.dtype)
+        up, down = y > 0, y + 1 < H
         for x in range(W):
-            acc[:] = 0
-            for dy in range(3):
-                yy = y + dy - 1
-                if yy < 0 or yy >= H:
-                    continue
-                for dx in range(3):
-                    xx = x + dx - 1
-                    if xx < 0 or xx >= W:
-                        continue
-                    src, tap = h[b, yy, xx], w[3 * dy + dx]
-                    for c in range(C2):
-                        acc[c] += src[c] * tap[c]
+            left, right = x > 0, x + 1 < W
+            s0 = h[b, y - 1, x - 1] if up and left else zero
+            s1 = h[b, y - 1, x] if up else zero
+            s2 = h[b, y - 1, x + 1] if up and right else zero
+            s3 = h[b, y, x - 1] if left else zero
+            s4 = h[b, y, x]
+            s5 = h[b, y, x + 1] if right else zero
+            s6 = h[b, y + 1, x - 1] if down and left else zero
+            s7 = h[b, y + 1, x] if down else zero
+            s8 = h[b, y + 1, x + 1] if down and right else zero
             dst = out[b, y, x]
             for c in range(E):
-                a = acc[c]
-                dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * acc[E + c]
+                a = (s0[c] * w0[c] + s1[c] * w1[c] + s2[c] * w2[c] + s3[c] * w3[c] + s4[c] * w4[c]
+                     + s5[c] * w5[c] + s6[c] * w6[c] + s7[c] * w7[c] + s8[c] * w8[c])
+                d = E + c
+                g = (s0[d] * w0[d] + s1[d] * w1[d] + s2[d] * w2[d] + s3[d] * w3[d] + s4[d] * w4[d]
+                     + s5[d] * w5[d] + s6[d] * w6[d] + s7[d] * w7[d] + s8[d] * w8[d])
+                dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * g
 
 
 def erf(z: Tensor) -> Tensor:
