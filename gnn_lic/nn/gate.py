@@ -1,24 +1,25 @@
-r"""The depthwise convolution and GELU gate of GLIC's feed-forward in one pass over the map (CPU, no autograd).
+r"""The GELU gate of GLIC's feed-forward, with its depthwise convolution, in one pass over the map (CPU, no autograd).
 
-:class:`~gnn_lic.nn.blocks.GatedFFN` with its depthwise convolution :math:`D` computes
+:class:`~gnn_lic.nn.blocks.GatedFFN` computes
 
 .. math:: [a \,|\, b] = D(h), \qquad g = \mathrm{GELU}(a) \odot b,
     \qquad \mathrm{GELU}(a) = \tfrac12\, a\, \big(1 + \mathrm{erf}(a / \sqrt 2)\big),
 
 :math:`D` a 3x3 depthwise convolution with zero padding 1 and no bias over the ``2E`` channels of
-``h``. As separate operations that is five passes over map-sized memory (the convolution's output,
-a dense copy of ``a``, GELU, the product). :func:`depthwise_gelu_gate` computes each output pixel's
-``E`` gated values from the 3x3 neighbourhood of ``h`` in one compiled loop (numba) over the
-channels of a channels-last map, contiguous, so it vectorises.
+``h`` (or the identity). As separate operations that is up to five passes over map-sized memory
+(the convolution's output, a dense copy of ``a``, GELU, the product). :func:`depthwise_gelu_gate`
+computes each output pixel's ``E`` gated values from the 3x3 neighbourhood of ``h``, and
+:func:`gelu_gate` from the pixel itself, in one compiled loop (numba) over the channels of a
+channels-last map, contiguous, so it vectorises.
 
 :math:`\mathrm{erf}` is a rational function of :math:`z^2` (:func:`erf`), vectorisable where a
 call to the C library's ``erf`` is not: :math:`\mathrm{erf}(z) \approx z\, P(z^2) / Q(z^2)` with
 :math:`P` of degree 6 and :math:`Q` of degree 4, :math:`z` clamped to :math:`[-4, 4]`
 (:math:`1 - \mathrm{erf}(4) < 2 \cdot 10^{-8}`, below float32's resolution at 1) and the result to
-:math:`[-1, 1]`. The coefficients
-were fitted here to :math:`\mathrm{erf}(z)/z` on :math:`[0, 4]` by weighted least squares with
-Lawson's reweighting towards the smallest largest relative error; evaluated in float32 the
-result is within :data:`ERF_TOLERANCE` of :math:`\mathrm{erf}` everywhere (the tests check it).
+:math:`[-1, 1]`. The coefficients were fitted here to :math:`\mathrm{erf}(z)/z` on :math:`[0, 4]` by
+weighted least squares with Lawson's reweighting towards the smallest largest relative error;
+evaluated in float32 the result is within :data:`ERF_TOLERANCE` of :math:`\mathrm{erf}` everywhere
+(the tests check it).
 
 The values are the separate operations' up to float rounding (another order of the nine taps'
 sum, the rational :math:`\mathrm{erf}`): for transforms whose outputs are floats anyway (the
@@ -29,6 +30,7 @@ or the threads of the call, so a band of rows with its halo gives the whole map'
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["depthwise_gelu_gate", "gate_pays", "erf", "ERF_TOLERANCE"]
+__all__ = ["depthwise_gelu_gate", "gelu_gate", "gate_pays", "erf", "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -101,6 +103,17 @@ def _dw_gate(h, w, out):  # pragma: no cover - compiled
                 dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * g
 
 
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _gate(h, out):  # pragma: no cover - compiled
+    # h (pixels, 2E), out (pixels, E)
+    E = h.shape[1] // 2
+    for i in prange(h.shape[0]):
+        src, dst = h[i], out[i]
+        for c in range(E):
+            a = src[c]
+            dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * src[E + c]
+
+
 def erf(z: Tensor) -> Tensor:
     """The rational :math:`\\mathrm{erf}` of :func:`depthwise_gelu_gate` on a float32 CPU tensor (module docstring)."""
     flat = z.detach().to(torch.float32).contiguous().view(-1)
@@ -109,12 +122,13 @@ def erf(z: Tensor) -> Tensor:
     return out.view(z.shape)
 
 
-def gate_pays(h: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`depthwise_gelu_gate` may take ``h``: a float32 channels-last CPU map with compiled loops on,
-    no autograd, and ``(2E, 1, 3, 3)`` float32 depthwise weights."""
+def gate_pays(h: Tensor, weight: Optional[Tensor] = None) -> bool:
+    """Whether :func:`depthwise_gelu_gate` (``weight``: ``(2E, 1, 3, 3)`` float32 depthwise weights) or
+    :func:`gelu_gate` (``weight`` None) may take ``h``: a float32 channels-last CPU map of an even number of
+    channels, with compiled loops on and no autograd."""
     return (compiled.enabled() and not torch.is_grad_enabled() and h.device.type == "cpu" and h.dim() == 4
-            and h.dtype == torch.float32 and weight.dtype == torch.float32 and h.shape[1] % 2 == 0
-            and tuple(weight.shape) == (h.shape[1], 1, 3, 3) and h.is_contiguous(memory_format=torch.channels_last))
+            and h.dtype == torch.float32 and h.shape[1] % 2 == 0 and h.is_contiguous(memory_format=torch.channels_last)
+            and (weight is None or (weight.dtype == torch.float32 and tuple(weight.shape) == (h.shape[1], 1, 3, 3))))
 
 
 def depthwise_gelu_gate(h: Tensor, weight: Tensor) -> Tensor:
@@ -124,4 +138,13 @@ def depthwise_gelu_gate(h: Tensor, weight: Tensor) -> Tensor:
     out = torch.empty((B, H, W, C2 // 2), dtype=h.dtype)
     taps = weight.detach().reshape(C2, 9).t().contiguous()
     compiled.parallel(_dw_gate, h.permute(0, 2, 3, 1).numpy(), taps.numpy(), out.numpy())
+    return out.permute(0, 3, 1, 2)
+
+
+def gelu_gate(h: Tensor) -> Tensor:
+    r""":math:`\mathrm{GELU}(a) \odot b` of :math:`[a \,|\, b]` = ``h``, a ``(B, 2E, H, W)`` map where
+    :func:`gate_pays`, in one pass; the ``(B, E, H, W)`` result is channels-last."""
+    B, C2, H, W = h.shape
+    out = torch.empty((B, H, W, C2 // 2), dtype=h.dtype)
+    compiled.parallel(_gate, h.permute(0, 2, 3, 1).reshape(-1, C2).numpy(), out.view(-1, C2 // 2).numpy())
     return out.permute(0, 3, 1, 2)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gnn_lic import compiled
 from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
 from gnn_lic.models.layers import GatedTransformCNN, ParameterAggregationBlock
 from gnn_lic.nn import banded
@@ -66,9 +67,8 @@ def test_banded_residual_needs_the_halo():
 
 def test_gelu_gate_in_place_is_bitwise():
     """Without autograd the gate is computed in place: bit for bit the autograd path, on either layout,
-    and the formula W2 (GELU(a) * b) up to GELU's last bit. The exception, a depthwise FFN on a channels-last
-    map with compiled loops on, takes the fused pass (:mod:`gnn_lic.nn.gate`): the formula up to float
-    rounding."""
+    and the formula W2 (GELU(a) * b) up to GELU's last bit. The exception, channels-last maps with compiled
+    loops on, take the fused pass (:mod:`gnn_lic.nn.gate`): the formula up to float rounding."""
     torch.manual_seed(0)
     for ffn in (GatedFFN(24, 4), GatedFFN(24, 2, depthwise=True)):
         x = torch.randn(2, 24, 9, 13) * 3
@@ -78,7 +78,7 @@ def test_gelu_gate_in_place_is_bitwise():
             grad_path = ffn(inp)
             with torch.no_grad():
                 out = ffn(inp)
-            fused = ffn.dwconv is not None and inp.is_contiguous(memory_format=torch.channels_last)
+            fused = compiled.enabled() and inp.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(out, grad_path) != fused
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -90,8 +90,12 @@ def test_conv_blocks_banded_equal_whole_map(in_ch, make, monkeypatch):
     torch.manual_seed(0)
     block = make()
     x = torch.randn(2, in_ch, 13, 10)
-    ref = block(x).detach()  # autograd on: the whole-map path
+    grad_path = block(x).detach()  # autograd on: the whole-map path
     hidden = block.ffn.proj_in.out_channels
+    with torch.no_grad():
+        assert not use_bands(x, banded.band_pixels(hidden))
+        ref = block(x)  # the whole map without autograd (the fused gate on channels-last maps)
+    torch.testing.assert_close(ref, grad_path, rtol=1e-5, atol=1e-5)
     for pixels in (10, 35, 64):
         monkeypatch.setattr(banded, "BAND_BYTES", pixels * hidden * 4)
         with torch.no_grad():

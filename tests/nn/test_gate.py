@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from gnn_lic import compiled
 from gnn_lic.nn.banded import banded_residual
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d
-from gnn_lic.nn.gate import ERF_TOLERANCE, depthwise_gelu_gate, erf, gate_pays
+from gnn_lic.nn.gate import ERF_TOLERANCE, depthwise_gelu_gate, erf, gate_pays, gelu_gate
 
 needs_compiled = pytest.mark.skipif(not compiled.enabled(), reason="the fused gate is a compiled loop")
 
@@ -54,6 +54,20 @@ def test_fused_gate_is_the_separate_operations(shape):
 
 
 @needs_compiled
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 1, 1), (3, 30, 5, 6)])
+def test_gate_without_convolution_is_the_formula(shape):
+    h = _map(shape)
+    with torch.no_grad():
+        assert gate_pays(h)
+        out = gelu_gate(h)
+    a, b = h.double().chunk(2, dim=1)
+    want = F.gelu(a) * b
+    assert out.shape == want.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), want, rtol=2e-6, atol=2e-6 * want.abs().max().item())
+    assert not torch.allclose(out.double(), F.gelu(b) * a, atol=1e-3)  # the halves' roles matter
+
+
+@needs_compiled
 def test_rows_and_threads_do_not_change_a_bit():
     """Each pixel goes through the same operations: a slab of rows with a row of halo gives the whole
     map's rows, and one thread the bits of two."""
@@ -94,6 +108,7 @@ def test_the_fused_pass_applies_only_where_it_may():
         assert not gate_pays(h.contiguous(), weight)  # NCHW
         assert not gate_pays(h.double(), weight.double())
         assert not gate_pays(h, torch.randn(8, 1, 5, 5))
+        assert gate_pays(h) == compiled.enabled() and not gate_pays(h.contiguous())
         assert not gate_pays(h[:, :7], weight[:7])  # an odd number of channels has no halves
         previous = compiled.set_enabled(False)
         try:
