@@ -36,13 +36,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch  # noqa: E402
 
-from gnn_lic.models.base import pad_to_multiple  # noqa: E402
+from gnn_lic.models.base import crop_to, pad_to_multiple  # noqa: E402
 from gnn_lic.models.zoo import shipped_weights  # noqa: E402
 
 PROG = "gpu_check.py"
-#: |decompress(compress(x)) - forward(x)| allowed: the fixed-point entropy means differ from the float
-#: forward's by rounding, which can move a latent across a quantisation step in an untrained model
-ROUNDTRIP_ATOL = 5e-2
+#: |decompress(compress(x)) - g_s(decoded latents)| allowed: the same synthesis of the same latents, float noise
+ROUNDTRIP_ATOL = 1e-3
+#: mean |decompress(compress(x)) - forward(x)| allowed: the fixed-point entropy means differ from the float
+#: forward's by rounding, which can move a latent across a quantisation step in an untrained model (and one
+#: such latent can move pixels by more than 0.1, so the largest difference says nothing)
+FORWARD_MEAN_ATOL = 1e-2
 
 
 def _sync(device: torch.device) -> None:
@@ -125,8 +128,8 @@ def check_forward_backward(name: str, size: str, hw: Sequence[int], device: torc
 
 
 def check_roundtrip(name: str, size: str, hw: Sequence[int], device: torch.device) -> Dict:
-    """compress -> decompress on the device: the decoded latents are the encoder's, bit for bit,
-    and the image is close to the eval-mode forward."""
+    """compress -> decompress on the device: the decoded latents are the encoder's, bit for bit, the image
+    is their synthesis (``g_s``) up to float noise, and on average close to the eval-mode forward."""
     net = _model(name, size, device)
     net.update(force=True)
     net.eval()
@@ -143,15 +146,20 @@ def check_roundtrip(name: str, size: str, hw: Sequence[int], device: torch.devic
     _sync(device)
     t_dec = time.perf_counter() - t
     nbytes = sum(len(s) for s in _leaves(enc["strings"]))
-    err = float((dec - ref).abs().max())
     with torch.no_grad():  # the latents themselves: what a portable stream guarantees
         y = net.g_a(pad_to_multiple(x, net.pad_multiple)[0])
         lat = net.latent_codec.compress(y)
-        same = torch.equal(lat["y_hat"], net.latent_codec.decompress(lat["strings"], lat["shape"])["y_hat"])
-    ok = dec.shape == x.shape and dec.device.type == device.type and err <= ROUNDTRIP_ATOL and same
+        y_hat = net.latent_codec.decompress(lat["strings"], lat["shape"])["y_hat"]
+        same = torch.equal(lat["y_hat"], y_hat)
+        synth = crop_to(net.g_s(y_hat).clamp(0, 1), x.shape[-2:])
+    err = float((dec - synth).abs().max())
+    mean_err = float((dec - ref).abs().mean())
+    ok = (dec.shape == x.shape and dec.device.type == device.type and err <= ROUNDTRIP_ATOL and same
+          and mean_err <= FORWARD_MEAN_ATOL)
     return {"check": f"{name}-{size} compress/decompress {hw[1]}x{hw[0]}", "ok": ok, "compress_s": t_enc,
-            "decompress_s": t_dec, "bytes": nbytes, "max_abs_diff": err,
-            "detail": "" if ok else (f"|decoded - forward| = {err:.3g} (allowed {ROUNDTRIP_ATOL:g}), "
+            "decompress_s": t_dec, "bytes": nbytes, "max_abs_diff": err, "forward_mean_diff": mean_err,
+            "detail": "" if ok else (f"|decoded - synthesis| = {err:.3g} (allowed {ROUNDTRIP_ATOL:g}), mean "
+                                     f"|decoded - forward| = {mean_err:.3g} (allowed {FORWARD_MEAN_ATOL:g}), "
                                      f"latents identical: {same}")}
 
 
@@ -304,7 +312,8 @@ def format_table(report: Dict[str, Any]) -> str:
         meas = []
         for key, label, unit in (("forward_s", "fwd", " s"), ("forward_backward_s", "fwd+bwd", " s"),
                                  ("compress_s", "enc", " s"), ("decompress_s", "dec", " s"),
-                                 ("max_abs_diff", "|diff|", ""), ("step_s", "step", " s"),
+                                 ("max_abs_diff", "max |dec - g_s|", ""), ("forward_mean_diff", "mean |dec - fwd|", ""),
+                                 ("step_s", "step", " s"),
                                  ("images_per_s", "", " img/s"), ("edges", "E", ""), ("cpu_s", "cpu", " s"),
                                  ("device_s", "dev", " s"), ("peak_mib", "peak", " MiB")):
             if key in r and r[key] is not None:

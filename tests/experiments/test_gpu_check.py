@@ -28,6 +28,7 @@ def test_quick_cpu_run_passes_and_reports(gpu_check, tmp_path, capsys):
             assert r["images_per_s"] > 0 and r["images_per_s"] == pytest.approx(2 / r["step_s"])
         if "max_abs_diff" in r:
             assert r["max_abs_diff"] <= gpu_check.ROUNDTRIP_ATOL and r["bytes"] > 0
+            assert r["forward_mean_diff"] <= gpu_check.FORWARD_MEAN_ATOL
         if r["check"].startswith("graph "):
             assert r["edges"] > 0
 
