@@ -25,7 +25,7 @@ from gnn_lic.graph import (
 )
 from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
-from gnn_lic.nn.gate import depthwise_gelu_gate, gate_pays, gelu_gate
+from gnn_lic.nn.gate import DepthwiseGeluGate, depthwise_gelu_gate, gate_fits, gate_pays, gelu_gate
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 from gnn_lic.nn.winograd import WinogradConv2d
@@ -90,7 +90,9 @@ class GatedFFN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj_in(x)
         if self.dwconv is not None:
-            if gate_pays(h, self.dwconv.weight):  # the convolution and the gate in one pass (the same function)
+            if gate_fits(h, self.dwconv.weight):  # the convolution and the gate in one pass (the same function)
+                if torch.is_grad_enabled():
+                    return self.proj_out(DepthwiseGeluGate.apply(h, self.dwconv.weight))
                 return self.proj_out(depthwise_gelu_gate(h, self.dwconv.weight))
             h = self.dwconv(h)
         elif gate_pays(h):

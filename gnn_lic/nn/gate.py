@@ -1,4 +1,4 @@
-r"""The GELU gate of GLIC's feed-forward, with its depthwise convolution, in one pass over the map (CPU, no autograd).
+r"""The GELU gate of GLIC's feed-forward, with its depthwise convolution, in one pass over the map (CPU).
 
 :class:`~gnn_lic.nn.blocks.GatedFFN` computes
 
@@ -10,7 +10,8 @@ r"""The GELU gate of GLIC's feed-forward, with its depthwise convolution, in one
 (the convolution's output, a dense copy of ``a``, GELU, the product). :func:`depthwise_gelu_gate`
 computes each output pixel's ``E`` gated values from the 3x3 neighbourhood of ``h``, and
 :func:`gelu_gate` from the pixel itself, in one compiled loop (numba) over the channels of a
-channels-last map, contiguous, so it vectorises.
+channels-last map, contiguous, so it vectorises. Under autograd (training) :class:`DepthwiseGeluGate`
+runs the same pass forward and keeps only ``h`` for its backward.
 
 :math:`\mathrm{erf}` is a rational function of :math:`z^2` (:func:`erf`), vectorisable where a
 call to the C library's ``erf`` is not: :math:`\mathrm{erf}(z) \approx z\, P(z^2) / Q(z^2)` with
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from gnn_lic import compiled
 
-__all__ = ["depthwise_gelu_gate", "gelu_gate", "gate_pays", "erf", "ERF_TOLERANCE"]
+__all__ = ["DepthwiseGeluGate", "depthwise_gelu_gate", "gelu_gate", "gate_fits", "gate_pays", "erf", "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -122,13 +123,18 @@ def erf(z: Tensor) -> Tensor:
     return out.view(z.shape)
 
 
-def gate_pays(h: Tensor, weight: Optional[Tensor] = None) -> bool:
-    """Whether :func:`depthwise_gelu_gate` (``weight``: ``(2E, 1, 3, 3)`` float32 depthwise weights) or
-    :func:`gelu_gate` (``weight`` None) may take ``h``: a float32 channels-last CPU map of an even number of
-    channels, with compiled loops on and no autograd."""
-    return (compiled.enabled() and not torch.is_grad_enabled() and h.device.type == "cpu" and h.dim() == 4
-            and h.dtype == torch.float32 and h.shape[1] % 2 == 0 and h.is_contiguous(memory_format=torch.channels_last)
+def gate_fits(h: Tensor, weight: Optional[Tensor] = None) -> bool:
+    """Whether the compiled pass can take ``h`` (and ``weight``: ``(2E, 1, 3, 3)`` float32 depthwise weights, or
+    None for :func:`gelu_gate`): a float32 channels-last CPU map of an even number of channels, compiled loops on."""
+    return (compiled.enabled() and h.device.type == "cpu" and h.dim() == 4 and h.dtype == torch.float32
+            and h.shape[1] % 2 == 0 and h.is_contiguous(memory_format=torch.channels_last)
             and (weight is None or (weight.dtype == torch.float32 and tuple(weight.shape) == (h.shape[1], 1, 3, 3))))
+
+
+def gate_pays(h: Tensor, weight: Optional[Tensor] = None) -> bool:
+    """Whether :func:`depthwise_gelu_gate` (``weight`` given) or :func:`gelu_gate` (``weight`` None) may take
+    ``h``: :func:`gate_fits` and no autograd."""
+    return not torch.is_grad_enabled() and gate_fits(h, weight)
 
 
 def depthwise_gelu_gate(h: Tensor, weight: Tensor) -> Tensor:
@@ -137,7 +143,7 @@ def depthwise_gelu_gate(h: Tensor, weight: Tensor) -> Tensor:
     B, C2, H, W = h.shape
     out = torch.empty((B, H, W, C2 // 2), dtype=h.dtype)
     taps = weight.detach().reshape(C2, 9).t().contiguous()
-    compiled.parallel(_dw_gate, h.permute(0, 2, 3, 1).numpy(), taps.numpy(), out.numpy())
+    compiled.parallel(_dw_gate, h.detach().permute(0, 2, 3, 1).numpy(), taps.numpy(), out.numpy())
     return out.permute(0, 3, 1, 2)
 
 
@@ -148,3 +154,36 @@ def gelu_gate(h: Tensor) -> Tensor:
     out = torch.empty((B, H, W, C2 // 2), dtype=h.dtype)
     compiled.parallel(_gate, h.permute(0, 2, 3, 1).reshape(-1, C2).numpy(), out.view(-1, C2 // 2).numpy())
     return out.permute(0, 3, 1, 2)
+
+
+class DepthwiseGeluGate(torch.autograd.Function):
+    r""":func:`depthwise_gelu_gate` under autograd (training), for maps where :func:`gate_fits`.
+
+    The forward is the compiled pass and keeps ``h`` alone for the backward (not :math:`D(h)` nor
+    :math:`\mathrm{GELU}(a)`, three map-sized tensors fewer per layer); the backward computes
+    :math:`[a \,|\, b] = D(h)` again, the gate's gradients
+    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)`, :math:`\partial b = g \odot \mathrm{GELU}(a)`
+    (PyTorch's exact GELU), and those of the depthwise convolution by ``convolution_backward``."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        return depthwise_gelu_gate(h, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weight = ctx.saved_tensors
+        C2 = h.shape[1]
+        d = torch.nn.functional.conv2d(h, weight, padding=1, groups=C2)
+        dv = d.movedim(1, -1)  # channels last: the halves are slices of the last dimension
+        g = grad.contiguous(memory_format=torch.channels_last).movedim(1, -1)
+        grad_d = torch.empty_like(d)
+        ov = grad_d.movedim(1, -1)
+        E = C2 // 2
+        torch.mul(g, torch.nn.functional.gelu(dv[..., :E]), out=ov[..., E:])
+        torch.ops.aten.gelu_backward.grad_input(g * dv[..., E:], dv[..., :E], grad_input=ov[..., :E])
+        del d, dv, g
+        grad_h, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_d, h, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], C2,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return grad_h, grad_w

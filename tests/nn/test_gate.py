@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from gnn_lic import compiled
+from gnn_lic.nn import blocks
 from gnn_lic.nn.banded import banded_residual
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d
-from gnn_lic.nn.gate import ERF_TOLERANCE, depthwise_gelu_gate, erf, gate_pays, gelu_gate
+from gnn_lic.nn.gate import ERF_TOLERANCE, DepthwiseGeluGate, depthwise_gelu_gate, erf, gate_fits, gate_pays, gelu_gate
 
 needs_compiled = pytest.mark.skipif(not compiled.enabled(), reason="the fused gate is a compiled loop")
 
@@ -132,3 +133,48 @@ def test_feed_forward_without_the_fused_pass_is_the_formula():
     a, b = ffn.dwconv(ffn.proj_in(x)).chunk(2, 1)
     torch.testing.assert_close(out, ffn.proj_out(F.gelu(a) * b), rtol=1e-6, atol=1e-6)
     assert np.isfinite(out.numpy()).all()
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 1, 1), (1, 6, 4, 1)])
+def test_fused_gate_under_autograd_gives_the_separate_operations_gradients(shape):
+    """DepthwiseGeluGate (training): the output and the gradients of h and the weights are those of
+    autograd through the depthwise convolution and the gate, up to float rounding."""
+    h = _map(shape, seed=3).requires_grad_(True)
+    weight = torch.randn(shape[1], 1, 3, 3, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
+    g = torch.randn(shape[0], shape[1] // 2, *shape[2:], generator=torch.Generator().manual_seed(5))
+    assert gate_fits(h, weight) and not gate_pays(h, weight)  # autograd on
+    out = DepthwiseGeluGate.apply(h, weight)
+    out.backward(g)
+    got = out.detach(), h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    a, b = F.conv2d(h, weight, padding=1, groups=shape[1]).chunk(2, dim=1)
+    (F.gelu(a) * b).backward(g)
+    for have, want in zip(got, ((F.gelu(a) * b).detach(), h.grad, weight.grad)):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
+
+
+@needs_compiled
+def test_feed_forward_trains_through_the_fused_gate_on_channels_last_maps(monkeypatch):
+    """GatedFFN under autograd on a channels-last map takes DepthwiseGeluGate: parameter gradients as the
+    NCHW map's (the separate operations), up to float rounding."""
+    torch.manual_seed(0)
+    ffn = GatedFFN(8, 2.0, depthwise=True)
+    x = torch.randn(2, 8, 6, 5)
+    calls = []
+
+    class Counted(DepthwiseGeluGate):
+        @staticmethod
+        def forward(ctx, h, weight):
+            calls.append(h.shape)
+            return DepthwiseGeluGate.forward(ctx, h, weight)
+
+    monkeypatch.setattr(blocks, "DepthwiseGeluGate", Counted)
+    grads = []
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        ffn.zero_grad()
+        ffn(inp).square().sum().backward()
+        grads.append([p.grad.clone() for p in ffn.parameters()])
+    assert len(calls) == 1  # the channels-last map only
+    for have, want in zip(*grads):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
