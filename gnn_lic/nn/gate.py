@@ -39,8 +39,10 @@ from numba import prange
 from torch import Tensor
 
 from gnn_lic import compiled
+from gnn_lic.nn.banded import memory_layout
 
-__all__ = ["DepthwiseGeluGate", "depthwise_gelu_gate", "gelu_gate", "gate_fits", "gate_pays", "erf", "ERF_TOLERANCE"]
+__all__ = ["DepthwiseGeluGate", "depthwise_gelu_gate", "gelu_gate", "gate_fits", "gate_grad", "gate_pays", "erf",
+           "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -156,6 +158,22 @@ def gelu_gate(h: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def gate_grad(grad: Tensor, h: Tensor, gelu_a: Tensor) -> Tensor:
+    r"""The gradient of :math:`\mathrm{GELU}(a) \odot b` for ``h = [a | b]`` (split over channels) given the
+    output's ``grad`` and ``gelu_a`` = :math:`\mathrm{GELU}(a)`: both halves,
+    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)` and :math:`\partial b = g \odot \mathrm{GELU}(a)`,
+    written into one map in the layout of ``h``, instead of two maps and their concatenation."""
+    # channels as the last dimension (views); the halves are then slices of it
+    hv = h.movedim(1, -1)
+    half = hv.shape[-1] // 2
+    out = torch.empty_like(h)
+    ov = out.movedim(1, -1)
+    g = grad.contiguous(memory_format=memory_layout(h)).movedim(1, -1)
+    torch.mul(g, gelu_a.movedim(1, -1), out=ov[..., half:])
+    torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
+    return out
+
+
 class DepthwiseGeluGate(torch.autograd.Function):
     r""":func:`depthwise_gelu_gate` under autograd (training), for maps where :func:`gate_fits`.
 
@@ -175,14 +193,10 @@ class DepthwiseGeluGate(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         C2 = h.shape[1]
         d = torch.nn.functional.conv2d(h, weight, padding=1, groups=C2)
-        dv = d.movedim(1, -1)  # channels last: the halves are slices of the last dimension
-        g = grad.contiguous(memory_format=torch.channels_last).movedim(1, -1)
-        grad_d = torch.empty_like(d)
-        ov = grad_d.movedim(1, -1)
-        E = C2 // 2
-        torch.mul(g, torch.nn.functional.gelu(dv[..., :E]), out=ov[..., E:])
-        torch.ops.aten.gelu_backward.grad_input(g * dv[..., E:], dv[..., :E], grad_input=ov[..., :E])
-        del d, dv, g
+        # GELU of the channels-last view's first half (contiguous in its last dimension), back as (B, E, H, W)
+        gelu_a = torch.nn.functional.gelu(d.movedim(1, -1)[..., :C2 // 2]).movedim(-1, 1)
+        grad_d = gate_grad(grad, d, gelu_a)
+        del d, gelu_a
         grad_h, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_d, h, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], C2,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
