@@ -25,7 +25,7 @@ from gnn_lic.graph import (
 )
 from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
-from gnn_lic.nn.gate import DepthwiseGeluGate, depthwise_gelu_gate, gate_fits, gate_grad, gate_pays, gelu_gate
+from gnn_lic.nn.gate import DepthwiseGeluGate, GeluGate, depthwise_gelu_gate, gate_fits, gate_grad, gelu_gate
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 from gnn_lic.nn.winograd import WinogradConv2d
@@ -95,8 +95,8 @@ class GatedFFN(nn.Module):
                     return self.proj_out(DepthwiseGeluGate.apply(h, self.dwconv.weight))
                 return self.proj_out(depthwise_gelu_gate(h, self.dwconv.weight))
             h = self.dwconv(h)
-        elif gate_pays(h):
-            return self.proj_out(gelu_gate(h))
+        elif gate_fits(h):  # the gate in one pass
+            return self.proj_out(GeluGate.apply(h) if torch.is_grad_enabled() else gelu_gate(h))
         if torch.is_grad_enabled():
             return self.proj_out(_GeluGate.apply(h))
         # no autograd: the gate in place in a dense copy of ``a`` (the halves of ``h`` are strided views, on

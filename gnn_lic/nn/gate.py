@@ -11,7 +11,15 @@ r"""The GELU gate of GLIC's feed-forward, with its depthwise convolution, in one
 computes each output pixel's ``E`` gated values from the 3x3 neighbourhood of ``h``, and
 :func:`gelu_gate` from the pixel itself, in one compiled loop (numba) over the channels of a
 channels-last map, contiguous, so it vectorises. Under autograd (training) :class:`DepthwiseGeluGate`
-runs the same pass forward and keeps only ``h`` for its backward.
+and :class:`GeluGate` run the same passes forward and keep only ``h``; their backward
+(:func:`gelu_gate_grad`) is one pass too, computing :math:`a, b` again and
+
+.. math:: \partial a = g \odot b \odot \mathrm{GELU}'(a), \qquad \partial b = g \odot \mathrm{GELU}(a),
+    \qquad \mathrm{GELU}'(a) = \Phi(a) + a\, \varphi(a),
+
+with :math:`\Phi(a) = \tfrac12 (1 + \mathrm{erf}(a/\sqrt2))` and the normal density :math:`\varphi`
+as :math:`2^{-v}`, :math:`v = a^2 / (2 \ln 2)`: a polynomial for the fraction of :math:`v` and exact
+powers of two for its integer part (the C library's ``exp`` would not vectorise either).
 
 :math:`\mathrm{erf}` is a rational function of :math:`z^2` (:func:`erf`), vectorisable where a
 call to the C library's ``erf`` is not: :math:`\mathrm{erf}(z) \approx z\, P(z^2) / Q(z^2)` with
@@ -41,8 +49,8 @@ from torch import Tensor
 from gnn_lic import compiled
 from gnn_lic.nn.banded import memory_layout
 
-__all__ = ["DepthwiseGeluGate", "depthwise_gelu_gate", "gelu_gate", "gate_fits", "gate_grad", "gate_pays", "erf",
-           "ERF_TOLERANCE"]
+__all__ = ["DepthwiseGeluGate", "GeluGate", "depthwise_gelu_gate", "gelu_gate", "gelu_gate_grad", "gate_fits",
+           "gate_grad", "gate_pays", "erf", "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -57,6 +65,16 @@ _ONE, _HALF, _LIMIT, _RSQRT2 = np.float32(1), np.float32(0.5), np.float32(4), np
 # the clamp and the division vectorise only where NaNs and infinities need no care (a NaN input still gives NaN:
 # it multiplies the result)
 _FAST = {"nnan", "ninf", "nsz"}
+# the normal density for GELU's derivative: 2^-f on [0, 1] by a polynomial of degree 6 (a least-squares fit in
+# Chebyshev points, within 1e-8 relative; 2e-7 evaluated in float32), 2^-n as a product of its binary digits' powers
+# (exact; a table lookup would not vectorise as well); |a| is clamped to 13, where the density (1e-37) is far below
+# float32's resolution of GELU'(a)
+_X0, _X1, _X2, _X3, _X4, _X5, _X6 = (np.float32(c) for c in (
+    0.9999999967753697, -0.6931469986410774, 0.2402240283889675, -0.05549016281187108, 0.009579041700992382,
+    -0.0012752586440670953, 0.00010935631078817292))
+_D1, _D2, _D4, _D8, _D16, _D32, _D64 = (np.float32(2.0 ** -k) for k in (1, 2, 4, 8, 16, 32, 64))
+_PDF_LIMIT, _HALF_LOG2E = np.float32(13), np.float32(0.5 / math.log(2))
+_RSQRT_2PI = np.float32(1 / math.sqrt(2 * math.pi))
 
 
 @compiled.jit(inline="always", fastmath=_FAST)
@@ -74,36 +92,75 @@ def _erf_array(z, out):  # pragma: no cover - compiled
         out[i] = _erf(z[i])
 
 
+@compiled.jit(inline="always", fastmath=_FAST)
+def _normal_pdf(a):  # pragma: no cover - compiled
+    # exp(-a²/2) / sqrt(2 pi) = 2^-v / sqrt(2 pi), v = a²/2 log2(e) = n + f in [0, 122]
+    a = min(max(a, -_PDF_LIMIT), _PDF_LIMIT)
+    v = _HALF_LOG2E * (a * a)
+    n = np.int32(v)
+    f = v - np.float32(n)
+    p = (((((_X6 * f + _X5) * f + _X4) * f + _X3) * f + _X2) * f + _X1) * f + _X0
+    p = p * (_D1 if n & 1 else _ONE) * (_D2 if n & 2 else _ONE) * (_D4 if n & 4 else _ONE)
+    p = p * (_D8 if n & 8 else _ONE) * (_D16 if n & 16 else _ONE) * (_D32 if n & 32 else _ONE)
+    return _RSQRT_2PI * (p * (_D64 if n & 64 else _ONE))
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _gate_grads(a, v, g):  # pragma: no cover - compiled
+    # the gradients of GELU(a) * v for the output's gradient g: (g v GELU'(a), g GELU(a))
+    cdf = _HALF * (_ONE + _erf(a * _RSQRT2))
+    return g * v * (cdf + a * _normal_pdf(a)), g * (a * cdf)
+
+
+@compiled.jit(inline="always")
+def _window(h, b, y, x, zero):  # pragma: no cover - compiled
+    # the 3x3 neighbourhood of pixel (y, x) of image b of a channels-last map, row-major, zero past the borders
+    H, W = h.shape[1], h.shape[2]
+    up, down, left, right = y > 0, y + 1 < H, x > 0, x + 1 < W
+    return (h[b, y - 1, x - 1] if up and left else zero, h[b, y - 1, x] if up else zero,
+            h[b, y - 1, x + 1] if up and right else zero, h[b, y, x - 1] if left else zero, h[b, y, x],
+            h[b, y, x + 1] if right else zero, h[b, y + 1, x - 1] if down and left else zero,
+            h[b, y + 1, x] if down else zero, h[b, y + 1, x + 1] if down and right else zero)
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _taps(s, w, c):  # pragma: no cover - compiled
+    # channel c of the depthwise convolution at a pixel: the nine taps summed in order
+    return (s[0][c] * w[0][c] + s[1][c] * w[1][c] + s[2][c] * w[2][c] + s[3][c] * w[3][c] + s[4][c] * w[4][c]
+            + s[5][c] * w[5][c] + s[6][c] * w[6][c] + s[7][c] * w[7][c] + s[8][c] * w[8][c])
+
+
 @compiled.jit(parallel=True, fastmath=_FAST)
 def _dw_gate(h, w, out):  # pragma: no cover - compiled
-    # h (B, H, W, 2E) channels-last, w (9, 2E) taps row-major, out (B, H, W, E); the nine taps summed in order,
-    # a zero vector in place of a pixel past the border
+    # h (B, H, W, 2E) channels-last, w (9, 2E) taps row-major, out (B, H, W, E)
     B, H, W, C2 = h.shape
     E = C2 // 2
     zero = np.zeros(C2, dtype=h.dtype)
-    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+    taps = (w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8])
     for r in prange(B * H):
         b, y = r // H, r % H
-        up, down = y > 0, y + 1 < H
         for x in range(W):
-            left, right = x > 0, x + 1 < W
-            s0 = h[b, y - 1, x - 1] if up and left else zero
-            s1 = h[b, y - 1, x] if up else zero
-            s2 = h[b, y - 1, x + 1] if up and right else zero
-            s3 = h[b, y, x - 1] if left else zero
-            s4 = h[b, y, x]
-            s5 = h[b, y, x + 1] if right else zero
-            s6 = h[b, y + 1, x - 1] if down and left else zero
-            s7 = h[b, y + 1, x] if down else zero
-            s8 = h[b, y + 1, x + 1] if down and right else zero
+            s = _window(h, b, y, x, zero)
             dst = out[b, y, x]
             for c in range(E):
-                a = (s0[c] * w0[c] + s1[c] * w1[c] + s2[c] * w2[c] + s3[c] * w3[c] + s4[c] * w4[c]
-                     + s5[c] * w5[c] + s6[c] * w6[c] + s7[c] * w7[c] + s8[c] * w8[c])
-                d = E + c
-                g = (s0[d] * w0[d] + s1[d] * w1[d] + s2[d] * w2[d] + s3[d] * w3[d] + s4[d] * w4[d]
-                     + s5[d] * w5[d] + s6[d] * w6[d] + s7[d] * w7[d] + s8[d] * w8[d])
-                dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * g
+                a = _taps(s, taps, c)
+                dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * _taps(s, taps, E + c)
+
+
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _dw_gate_grad(h, w, grad, out):  # pragma: no cover - compiled
+    # as _dw_gate; grad (B, H, W, E) the output's gradient, out (B, H, W, 2E) the gradient of D(h)
+    B, H, W, C2 = h.shape
+    E = C2 // 2
+    zero = np.zeros(C2, dtype=h.dtype)
+    taps = (w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8])
+    for r in prange(B * H):
+        b, y = r // H, r % H
+        for x in range(W):
+            s = _window(h, b, y, x, zero)
+            g, dst = grad[b, y, x], out[b, y, x]
+            for c in range(E):
+                dst[c], dst[E + c] = _gate_grads(_taps(s, taps, c), _taps(s, taps, E + c), g[c])
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
@@ -115,6 +172,16 @@ def _gate(h, out):  # pragma: no cover - compiled
         for c in range(E):
             a = src[c]
             dst[c] = _HALF * a * (_ONE + _erf(a * _RSQRT2)) * src[E + c]
+
+
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _gate_grad(h, grad, out):  # pragma: no cover - compiled
+    # h (pixels, 2E), grad (pixels, E), out (pixels, 2E)
+    E = h.shape[1] // 2
+    for i in prange(h.shape[0]):
+        src, g, dst = h[i], grad[i], out[i]
+        for c in range(E):
+            dst[c], dst[E + c] = _gate_grads(src[c], src[E + c], g[c])
 
 
 def erf(z: Tensor) -> Tensor:
@@ -174,14 +241,47 @@ def gate_grad(grad: Tensor, h: Tensor, gelu_a: Tensor) -> Tensor:
     return out
 
 
+def gelu_gate_grad(h: Tensor, grad: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    r"""The gradient of the gate :math:`\mathrm{GELU}(a) \odot b` of :math:`[a \,|\, b]` =
+    ``F.conv2d(h, weight, padding=1, groups=2E)`` (``weight`` given) or ``h`` (None), for the ``(B, E, H, W)``
+    output gradient ``grad``, where :func:`gate_fits`: :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)`,
+    :math:`\partial b = g \odot \mathrm{GELU}(a)` in one pass, :math:`a` and :math:`b` computed again as the
+    forward computes them; :math:`\mathrm{GELU}'(a) = \Phi(a) + a\,\varphi(a)` with :func:`erf` for
+    :math:`\Phi` and the normal density :math:`\varphi` from a table of powers of two and a polynomial. The
+    ``(B, 2E, H, W)`` result is channels-last."""
+    B, C2, H, W = h.shape
+    out = torch.empty((B, H, W, C2), dtype=h.dtype)
+    g = grad.detach().to(h.dtype).permute(0, 2, 3, 1).contiguous()
+    if weight is None:
+        compiled.parallel(_gate_grad, h.detach().permute(0, 2, 3, 1).reshape(-1, C2).numpy(),
+                          g.view(-1, C2 // 2).numpy(), out.view(-1, C2).numpy())
+    else:
+        taps = weight.detach().reshape(C2, 9).t().contiguous()
+        compiled.parallel(_dw_gate_grad, h.detach().permute(0, 2, 3, 1).numpy(), taps.numpy(), g.numpy(), out.numpy())
+    return out.permute(0, 3, 1, 2)
+
+
+class GeluGate(torch.autograd.Function):
+    r""":func:`gelu_gate` under autograd (training), for maps where :func:`gate_fits`: the compiled pass forward,
+    keeping ``h`` alone, and :func:`gelu_gate_grad` backward."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:
+        ctx.save_for_backward(h)
+        return gelu_gate(h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return gelu_gate_grad(ctx.saved_tensors[0], grad)
+
+
 class DepthwiseGeluGate(torch.autograd.Function):
     r""":func:`depthwise_gelu_gate` under autograd (training), for maps where :func:`gate_fits`.
 
     The forward is the compiled pass and keeps ``h`` alone for the backward (not :math:`D(h)` nor
-    :math:`\mathrm{GELU}(a)`, three map-sized tensors fewer per layer); the backward computes
-    :math:`[a \,|\, b] = D(h)` again, the gate's gradients
-    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)`, :math:`\partial b = g \odot \mathrm{GELU}(a)`
-    (PyTorch's exact GELU), and those of the depthwise convolution by ``convolution_backward``."""
+    :math:`\mathrm{GELU}(a)`, three map-sized tensors fewer per layer); the backward computes the gradient of
+    :math:`D(h)` in one compiled pass (:func:`gelu_gate_grad`, :math:`D(h)` again on the fly) and those of the
+    depthwise convolution by ``convolution_backward``."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor) -> Tensor:
@@ -191,13 +291,8 @@ class DepthwiseGeluGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         h, weight = ctx.saved_tensors
-        C2 = h.shape[1]
-        d = torch.nn.functional.conv2d(h, weight, padding=1, groups=C2)
-        # GELU of the channels-last view's first half (contiguous in its last dimension), back as (B, E, H, W)
-        gelu_a = torch.nn.functional.gelu(d.movedim(1, -1)[..., :C2 // 2]).movedim(-1, 1)
-        grad_d = gate_grad(grad, d, gelu_a)
-        del d, gelu_a
+        grad_d = gelu_gate_grad(h, grad, weight)
         grad_h, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_d, h, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], C2,
+            grad_d, h, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], h.shape[1],
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         return grad_h, grad_w

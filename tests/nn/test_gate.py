@@ -11,7 +11,8 @@ from gnn_lic import compiled
 from gnn_lic.nn import blocks
 from gnn_lic.nn.banded import banded_residual
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d
-from gnn_lic.nn.gate import ERF_TOLERANCE, DepthwiseGeluGate, depthwise_gelu_gate, erf, gate_fits, gate_pays, gelu_gate
+from gnn_lic.nn.gate import (ERF_TOLERANCE, DepthwiseGeluGate, GeluGate, depthwise_gelu_gate, erf, gate_fits, gate_pays,
+                             gelu_gate, gelu_gate_grad)
 
 needs_compiled = pytest.mark.skipif(not compiled.enabled(), reason="the fused gate is a compiled loop")
 
@@ -154,6 +155,67 @@ def test_fused_gate_under_autograd_gives_the_separate_operations_gradients(shape
         torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
 
 
+def _reference_grad(h, grad, weight):
+    """The gradient of GELU(a) * b with respect to [a | b] = D(h) (or h), by autograd in float64."""
+    d = h.double() if weight is None else F.conv2d(h.double(), weight.double(), padding=1, groups=h.shape[1])
+    d = d.detach().requires_grad_(True)
+    a, b = d.chunk(2, dim=1)
+    (F.gelu(a) * b).backward(grad.double())
+    return d.grad
+
+
+@needs_compiled
+@pytest.mark.parametrize("depthwise", [True, False])
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 1, 1), (1, 6, 4, 1), (3, 30, 5, 6)])
+def test_gate_gradient_is_the_formula(shape, depthwise):
+    """gelu_gate_grad: both halves' gradients in one pass, GELU'(a) = Phi(a) + a phi(a) from the rational erf
+    and the table-free density, against float64 autograd; inputs up to |a| ~ 10 cover the density's range."""
+    h = _map(shape, seed=6, scale=3.0)
+    weight = torch.randn(shape[1], 1, 3, 3, generator=torch.Generator().manual_seed(7)) if depthwise else None
+    grad = torch.randn(shape[0], shape[1] // 2, *shape[2:], generator=torch.Generator().manual_seed(8))
+    have = gelu_gate_grad(h, grad, weight)
+    want = _reference_grad(h, grad, weight)
+    assert have.shape == want.shape and have.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(have.double(), want, rtol=2e-6, atol=2e-6 * want.abs().max().item())
+    # the check can fail: without the density term the first half is another map
+    a = (h.double() if weight is None else F.conv2d(h.double(), weight.double(), padding=1, groups=shape[1]))
+    a, b = a.chunk(2, dim=1)
+    no_density = grad.double() * b * 0.5 * (1 + torch.erf(a / math.sqrt(2)))
+    half = shape[1] // 2
+    assert not torch.allclose(have[:, :half].double(), no_density, atol=1e-3)
+
+
+@needs_compiled
+def test_gate_gradient_far_out_is_the_limits():
+    """Far from zero GELU'(a) is 0 (a << 0) or 1 (a >> 0): the clamped density neither overflows nor leaves a
+    trace; the second half is g GELU(a)."""
+    a = torch.tensor([-1e4, -40.0, -13.5, -6.0, 0.0, 6.0, 13.5, 40.0, 1e4])
+    h = torch.cat([a, torch.full_like(a, 3.0)]).view(1, 18, 1, 1).contiguous(memory_format=torch.channels_last)
+    grad = torch.full((1, 9, 1, 1), 2.0)
+    out = gelu_gate_grad(h, grad).view(18)
+    assert torch.isfinite(out).all()
+    assert out[:3].abs().max().item() < 1e-30 and out[6:9].tolist() == [6.0, 6.0, 6.0]
+    # absolute: Phi(a) from the rational erf, within ERF_TOLERANCE of the exact one (0 below a = -4 sqrt 2)
+    torch.testing.assert_close(out.double(), _reference_grad(h, grad, None).view(18), rtol=1e-6, atol=1e-6)
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 1, 1)])
+def test_gate_without_convolution_under_autograd_gives_the_formulas_gradients(shape):
+    """GeluGate (training): the output and the gradient of h are those of autograd through GELU(a) * b."""
+    h = _map(shape, seed=9).requires_grad_(True)
+    g = torch.randn(shape[0], shape[1] // 2, *shape[2:], generator=torch.Generator().manual_seed(10))
+    out = GeluGate.apply(h)
+    out.backward(g)
+    got = out.detach(), h.grad.clone()
+    h.grad = None
+    a, b = h.chunk(2, dim=1)
+    want = F.gelu(a) * b
+    want.backward(g)
+    for have, ref in zip(got, (want.detach(), h.grad)):
+        torch.testing.assert_close(have, ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+
+
 @needs_compiled
 def test_feed_forward_trains_through_the_fused_gate_on_channels_last_maps(monkeypatch):
     """GatedFFN under autograd on a channels-last map takes DepthwiseGeluGate: parameter gradients as the
@@ -170,6 +232,31 @@ def test_feed_forward_trains_through_the_fused_gate_on_channels_last_maps(monkey
             return DepthwiseGeluGate.forward(ctx, h, weight)
 
     monkeypatch.setattr(blocks, "DepthwiseGeluGate", Counted)
+    grads = []
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        ffn.zero_grad()
+        ffn(inp).square().sum().backward()
+        grads.append([p.grad.clone() for p in ffn.parameters()])
+    assert len(calls) == 1  # the channels-last map only
+    for have, want in zip(*grads):
+        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
+
+
+@needs_compiled
+def test_feed_forward_without_depthwise_trains_through_the_fused_gate(monkeypatch):
+    """GatedFFN (pointwise) under autograd on a channels-last map takes GeluGate: gradients as the NCHW map's."""
+    torch.manual_seed(0)
+    ffn = GatedFFN(8, 2.0)
+    x = torch.randn(2, 8, 6, 5)
+    calls = []
+
+    class Counted(GeluGate):
+        @staticmethod
+        def forward(ctx, h):
+            calls.append(h.shape)
+            return GeluGate.forward(ctx, h)
+
+    monkeypatch.setattr(blocks, "GeluGate", Counted)
     grads = []
     for inp in (x, x.contiguous(memory_format=torch.channels_last)):
         ffn.zero_grad()
