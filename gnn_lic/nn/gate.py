@@ -50,7 +50,7 @@ from gnn_lic import compiled
 from gnn_lic.nn.banded import memory_layout
 
 __all__ = ["DepthwiseGeluGate", "GeluGate", "depthwise_gelu_gate", "gelu_gate", "gelu_gate_grad", "gate_fits",
-           "gate_grad", "gate_pays", "erf", "ERF_TOLERANCE"]
+           "gate_grad", "gate_pays", "erf", "exp2_neg", "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -93,16 +93,21 @@ def _erf_array(z, out):  # pragma: no cover - compiled
 
 
 @compiled.jit(inline="always", fastmath=_FAST)
-def _normal_pdf(a):  # pragma: no cover - compiled
-    # exp(-a²/2) / sqrt(2 pi) = 2^-v / sqrt(2 pi), v = a²/2 log2(e) = n + f in [0, 122]
-    a = min(max(a, -_PDF_LIMIT), _PDF_LIMIT)
-    v = _HALF_LOG2E * (a * a)
+def exp2_neg(v):  # pragma: no cover - compiled
+    """2^-v for float32 v in [0, 128), vectorisable: v = n + f, a polynomial of 2^-f times exact powers of two."""
     n = np.int32(v)
     f = v - np.float32(n)
     p = (((((_X6 * f + _X5) * f + _X4) * f + _X3) * f + _X2) * f + _X1) * f + _X0
     p = p * (_D1 if n & 1 else _ONE) * (_D2 if n & 2 else _ONE) * (_D4 if n & 4 else _ONE)
     p = p * (_D8 if n & 8 else _ONE) * (_D16 if n & 16 else _ONE) * (_D32 if n & 32 else _ONE)
-    return _RSQRT_2PI * (p * (_D64 if n & 64 else _ONE))
+    return p * (_D64 if n & 64 else _ONE)
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _normal_pdf(a):  # pragma: no cover - compiled
+    # exp(-a²/2) / sqrt(2 pi) = 2^-v / sqrt(2 pi), v = a²/2 log2(e) in [0, 122]
+    a = min(max(a, -_PDF_LIMIT), _PDF_LIMIT)
+    return _RSQRT_2PI * exp2_neg(_HALF_LOG2E * (a * a))
 
 
 @compiled.jit(inline="always", fastmath=_FAST)

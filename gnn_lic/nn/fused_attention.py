@@ -1,0 +1,193 @@
+r"""Sparse softmax attention under autograd in compiled passes over a CSR graph (CPU, float32).
+
+:func:`~gnn_lic.nn.functional.sparse_attention` computes, for every node :math:`i` and head,
+
+.. math::
+    \mathrm{out}_i = \sum_{j \in \mathcal{N}_i} p_{ij}\, v_j, \qquad
+    p_{ij} = \frac{\exp(l_{ij} - c_i)}{\sum_{u \in \mathcal{N}_i} \exp(l_{iu} - c_i)}, \qquad
+    l_{ij} = q_i^\top k_j,
+
+with a shift :math:`c_i` that changes nothing but the floats' range: the logit bound where one is given
+(cosine logits are at most the temperature), the row's largest logit where none is or where the bound
+lets the row's denominator underflow. Under autograd its batched path runs six sparse products and keeps
+several ``(H, E)`` edge tensors. Here the forward is one pass over the rows (the logits, their
+exponentials and both sums per row and head, keeping only the output, the shift and the denominator) and
+the backward two, with the softmax's gradient
+
+.. math::
+    D_i = \mathrm{d}o_i^\top \mathrm{out}_i, \quad \mathrm{d}s_{ij} = p_{ij}\,(\mathrm{d}o_i^\top v_j - D_i),
+    \quad \mathrm{d}q_i = \sum_j \mathrm{d}s_{ij}\, k_j, \quad
+    \mathrm{d}k_j = \sum_i \mathrm{d}s_{ij}\, q_i, \quad \mathrm{d}v_j = \sum_i p_{ij}\, \mathrm{d}o_i :
+
+the first over the rows (targets, :math:`\mathrm{d}q`, and :math:`p, \mathrm{d}s` per edge), the second over
+the graph's transpose (sources, :math:`\mathrm{d}k, \mathrm{d}v`), so every sum is one thread's loop and
+nothing is scattered. The values are the batched path's up to float rounding (another order of the sums).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from numba import prange
+from torch import Tensor
+
+from gnn_lic import compiled
+from gnn_lic.graph.sparse import CSRGraph
+from gnn_lic.nn.gate import exp2_neg
+
+__all__ = ["FusedAttention", "fused_attention_fits", "UNDERFLOW"]
+
+#: smallest denominator taken as is (as the batched path's): a row below it is shifted by its maximum
+UNDERFLOW = 1e-30
+_TINY = np.float32(UNDERFLOW)
+# exp(x) = 2^(x log2 e); below 2^-126 (x < -87) a weight is 0 for float32 sums
+_LOG2E, _EXP2_LIMIT = np.float32(1 / math.log(2)), np.float32(126)
+# reassociation lets the short dot products over a head's channels vectorise
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _dot(a, b):  # pragma: no cover - compiled
+    s = np.float32(0)
+    for t in range(a.shape[0]):
+        s += a[t] * b[t]
+    return s
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _logits(q_i, k, col, lo, hi, h, buf):  # pragma: no cover - compiled
+    # buf[:hi - lo] = the row's logits (head h); returns their maximum
+    m = np.float32(-np.inf)
+    for e in range(lo, hi):
+        l_e = _dot(q_i, k[col[e], h])
+        buf[e - lo] = l_e
+        m = max(m, l_e)
+    return m
+
+
+@compiled.jit(inline="always", fastmath=_FAST)
+def _exp_shifted(buf, n, c, w):  # pragma: no cover - compiled
+    # w[:n] = exp(buf[:n] - c) (arguments <= 0, below -87 taken as 0); returns their sum
+    s = np.float32(0)
+    for t in range(n):
+        w_t = exp2_neg(min((c - buf[t]) * _LOG2E, _EXP2_LIMIT))
+        w[t] = w_t
+        s += w_t
+    return s
+
+
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _forward(crow, col, q, k, v, bound, has_bound, max_degree, out, shift, den):  # pragma: no cover - compiled
+    N, H = q.shape[0], q.shape[1]
+    for i in prange(N):
+        lo, hi = crow[i], crow[i + 1]
+        n = hi - lo
+        buf, w = np.empty(max_degree, np.float32), np.empty(max_degree, np.float32)
+        for h in range(H):
+            o = out[i, h]
+            m = _logits(q[i, h], k, col, lo, hi, h, buf)
+            c = bound[h] if has_bound else m
+            s = _exp_shifted(buf, n, c, w)
+            if n and has_bound and not s >= _TINY:  # the row underflows under the bound: shift by its maximum
+                c = m
+                s = _exp_shifted(buf, n, c, w)
+            shift[h, i], den[h, i] = c, s
+            o[:] = 0
+            for e in range(lo, hi):
+                w_e, v_j = w[e - lo], v[col[e], h]
+                for t in range(o.shape[0]):
+                    o[t] += w_e * v_j[t]
+            inv = np.float32(1) / max(s, _TINY)  # rows without edges: 0
+            for t in range(o.shape[0]):
+                o[t] *= inv
+
+
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _backward_rows(crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds, dq):  # pragma: no cover - compiled
+    N, H = q.shape[0], q.shape[1]
+    for i in prange(N):
+        lo, hi = crow[i], crow[i + 1]
+        buf, w = np.empty(max_degree, np.float32), np.empty(max_degree, np.float32)
+        for h in range(H):
+            q_i, g_i, dq_i = q[i, h], grad[i, h], dq[i, h]
+            d_i = _dot(g_i, out[i, h])
+            _logits(q_i, k, col, lo, hi, h, buf)
+            _exp_shifted(buf, hi - lo, shift[h, i], w)
+            inv = np.float32(1) / max(den[h, i], _TINY)
+            dq_i[:] = 0
+            for e in range(lo, hi):
+                j = col[e]
+                k_j = k[j, h]
+                p_e = w[e - lo] * inv
+                ds_e = p_e * (_dot(g_i, v[j, h]) - d_i)
+                p[e, h], ds[e, h] = p_e, ds_e
+                for t in range(dq_i.shape[0]):
+                    dq_i[t] += ds_e * k_j[t]
+
+
+@compiled.jit(parallel=True, fastmath=_FAST)
+def _backward_cols(crow_t, row_t, perm_t, q, grad, p, ds, dk, dv):  # pragma: no cover - compiled
+    M, H = dk.shape[0], dk.shape[1]
+    for j in prange(M):
+        dk[j] = 0
+        dv[j] = 0
+        for t in range(crow_t[j], crow_t[j + 1]):
+            e, i = perm_t[t], row_t[t]
+            for h in range(H):
+                p_e, ds_e = p[e, h], ds[e, h]
+                dk_j, dv_j, q_i, g_i = dk[j, h], dv[j, h], q[i, h], grad[i, h]
+                for u in range(dk_j.shape[0]):
+                    dk_j[u] += ds_e * q_i[u]
+                for u in range(dv_j.shape[0]):
+                    dv_j[u] += p_e * g_i[u]
+
+
+def fused_attention_fits(q: Tensor, k: Tensor, v: Tensor, edge_bias: Optional[Tensor]) -> bool:
+    """Whether :class:`FusedAttention` can take the ``(H, N, d)`` heads: float32 CPU tensors, compiled loops on,
+    no per-edge logit terms."""
+    return (compiled.enabled() and edge_bias is None
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 3 for t in (q, k, v)))
+
+
+def _node_major(t: Tensor) -> Tensor:
+    """``(H, N, d)`` -> a contiguous ``(N, H, d)`` (a view where the heads were a view of node-major memory)."""
+    return t.detach().transpose(0, 1).contiguous()
+
+
+class FusedAttention(torch.autograd.Function):
+    r""":func:`~gnn_lic.nn.functional.sparse_attention` for heads ``(H, N, d)`` where :func:`fused_attention_fits`
+    (module docstring): returns ``(H, N, d_v)``. ``logit_bound`` ``(H,)`` or None."""
+
+    @staticmethod
+    def forward(ctx, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
+        qn, kn, vn = _node_major(q), _node_major(k), _node_major(v)
+        N, H = qn.shape[:2]
+        out = qn.new_empty(N, H, vn.shape[2])
+        shift, den = qn.new_empty(H, N), qn.new_empty(H, N)
+        has_bound = logit_bound is not None
+        bound = logit_bound.detach().float().contiguous() if has_bound else qn.new_zeros(H)
+        max_degree = max(1, int(graph.degree().max())) if N else 1
+        compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
+                          bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(), den.numpy())
+        ctx.graph, ctx.max_degree = graph, max_degree
+        ctx.save_for_backward(qn, kn, vn, out, shift, den)
+        return out.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        qn, kn, vn, out, shift, den = ctx.saved_tensors
+        graph = ctx.graph
+        g = _node_major(grad)
+        E, H = graph.num_edges, qn.shape[1]
+        p, ds = qn.new_empty(E, H), qn.new_empty(E, H)
+        dq, dk, dv = torch.empty_like(qn), torch.empty_like(kn), torch.empty_like(vn)
+        compiled.parallel(_backward_rows, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
+                          out.numpy(), g.numpy(), shift.numpy(), den.numpy(), ctx.max_degree, p.numpy(), ds.numpy(),
+                          dq.numpy())
+        crow_t, row_t, perm_t = graph.transpose
+        compiled.parallel(_backward_cols, crow_t.numpy(), row_t.numpy(), perm_t.numpy(), qn.numpy(), g.numpy(),
+                          p.numpy(), ds.numpy(), dk.numpy(), dv.numpy())
+        return None, dq.transpose(0, 1), dk.transpose(0, 1), dv.transpose(0, 1), None

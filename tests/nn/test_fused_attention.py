@@ -1,0 +1,106 @@
+"""The compiled sparse attention under autograd (gnn_lic.nn.fused_attention) against the batched path in float64."""
+
+import math
+
+import pytest
+import torch
+
+from gnn_lic import compiled
+from gnn_lic.graph.sparse import CSRGraph
+from gnn_lic.nn import functional
+from gnn_lic.nn.fused_attention import FusedAttention, fused_attention_fits
+from gnn_lic.nn.gate import exp2_neg
+
+needs_compiled = pytest.mark.skipif(not compiled.enabled(), reason="the fused attention is compiled loops")
+
+
+def _graph(n, max_degree, seed, zero_node=False):
+    """Random in-neighbours (repeats allowed), some rows without edges; with ``zero_node`` a source ``n``."""
+    gen = torch.Generator().manual_seed(seed)
+    degree = torch.randint(0, max_degree + 1, (n,), generator=gen)
+    degree[::5] = 0
+    dst = torch.repeat_interleave(torch.arange(n), degree)
+    m = n + 1 if zero_node else n
+    src = torch.randint(0, m, (dst.numel(),), generator=gen)
+    crow = torch.cat([torch.zeros(1, dtype=torch.long), degree.cumsum(0)])
+    return CSRGraph(crow, src, dst, n, num_cols=m)
+
+
+def _heads(H, n, m, d, tau, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(H, n, d, generator=gen), dim=-1) * tau
+    k = torch.nn.functional.normalize(torch.randn(H, m, d, generator=gen), dim=-1)
+    v = torch.randn(H, m, d + 1, generator=gen)
+    return q, k, v
+
+
+def _run(graph, q, k, v, bound, weights, fused):
+    q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
+    if fused:
+        out = FusedAttention.apply(graph, q, k, v, bound)
+    else:  # the batched path (float64 here, which the fused path does not take)
+        out = functional.sparse_attention(graph, q, k, v, logit_bound=bound)
+    (out * weights).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@needs_compiled
+@pytest.mark.parametrize("tau, bounded, zero_node", [(10.0, True, False), (10.0, False, False), (200.0, True, False),
+                                                      (5.0, True, True), (30.0, False, True)])
+def test_fused_attention_is_the_batched_path(tau, bounded, zero_node):
+    """Output and the gradients of q, k, v against the batched path in float64: with and without the logit
+    bound, rows that underflow under it (tau 200: logits down to -2 tau), rows without edges, a zero node."""
+    H, n, d = 3, 40, 6
+    graph = _graph(n, 9, seed=1, zero_node=zero_node)
+    q, k, v = _heads(H, n, graph.num_cols, d, tau, seed=2)
+    bound = torch.full((H,), tau) if bounded else None
+    weights = torch.randn(H, n, d + 1, generator=torch.Generator().manual_seed(3))
+    have = _run(graph, q, k, v, bound, weights, fused=True)
+    want = _run(graph, q.double(), k.double(), v.double(), None if bound is None else bound.double(),
+                weights.double(), fused=False)
+    for a, b in zip(have, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    assert bool((have[0][:, ::5] == 0).all())  # rows without edges give 0
+    # the check can fail: other values give other gradients
+    other = _run(graph, q, k, v.flip(1), bound, weights, fused=True)
+    assert not torch.allclose(other[1].double(), want[1], atol=1e-3)
+
+
+@needs_compiled
+def test_sparse_attention_takes_the_fused_path_where_it_fits(monkeypatch):
+    graph = _graph(12, 4, seed=4)
+    q, k, v = (t.requires_grad_(True) for t in _heads(2, 12, 12, 3, 10.0, seed=5))
+    calls = []
+
+    class Counted(FusedAttention):
+        @staticmethod
+        def forward(ctx, *args):
+            calls.append(1)
+            return FusedAttention.forward(ctx, *args)
+
+    monkeypatch.setattr(functional, "FusedAttention", Counted)
+    functional.sparse_attention(graph, q, k, v, logit_bound=torch.full((2,), 10.0))
+    assert calls == [1]
+    bias = torch.zeros(2, graph.num_edges, requires_grad=True)
+    functional.sparse_attention(graph, q, k, v, edge_bias=bias)  # per-edge terms: the batched path
+    functional.sparse_attention(graph, q.double(), k.double(), v.double())
+    with torch.no_grad():
+        functional.sparse_attention(graph, q, k, v)
+    assert calls == [1]
+    assert not fused_attention_fits(q, k, v, bias) and not fused_attention_fits(q.double(), k, v, None)
+    previous = compiled.set_enabled(False)
+    try:
+        assert not fused_attention_fits(q, k, v, None)
+    finally:
+        compiled.set_enabled(previous)
+
+
+@needs_compiled
+def test_exp2_neg_is_within_float_rounding():
+    """The vectorisable 2^-v of the fused kernels against the exact power, over its whole range."""
+    for v in [0.0, 1e-7, 0.5, 1.0, 1.999, 7.25, 31.5, 64.0, 100.3, 125.9]:
+        v32 = torch.tensor(v, dtype=torch.float32).numpy()[()]
+        want, have = 2.0 ** -float(v32), float(exp2_neg(v32))
+        assert abs(have / want - 1) < 3e-7, v
+    assert math.isclose(float(exp2_neg(torch.tensor(3.0).numpy()[()])), 0.125, rel_tol=0, abs_tol=1e-9)
