@@ -14,7 +14,7 @@ made of the same two primitives (using the graph's cached transpose), so
 training memory stays at ``O(E * heads + N * C)`` instead of ``O(E * C)``. Under autograd on float32
 CPU tensors with the compiled loops on (and no per-edge logit terms), :mod:`gnn_lic.nn.fused_attention`
 computes the same function in three compiled passes instead, keeping no edge tensor between forward
-and backward.
+and backward; without autograd its forward pass alone, no edge tensor at all.
 
 Tensors are head-major: ``q, k`` are ``(H, N, d)``, ``v`` is ``(H, N, d_v)``,
 edge values are ``(H, E)`` in the graph's CSR order.
@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from gnn_lic.graph.sparse import CSRGraph, crow_from_degree
-from gnn_lic.nn.fused_attention import FusedAttention, fused_attention_fits
+from gnn_lic.nn.fused_attention import FusedAttention, fused_attention, fused_attention_fits
 
 __all__ = ["sddmm", "spmm", "sparse_attention", "row_chunks", "CHUNK_EDGES"]
 
@@ -162,9 +162,11 @@ def sparse_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bou
         edge_bias (Tensor, optional): ``(H, E)`` additive logit terms :math:`b_{ij}`
             in the graph's CSR order (relative-position or edge-attribute terms).
     """
+    fits = fused_attention_fits(q, k, v, edge_bias)  # compiled passes, no per-edge tensors
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, edge_bias))):
-        return _attention_by_head(graph, q, k, v, logit_bound, edge_bias)
-    if fused_attention_fits(q, k, v, edge_bias):  # compiled passes, no per-edge tensors kept
+        return fused_attention(graph, q, k, v, logit_bound) if fits else _attention_by_head(
+            graph, q, k, v, logit_bound, edge_bias)
+    if fits:
         return FusedAttention.apply(graph, q, k, v, logit_bound)
     logits = sddmm(graph, q, k)
     if edge_bias is not None:

@@ -38,7 +38,7 @@ from gnn_lic import compiled
 from gnn_lic.graph.sparse import CSRGraph
 from gnn_lic.nn.gate import exp2_neg
 
-__all__ = ["FusedAttention", "fused_attention_fits", "UNDERFLOW"]
+__all__ = ["FusedAttention", "fused_attention", "fused_attention_fits", "UNDERFLOW"]
 
 #: smallest denominator taken as is (as the batched path's): a row below it is shifted by its maximum
 UNDERFLOW = 1e-30
@@ -157,21 +157,35 @@ def _node_major(t: Tensor) -> Tensor:
     return t.detach().transpose(0, 1).contiguous()
 
 
+def _forward_pass(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]):
+    """The forward pass on node-major ``(N, H, d)`` copies of the heads: ``(qn, kn, vn, out, shift, den,
+    max_degree)``, ``out`` ``(N, H, d_v)``."""
+    qn, kn, vn = _node_major(q), _node_major(k), _node_major(v)
+    N, H = qn.shape[:2]
+    out = qn.new_empty(N, H, vn.shape[2])
+    shift, den = qn.new_empty(H, N), qn.new_empty(H, N)
+    has_bound = logit_bound is not None
+    bound = logit_bound.detach().float().contiguous() if has_bound else qn.new_zeros(H)
+    max_degree = max(1, int(graph.degree().max())) if N else 1
+    compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
+                      bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(), den.numpy())
+    return qn, kn, vn, out, shift, den, max_degree
+
+
+def fused_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
+    """The forward pass alone (no autograd) for heads ``(H, N, d)`` where :func:`fused_attention_fits`:
+    ``(H, N, d_v)``. Each row is one thread's loop over its edges in order, so its numbers depend on that row
+    alone: not on the thread count, nor on which rows a call holds."""
+    return _forward_pass(graph, q, k, v, logit_bound)[3].transpose(0, 1)
+
+
 class FusedAttention(torch.autograd.Function):
-    r""":func:`~gnn_lic.nn.functional.sparse_attention` for heads ``(H, N, d)`` where :func:`fused_attention_fits`
-    (module docstring): returns ``(H, N, d_v)``. ``logit_bound`` ``(H,)`` or None."""
+    r""":func:`~gnn_lic.nn.functional.sparse_attention` under autograd for heads ``(H, N, d)`` where
+    :func:`fused_attention_fits` (module docstring): returns ``(H, N, d_v)``. ``logit_bound`` ``(H,)`` or None."""
 
     @staticmethod
     def forward(ctx, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
-        qn, kn, vn = _node_major(q), _node_major(k), _node_major(v)
-        N, H = qn.shape[:2]
-        out = qn.new_empty(N, H, vn.shape[2])
-        shift, den = qn.new_empty(H, N), qn.new_empty(H, N)
-        has_bound = logit_bound is not None
-        bound = logit_bound.detach().float().contiguous() if has_bound else qn.new_zeros(H)
-        max_degree = max(1, int(graph.degree().max())) if N else 1
-        compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
-                          bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(), den.numpy())
+        qn, kn, vn, out, shift, den, max_degree = _forward_pass(graph, q, k, v, logit_bound)
         ctx.graph, ctx.max_degree = graph, max_degree
         ctx.save_for_backward(qn, kn, vn, out, shift, den)
         return out.transpose(0, 1)

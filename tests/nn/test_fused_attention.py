@@ -104,3 +104,32 @@ def test_exp2_neg_is_within_float_rounding():
         want, have = 2.0 ** -float(v32), float(exp2_neg(v32))
         assert abs(have / want - 1) < 3e-7, v
     assert math.isclose(float(exp2_neg(torch.tensor(3.0).numpy()[()])), 0.125, rel_tol=0, abs_tol=1e-9)
+
+
+@needs_compiled
+def test_without_autograd_rows_depend_on_their_row_alone():
+    """No autograd: the forward pass of the autograd path bit for bit; one thread gives the bits of two, and
+    a graph of some of the rows (their edges as they are) gives those rows' bits."""
+    graph = _graph(60, 12, seed=6)
+    q, k, v = _heads(4, 60, 60, 5, 20.0, seed=7)
+    bound = torch.full((4,), 20.0)
+    with torch.no_grad():
+        whole = functional.sparse_attention(graph, q, k, v, logit_bound=bound)
+    train = FusedAttention.apply(graph, q.requires_grad_(True), k, v, bound).detach()
+    assert torch.equal(whole, train)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            one = functional.sparse_attention(graph, q, k, v, logit_bound=bound)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, whole)
+    a, b = 17, 41
+    crow = graph.crow[a:b + 1] - graph.crow[a]
+    col = graph.col[int(graph.crow[a]):int(graph.crow[b])]
+    part = CSRGraph(crow, col, None, b - a, num_cols=None)
+    part.num_cols = 60  # sources are all nodes: a block of target rows
+    with torch.no_grad():
+        rows = functional.sparse_attention(part, q[:, a:b], k, v, logit_bound=bound)
+    assert torch.equal(rows, whole[:, a:b])
