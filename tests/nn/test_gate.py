@@ -217,46 +217,23 @@ def test_gate_without_convolution_under_autograd_gives_the_formulas_gradients(sh
 
 
 @needs_compiled
-def test_feed_forward_trains_through_the_fused_gate_on_channels_last_maps(monkeypatch):
-    """GatedFFN under autograd on a channels-last map takes DepthwiseGeluGate: parameter gradients as the
-    NCHW map's (the separate operations), up to float rounding."""
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_feed_forward_trains_through_the_fused_gate_on_channels_last_maps(monkeypatch, depthwise):
+    """GatedFFN under autograd on a channels-last map takes DepthwiseGeluGate (with the depthwise convolution) or
+    GeluGate (without): parameter gradients as the NCHW map's (the separate operations), up to float rounding."""
     torch.manual_seed(0)
-    ffn = GatedFFN(8, 2.0, depthwise=True)
+    ffn = GatedFFN(8, 2.0, depthwise=depthwise)
     x = torch.randn(2, 8, 6, 5)
     calls = []
+    name, fused = ("DepthwiseGeluGate", DepthwiseGeluGate) if depthwise else ("GeluGate", GeluGate)
 
-    class Counted(DepthwiseGeluGate):
+    class Counted(fused):
         @staticmethod
-        def forward(ctx, h, weight):
-            calls.append(h.shape)
-            return DepthwiseGeluGate.forward(ctx, h, weight)
+        def forward(ctx, *args):
+            calls.append(args[0].shape)
+            return fused.forward(ctx, *args)
 
-    monkeypatch.setattr(blocks, "DepthwiseGeluGate", Counted)
-    grads = []
-    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
-        ffn.zero_grad()
-        ffn(inp).square().sum().backward()
-        grads.append([p.grad.clone() for p in ffn.parameters()])
-    assert len(calls) == 1  # the channels-last map only
-    for have, want in zip(*grads):
-        torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()))
-
-
-@needs_compiled
-def test_feed_forward_without_depthwise_trains_through_the_fused_gate(monkeypatch):
-    """GatedFFN (pointwise) under autograd on a channels-last map takes GeluGate: gradients as the NCHW map's."""
-    torch.manual_seed(0)
-    ffn = GatedFFN(8, 2.0)
-    x = torch.randn(2, 8, 6, 5)
-    calls = []
-
-    class Counted(GeluGate):
-        @staticmethod
-        def forward(ctx, h):
-            calls.append(h.shape)
-            return GeluGate.forward(ctx, h)
-
-    monkeypatch.setattr(blocks, "GeluGate", Counted)
+    monkeypatch.setattr(blocks, name, Counted)
     grads = []
     for inp in (x, x.contiguous(memory_format=torch.channels_last)):
         ffn.zero_grad()
