@@ -25,7 +25,7 @@ from gnn_lic.graph import (
 )
 from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
-from gnn_lic.nn.gate import DepthwiseGeluGate, GeluGate, depthwise_gelu_gate, gate_fits, gate_grad, gelu_gate
+from gnn_lic.nn.gate import DepthwiseGeluGate, GeluGate, depthwise_gelu_gate, gate_fits, gelu_gate
 from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 from gnn_lic.nn.winograd import WinogradConv2d
@@ -110,7 +110,10 @@ class _GeluGate(torch.autograd.Function):
     r"""The gate :math:`\mathrm{GELU}(a) \odot b` of ``h = [a | b]`` (split over channels) under autograd.
 
     Forward as :class:`GatedFFN` computes it without autograd (GELU of a dense copy of ``a``, times ``b``).
-    The backward is :func:`~gnn_lic.nn.gate.gate_grad`."""
+    The backward writes both halves' gradients,
+    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)` and :math:`\partial b = g \odot \mathrm{GELU}(a)`,
+    into one map in the layout of ``h``, instead of two maps and their concatenation. (Where the compiled loops
+    can take the map, :class:`~gnn_lic.nn.gate.GeluGate` runs instead.)"""
 
     @staticmethod
     def forward(ctx, h: Tensor) -> Tensor:
@@ -122,7 +125,16 @@ class _GeluGate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return gate_grad(grad, *ctx.saved_tensors)
+        h, gelu_a = ctx.saved_tensors
+        # channels as the last dimension (views); the halves are then slices of it
+        hv = h.movedim(1, -1)
+        half = hv.shape[-1] // 2
+        out = torch.empty_like(h)
+        ov = out.movedim(1, -1)
+        g = grad.contiguous(memory_format=memory_layout(h)).movedim(1, -1)
+        torch.mul(g, gelu_a.movedim(1, -1), out=ov[..., half:])
+        torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
+        return out
 
 
 def ffn_residual(x: Tensor, norm: nn.Module, ffn: nn.Module) -> Tensor:

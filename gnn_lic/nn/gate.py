@@ -47,10 +47,9 @@ from numba import prange
 from torch import Tensor
 
 from gnn_lic import compiled
-from gnn_lic.nn.banded import memory_layout
 
 __all__ = ["DepthwiseGeluGate", "GeluGate", "depthwise_gelu_gate", "gelu_gate", "gelu_gate_grad", "gate_fits",
-           "gate_grad", "gate_pays", "erf", "exp2_neg", "ERF_TOLERANCE"]
+           "gate_pays", "erf", "exp2_neg", "ERF_TOLERANCE"]
 
 #: largest absolute error of :func:`erf` in float32 against the exact function
 ERF_TOLERANCE = 5e-7
@@ -230,30 +229,14 @@ def gelu_gate(h: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-def gate_grad(grad: Tensor, h: Tensor, gelu_a: Tensor) -> Tensor:
-    r"""The gradient of :math:`\mathrm{GELU}(a) \odot b` for ``h = [a | b]`` (split over channels) given the
-    output's ``grad`` and ``gelu_a`` = :math:`\mathrm{GELU}(a)`: both halves,
-    :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)` and :math:`\partial b = g \odot \mathrm{GELU}(a)`,
-    written into one map in the layout of ``h``, instead of two maps and their concatenation."""
-    # channels as the last dimension (views); the halves are then slices of it
-    hv = h.movedim(1, -1)
-    half = hv.shape[-1] // 2
-    out = torch.empty_like(h)
-    ov = out.movedim(1, -1)
-    g = grad.contiguous(memory_format=memory_layout(h)).movedim(1, -1)
-    torch.mul(g, gelu_a.movedim(1, -1), out=ov[..., half:])
-    torch.ops.aten.gelu_backward.grad_input(g * hv[..., half:], hv[..., :half], grad_input=ov[..., :half])
-    return out
-
-
 def gelu_gate_grad(h: Tensor, grad: Tensor, weight: Optional[Tensor] = None) -> Tensor:
     r"""The gradient of the gate :math:`\mathrm{GELU}(a) \odot b` of :math:`[a \,|\, b]` =
     ``F.conv2d(h, weight, padding=1, groups=2E)`` (``weight`` given) or ``h`` (None), for the ``(B, E, H, W)``
     output gradient ``grad``, where :func:`gate_fits`: :math:`\partial a = g \odot b \odot \mathrm{GELU}'(a)`,
     :math:`\partial b = g \odot \mathrm{GELU}(a)` in one pass, :math:`a` and :math:`b` computed again as the
     forward computes them; :math:`\mathrm{GELU}'(a) = \Phi(a) + a\,\varphi(a)` with :func:`erf` for
-    :math:`\Phi` and the normal density :math:`\varphi` from a table of powers of two and a polynomial. The
-    ``(B, 2E, H, W)`` result is channels-last."""
+    :math:`\Phi` and the normal density :math:`\varphi` as :func:`exp2_neg` (a polynomial times exact powers of
+    two). The ``(B, 2E, H, W)`` result is channels-last."""
     B, C2, H, W = h.shape
     out = torch.empty((B, H, W, C2), dtype=h.dtype)
     g = grad.detach().to(h.dtype).permute(0, 2, 3, 1).contiguous()
