@@ -47,6 +47,17 @@ def _logged(run):
     return steps[-1] if steps else 0
 
 
+def _stop(proc):
+    """Send SIGSTOP and wait until the process is stopped (state ``T`` in ``/proc``)."""
+    proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    for _ in range(1000):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] in "Tt":
+            return
+        time.sleep(0.001)
+    raise AssertionError("the job did not stop")
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs, job_env):
     train, test = data_dirs
@@ -61,14 +72,19 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, data_dirs, job_env)
     try:
         while True:
             jobs = list((tmp_path / "b").glob("*/lambda-0.01"))
-            # kill between two checkpoints, once steps past the last one are logged
+            # kill between two checkpoints, once steps past the last one are logged; the job is stopped
+            # (SIGSTOP) while its files are read, so they cannot move on between the check and the kill
             if jobs and _logged(jobs[0]) % 3 and _saved_step(_latest(jobs[0].parent)) >= 3:
-                break
+                _stop(proc)
+                if _logged(jobs[0]) % 3 and _saved_step(_latest(jobs[0].parent)) >= 3:
+                    break
+                proc.send_signal(signal.SIGCONT)
             assert proc.poll() is None, "the job ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     job_b = jobs[0].parent
