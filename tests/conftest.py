@@ -37,6 +37,19 @@ def module_registry():
         yield models
 
 
+@pytest.fixture
+def compiled_on():
+    """The compiled loops switched on for one test, whatever ``GNN_LIC_NUMBA`` says (tests of the loops
+    themselves); the setting is restored after."""
+    from gnn_lic import compiled
+
+    previous = compiled.set_enabled(True)
+    try:
+        yield
+    finally:
+        compiled.set_enabled(previous)
+
+
 @pytest.fixture(scope="session")
 def paper_model():
     """``paper_model(name)``: the paper-size model ``name``, built once per test run (read-only use)."""

@@ -203,7 +203,7 @@ def test_graphs_leave_a_channels_last_map_unchanged(compiled_on):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", FEATURE_SHAPES)
-def test_feature_passes_match_torch(shape, dtype):
+def test_feature_passes_match_torch(shape, dtype, compiled_on):
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(*shape, generator=g, dtype=dtype) * torch.rand(shape[0], 1, shape[2], shape[3], generator=g, dtype=dtype)
     x[..., 0, 0] = 0  # a zero vector: unit features 0, as F.normalize gives
@@ -214,7 +214,7 @@ def test_feature_passes_match_torch(shape, dtype):
         assert got.is_contiguous()
         torch.testing.assert_close(got, want, **tol)
     assert torch.equal(unit_features(x)[:, 0], torch.zeros(shape[0], shape[1], dtype=dtype))
-    # any input layout and autograd state: the result is a detached function of the values
+    # any input layout and autograd state: the compiled passes' result is a detached function of the values
     xt = x.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
     xcl = x.contiguous(memory_format=torch.channels_last).requires_grad_()  # unit features: the row-by-row kernel
     for fn in (rms_gradient, unit_features):

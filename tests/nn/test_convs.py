@@ -53,7 +53,7 @@ def test_weight_grad_does_not_follow_the_thread_count():
     assert torch.equal(one, two)
 
 
-def test_module_is_conv2d_with_the_compiled_backward():
+def test_module_is_conv2d_with_the_compiled_backward(compiled_on):
     torch.manual_seed(0)
     m = DepthwiseConv2d(8, 5)
     ref = nn.Conv2d(8, 8, 5, padding=2, groups=8)
@@ -76,7 +76,7 @@ def test_module_is_conv2d_with_the_compiled_backward():
                                                            m.bias.detach().clone().requires_grad_(True)))
 
 
-def test_falls_back_where_the_loop_does_not_apply():
+def test_falls_back_where_the_loop_does_not_apply(compiled_on):
     m = DepthwiseConv2d(8, 3, bias=False)
     x = cl(torch.randn(1, 8, 6, 6))
     assert m._compiled_backward(x)
