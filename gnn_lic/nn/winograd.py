@@ -41,7 +41,7 @@ from gnn_lic.nn.banded import memory_layout
 from gnn_lic.nn.winograd43 import filter_tiles43, winograd43, winograd43_pays
 
 __all__ = ["WinogradConv2d", "winograd_conv3x3", "winograd_pays", "filter_tiles", "MIN_TILE_PRODUCTS",
-           "MAX_TILE_BYTES"]
+           "MAX_TILE_BYTES", "MIN_TILES43"]
 
 #: smallest ``in * out * tiles`` (2x2 output tiles of all images) that takes the Winograd path: below it the
 #: 16 matrix products are too small to beat oneDNN's direct kernel
@@ -49,6 +49,10 @@ MIN_TILE_PRODUCTS = 8 << 20
 #: largest transformed input or product (``16 * channels * tiles`` floats) of the Winograd path: larger maps
 #: take the direct convolution, which needs no such temporaries
 MAX_TILE_BYTES = 64 << 20
+#: fewest 4x4 output tiles (all images) for which a contiguous map takes F(4x4, 3x3) (converted to
+#: channels-last) rather than F(2x2, 3x3): on smaller maps the layout change and the transforms cost more
+#: than the products save
+MIN_TILES43 = 80
 
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -153,8 +157,9 @@ def winograd_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
 class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 3, padding=1)`` (the same parameters and state dict) whose
     forward without autograd, for float32 CPU maps with compiled loops on, runs Winograd's algorithm:
-    on channels-last maps :math:`F(4 \times 4, 3 \times 3)` (:func:`~gnn_lic.nn.winograd43.winograd43`,
-    where :func:`~gnn_lic.nn.winograd43.winograd43_pays`); on contiguous maps with at least
+    :math:`F(4 \times 4, 3 \times 3)` (:func:`~gnn_lic.nn.winograd43.winograd43`, where
+    :func:`~gnn_lic.nn.winograd43.winograd43_pays`) on channels-last maps and on contiguous maps of at least
+    :data:`MIN_TILES43` output tiles (its result is channels-last); on other contiguous maps with at least
     :data:`MIN_TILE_PRODUCTS` channel pairs times output tiles and temporaries within
     :data:`MAX_TILE_BYTES`, :func:`winograd_conv3x3`. Elsewhere (training included) it is
     ``nn.Conv2d``. The weights' transform is made on every call: kept, it would hold 16/9 (36/9) of the
@@ -174,8 +179,9 @@ class WinogradConv2d(nn.Conv2d):
         return winograd_pays(x, self.in_channels, self.out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (memory_layout(x) == torch.channels_last and self.weight.dtype == x.dtype
-                and winograd43_pays(x, self.in_channels, self.out_channels)):
+        if self.weight.dtype == x.dtype and winograd43_pays(x, self.in_channels, self.out_channels) and (
+                memory_layout(x) == torch.channels_last
+                or x.shape[0] * -(-x.shape[2] // 4) * -(-x.shape[3] // 4) >= MIN_TILES43):
             return winograd43(x, filter_tiles43(self.weight), self.bias, polyphase=False, shuffle=False)
         if self._winograd(x):
             return winograd_conv3x3(x, self.weight, self.bias)

@@ -141,5 +141,13 @@ def test_winograd_conv2d_takes_f43_on_channels_last_maps(monkeypatch):
         _close(layer(x), layer.double()(x.double()))
         layer.float()
         assert calls == [1]
-        layer(x.contiguous())  # a contiguous map: not this path
-    assert calls == [1]
+        layer(x.contiguous())  # a contiguous map of 12 output tiles: not this path
+        assert calls == [1]
+        big = torch.randn(1, 32, 33, 37)  # contiguous, 9 x 10 tiles: this path, converted to channels-last
+        monkeypatch.setattr("gnn_lic.nn.winograd.MIN_TILES43", 91)
+        layer(big)
+        assert calls == [1]
+        monkeypatch.setattr("gnn_lic.nn.winograd.MIN_TILES43", 90)
+        got = layer(big)
+        assert calls == [1, 1] and got.is_contiguous(memory_format=torch.channels_last)
+        _close(got, layer.double()(big.double()))
