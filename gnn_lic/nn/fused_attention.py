@@ -58,14 +58,16 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 @compiled.jit(inline="always", fastmath=_FAST)
-def _logits(q_i, k, col, lo, hi, h, buf):  # pragma: no cover - compiled
-    # buf[:hi - lo] = the row's logits (head h); returns their maximum
-    m = np.float32(-np.inf)
+def _row_logits(q_i, k, col, lo, hi, buf, m):  # pragma: no cover - compiled
+    # buf[h, :hi - lo] = the row's logits of head h, m[h] their maximum; neighbour by neighbour, so that each
+    # key row (all heads) is read once
+    m[:] = -np.inf
     for e in range(lo, hi):
-        l_e = _dot(q_i, k[col[e], h])
-        buf[e - lo] = l_e
-        m = max(m, l_e)
-    return m
+        k_j = k[col[e]]
+        for h in range(q_i.shape[0]):
+            l_e = _dot(q_i[h], k_j[h])
+            buf[h, e - lo] = l_e
+            m[h] = max(m[h], l_e)
 
 
 @compiled.jit(inline="always", fastmath=_FAST)
@@ -85,24 +87,29 @@ def _forward(crow, col, q, k, v, bound, has_bound, max_degree, out, shift, den):
     for i in prange(N):
         lo, hi = crow[i], crow[i + 1]
         n = hi - lo
-        buf, w = np.empty(max_degree, np.float32), np.empty(max_degree, np.float32)
+        buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
+        m, inv = np.empty(H, np.float32), np.empty(H, np.float32)
+        _row_logits(q[i], k, col, lo, hi, buf, m)
         for h in range(H):
-            o = out[i, h]
-            m = _logits(q[i, h], k, col, lo, hi, h, buf)
-            c = bound[h] if has_bound else m
-            s = _exp_shifted(buf, n, c, w)
+            c = bound[h] if has_bound else m[h]
+            s = _exp_shifted(buf[h], n, c, w[h])
             if n and has_bound and not s >= _TINY:  # the row underflows under the bound: shift by its maximum
-                c = m
-                s = _exp_shifted(buf, n, c, w)
+                c = m[h]
+                s = _exp_shifted(buf[h], n, c, w[h])
             shift[h, i], den[h, i] = c, s
-            o[:] = 0
-            for e in range(lo, hi):
-                w_e, v_j = w[e - lo], v[col[e], h]
-                for t in range(o.shape[0]):
-                    o[t] += w_e * v_j[t]
-            inv = np.float32(1) / max(s, _TINY)  # rows without edges: 0
-            for t in range(o.shape[0]):
-                o[t] *= inv
+            inv[h] = np.float32(1) / max(s, _TINY)  # rows without edges: 0
+        o = out[i]
+        o[:] = 0
+        for e in range(lo, hi):  # each value row (all heads) read once
+            v_j = v[col[e]]
+            for h in range(H):
+                w_e, o_h, v_jh = w[h, e - lo], o[h], v_j[h]
+                for t in range(o_h.shape[0]):
+                    o_h[t] += w_e * v_jh[t]
+        for h in range(H):
+            o_h = o[h]
+            for t in range(o_h.shape[0]):
+                o_h[t] *= inv[h]
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
@@ -110,22 +117,24 @@ def _backward_rows(crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds,
     N, H = q.shape[0], q.shape[1]
     for i in prange(N):
         lo, hi = crow[i], crow[i + 1]
-        buf, w = np.empty(max_degree, np.float32), np.empty(max_degree, np.float32)
+        buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
+        m, inv, d = np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.float32)
+        g_i, dq_i = grad[i], dq[i]
+        _row_logits(q[i], k, col, lo, hi, buf, m)
         for h in range(H):
-            q_i, g_i, dq_i = q[i, h], grad[i, h], dq[i, h]
-            d_i = _dot(g_i, out[i, h])
-            _logits(q_i, k, col, lo, hi, h, buf)
-            _exp_shifted(buf, hi - lo, shift[h, i], w)
-            inv = np.float32(1) / max(den[h, i], _TINY)
-            dq_i[:] = 0
-            for e in range(lo, hi):
-                j = col[e]
-                k_j = k[j, h]
-                p_e = w[e - lo] * inv
-                ds_e = p_e * (_dot(g_i, v[j, h]) - d_i)
+            _exp_shifted(buf[h], hi - lo, shift[h, i], w[h])
+            inv[h] = np.float32(1) / max(den[h, i], _TINY)
+            d[h] = _dot(g_i[h], out[i, h])
+        dq_i[:] = 0
+        for e in range(lo, hi):
+            k_j, v_j = k[col[e]], v[col[e]]
+            for h in range(H):
+                p_e = w[h, e - lo] * inv[h]
+                ds_e = p_e * (_dot(g_i[h], v_j[h]) - d[h])
                 p[e, h], ds[e, h] = p_e, ds_e
-                for t in range(dq_i.shape[0]):
-                    dq_i[t] += ds_e * k_j[t]
+                dq_ih, k_jh = dq_i[h], k_j[h]
+                for t in range(dq_ih.shape[0]):
+                    dq_ih[t] += ds_e * k_jh[t]
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
