@@ -27,7 +27,7 @@ nothing is scattered. The values are the batched path's up to float rounding (an
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,14 +58,14 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 @compiled.jit(inline="always", fastmath=_FAST)
-def _row_logits(q_i, k, col, lo, hi, buf, m):  # pragma: no cover - compiled
-    # buf[h, :hi - lo] = the row's logits of head h, m[h] their maximum; neighbour by neighbour, so that each
-    # key row (all heads) is read once
+def _row_logits(q_i, k, k0, col, lo, hi, buf, m):  # pragma: no cover - compiled
+    # buf[h, :hi - lo] = the row's logits of head h (keys: heads k0, k0 + 1, ... of k's rows), m[h] their maximum;
+    # neighbour by neighbour, so that each key row (all heads) is read once
     m[:] = -np.inf
     for e in range(lo, hi):
         k_j = k[col[e]]
         for h in range(q_i.shape[0]):
-            l_e = _dot(q_i[h], k_j[h])
+            l_e = _dot(q_i[h], k_j[k0 + h])
             buf[h, e - lo] = l_e
             m[h] = max(m[h], l_e)
 
@@ -82,14 +82,15 @@ def _exp_shifted(buf, n, c, w):  # pragma: no cover - compiled
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
-def _forward(crow, col, q, k, v, bound, has_bound, max_degree, out, shift, den):  # pragma: no cover - compiled
-    N, H = q.shape[0], q.shape[1]
+def _forward(crow, col, q, q0, k, k0, v, v0, bound, has_bound, max_degree, out, shift, den):  # pragma: no cover
+    # q, k, v: (N, R, d) rows whose heads start at q0, k0, v0 (views of wider node-major maps; compiled)
+    N, H = out.shape[0], out.shape[1]
     for i in prange(N):
         lo, hi = crow[i], crow[i + 1]
         n = hi - lo
         buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
         m, inv = np.empty(H, np.float32), np.empty(H, np.float32)
-        _row_logits(q[i], k, col, lo, hi, buf, m)
+        _row_logits(q[i, q0:q0 + H], k, k0, col, lo, hi, buf, m)
         for h in range(H):
             c = bound[h] if has_bound else m[h]
             s = _exp_shifted(buf[h], n, c, w[h])
@@ -103,7 +104,7 @@ def _forward(crow, col, q, k, v, bound, has_bound, max_degree, out, shift, den):
         for e in range(lo, hi):  # each value row (all heads) read once
             v_j = v[col[e]]
             for h in range(H):
-                w_e, o_h, v_jh = w[h, e - lo], o[h], v_j[h]
+                w_e, o_h, v_jh = w[h, e - lo], o[h], v_j[v0 + h]
                 for t in range(o_h.shape[0]):
                     o_h[t] += w_e * v_jh[t]
         for h in range(H):
@@ -120,7 +121,7 @@ def _backward_rows(crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds,
         buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
         m, inv, d = np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.float32)
         g_i, dq_i = grad[i], dq[i]
-        _row_logits(q[i], k, col, lo, hi, buf, m)
+        _row_logits(q[i], k, 0, col, lo, hi, buf, m)
         for h in range(H):
             _exp_shifted(buf[h], hi - lo, shift[h, i], w[h])
             inv[h] = np.float32(1) / max(den[h, i], _TINY)
@@ -166,26 +167,44 @@ def _node_major(t: Tensor) -> Tensor:
     return t.detach().transpose(0, 1).contiguous()
 
 
+def _rows(t: Tensor) -> Tuple[Tensor, int]:
+    """Heads ``(H, N, d)`` as ``(rows, h0)``: a C-contiguous ``(N, R, d)`` tensor whose heads ``h0 .. h0 + H - 1``
+    are ``t``'s. Where ``t``'s node-major memory holds each node's heads as a run of whole head vectors every
+    ``R * d`` values (the queries and keys sliced out of one projection) this is a view of that memory, with
+    no copy of a whole map; otherwise :func:`_node_major`'s copy."""
+    t = t.detach().transpose(0, 1)
+    N, H, d = t.shape
+    s0, s1, s2 = t.stride()
+    if N > 1 and d > 0 and s2 == 1 and s1 == d and s0 % d == 0 and s0 >= H * d:
+        R, offset = s0 // d, t.storage_offset()
+        h0 = min(R - H, offset // d)
+        start = offset - h0 * d
+        if start >= 0 and start + N * s0 <= t.untyped_storage().nbytes() // t.element_size():
+            return torch.as_strided(t, (N, R, d), (s0, d, 1), start), h0
+    return t.contiguous(), 0
+
+
 def _forward_pass(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]):
-    """The forward pass on node-major ``(N, H, d)`` copies of the heads: ``(qn, kn, vn, out, shift, den,
+    """The forward pass on the heads ``(H, N, d)`` read in place (:func:`_rows`): ``(out, shift, den,
     max_degree)``, ``out`` ``(N, H, d_v)``."""
-    qn, kn, vn = _node_major(q), _node_major(k), _node_major(v)
-    N, H = qn.shape[:2]
-    out = qn.new_empty(N, H, vn.shape[2])
-    shift, den = qn.new_empty(H, N), qn.new_empty(H, N)
+    (qr, q0), (kr, k0), (vr, v0) = _rows(q), _rows(k), _rows(v)
+    H, N = q.shape[:2]
+    out = q.new_empty(N, H, v.shape[2])
+    shift, den = q.new_empty(H, N), q.new_empty(H, N)
     has_bound = logit_bound is not None
-    bound = logit_bound.detach().float().contiguous() if has_bound else qn.new_zeros(H)
+    bound = logit_bound.detach().float().contiguous() if has_bound else q.new_zeros(H)
     max_degree = max(1, int(graph.degree().max())) if N else 1
-    compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
+    compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qr.numpy(), q0, kr.numpy(), k0, vr.numpy(), v0,
                       bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(), den.numpy())
-    return qn, kn, vn, out, shift, den, max_degree
+    return out, shift, den, max_degree
 
 
 def fused_attention(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
     """The forward pass alone (no autograd) for heads ``(H, N, d)`` where :func:`fused_attention_fits`:
     ``(H, N, d_v)``. Each row is one thread's loop over its edges in order, so its numbers depend on that row
-    alone: not on the thread count, nor on which rows a call holds."""
-    return _forward_pass(graph, q, k, v, logit_bound)[3].transpose(0, 1)
+    alone: not on the thread count, nor on which rows a call holds. Queries and keys that are slices of one
+    projection's output are read in place."""
+    return _forward_pass(graph, q, k, v, logit_bound)[0].transpose(0, 1)
 
 
 class FusedAttention(torch.autograd.Function):
@@ -194,9 +213,9 @@ class FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]) -> Tensor:
-        qn, kn, vn, out, shift, den, max_degree = _forward_pass(graph, q, k, v, logit_bound)
+        out, shift, den, max_degree = _forward_pass(graph, q, k, v, logit_bound)
         ctx.graph, ctx.max_degree = graph, max_degree
-        ctx.save_for_backward(qn, kn, vn, out, shift, den)
+        ctx.save_for_backward(_node_major(q), _node_major(k), _node_major(v), out, shift, den)
         return out.transpose(0, 1)
 
     @staticmethod
