@@ -133,3 +133,33 @@ def test_without_autograd_rows_depend_on_their_row_alone():
     with torch.no_grad():
         rows = functional.sparse_attention(part, q[:, a:b], k, v, logit_bound=bound)
     assert torch.equal(rows, whole[:, a:b])
+
+
+@needs_compiled
+def test_slices_of_one_projection_are_read_in_place():
+    """Queries and keys sliced out of one ``(N, 2, H, d)`` projection (as GLIC's layers make them) are read where
+    they lie, with no copy of the map, and give the bits of contiguous copies; other layouts are copied."""
+    from gnn_lic.nn import fused_attention as fa
+
+    H, n, d = 4, 50, 8
+    graph = _graph(n, 7, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    qk = torch.nn.functional.normalize(torch.randn(n, 2, H, d, generator=gen), dim=-1)
+    q, k = (t.transpose(0, 1) for t in qk.unbind(1))  # heads (H, N, d), not contiguous
+    v = torch.randn(n, H, d, generator=gen).transpose(0, 1)
+    for t, h0 in ((q, 0), (k, H)):
+        rows, first = fa._rows(t)
+        assert first == h0 and rows.shape == (n, 2 * H, d) and rows.data_ptr() == qk.data_ptr()
+        assert torch.equal(rows[:, first:first + H], t.transpose(0, 1))
+    rows, first = fa._rows(v)
+    assert first == 0 and rows.data_ptr() == v.data_ptr()
+    rows, first = fa._rows(q.transpose(1, 2).contiguous().transpose(1, 2))  # channels not contiguous: a copy
+    assert first == 0 and rows.is_contiguous() and torch.equal(rows, q.transpose(0, 1))
+    bound = torch.full((H,), 3.0)
+    with torch.no_grad():
+        got = fa.fused_attention(graph, q, k, v, bound)
+        want = fa.fused_attention(graph, q.contiguous(), k.contiguous(), v.contiguous(), bound)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got.double(), functional.sparse_attention(graph, q.double(), k.double(), v.double(),
+                                                                          logit_bound=bound.double()),
+                               rtol=1e-5, atol=1e-5)
