@@ -2,11 +2,25 @@
 
 import contextlib
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from gnn_lic.models import registry
+
+
+def pytest_configure(config):
+    """In a pytest-xdist worker, share the cores with the other workers: each worker, and the processes its
+    tests start without a thread count of their own, takes cores / workers threads instead of all of them
+    (oversubscribed OpenMP threads wait on each other). Tests that choose a thread count still set it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @contextlib.contextmanager
