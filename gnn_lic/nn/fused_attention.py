@@ -172,16 +172,16 @@ def _rows(t: Tensor) -> Tuple[Tensor, int]:
     are ``t``'s. Where ``t``'s node-major memory holds each node's heads as a run of whole head vectors every
     ``R * d`` values (the queries and keys sliced out of one projection) this is a view of that memory, with
     no copy of a whole map; otherwise :func:`_node_major`'s copy."""
-    t = t.detach().transpose(0, 1)
-    N, H, d = t.shape
-    s0, s1, s2 = t.stride()
+    n = t.detach().transpose(0, 1)
+    N, H, d = n.shape
+    s0, s1, s2 = n.stride()
     if N > 1 and d > 0 and s2 == 1 and s1 == d and s0 % d == 0 and s0 >= H * d:
-        R, offset = s0 // d, t.storage_offset()
+        R, offset = s0 // d, n.storage_offset()
         h0 = min(R - H, offset // d)
         start = offset - h0 * d
-        if start >= 0 and start + N * s0 <= t.untyped_storage().nbytes() // t.element_size():
-            return torch.as_strided(t, (N, R, d), (s0, d, 1), start), h0
-    return t.contiguous(), 0
+        if start >= 0 and start + N * s0 <= n.untyped_storage().nbytes() // n.element_size():
+            return torch.as_strided(n, (N, R, d), (s0, d, 1), start), h0
+    return _node_major(t), 0
 
 
 def _forward_pass(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]):
