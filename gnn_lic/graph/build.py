@@ -148,8 +148,6 @@ def _build_one(xn: Tensor, x: Tensor, cset: CandidateSet, selector: Selector, sc
     # aggregate in block order (each block's candidates are its keys)
     order = _block_order(cands, B, N) if cset.scattered else None
     num_cols = B * N + 1 if zero_col is not None else None
-    if num_cols is not None:
-        order = None  # the zero node has no place in a block order
     # the targets are implied by crow: made again only if a layer needs them (training, gather path)
     graph = CSRGraph(crow, col, None, B * N, order=order, num_cols=num_cols, rel_index=rel_index)
     if not return_info:

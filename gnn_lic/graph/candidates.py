@@ -56,8 +56,9 @@ def _blocks(n: int, size: int, device) -> Tensor:
 class CandidateSet:
     """Base class: a rule giving every node its candidate set ``C_i``."""
 
-    #: candidates lie far apart in node (raster) order, so aggregation is faster in
-    #: the layout's block order (see :meth:`gnn_lic.graph.CSRGraph.relabelled`)
+    #: the candidates of nodes that follow each other in node (raster) order lie far
+    #: apart (a lattice across the map, a window across many rows), so aggregation is
+    #: faster in the layout's block order (:attr:`gnn_lic.graph.CSRGraph.order`)
     scattered: bool = False
     #: positions outside the map are candidates with zero features (``border="zero"``)
     zero_padded: bool = False
@@ -164,6 +165,8 @@ class BlockWindow(CandidateSet):
     A node's coordinate for relative positions is its place in its block
     (``0..Q-1`` per axis) and a candidate's is its slot in the window (``0..S-1``).
     """
+
+    scattered = True  # a block's window spans S rows: its queries are close together in memory in block order
 
     def __init__(self, query: int = 8, size: int = 16, border: str = "shift", group_quota: bool = False):
         if query < 1 or size < query:

@@ -91,8 +91,9 @@ class CSRGraph:
             this graph was built from (``None`` if it was already in CSR order).
         order (Tensor or None): a node order in which neighbourhoods are close
             together in memory (a permutation of ``0 .. N-1``), or ``None`` when
-            node order already is. Aggregation runs in this order
-            (:meth:`relabelled`); results do not depend on it.
+            node order already is. Aggregation runs in this order (the fused
+            attention passes visit rows in it; other paths :meth:`relabelled`);
+            results do not depend on it.
         num_cols (int): number of possible sources, ``N`` or ``N + 1``: source
             ``N`` is a *zero node* (zero-padding candidates, whose keys and values
             are zero vectors), which is never a target.
@@ -110,8 +111,6 @@ class CSRGraph:
         self.perm = perm
         if order is not None and order.shape != (self.num_nodes,):
             raise ValueError(f"order must hold the {self.num_nodes} node ids, got shape {tuple(order.shape)}")
-        if order is not None and self.num_cols != self.num_nodes:
-            raise ValueError("a graph with a zero node has no node order")
         if rel_index is not None and rel_index.shape != col.shape:
             raise ValueError(f"rel_index must have one entry per edge, got {tuple(rel_index.shape)}")
         self.order = order
@@ -189,6 +188,8 @@ class CSRGraph:
         """
         if self.order is None:
             raise ValueError("this graph has no node order to relabel by")
+        if self.num_cols != self.num_nodes:
+            raise ValueError("a graph with a zero node cannot be relabelled (the zero node has no place in the order)")
         if self._relabelled is None:
             order, n = self.order, self.num_nodes
             inverse = torch.empty_like(order)

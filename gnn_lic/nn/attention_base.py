@@ -98,9 +98,11 @@ class SparseAttentionConv(MessagePassing):
             bias = None if edge_bias is None else edge_bias(graph)
             return self.propagate(graph.edge_index, q=q, k=k, v=v, bias=bias, size=(graph.num_cols, N))
         chunked = not torch.is_grad_enabled() and graph.num_edges > functional.CHUNK_EDGES
-        if graph.order is not None and not chunked:
-            # run in the graph's cache-friendly node order; the same sums, bit for bit
-            # (not when the rows run in chunks: the relabelled copies would be whole maps)
+        fused = edge_bias is None and functional.fused_attention_fits(q, k, v, None)
+        if graph.order is not None and graph.num_cols == N and not (chunked or fused):
+            # run in the graph's cache-friendly node order; the same sums, bit for bit (not when the rows run
+            # in chunks: the relabelled copies would be whole maps; the fused passes visit the rows in that
+            # order themselves, reading the maps in place)
             order, inverse, graph = graph.relabelled()
             q, k, v = (_RowPermutation.apply(t, order, inverse) for t in (q, k, v))
             return _RowPermutation.apply(self._attend_sparse(graph, q, k, v, logit_bound, edge_bias), inverse, order)

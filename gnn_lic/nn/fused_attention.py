@@ -22,6 +22,11 @@ the backward two, with the softmax's gradient
 the first over the rows (targets, :math:`\mathrm{d}q`, and :math:`p, \mathrm{d}s` per edge), the second over
 the graph's transpose (sources, :math:`\mathrm{d}k, \mathrm{d}v`), so every sum is one thread's loop and
 nothing is scattered. The values are the batched path's up to float rounding (another order of the sums).
+
+Every pass visits the nodes in the graph's node order (:attr:`~gnn_lic.graph.CSRGraph.order`: a global
+grid's lattice classes, a block window's query blocks), so that the keys and values that consecutive rows
+read are the same few rows of the maps, in the cache; the maps are read in place, never copied into that
+order. Each row's (or column's) sums are one loop whatever the order, so the results are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -82,10 +87,12 @@ def _exp_shifted(buf, n, c, w):  # pragma: no cover - compiled
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
-def _forward(crow, col, q, q0, k, k0, v, v0, bound, has_bound, max_degree, out, shift, den):  # pragma: no cover
-    # q, k, v: (N, R, d) rows whose heads start at q0, k0, v0 (views of wider node-major maps; compiled)
+def _forward(order, crow, col, q, q0, k, k0, v, v0, bound, has_bound, max_degree, out, shift, den):  # pragma: no cover
+    # q, k, v: (N, R, d) rows whose heads start at q0, k0, v0 (views of wider node-major maps; compiled);
+    # rows visited in the node order ``order``
     N, H = out.shape[0], out.shape[1]
-    for i in prange(N):
+    for t in prange(N):
+        i = order[t]
         lo, hi = crow[i], crow[i + 1]
         n = hi - lo
         buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
@@ -105,18 +112,19 @@ def _forward(crow, col, q, q0, k, k0, v, v0, bound, has_bound, max_degree, out, 
             v_j = v[col[e]]
             for h in range(H):
                 w_e, o_h, v_jh = w[h, e - lo], o[h], v_j[v0 + h]
-                for t in range(o_h.shape[0]):
-                    o_h[t] += w_e * v_jh[t]
+                for u in range(o_h.shape[0]):
+                    o_h[u] += w_e * v_jh[u]
         for h in range(H):
             o_h = o[h]
-            for t in range(o_h.shape[0]):
-                o_h[t] *= inv[h]
+            for u in range(o_h.shape[0]):
+                o_h[u] *= inv[h]
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
-def _backward_rows(crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds, dq):  # pragma: no cover - compiled
+def _backward_rows(order, crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds, dq):  # pragma: no cover
     N, H = q.shape[0], q.shape[1]
-    for i in prange(N):
+    for t in prange(N):
+        i = order[t]
         lo, hi = crow[i], crow[i + 1]
         buf, w = np.empty((H, max_degree), np.float32), np.empty((H, max_degree), np.float32)
         m, inv, d = np.empty(H, np.float32), np.empty(H, np.float32), np.empty(H, np.float32)
@@ -134,14 +142,15 @@ def _backward_rows(crow, col, q, k, v, out, grad, shift, den, max_degree, p, ds,
                 ds_e = p_e * (_dot(g_i[h], v_j[h]) - d[h])
                 p[e, h], ds[e, h] = p_e, ds_e
                 dq_ih, k_jh = dq_i[h], k_j[h]
-                for t in range(dq_ih.shape[0]):
-                    dq_ih[t] += ds_e * k_jh[t]
+                for u in range(dq_ih.shape[0]):
+                    dq_ih[u] += ds_e * k_jh[u]
 
 
 @compiled.jit(parallel=True, fastmath=_FAST)
-def _backward_cols(crow_t, row_t, perm_t, q, grad, p, ds, dk, dv):  # pragma: no cover - compiled
+def _backward_cols(order, crow_t, row_t, perm_t, q, grad, p, ds, dk, dv):  # pragma: no cover - compiled
     M, H = dk.shape[0], dk.shape[1]
-    for j in prange(M):
+    for s in prange(M):
+        j = order[s]
         dk[j] = 0
         dv[j] = 0
         for t in range(crow_t[j], crow_t[j + 1]):
@@ -184,6 +193,16 @@ def _rows(t: Tensor) -> Tuple[Tensor, int]:
     return _node_major(t), 0
 
 
+def _visit_order(graph: CSRGraph, count: int) -> np.ndarray:
+    """Nodes ``0 .. count - 1`` in the order the passes visit them: the graph's node order
+    (:attr:`~gnn_lic.graph.CSRGraph.order`, whose neighbourhoods lie close together in memory) then the zero
+    node where ``count`` includes it, else in id order. Each node's sums are the same in any order."""
+    if graph.order is None:
+        return np.arange(count, dtype=np.int64)
+    order = graph.order.numpy()
+    return order if count == order.shape[0] else np.concatenate([order, np.arange(order.shape[0], count)])
+
+
 def _forward_pass(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound: Optional[Tensor]):
     """The forward pass on the heads ``(H, N, d)`` read in place (:func:`_rows`): ``(out, shift, den,
     max_degree)``, ``out`` ``(N, H, d_v)``."""
@@ -194,8 +213,9 @@ def _forward_pass(graph: CSRGraph, q: Tensor, k: Tensor, v: Tensor, logit_bound:
     has_bound = logit_bound is not None
     bound = logit_bound.detach().float().contiguous() if has_bound else q.new_zeros(H)
     max_degree = max(1, int(graph.degree().max())) if N else 1
-    compiled.parallel(_forward, graph.crow.numpy(), graph.col.numpy(), qr.numpy(), q0, kr.numpy(), k0, vr.numpy(), v0,
-                      bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(), den.numpy())
+    compiled.parallel(_forward, _visit_order(graph, N), graph.crow.numpy(), graph.col.numpy(), qr.numpy(), q0,
+                      kr.numpy(), k0, vr.numpy(), v0, bound.numpy(), has_bound, max_degree, out.numpy(), shift.numpy(),
+                      den.numpy())
     return out, shift, den, max_degree
 
 
@@ -226,10 +246,10 @@ class FusedAttention(torch.autograd.Function):
         E, H = graph.num_edges, qn.shape[1]
         p, ds = qn.new_empty(E, H), qn.new_empty(E, H)
         dq, dk, dv = torch.empty_like(qn), torch.empty_like(kn), torch.empty_like(vn)
-        compiled.parallel(_backward_rows, graph.crow.numpy(), graph.col.numpy(), qn.numpy(), kn.numpy(), vn.numpy(),
-                          out.numpy(), g.numpy(), shift.numpy(), den.numpy(), ctx.max_degree, p.numpy(), ds.numpy(),
-                          dq.numpy())
+        compiled.parallel(_backward_rows, _visit_order(graph, graph.num_nodes), graph.crow.numpy(), graph.col.numpy(),
+                          qn.numpy(), kn.numpy(), vn.numpy(), out.numpy(), g.numpy(), shift.numpy(), den.numpy(),
+                          ctx.max_degree, p.numpy(), ds.numpy(), dq.numpy())
         crow_t, row_t, perm_t = graph.transpose
-        compiled.parallel(_backward_cols, crow_t.numpy(), row_t.numpy(), perm_t.numpy(), qn.numpy(), g.numpy(),
-                          p.numpy(), ds.numpy(), dk.numpy(), dv.numpy())
+        compiled.parallel(_backward_cols, _visit_order(graph, graph.num_cols), crow_t.numpy(), row_t.numpy(),
+                          perm_t.numpy(), qn.numpy(), g.numpy(), p.numpy(), ds.numpy(), dk.numpy(), dv.numpy())
         return None, dq.transpose(0, 1), dk.transpose(0, 1), dv.transpose(0, 1), None

@@ -407,3 +407,25 @@ def test_graph_built_in_chunks_of_blocks_is_the_same_graph(cset, batch, monkeypa
         assert len(seen) == 3 and seen[0] == 1
     else:
         assert not seen
+
+
+@pytest.mark.parametrize("border", ["shift", "zero"])
+def test_block_window_graphs_carry_their_query_block_order(border):
+    """Each Q x Q query block's nodes follow one another (they share one window of keys); a zero node keeps
+    the order but cannot be relabelled by it."""
+    x = torch.randn(2, 6, 10, 13, generator=torch.Generator().manual_seed(4))
+    graph = build_graphs(x, {"g": BlockWindow(4, 8, border=border)}, AdaptiveDegree(5))["g"]
+    N = 10 * 13
+    order = graph.order
+    assert torch.equal(order.sort().values, torch.arange(2 * N))
+    assert bool((order[:N] < N).all())
+    u, v = order[:N] // 13, order[:N] % 13
+    block = (u // 4) * 4 + v // 4  # 3 x 4 blocks (partial at the right and bottom edges)
+    assert int((block[1:] != block[:-1]).sum()) == 3 * 4 - 1
+    assert torch.equal(order[N:], order[:N] + N)
+    if border == "zero":
+        assert graph.num_cols == 2 * N + 1
+        with pytest.raises(ValueError, match="zero node cannot be relabelled"):
+            graph.relabelled()
+    else:
+        assert graph.relabelled()[2].num_edges == graph.num_edges

@@ -163,3 +163,62 @@ def test_slices_of_one_projection_are_read_in_place():
     torch.testing.assert_close(got.double(), functional.sparse_attention(graph, q.double(), k.double(), v.double(),
                                                                           logit_bound=bound.double()),
                                rtol=1e-5, atol=1e-5)
+
+
+@needs_compiled
+@pytest.mark.parametrize("zero_node", [False, True])
+def test_rows_visited_in_the_graph_order_give_the_same_bits(zero_node):
+    """The passes visit the nodes in the graph's node order (then the zero node): output and gradients are
+    those of id order bit for bit, under autograd and without, with one thread and two."""
+    from gnn_lic.nn import fused_attention as fa
+
+    H, n, d = 3, 70, 5
+    plain = _graph(n, 11, seed=8, zero_node=zero_node)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(9))
+    ordered = CSRGraph(plain.crow, plain.col, plain.row, n, order=order, num_cols=plain.num_cols)
+    visit = fa._visit_order(ordered, ordered.num_cols)
+    assert visit.tolist() == order.tolist() + ([n] if zero_node else [])
+    assert fa._visit_order(plain, plain.num_cols).tolist() == list(range(plain.num_cols))
+    assert fa._visit_order(ordered, n).tolist() == order.tolist()
+    q, k, v = _heads(H, n, plain.num_cols, d, 10.0, seed=10)
+    bound = torch.full((H,), 10.0)
+    weights = torch.randn(H, n, d + 1, generator=torch.Generator().manual_seed(11))
+    want = _run(plain, q, k, v, bound, weights, fused=True)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            have = _run(ordered, q, k, v, bound, weights, fused=True)
+            assert all(torch.equal(a, b) for a, b in zip(have, want))
+            with torch.no_grad():
+                assert torch.equal(fa.fused_attention(ordered, q, k, v, bound), want[0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_compiled
+def test_layers_take_the_order_into_the_fused_passes_without_relabelling(monkeypatch):
+    """A graph with a node order: the fused path reads the maps in place (no relabelled copy), and gives the
+    bits of the same graph without the order; paths that cannot (float64) still relabel, unless a zero node."""
+    from gnn_lic.graph import AdaptiveDegree, BlockWindow, GlobalGrid, build_graphs
+    from gnn_lic.nn import GraphAggregationConv
+
+    torch.manual_seed(3)
+    x = torch.randn(1, 16, 24, 20)
+    graphs = build_graphs(x, {"global": GlobalGrid(4), "local": BlockWindow(4, 8, border="zero")}, AdaptiveDegree(9))
+    layer = GraphAggregationConv(16, heads=2).eval()
+    tokens = x[0].flatten(1).t().contiguous()
+    relabels = []
+    real = CSRGraph.relabelled
+    monkeypatch.setattr(CSRGraph, "relabelled", lambda self: relabels.append(self) or real(self))
+    for name, graph in graphs.items():
+        assert graph.order is not None, name
+        plain = CSRGraph(graph.crow, graph.col, None, graph.num_nodes, num_cols=graph.num_cols)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                assert torch.equal(layer(tokens, graph), layer(tokens, plain)), (name, grad)
+        assert not relabels
+        layer.double()(tokens.double(), graph)
+        assert relabels == ([graph] if name == "global" else []), name  # the zero node keeps id order
+        relabels.clear()
+        layer.float()
