@@ -254,7 +254,8 @@ def banded_stage(inputs: Sequence[Tensor], fn: Callable[..., Tensor], *, up: int
         with _band():
             y = fn(*(t[..., lo:hi, :] for t in inputs))
         a, n = (r0 - lo) * up // down, (r1 - r0) * up // down
-        if out is None:
-            out = y.new_empty(*y.shape[:-2], H * up // down, y.shape[-1])
+        if out is None:  # in the bands' memory layout, as ``fn`` on the whole map gives it
+            out = torch.empty((*y.shape[:-2], H * up // down, y.shape[-1]), dtype=y.dtype, device=y.device,
+                              memory_format=memory_layout(y))
         out[..., r0 * up // down : r0 * up // down + n, :] = y[..., a : a + n, :]
     return out

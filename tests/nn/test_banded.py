@@ -118,7 +118,7 @@ def test_gfa_block_banded_equals_whole_map(order, monkeypatch):
 
 # --- banded_stage: chains of local layers that change the resolution ---------------------------
 
-from gnn_lic.nn.banded import banded_stage, image_rows, stage_bands  # noqa: E402
+from gnn_lic.nn.banded import banded_stage, image_rows, memory_layout, stage_bands  # noqa: E402
 
 
 def test_stage_bands_fewest_bounded_aligned_and_a_function_of_the_height():
@@ -167,11 +167,13 @@ CHAINS = {"strided": (_strided_chain, dict(down=4, halo=7), 96), "upsampling": (
 
 
 @pytest.mark.parametrize("chain", sorted(CHAINS))
-@pytest.mark.parametrize("threads", [1, 2])
-def test_banded_stage_equals_the_whole_map(chain, threads):
+@pytest.mark.parametrize("threads, fmt", [(1, torch.contiguous_format), (2, torch.contiguous_format),
+                                          (2, torch.channels_last)])
+def test_banded_stage_equals_the_whole_map(chain, threads, fmt):
+    """The whole map's values, and its memory layout (the next layers' kernels depend on it)."""
     make, geometry, H = CHAINS[chain]
     fn = make()
-    x = torch.randn(1, 64, H, 96)
+    x = torch.randn(1, 64, H, 96).contiguous(memory_format=fmt)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -182,6 +184,7 @@ def test_banded_stage_equals_the_whole_map(chain, threads):
                 out = banded_stage([x], fn, max_rows=max_rows, **geometry)
                 assert (len(stage_bands(H, max_rows, step)) >= 2) == (max_rows < H)
                 assert torch.equal(out, ref), (chain, max_rows)
+                assert memory_layout(out) == memory_layout(ref), (chain, max_rows)
     finally:
         torch.set_num_threads(before)
 
