@@ -3,16 +3,85 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import prange
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from gnn_lic import compiled
 from gnn_lic.graph.sparse import CSRGraph
 from gnn_lic.nn.attention_base import SparseAttentionConv
 
-__all__ = ["GraphAggregationConv", "position_coords"]
+__all__ = ["GraphAggregationConv", "UnitHeads", "position_coords"]
+
+#: ``F.normalize``'s floor of the norm
+NORM_EPS = 1e-12
+
+
+@compiled.jit(parallel=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _unit_heads_grad(u, n, scale, grad_q, grad_k, eps, one, out, dots):  # pragma: no cover - compiled
+    # u (N, 2, H, d) unit heads x / max(|x|, eps), n (N, 2, H) the norms |x|; grad_q, grad_k (N, H, d) the gradients
+    # of scale_h u (queries, part 0) and u (keys, part 1); out (N, 2, H, d) the gradient of x; dots (N, H) grad . u of
+    # the queries (the gradient of their scale, summed over the nodes); eps and one of u's dtype
+    N, _, H, d = u.shape
+    for i in prange(N):
+        for part in range(2):
+            for h in range(H):
+                u_h, o_h = u[i, part, h], out[i, part, h]
+                g_h = grad_q[i, h] if part == 0 else grad_k[i, h]
+                dot = one - one
+                for t in range(d):
+                    dot += u_h[t] * g_h[t]
+                c = scale[h] if part == 0 else one
+                if part == 0:
+                    dots[i, h] = dot
+                if n[i, part, h] >= eps:  # d(x/|x|) = (I - u u^T) / |x|
+                    c = c / n[i, part, h]
+                    for t in range(d):
+                        o_h[t] = c * (g_h[t] - u_h[t] * dot)
+                else:  # the floor: x / eps, no gradient through the norm (as clamp_min's)
+                    c = c / eps
+                    for t in range(d):
+                        o_h[t] = c * g_h[t]
+
+
+class UnitHeads(torch.autograd.Function):
+    r"""Cosine logits' operands of :class:`GraphAggregationConv` from one projection ``qk`` ``(N, 2, H, d)``:
+    :math:`(\tau_h\, q / \max(\lVert q \rVert, \epsilon),\; k / \max(\lVert k \rVert, \epsilon))`,
+    ``F.normalize``'s numbers, each ``(N, H, d)`` (the keys a view of the unit heads). The backward is one
+    compiled pass (:math:`\partial x = c\,(g - u\, u^\top g) / \lVert x \rVert`, :math:`c = \tau_h` or 1, and
+    :math:`\partial \tau_h = \sum_i g_{q,i}^\top u_{q,i}`) instead of autograd's separate norm, division and
+    product gradients."""
+
+    @staticmethod
+    def forward(ctx, qk: Tensor, tau: Tensor) -> Tuple[Tensor, Tensor]:
+        n = qk.norm(2, dim=-1)
+        u = qk / n.clamp_min(NORM_EPS).unsqueeze(-1)
+        ctx.save_for_backward(u, n, tau)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        return u[:, 0] * tau.view(1, -1, 1), u[:, 1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_q: Optional[Tensor], grad_k: Optional[Tensor]):
+        u, n, tau = ctx.saved_tensors
+        N, _, H, d = u.shape
+        queries_used = grad_q is not None
+        grad_q, grad_k = (u.new_zeros(N, H, d) if g is None else g.contiguous() for g in (grad_q, grad_k))
+        out, dots = torch.empty_like(u), u.new_empty(N, H)
+        dtype = u.numpy().dtype.type
+        compiled.parallel(_unit_heads_grad, u.numpy(), n.numpy(), tau.detach().to(u.dtype).contiguous().numpy(),
+                          grad_q.numpy(), grad_k.numpy(), dtype(NORM_EPS), dtype(1), out.numpy(), dots.numpy())
+        return out, dots.sum(0, dtype=torch.float64).to(tau.dtype) if queries_used else None
+
+
+def unit_heads_fit(qk: Tensor) -> bool:
+    """Whether :class:`UnitHeads` takes ``qk`` ``(N, 2, H, d)``: compiled loops on, a float32 or float64 CPU tensor."""
+    return compiled.enabled() and qk.device.type == "cpu" and qk.dtype in (torch.float32, torch.float64)
 
 
 class GraphAggregationConv(SparseAttentionConv):
@@ -100,7 +169,9 @@ class GraphAggregationConv(SparseAttentionConv):
         values, each ``(N, H, d)``, and the logit bound of :meth:`attention`."""
         N, H = x.shape[0], self.heads
         tau = self.log_temperature.clamp(max=math.log(self.max_temperature)).exp()
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and unit_heads_fit(x):
+            q, k = UnitHeads.apply(self.qk(x).view(N, 2, H, -1), tau)
+        elif torch.is_grad_enabled():
             q, k = self.qk(x).view(N, 2, H, -1).unbind(1)
             q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
             k = F.normalize(k, dim=-1)

@@ -15,9 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from gnn_lic import compiled
 from gnn_lic.graph import CSRGraph
 from gnn_lic.nn import GraphAggregationConv, GraphAttentionConv
+from gnn_lic.nn.graph_aggregation_conv import UnitHeads
 from gnn_lic.nn.functional import sparse_attention
 
 N = 12
@@ -457,6 +460,76 @@ def test_aggregation_without_autograd_normalises_in_place_to_the_same_numbers():
     with torch.no_grad():
         out = layer(x, g)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def _normalized_heads(qk, tau):
+    """The separate operations that :class:`UnitHeads` fuses: ``F.normalize`` of each head, queries times tau."""
+    q, k = qk.unbind(1)
+    return F.normalize(q, dim=-1) * tau.view(1, -1, 1), F.normalize(k, dim=-1)
+
+
+@pytest.mark.skipif(not compiled.enabled(), reason="UnitHeads' backward is a compiled loop")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("used", ["both", "queries", "keys"])
+def test_unit_heads_give_normalize_and_its_gradients(dtype, used):
+    """Forward: ``F.normalize``'s numbers bit for bit; backward: autograd's gradients of the separate operations,
+    for ordinary heads, zero heads and heads under the norm's floor, with either output unused."""
+    gen = torch.Generator().manual_seed(5)
+    n, H, d = 30, 3, 5
+    qk = torch.randn(n, 2, H, d, generator=gen, dtype=dtype) * 3
+    qk[4] = 0
+    qk[6, 0, 1] = 1e-14  # norms below F.normalize's floor: x / eps, no gradient through the norm
+    qk[7, 1, 2] = -3e-13
+    tau = torch.rand(H, generator=gen, dtype=dtype) * 10 + 1
+    grads = [torch.randn(n, H, d, generator=gen, dtype=dtype) for _ in range(2)]
+    results = []
+    for fn in (_normalized_heads, UnitHeads.apply):
+        x, t = qk.clone().requires_grad_(), tau.clone().requires_grad_()
+        outs = fn(x, t)
+        pairs = [(o, g) for o, g, name in zip(outs, grads, ("queries", "keys")) if used in ("both", name)]
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        results.append((outs, x.grad, t.grad))
+    (ref_q, ref_k), ref_dx, ref_dt = results[0]
+    (q, k), dx, dt = results[1]
+    assert torch.equal(q, ref_q) and torch.equal(k, ref_k)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    scale = ref_dx.abs().amax((-1, -3), keepdim=True)  # each head's gradient against its own size
+    assert bool(((dx - ref_dx).abs() <= tol * scale).all())
+    floors = {"queries": dx[6, 0, 1], "keys": dx[7, 1, 2]}  # the floor's large gradients are there, not lost
+    assert all(bool(g.abs().max() > 1e11) == (used in ("both", name)) for name, g in floors.items())
+    if used == "keys":  # tau reaches only the queries
+        assert dt is None and ref_dt is None
+    else:
+        torch.testing.assert_close(dt, ref_dt, rtol=tol, atol=tol * float(ref_dt.abs().max()))
+
+
+@pytest.mark.skipif(not compiled.enabled(), reason="UnitHeads' backward is a compiled loop")
+def test_aggregation_trains_through_unit_heads_with_the_same_gradients():
+    """Under autograd the layer's queries and keys come from :class:`UnitHeads`; every parameter's gradient is
+    the separate operations' (compiled loops off), the output the same numbers."""
+    torch.manual_seed(1)
+    layer = GraphAggregationConv(16, heads=4).double()
+    x = torch.randn(40, 16, dtype=torch.float64)
+    g = CSRGraph.from_edge_index(_graph(3, n=40), 40)
+    runs = []
+    for on in (True, False):
+        previous = compiled.set_enabled(on)
+        try:
+            layer.zero_grad()
+            calls = []
+            real = UnitHeads.apply
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(UnitHeads, "apply", lambda *a: calls.append(1) or real(*a))
+                out = layer(x, g)
+                (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+            assert bool(calls) == on
+            runs.append((out.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()}))
+        finally:
+            compiled.set_enabled(previous)
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-12, atol=1e-12)
+    for name, grad in runs[0][1].items():
+        torch.testing.assert_close(grad, runs[1][1][name], rtol=1e-10, atol=1e-12, msg=name)
+    assert float(runs[0][1]["log_temperature"].abs().max()) > 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
