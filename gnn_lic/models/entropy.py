@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
@@ -229,8 +230,10 @@ class RansCoder:
                     symbols[b].reshape(-1).int().tolist(), indexes[b].reshape(-1).tolist(), cdf, lengths, offsets
                 )
             return symbols
+        # NumPy converts the decoded list of Python ints faster than torch.tensor does
         rows = [
-            torch.tensor(dec.decode_stream(indexes[b].reshape(-1).tolist(), cdf, lengths, offsets), dtype=torch.float64)
+            torch.from_numpy(np.array(dec.decode_stream(indexes[b].reshape(-1).tolist(), cdf, lengths, offsets),
+                                      dtype=np.float64))
             for b, dec in enumerate(self.coders)
         ]
         return torch.stack(rows).reshape(indexes.shape).to(indexes.device)
