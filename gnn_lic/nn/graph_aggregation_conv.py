@@ -169,17 +169,17 @@ class GraphAggregationConv(SparseAttentionConv):
         values, each ``(N, H, d)``, and the logit bound of :meth:`attention`."""
         N, H = x.shape[0], self.heads
         tau = self.log_temperature.clamp(max=math.log(self.max_temperature)).exp()
-        if torch.is_grad_enabled() and unit_heads_fit(x):
-            q, k = UnitHeads.apply(self.qk(x).view(N, 2, H, -1), tau)
-        elif torch.is_grad_enabled():
-            q, k = self.qk(x).view(N, 2, H, -1).unbind(1)
-            q = F.normalize(q, dim=-1) * tau.view(1, H, 1)
-            k = F.normalize(k, dim=-1)
-        else:  # the same numbers as F.normalize, in place: no copies of q and k
-            qk = self.qk(x).view(N, 2, H, -1)
-            qk.div_(qk.norm(2, dim=-1, keepdim=True).clamp_min_(1e-12))
+        qk = self.qk(x).view(N, 2, H, -1)
+        if not torch.is_grad_enabled():  # the same numbers as F.normalize, in place: no copies of q and k
+            qk.div_(qk.norm(2, dim=-1, keepdim=True).clamp_min_(NORM_EPS))
             q, k = qk.unbind(1)
             q.mul_(tau.view(1, H, 1))
+        elif unit_heads_fit(qk):
+            q, k = UnitHeads.apply(qk, tau)
+        else:
+            q, k = qk.unbind(1)
+            q = F.normalize(q, dim=-1, eps=NORM_EPS) * tau.view(1, H, 1)
+            k = F.normalize(k, dim=-1, eps=NORM_EPS)
         return q, k, self.phi(x).view(N, H, -1), tau
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, edge_index: Union[Tensor, CSRGraph]) -> Tensor:
