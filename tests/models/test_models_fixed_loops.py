@@ -261,3 +261,58 @@ def test_w8_convolutions_read_the_next_gelu_in_their_own_pass(products, monkeypa
     on, off = _both(lambda: fixed(x.clone()))
     _same_bits(on, one_by_one)
     _same_bits(off, one_by_one)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+@pytest.mark.parametrize("kernel, padding, taps", [
+    ((3, 3), (1, 1), list(range(9))),
+    ((5, 5), (2, 2), [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]),  # a checkerboard context's taps in use
+    ((1, 3), (0, 0), [0, 2]),  # no padding (outputs narrower than the input), a tap skipped
+    ((1, 1), (0, 0), [0]),  # pointwise
+])
+@pytest.mark.parametrize("rows, cols", [((0, 6), None), ((2, 5), None), ((0, 1), (2, 5))])
+def test_digit_rows_are_the_digit_columns_transposed(planes, kernel, padding, taps, rows, cols):
+    """Row (tap, channel), column (digit, output pixel): digit_columns' matrix transposed, digit by digit, for any
+    band of output rows or columns, with the compiled loops on and off."""
+    from gnn_lic.models.fixed_point.int8 import digit_columns, digit_rows  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(planes + len(taps))
+    top = 2 ** (8 * planes - 1)
+    C, H, W = 5, 6, 7
+    x = torch.randint(-top, top, (C, H, W), generator=g).double()
+    x[0, 0, 0], x[-1, -1, -1] = top - 1, -top  # the digits' extremes
+    on, off = _both(lambda: digit_rows(x, planes, kernel, padding, taps, rows, cols))
+    assert on.dtype == torch.int8 and torch.equal(on, off)
+    (kh, kw), (ph, pw) = kernel, padding
+    Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
+    (i0, i1), (j0, j1) = rows, cols or (0, Wo)
+    whole = digit_columns(x, planes, kernel, padding, taps).reshape(planes, Ho, Wo, len(taps) * C)
+    expected = whole[:, i0:i1, j0:j1].permute(3, 0, 1, 2).reshape(len(taps) * C, -1)
+    assert torch.equal(on, expected)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+@pytest.mark.parametrize("table_kind", [None, "gelu"])
+def test_combine_requantize_with_outputs_on_rows_is_the_same(planes, table_kind):
+    """Digit sums with one row per output channel give the outputs of those with one row per pixel, into a
+    view of a larger output too, with the compiled loops on and off."""
+    from gnn_lic.models.fixed_point.tables import FixedTable, gelu_table  # noqa: PLC0415
+
+    table = FixedTable(gelu_table(), "gelu") if table_kind else None
+    g = torch.Generator().manual_seed(10 + planes)
+    O, L = 6, 333
+    sums = torch.randint(-(2**20), 2**20, (planes, L, O), generator=g, dtype=torch.int32)
+    offset = torch.randint(-(2**28), 2**28, (O, 1), generator=g).double()
+    scale = torch.tensor([2.0**-e for e in (0, 3, 9, 12, 17, 24)], dtype=torch.float64).reshape(O, 1)
+    bias = torch.randint(-(2**19), 2**19, (O, 1), generator=g).double()
+    pixels = kernels.combine_requantize(sums, offset, scale, bias, fp.ACT_MAX, table)
+    by_rows = sums.permute(2, 0, 1).contiguous()  # (O, p, L)
+    on, off = _both(lambda: kernels.combine_requantize(by_rows, offset, scale, bias, fp.ACT_MAX, table,
+                                                       outputs_on_rows=True))
+    _same_bits(on, pixels)
+    _same_bits(off, pixels)
+    wide = torch.full((O, L + 10), 7.0, dtype=torch.float64)
+    into, into_off = _both(lambda: kernels.combine_requantize(by_rows, offset, scale, bias, fp.ACT_MAX, table,
+                                                              outputs_on_rows=True, out=wide.clone()[:, 4 : 4 + L]))
+    _same_bits(into, pixels)
+    _same_bits(into_off, pixels)

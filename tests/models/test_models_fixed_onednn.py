@@ -155,7 +155,7 @@ def test_the_kernel_is_found_exact_on_x86_builds_with_onednn():
 def test_digit_products_in_bands_of_rows_give_the_same_outputs(products, kernel, padding, monkeypatch):
     """Columns over the size limit are made and multiplied band by band of output rows (the rows'
     inputs and their zero padding): the same bits as the whole map, for every band height."""
-    from gnn_lic.models.fixed_point import conv as fconv
+    from gnn_lic.models.fixed_point import conv8 as fconv
 
     if products == "onednn" and not onednn.available():
         pytest.skip("this PyTorch has no exact oneDNN byte product")

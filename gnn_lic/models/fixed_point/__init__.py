@@ -71,7 +71,8 @@ the shipped weights included, gains the property; :data:`SCHEME` names this arit
 identity, since changing it changes the decoded symbols.
 
 Modules: :mod:`~gnn_lic.models.fixed_point.arith` (format, conversions, bounds),
-:mod:`~gnn_lic.models.fixed_point.conv`, :mod:`~gnn_lic.models.fixed_point.int8` (scheme w8), :mod:`~gnn_lic.models.fixed_point.tables`,
+:mod:`~gnn_lic.models.fixed_point.conv`, :mod:`~gnn_lic.models.fixed_point.int8` and
+:mod:`~gnn_lic.models.fixed_point.conv8` (scheme w8), :mod:`~gnn_lic.models.fixed_point.tables`,
 :mod:`~gnn_lic.models.fixed_point.blocks` (layer norm, activations, composite blocks),
 :mod:`~gnn_lic.models.fixed_point.kernels` (the elementwise passes, compiled: rounding, tables, the gate),
 :mod:`~gnn_lic.models.fixed_point.convert` (:func:`to_fixed`) and

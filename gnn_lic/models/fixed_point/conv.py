@@ -47,34 +47,16 @@ import torch.nn.functional as F
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import Tensor, nn
 
-from gnn_lic.models.fixed_point import kernels, onednn
+from gnn_lic.models.fixed_point import onednn
 from gnn_lic.models.fixed_point.arith import ACT_FRAC_BITS, ACT_MAX, DTYPE, choose_frac_bits, requantize_, shift
-from gnn_lic.models.fixed_point.int8 import (
-    byte_digits,
-    check_fan_in,
-    digit_columns,
-    digit_offset,
-    digit_planes,
-    int8_products,
-    int8_weights,
-    powers_of_two,
-    w8_products,
-)
+from gnn_lic.models.fixed_point.conv8 import W8Layer, taps_in_use
+from gnn_lic.models.fixed_point.int8 import int8_weights, w8_products
 from gnn_lic.nn.winograd import filter_tiles, winograd_conv3x3, winograd_pays
 
-__all__ = ["FixedConv2d", "MAX_COLUMN_BYTES"]
-
-#: most bytes of a stride-1 scheme-w8 layer's digit columns at once: larger maps are multiplied in bands of
-#: output rows (the same integers: each output is its own sum)
-MAX_COLUMN_BYTES = 64 << 20
+__all__ = ["FixedConv2d"]
 
 
-def _taps_in_use(used: Tensor) -> List[int]:
-    """The indexes of the ``True`` entries of a tap mask ``(kh * kw,)``."""
-    return used.nonzero().flatten().tolist()
-
-
-class FixedConv2d:
+class FixedConv2d(W8Layer):
     """A :class:`torch.nn.Conv2d` (groups 1 or depthwise, zero padding) in fixed point.
 
     ``weight`` ``(out, in/groups * kh * kw)`` and ``bias`` hold the integer weights
@@ -158,37 +140,7 @@ class FixedConv2d:
             taps = w.t().reshape(kh * kw, -1, 1)
         else:
             taps = w.reshape(self.out_channels, self.in_channels, kh * kw).permute(2, 0, 1)
-        return taps.contiguous(), _taps_in_use(taps.ne(0).flatten(1).any(1))
-
-    def _prepare_int8(self, weight8: Tensor) -> None:
-        """Scheme w8's operands: ``(out, taps in use * in)`` int8 weights, tap-major, and ``2^-f`` per output."""
-        kh, kw = self.kernel_size
-        taps = weight8.reshape(self.out_channels, self.in_channels, kh * kw).permute(0, 2, 1)
-        if self.kind == "taps":
-            self._taps8 = _taps_in_use(taps.ne(0).any(2).any(0))
-            taps = taps[:, self._taps8]
-        else:  # pointwise: one tap; unfold: F.unfold's channel-major order
-            self._taps8 = list(range(kh * kw))
-            taps = weight8.reshape(self.out_channels, 1, -1)
-        check_fan_in(taps.shape[1] * taps.shape[2], self.name)
-        self._w8 = taps.reshape(self.out_channels, -1).to(torch.int8).contiguous()
-        self._wsum8 = weight8.sum(1).reshape(-1, 1)  # times the digits' offset: its share of the sums
-        self._scale8 = powers_of_two(-self.weight_exp).reshape(-1, 1)
-
-    @property
-    def weight8(self) -> Tensor:
-        """Scheme w8's integer weights ``(out, in * kh * kw)`` (float64, ``|w| <= 127``, units ``2^-f`` per
-        output), read back exactly from the int8 operands."""
-        if not self.int8:
-            raise AttributeError(f"{self.name}: not a scheme-w8 layer")
-        kh, kw = self.kernel_size
-        if self.kind != "taps":
-            return self._w8.to(DTYPE)
-        full = torch.zeros(self.out_channels, self.in_channels, kh * kw, dtype=DTYPE, device=self._w8.device)
-        if self._taps8:  # no tap in use: the weights are all zero
-            w = self._w8.to(DTYPE).reshape(self.out_channels, len(self._taps8), self.in_channels)
-            full[:, :, self._taps8] = w.permute(0, 2, 1)
-        return full.reshape(self.out_channels, -1)
+        return taps.contiguous(), taps_in_use(taps.ne(0).flatten(1).any(1))
 
     def to(self, device: torch.device) -> "FixedConv2d":
         self._tiles16 = None
@@ -243,31 +195,11 @@ class FixedConv2d:
             return self._unfold(x, w, bias, finish)
         return self._shifted(x, w, taps, bias, finish)
 
-    def _seven_bit_planes(self, x: Tensor) -> Optional[int]:
-        """The seven-bit digits of ``x`` for oneDNN's byte products, or ``None`` where the float64 products
-        take it (more than :data:`~gnn_lic.models.fixed_point.onednn.FAST_PLANES` digits, or
-        :data:`~gnn_lic.models.fixed_point.onednn.WINOGRAD_PLANES` where Winograd applies)."""
-        if not self._w8.shape[1]:  # no weight in use: nothing to multiply
-            return None
-        lo, hi = torch.aminmax(x)
-        planes = onednn.seven_bit_planes(float(lo), float(hi))
-        most = onednn.WINOGRAD_PLANES if self._winograd_applies(x) else onednn.FAST_PLANES
-        return planes if planes is not None and planes <= most else None
-
     def _winograd_applies(self, x: Tensor) -> bool:
         """Whether the layer is a 3x3, padding-1 convolution and Winograd pays for ``x`` (the float layers' rule,
         :func:`~gnn_lic.nn.winograd.winograd_pays`)."""
         return (self.kind == "taps" and self.kernel_size == (3, 3) and self.padding == (1, 1)
                 and winograd_pays(x, self.in_channels, self.out_channels))
-
-    def _winograd_tiles8(self) -> Tensor:
-        """Scheme w8's Winograd filter tiles ``4 G w G^T`` ``(16, out, in)`` of its integer weights, as int16
-        (exact: ``2G`` is an integer matrix whose rows sum to at most 3 in absolute value, so
-        ``|4 G w G^T| <= 3 * 3 * 127 = 1143``), made on first use."""
-        if self._tiles16 is None:
-            full = self.weight8.reshape(self.out_channels, self.in_channels, 3, 3)
-            self._tiles16 = (filter_tiles(full) * 4).to(torch.int16)
-        return self._tiles16
 
     def _winograd_limit(self, tiles: Tensor, bias: Optional[Tensor], unit: Tensor) -> float:
         """The largest input magnitude for which every value of Winograd's products with ``tiles`` ``(16, out, in)``
@@ -281,12 +213,6 @@ class FixedConv2d:
             room = (2.0**52 - b) / (4 * spread)
             self._wino_limit = float(room[spread > 0].min()) if bool((spread > 0).any()) else math.inf
         return self._wino_limit
-
-    def _finish8(self, acc: Tensor, table=None) -> Tensor:
-        """Scheme w8's output from float64 sums ``(B, out, L)`` already scaled by ``2^-f`` per output,
-        as :func:`~gnn_lic.models.fixed_point.kernels.combine_requantize` gives it from the digit sums."""
-        bias = None if self.bias16 is None else self.bias16.reshape(1, -1, 1)
-        return kernels.round_bias_clamp_(acc, bias, ACT_MAX, table)
 
     def _pointwise(self, x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
         """``(B, C, L)`` -> ``(B, out, L)`` accumulators ``w @ x + bias``."""
@@ -334,64 +260,3 @@ class FixedConv2d:
                 for b in range(B):
                     out[b].addmm_(w[t], xp[b, :, off : off + L])
         return finish(out).reshape(B, self.out_channels, Ho, Wp)[..., :Wo]
-
-    def _int8(self, x: Tensor, table=None, seven_bit: Optional[int] = None) -> Tensor:
-        """Scheme ``w8`` for one image ``(1, C, H, W)``: one integer product of the input digits.
-
-        The inputs are split into the fewest digits ``p`` that hold them all
-        (:func:`~gnn_lic.models.fixed_point.int8.digit_planes`; zero, the padding, in every
-        range), the same integers whatever ``p``. Zero padding is applied to the integers
-        before they are split, so padded inputs carry the digits of 0. Stride 1 (the taps in
-        use, or the one tap of a pointwise layer): one row of columns per digit and output pixel
-        (:func:`~gnn_lic.models.fixed_point.int8.digit_columns`). Otherwise the transposed
-        columns of ``unfold``, each input's ``p`` digits side by side. Either
-        way one product with the transposed weights gives the ``p`` partial sums of every
-        output, one row per output pixel; at stride 1, in bands of output rows where the columns
-        would exceed :data:`MAX_COLUMN_BYTES`. With ``seven_bit`` (``p``), the digits are seven-bit
-        ones and oneDNN multiplies them (:mod:`~gnn_lic.models.fixed_point.onednn`).
-        """
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        H, W = x.shape[-2:]
-        O = self.out_channels
-        seven = seven_bit is not None
-        if seven:
-            p = seven_bit
-        else:
-            lo, hi = torch.aminmax(x)
-            p = digit_planes(float(lo), float(hi))
-        if self.kind == "unfold":
-            Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-            cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            if not seven:
-                cols = byte_digits(cols, p).reshape(cols.shape[0], -1).t()  # (C*k, p L), transposed
-            else:  # (L, p, C*k) -> (p L, C*k), contiguous rows for oneDNN
-                cols = onednn.seven_bit_digits(cols.t(), p).transpose(0, 1).reshape(p * Ho * Wo, -1)
-            return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
-        # taps or pointwise (one tap): stride 1
-        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
-        rows = max(1, MAX_COLUMN_BYTES // max(1, p * Wo * len(self._taps8) * self.in_channels))
-        if rows >= Ho:
-            cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, seven)
-            return self._digit_outputs(cols, p, seven, table).reshape(1, O, Ho, Wo)
-        # bands of output rows, each from its rows of the input padded with zero rows (split like the padding)
-        xp = F.pad(x[0], (0, 0, ph, ph))
-        out = x.new_empty((O, Ho * Wo))
-        for i0 in range(0, Ho, rows):
-            i1 = min(Ho, i0 + rows)
-            band = xp[:, i0 : i1 + kh - 1].contiguous()
-            cols = digit_columns(band, p, self.kernel_size, (0, pw), self._taps8, seven)
-            out[:, i0 * Wo : i1 * Wo] = self._digit_outputs(cols, p, seven, table)
-        return out.reshape(1, O, Ho, Wo)
-
-    def _digit_outputs(self, cols: Tensor, p: int, seven: bool, table=None) -> Tensor:
-        """Scheme ``w8``'s outputs ``(out, L)`` from the columns ``(p L, K)`` of ``p`` byte digits (seven-bit ones
-        with ``seven``): one integer product, then the digits' sums combined and re-quantised."""
-        O = self.out_channels
-        bias = None if self.bias16 is None else self.bias16.reshape(-1, 1)
-        if not seven:
-            g = int8_products(cols, self._w8.t()).view(p, -1, O)
-            offset, base = self._wsum8 * digit_offset(p), 256
-        else:
-            g = onednn.u8_products(cols, onednn.packed_weights(self, self._w8)).view(p, -1, O)
-            offset, base = self._wsum8 * -onednn.seven_bit_offset(p), 128
-        return kernels.combine_requantize(g, offset, self._scale8, bias, ACT_MAX, table, base)

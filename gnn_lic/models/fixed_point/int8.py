@@ -58,7 +58,7 @@ from gnn_lic.models.fixed_point import kernels, onednn
 from gnn_lic.models.fixed_point.arith import DTYPE
 
 __all__ = ["WEIGHT_MAX", "int8_weights", "powers_of_two", "digit_planes", "digit_offset", "byte_digits",
-           "digit_columns", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "PRODUCT_KINDS", "w8_products",
+           "digit_columns", "digit_rows", "DIGIT_OFFSET", "check_fan_in", "W8_PRODUCTS", "PRODUCT_KINDS", "w8_products",
            "int8_products"]
 
 #: largest |integer weight| of scheme w8
@@ -181,6 +181,38 @@ def digit_columns(x: Tensor, planes: int, kernel_size, padding, taps, seven_bit:
     return out.reshape(planes * Ho * Wo, len(taps) * C)
 
 
+def digit_rows(x: Tensor, planes: int, kernel_size, padding, taps, rows: Tuple[int, int],
+               cols: Optional[Tuple[int, int]] = None) -> Tensor:
+    r"""Scheme w8's columns of a stride-1 convolution, transposed: ``(len(taps) * C, planes * n * m)`` int8 for
+    the ``n`` output rows ``rows = (i0, i1)`` and the ``m`` output columns ``cols = (j0, j1)`` (default: all).
+
+    ``x`` ``(C, H, W)`` holds integers that :func:`digit_planes` gives ``planes`` digits. Row
+    :math:`(t, c)` (tap in use, channel), column :math:`(k, i, j)` (digit, output pixel) holds
+    :func:`byte_digits` digit :math:`k` of the zero-padded input at :math:`(i + d_{y,t}, j + d_{x,t})` of
+    channel :math:`c`, where tap :math:`t` sits at :math:`(d_y, d_x)` = ``divmod(taps[t], kw)``: the
+    columns of :func:`digit_columns` for one digit after another, transposed. The product
+    ``weights @ rows`` then gives each output channel's digit sums as one contiguous row, and each row
+    here is made from one channel's contiguous inputs, so neither side needs a transposition.
+    """
+    (kh, kw), (ph, pw) = kernel_size, padding
+    C, H, W = x.shape
+    Wo = W + 2 * pw - kw + 1
+    (i0, i1), (j0, j1) = rows, (cols if cols is not None else (0, Wo))
+    dy = [t // kw for t in taps]
+    dx = [t % kw for t in taps]
+    mask = digit_offset(planes)
+    if kernels._use_compiled(x) and x.is_contiguous():
+        out = torch.empty((len(taps) * C, planes, i1 - i0, j1 - j0), dtype=torch.int8)
+        compiled.parallel(kernels._digit_rows_loop, x.numpy(), mask, ph, pw, np.array(dy, dtype=np.int64),
+                          np.array(dx, dtype=np.int64), i0, j0, out.numpy())
+        return out.reshape(len(taps) * C, -1)
+    if not taps:
+        return torch.empty((0, planes * (i1 - i0) * (j1 - j0)), dtype=torch.int8, device=x.device)
+    padded = F.pad(x.to(torch.int32), (pw, pw, ph, ph))
+    windows = [padded[:, i0 + a : i1 + a, j0 + b : j1 + b].reshape(C, -1) for a, b in zip(dy, dx)]
+    return byte_digits(torch.cat(windows), planes).reshape(len(taps) * C, -1)
+
+
 def check_fan_in(terms: int, name: str) -> None:
     """Refuse a layer whose digit sums could leave float64's exact integers.
 
@@ -208,6 +240,8 @@ def int8_products(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.device.type != "cpu":
         return (a.to(DTYPE) @ b.to(DTYPE)).to(torch.int32)
+    if a.shape[1] == 0:  # no term: every sum is 0
+        return torch.zeros((a.shape[0], b.shape[1]), dtype=torch.int32)
     if a.shape[1] == 1:  # torch._int_mm misreads the strides of a (1, N) transposed view: the outer product
         return a.to(torch.int32) * b.to(torch.int32)
     M, N = a.shape[0], b.shape[1]

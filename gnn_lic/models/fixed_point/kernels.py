@@ -142,6 +142,15 @@ def table_gate(a: Tensor, b: Tensor, table, scale: float, bound: float) -> Tenso
     return g.mul_(b).mul_(scale).round_().clamp_(-bound, bound)
 
 
+@compiled.jit
+def _requantized(acc, off, s, b, has_bias, bound, table):  # pragma: no cover - compiled
+    v = _clamp(np.rint((acc + off) * s) + b if has_bias else np.rint((acc + off) * s), bound)
+    if table is not None:  # a table read in the same pass (None: a separate compilation without it)
+        grid, lim, shift, inv_step, identity_above = table
+        v = _table_value_c(v, grid, lim, shift, inv_step, identity_above)
+    return v
+
+
 @compiled.jit(parallel=True)
 def _combine_loop(g, base, offset, scale, bias, has_bias, bound, table, out):  # pragma: no cover - compiled
     P, L, O = g.shape
@@ -159,37 +168,64 @@ def _combine_loop(g, base, offset, scale, bias, has_bias, bound, table, out):  #
         for o in range(O):
             off, s, b = offset[o], scale[o], bias[o]
             for j in range(j0, j1):
-                v = np.rint((acc[j - j0, o] + off) * s)
-                v = _clamp(v + b if has_bias else v, bound)
-                if table is not None:  # a table read in the same pass (None: a separate compilation without it)
-                    grid, lim, shift, inv_step, identity_above = table
-                    v = _table_value_c(v, grid, lim, shift, inv_step, identity_above)
-                out[o, j] = v
+                out[o, j] = _requantized(acc[j - j0, o], off, s, b, has_bias, bound, table)
+
+
+@compiled.jit(parallel=True)
+def _combine_rows_loop(g, base, offset, scale, bias, has_bias, bound, table, out):  # pragma: no cover - compiled
+    O, P, L = g.shape
+    for o in prange(O):  # one output channel per task: its digit sums and its outputs are contiguous rows
+        off, s, b = offset[o], scale[o], bias[o]
+        row = out[o]
+        if P <= 3:  # the usual digit counts, combined in one pass (the same products and sums as below)
+            for j in range(L):
+                acc = np.float64(g[o, P - 1, j])
+                if P >= 2:
+                    acc = acc * base + g[o, P - 2, j]
+                if P == 3:
+                    acc = acc * base + g[o, 0, j]
+                row[j] = _requantized(acc, off, s, b, has_bias, bound, table)
+        else:
+            for j in range(L):
+                row[j] = g[o, P - 1, j]
+            for k in range(P - 2, -1, -1):
+                for j in range(L):
+                    row[j] = row[j] * base + g[o, k, j]
+            for j in range(L):
+                row[j] = _requantized(row[j], off, s, b, has_bias, bound, table)
 
 
 def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | None, bound: float,
-                       table=None, base: int = 256) -> Tensor:
+                       table=None, base: int = 256, outputs_on_rows: bool = False,
+                       out: Tensor | None = None) -> Tensor:
     """Scheme w8's output ``(out, L)`` from its digit sums ``g`` ``(p, L, out)`` (int32, least significant
-    digit first, one row per output pixel as the integer product gives them):
+    digit first, one row per output pixel as the integer product gives them; with ``outputs_on_rows``,
+    ``(out, p, L)``, one row per output channel as the product of the weights by the columns gives them,
+    written into ``out`` ``(out, L)`` if given, a view allowed):
     ``clamp(round((sum_k base^k g_k + offset) * scale) + bias)`` (``base`` 256 for byte digits, 128 for
     seven-bit ones), with per-output ``(out, 1)`` float64
     ``offset``, ``scale`` (powers of two) and ``bias``; the digit sums are combined from the most
     significant down, in float64 (exact, :func:`~gnn_lic.models.fixed_point.int8.check_fan_in`).
     With ``table`` (a :class:`~gnn_lic.models.fixed_point.tables.FixedTable`) the output is then read
     through it (:func:`table_lookup`), in the same pass."""
-    P, L, O = g.shape
-    if _use_compiled(g, dtype=torch.int32) and g.is_contiguous():
-        out = torch.empty((O, L), dtype=torch.float64)
+    if outputs_on_rows:
+        O, P, L = g.shape
+    else:
+        P, L, O = g.shape
+    if out is None:
+        out = torch.empty((O, L), dtype=torch.float64, device=g.device)
+    if _use_compiled(g, dtype=torch.int32) and g.is_contiguous() and out.stride(-1) == 1:
         b = bias if bias is not None else scale
-        compiled.parallel(_combine_loop, g.numpy(), float(base), offset.reshape(-1).numpy(),
-                          scale.reshape(-1).numpy(),
-                          b.reshape(-1).numpy(), bias is not None, float(bound),
-                          None if table is None else _grid_args(table), out.numpy())
+        compiled.parallel(_combine_rows_loop if outputs_on_rows else _combine_loop, g.numpy(), float(base),
+                          offset.reshape(-1).numpy(), scale.reshape(-1).numpy(), b.reshape(-1).numpy(),
+                          bias is not None, float(bound), None if table is None else _grid_args(table), out.numpy())
         return out
-    acc = g[-1].t().to(torch.float64)
+    digit = (lambda k: g[:, k]) if outputs_on_rows else (lambda k: g[k].t())
+    acc = digit(P - 1).to(torch.float64)
     for k in range(P - 2, -1, -1):
-        acc = acc.mul_(float(base)).add_(g[k].t())
-    return round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table)
+        acc = acc.mul_(float(base)).add_(digit(k))
+    out.copy_(round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table))
+    return out
 
 
 def round_bias_clamp_(acc: Tensor, bias: Tensor | None, bound: float, table=None) -> Tensor:
@@ -234,6 +270,58 @@ def _digit_columns_loop(x, planes, mask, add, bits, signed, ph, pw, dy, dx, padd
                 dst = out[k, i, j, t]
                 for c in range(C):
                     dst[c] = src[c]
+
+
+@compiled.jit
+def _digits_into(dst, src, mask, sh):  # pragma: no cover - compiled
+    # dst[j] = byte digit (shift sh) of src[j] ^ mask: plain range indexes, so the loop vectorises
+    for j in range(dst.shape[0]):
+        dst[j] = (((np.int64(src[j]) ^ mask) >> sh) & 255 ^ 128) - 128
+
+
+@compiled.jit
+def _copy_into(dst, src):  # pragma: no cover - compiled
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@compiled.jit(parallel=True)
+def _digit_rows_loop(x, mask, ph, pw, dy, dx, i0, j0, out):  # pragma: no cover - compiled
+    # out[(t, c), k, i, j]: byte digit k of (a ^ mask), a the input of channel c under tap t at output (i0 + i, j0 + j)
+    C, H, W = x.shape
+    R, P, n, m = out.shape
+    digits = np.empty((C, P, H * W), np.int8)  # every input's digits, made once, then copied per tap
+    for c in prange(C):
+        xc = x[c].reshape(H * W)
+        for k in range(P):
+            _digits_into(digits[c, k], xc, mask, 8 * k)
+    flat = out.reshape(R, P, n * m)
+    whole = m == W and j0 == 0  # output rows as wide as the input's: each tap's window is one run of the input
+    for r in prange(R):
+        t, c = r // C, r % C
+        d = j0 + dx[t] - pw  # input column = output column + d
+        lo = min(m, max(0, -d))  # the outputs whose input lies inside the map: [lo, hi)
+        hi = max(lo, min(m, W - d))
+        y0 = i0 + dy[t] - ph  # input row of output row 0
+        ia, ib = min(n, max(0, -y0)), max(0, min(n, H - y0))  # output rows whose input row is inside the map
+        ib = max(ia, ib)
+        for k in range(P):
+            zero = (((0 ^ mask) >> (8 * k)) & 255 ^ 128) - 128  # the digit of 0, the padding
+            dst, src = flat[r, k], digits[c, k]
+            dst[: ia * m] = zero
+            dst[ib * m :] = zero
+            if whole and ia < ib:  # one run from the first to the last output inside, then the edges zeroed
+                qa, qb = ia * m + lo, (ib - 1) * m + hi
+                start = (y0 + ia) * W + lo + d
+                _copy_into(dst[qa:qb], src[start : start + qb - qa])
+            for i in range(ia, ib):
+                for j in range(lo):  # at most the padding's width: element by element
+                    dst[i * m + j] = zero
+                for j in range(hi, m):
+                    dst[i * m + j] = zero
+                if not whole:
+                    start = (y0 + i) * W + lo + d
+                    _copy_into(dst[i * m + lo : i * m + hi], src[start : start + hi - lo])
 
 
 @compiled.jit(parallel=True)
