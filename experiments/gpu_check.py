@@ -43,9 +43,10 @@ PROG = "gpu_check.py"
 #: |decompress(compress(x)) - g_s(decoded latents)| allowed: the same synthesis of the same latents, float noise
 ROUNDTRIP_ATOL = 1e-3
 #: mean |decompress(compress(x)) - forward(x)| allowed: the fixed-point entropy means differ from the float
-#: forward's by rounding, which can move a latent across a quantisation step in an untrained model (and one
-#: such latent can move pixels by more than 0.1, so the largest difference says nothing)
-FORWARD_MEAN_ATOL = 1e-2
+#: forward's by rounding (scheme w8, the default: by 8-bit weights), which can move a latent across a
+#: quantisation step in an untrained model (and one such latent can move pixels by more than 0.1, so the
+#: largest difference says nothing); a decoder out of step gives several times this
+FORWARD_MEAN_ATOL = 5e-2
 
 
 def _sync(device: torch.device) -> None:

@@ -188,7 +188,7 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
     p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point entropy scheme (recorded in the file; "
-                   "default: the model's, GLIC fx16, GABIC w8)")
+                   "default: the model's, w8 for GLIC and GABIC)")
     _add_model_arguments(p)
 
 

@@ -36,8 +36,8 @@ __all__ = ["ARITHMETICS", "SCHEME_ARITHMETICS", "FIXED_ARITHMETICS", "entropy_ar
            "fixed_symbols", "fixed_z_hat", "fixed_dequantize"]
 
 #: ``"fixed"``: deterministic fixed-point entropy parameters, float64 products of 16-bit
-#: fractions (scheme fx16, GLIC's default); ``"fixed8"``: the same with 8-bit weights and
-#: integer products (scheme w8, GABIC's default); ``"float"``: the float networks
+#: fractions (scheme fx16); ``"fixed8"``: the same with 8-bit weights and integer products
+#: (scheme w8, the latent codecs' default); ``"float"``: the float networks
 #: (format-1 streams; not portable across machines or thread counts)
 ARITHMETICS = ("fixed", "fixed8", "float")
 #: the command-line names of the fixed-point schemes -> their arithmetic
@@ -71,8 +71,8 @@ def _check_arithmetic(mode: str) -> str:
 class FixedPointHyperpriorCodec(HyperpriorLatentCodec):
     """CompressAI's hyperprior codec whose ``y`` is coded with fixed-point entropy parameters.
 
-    ``forward`` is CompressAI's (float, differentiable). With ``arithmetic = "fixed"``
-    (default) ``compress``/``decompress`` code ``z`` with the entropy bottleneck, then call
+    ``forward`` is CompressAI's (float, differentiable). With ``arithmetic = "fixed8"``
+    (default) or ``"fixed"`` ``compress``/``decompress`` code ``z`` with the entropy bottleneck, then call
     :meth:`_code`, which evaluates the networks of :meth:`_fixed_modules` in fixed point
     (:mod:`gnn_lic.models.fixed_point`) and puts every symbol of one image into a single
     rANS string: ``strings = [[y string per image], z_strings]``, ``shape = (h_z, w_z)``
@@ -81,7 +81,7 @@ class FixedPointHyperpriorCodec(HyperpriorLatentCodec):
     :meth:`_compress_float` / :meth:`_decompress_float` run (format-1 streams).
     """
 
-    arithmetic: str = "fixed"
+    arithmetic: str = "fixed8"
 
     def _fixed_modules(self) -> Dict[str, nn.Module]:  # pragma: no cover - abstract
         """Name -> float module of every network :meth:`_code` runs in fixed point."""

@@ -163,8 +163,8 @@ class SCCTXLatentCodec(FixedPointHyperpriorCodec):
     r"""CompressAI's hyperprior codec over channel groups of checkerboard codecs, coded deterministically.
 
     ``forward`` is CompressAI's (float, differentiable; each group's parameter network runs on the
-    half of the positions each pass keeps, :class:`HalfMapCheckerboardLatentCodec`). With ``arithmetic = "fixed"``
-    (default) ``compress``/``decompress`` evaluate ``h_s``, every channel context,
+    half of the positions each pass keeps, :class:`HalfMapCheckerboardLatentCodec`). With ``arithmetic = "fixed8"``
+    (default, scheme w8) or ``"fixed"`` (fx16) ``compress``/``decompress`` evaluate ``h_s``, every channel context,
     checkerboard context and parameter network in fixed point
     (:mod:`gnn_lic.models.fixed_point`), in the same order as CompressAI's codecs: for
     group :math:`k`, anchors (spatial context 0) then non-anchors (spatial context from the

@@ -100,9 +100,11 @@ def test_the_portability_report_codes_with_the_models_own_scheme_unless_told():
     from gnn_lic.models import create_model
 
     glic, gabic = create_model("glic", size="tiny"), create_model("gabic", size="tiny")
-    assert _paths(glic, None) == (("fixed", "fixed"), ("float", "float"))
-    assert _paths(gabic, None) == (("fixed", "fixed8"), ("float", "float"))
-    assert _paths(gabic, "fx16")[0] == ("fixed", "fixed") and _paths(glic, "w8")[0] == ("fixed", "fixed8")
+    assert _paths(glic, None) == _paths(gabic, None) == (("fixed", "fixed8"), ("float", "float"))
+    assert _paths(gabic, "fx16")[0] == _paths(glic, "fx16")[0] == ("fixed", "fixed")
+    assert _paths(glic, "w8")[0] == ("fixed", "fixed8")
+    glic.latent_codec.arithmetic = "fixed"  # a codec whose own scheme is fx16
+    assert _paths(glic, None)[0] == ("fixed", "fixed")
 
 
 @pytest.mark.parametrize("has_onednn", [False, True])

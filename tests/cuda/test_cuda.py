@@ -99,8 +99,9 @@ def test_compress_decompress_roundtrip(name):
     enc = net.compress(x)
     dec = net.decompress(enc["strings"], enc["shape"])["x_hat"]
     assert dec.device.type == "cuda" and dec.shape == x.shape
-    # fixed-point entropy means: rounding apart from the float forward (a latent may cross a step)
-    assert float((dec - ref).abs().mean()) < 1e-2
+    # fixed-point entropy means (scheme w8: 8-bit weights): rounding apart from the float forward (a latent
+    # may cross a step; experiments/gpu_check.py FORWARD_MEAN_ATOL)
+    assert float((dec - ref).abs().mean()) < 5e-2
     assert (dec[0] - dec[1]).abs().max() > 1e-3  # depends on the image
     from gnn_lic.models.base import pad_to_multiple
 

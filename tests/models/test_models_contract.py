@@ -72,8 +72,9 @@ def test_compress_decompress_matches_forward(name, hw):
         enc = net.compress(x)
         dec = net.decompress(enc["strings"], enc["shape"])
     torch.testing.assert_close(dec["x_hat"], ref, atol=ROUNDTRIP_ATOL, rtol=0)
-    # fixed-point entropy parameters move the means by ~2**-16: a latent on a rounding
-    # tie may quantise the other way, a local difference; most pixels stay within noise
+    # the model's own fixed-point scheme (w8): 8-bit weights move the means of this amplified
+    # untrained model by a fraction of a step, so some symbols change (about 1 pixel in 9 beyond 1e-2
+    # here, none on trained models: the README's Kodak figures); a broken decoder leaves few pixels close
     enc = net.compress(x)
     assert set(enc) == {"strings", "shape"}
     assert json.loads(json.dumps(enc["shape"])) == enc["shape"]
@@ -84,9 +85,16 @@ def test_compress_decompress_matches_forward(name, hw):
     assert dec["x_hat"].shape == x.shape
     assert dec["x_hat"].min() >= 0 and dec["x_hat"].max() <= 1
     close = ((dec["x_hat"] - ref).abs() <= 1e-2).float().mean()
-    assert close >= 0.99, f"only {close:.4f} of the pixels are within 1e-2 of forward"
+    assert close >= 0.8, f"only {close:.4f} of the pixels are within 1e-2 of forward"
     # the reconstruction is not trivial: it depends on the image
     assert (dec["x_hat"][0] - dec["x_hat"][1]).abs().max() > 1e-3
+    # scheme fx16 moves the means by ~2**-16: a latent on a rounding tie may quantise the other
+    # way, a local difference; nearly every pixel stays within noise
+    with entropy_arithmetic(net, "fixed"):
+        enc = net.compress(x)
+        dec = net.decompress(enc["strings"], enc["shape"])
+    close = ((dec["x_hat"] - ref).abs() <= 1e-2).float().mean()
+    assert close >= 0.99, f"fx16: only {close:.4f} of the pixels are within 1e-2 of forward"
 
 
 @pytest.mark.parametrize("name", MODELS)

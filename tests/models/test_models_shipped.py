@@ -59,8 +59,8 @@ def test_cli_roundtrip_with_shipped_weights(key, tmp_path, capsys):
     capsys.readouterr()
     net = create_model(name, size=size, pretrained=True)
     info = inspect_stream(stream.read_bytes())
-    default = net.latent_codec.arithmetic  # the model's own scheme: GLIC fx16, GABIC w8
-    assert info["arithmetic"] == default == {"glic": "fixed", "gabic": "fixed8"}[name]
+    default = net.latent_codec.arithmetic  # the model's own scheme: w8 for both
+    assert info["arithmetic"] == default == "fixed8"
     assert info["identity"] == identity_digest(net, SCHEMES[default])[:4].hex() and info["fixed_point"]
     assert info["overhead_bytes"] <= 32  # a shipped model's stream: short model code, implied shape
     assert cli.main(["decompress", str(stream), str(png)]) == 0

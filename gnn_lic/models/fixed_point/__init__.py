@@ -44,7 +44,7 @@ Only three kinds of operation occur, and each is deterministic:
 
 Two schemes
 -----------
-Scheme **fx16** (:data:`SCHEME`, arithmetic ``"fixed"``, GLIC's default) is the one above:
+Scheme **fx16** (:data:`SCHEME`, arithmetic ``"fixed"``) is the one above:
 float64 products of 16-bit-fraction weights. Scheme **w8** (:data:`SCHEME_W8`, arithmetic
 ``"fixed8"``, flagged in the streams that use it) keeps the activations, layer
 norms, tables and depthwise convolutions of fx16 and rounds the weights of every other
@@ -55,9 +55,9 @@ natively (VNNI, AMX); elsewhere (AVX2, other devices) the same integers come fro
 product of the whole inputs, at fx16's speed. Its 8-bit weights move
 the means by a fraction of a quantisation step: on the trained shipped models the rate is
 the same, but untrained or tiny models drift further from their float forward than with
-fx16. Each latent codec names its default (``arithmetic``): GABIC's channel-slice codec w8,
-whose 3x3 slice networks run faster with integer products, GLIC's SCCTX fx16, whose
-pointwise networks at small sizes do not. A stream names its scheme, so both decode.
+fx16. Each latent codec names its default (``arithmetic``): w8 for both GABIC's channel-slice
+codec and GLIC's SCCTX (since 2026-12-07; fx16 before), whose networks run faster with integer
+products. A stream names its scheme, so both decode.
 
 Scaling by a power of two is exact, so a layer multiplies its integer weights and bias by
 :math:`2^{-F_w}` once, at conversion: products and sums are then the integer ones times
