@@ -203,8 +203,13 @@ def digit_rows(x: Tensor, planes: int, kernel_size, padding, taps, rows: Tuple[i
     mask = digit_offset(planes)
     if kernels._use_compiled(x) and x.is_contiguous():
         out = torch.empty((len(taps) * C, planes, i1 - i0, j1 - j0), dtype=torch.int8)
-        compiled.parallel(kernels._digit_rows_loop, x.numpy(), mask, ph, pw, np.array(dy, dtype=np.int64),
-                          np.array(dx, dtype=np.int64), i0, j0, out.numpy())
+        if taps:  # the loop splits the inputs the band reads (every one inside the map): those rows and columns
+            ya, yb = max(0, i0 - ph + min(dy)), max(0, min(H, i1 - ph + max(dy)))
+            xa, xb = max(0, j0 - pw + min(dx)), max(0, min(W, j1 - pw + max(dx)))
+            part = x[:, ya : max(ya, yb), xa : max(xa, xb)]
+            compiled.parallel(kernels._digit_rows_loop, part.contiguous().numpy(), mask, ph, pw,
+                              np.array(dy, dtype=np.int64), np.array(dx, dtype=np.int64), i0 - ya, j0 - xa,
+                              out.numpy())
         return out.reshape(len(taps) * C, -1)
     if not taps:
         return torch.empty((0, planes * (i1 - i0) * (j1 - j0)), dtype=torch.int8, device=x.device)

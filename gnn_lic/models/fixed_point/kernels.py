@@ -288,6 +288,7 @@ def _copy_into(dst, src):  # pragma: no cover - compiled
 @compiled.jit(parallel=True)
 def _digit_rows_loop(x, mask, ph, pw, dy, dx, i0, j0, out):  # pragma: no cover - compiled
     # out[(t, c), k, i, j]: byte digit k of (a ^ mask), a the input of channel c under tap t at output (i0 + i, j0 + j)
+    # (i0, j0 may be negative: x is then the part of a map that a band of outputs reads)
     C, H, W = x.shape
     R, P, n, m = out.shape
     digits = np.empty((C, P, H * W), np.int8)  # every input's digits, made once, then copied per tap
@@ -296,7 +297,7 @@ def _digit_rows_loop(x, mask, ph, pw, dy, dx, i0, j0, out):  # pragma: no cover 
         for k in range(P):
             _digits_into(digits[c, k], xc, mask, 8 * k)
     flat = out.reshape(R, P, n * m)
-    whole = m == W and j0 == 0  # output rows as wide as the input's: each tap's window is one run of the input
+    whole = m == W  # output rows as wide as the input's: each tap's window is one run of the input
     for r in prange(R):
         t, c = r // C, r % C
         d = j0 + dx[t] - pw  # input column = output column + d
