@@ -11,6 +11,7 @@ import torch
 
 from gnn_lic.graph import AdaptiveDegree, GlobalGrid, LocalWindow, TopK, WindowPartition, build_graphs
 from gnn_lic.models import create_model
+from gnn_lic.models.entropy import entropy_arithmetic
 from gnn_lic.training.losses import RateDistortionLoss
 from gnn_lic.training.optim import configure_optimizers
 
@@ -102,6 +103,10 @@ def test_compress_decompress_roundtrip(name):
     # fixed-point entropy means (scheme w8: 8-bit weights): rounding apart from the float forward (a latent
     # may cross a step; experiments/gpu_check.py FORWARD_MEAN_ATOL)
     assert float((dec - ref).abs().mean()) < 5e-2
+    with entropy_arithmetic(net, "fixed"):  # scheme fx16: the forward's means to their last bits
+        enc16 = net.compress(x)
+        dec16 = net.decompress(enc16["strings"], enc16["shape"])["x_hat"]
+    assert float((dec16 - ref).abs().mean()) < 1e-2
     assert (dec[0] - dec[1]).abs().max() > 1e-3  # depends on the image
     from gnn_lic.models.base import pad_to_multiple
 

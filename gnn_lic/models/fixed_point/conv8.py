@@ -139,10 +139,8 @@ class W8Layer:
         band = max(1, MAX_COLUMN_BYTES // (per_pixel * unit))
         for s0 in range(0, units, band):
             s1 = min(units, s0 + band)
-            if pointwise:
-                digits = digit_rows(x, p, (1, 1), (0, 0), self._taps8, (0, 1), (s0, s1))
-            else:
-                digits = digit_rows(x, p, self.kernel_size, self.padding, self._taps8, (s0, s1))
+            rows, cols = ((0, 1), (s0, s1)) if pointwise else ((s0, s1), None)
+            digits = digit_rows(x, p, self.kernel_size, self.padding, self._taps8, rows, cols)
             self._digit_sums(digits, p, table, out[:, s0 * unit : s1 * unit])
         return out.reshape(1, O, Ho, Wo)
 

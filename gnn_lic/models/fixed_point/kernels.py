@@ -212,9 +212,8 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
         O, P, L = g.shape
     else:
         P, L, O = g.shape
-    if out is None:
-        out = torch.empty((O, L), dtype=torch.float64, device=g.device)
-    if _use_compiled(g, dtype=torch.int32) and g.is_contiguous() and out.stride(-1) == 1:
+    if _use_compiled(g, dtype=torch.int32) and g.is_contiguous() and (out is None or out.stride(-1) == 1):
+        out = torch.empty((O, L), dtype=torch.float64) if out is None else out
         b = bias if bias is not None else scale
         compiled.parallel(_combine_rows_loop if outputs_on_rows else _combine_loop, g.numpy(), float(base),
                           offset.reshape(-1).numpy(), scale.reshape(-1).numpy(), b.reshape(-1).numpy(),
@@ -224,8 +223,8 @@ def combine_requantize(g: Tensor, offset: Tensor, scale: Tensor, bias: Tensor | 
     acc = digit(P - 1).to(torch.float64)
     for k in range(P - 2, -1, -1):
         acc = acc.mul_(float(base)).add_(digit(k))
-    out.copy_(round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table))
-    return out
+    result = round_bias_clamp_(acc.add_(offset).mul_(scale), bias, bound, table)
+    return result if out is None else out.copy_(result)
 
 
 def round_bias_clamp_(acc: Tensor, bias: Tensor | None, bound: float, table=None) -> Tensor:
