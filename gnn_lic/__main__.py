@@ -193,16 +193,17 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
 
 
 def _run_compress(args: argparse.Namespace) -> int:
-    from gnn_lic.codec import encode_image, read_image, write_bytes  # noqa: PLC0415
+    if not args.checkpoint and not args.model:
+        raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
+    from gnn_lic.codec import read_image  # noqa: PLC0415 - the models' imports only once the image is read
+    image = read_image(args.input)
+    _check_output_free(args.output, args.force)
+    from gnn_lic.codec import encode_image, write_bytes  # noqa: PLC0415
     from gnn_lic.codec.budget import job_plan, time_encode  # noqa: PLC0415
     from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
     from gnn_lic.models.entropy import SCHEME_ARITHMETICS, entropy_arithmetic  # noqa: PLC0415
 
-    if not args.checkpoint and not args.model:
-        raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
     device = _device(args.device)
-    image = read_image(args.input)
-    _check_output_free(args.output, args.force)
     if args.checkpoint:
         net, _ = load_checkpoint(args.checkpoint)
         if args.model and args.model != net.model_name:
@@ -241,15 +242,16 @@ def _add_decompress(p: argparse.ArgumentParser) -> None:
 
 
 def _run_decompress(args: argparse.Namespace) -> int:
-    from gnn_lic.codec import decode_image, inspect_stream, write_image  # noqa: PLC0415
-    from gnn_lic.codec.budget import job_plan, time_decode  # noqa: PLC0415
-    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
-
+    from gnn_lic.codec import inspect_stream  # noqa: PLC0415 - no PyTorch: a bad file is refused at once
     _check_quality(args)
-    device = _device(args.device)
     data = _read_stream_file(args.input)
     header = inspect_stream(data)
     _check_output_free(args.output, args.force)
+    from gnn_lic.codec import decode_image, write_image  # noqa: PLC0415
+    from gnn_lic.codec.budget import job_plan, time_decode  # noqa: PLC0415
+    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+
+    device = _device(args.device)
     if args.checkpoint:
         net, _ = load_checkpoint(args.checkpoint)
     else:

@@ -9,9 +9,10 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional, Union
 
-import torch
+if TYPE_CHECKING:  # PyTorch is imported where a module is asked about, so that file helpers start in no time
+    import torch
 
 __all__ = ["module_device", "module_bytes", "process_memory", "atomic_write", "tune_malloc"]
 
@@ -31,6 +32,8 @@ def module_device(module: torch.nn.Module) -> torch.device:
         return tensor.device
     for tensor in module.buffers():
         return tensor.device
+    import torch  # noqa: PLC0415
+
     return torch.device("cpu")
 
 

@@ -24,9 +24,34 @@ from gnn_lic.errors import (
     NoPretrainedWeightsError,
     OutputExistsError,
 )
-from gnn_lic.codec.fingerprint import config_hash, model_fingerprint
-from gnn_lic.codec.image_codec import decode_image, encode_image
-from gnn_lic.codec.image_io import read_image, write_bytes, write_image
+
+# The container and the errors need neither PyTorch nor the models; the rest is imported on first use
+# (PEP 562), so that reading a header (``python -m gnn_lic info``) or refusing a bad file takes no
+# seconds of imports.
+_LAZY = {
+    "config_hash": "fingerprint",
+    "model_fingerprint": "fingerprint",
+    "decode_image": "image_codec",
+    "encode_image": "image_codec",
+    "read_image": "image_io",
+    "write_bytes": "image_io",
+    "write_image": "image_io",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        value = getattr(importlib.import_module(f"gnn_lic.codec.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gnn_lic.codec' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "encode_image",

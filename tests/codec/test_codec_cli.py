@@ -113,6 +113,34 @@ def test_subprocess_text_file_fails_cleanly(work):
     assert not (work / "x.glic").exists()
 
 
+def test_headers_and_bad_files_need_no_pytorch(work):
+    """info reads a header, and decompress refuses a missing or corrupt file, without importing PyTorch (or the
+    models and CompressAI behind it): no seconds of imports before the answer."""
+    r = _run(work, "compress", "in.png", "h.glic", "--checkpoint", "model.pth.tar")
+    assert r.returncode == 0, r.stderr
+    (work / "bad.glic").write_bytes((work / "h.glic").read_bytes()[:-3])
+    blocked = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'gnn_lic'; "
+               "runpy.run_module('gnn_lic', run_name='__main__')")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", blocked, *args], cwd=work, env=_env(False), capture_output=True,
+                              text=True, timeout=120)
+
+    r = run("info", "h.glic")
+    assert r.returncode == 0, r.stderr
+    assert f"total_bytes: {(work / 'h.glic').stat().st_size}" in r.stdout
+    for name, words in (("missing.glic", "'missing.glic' does not exist"), ("bad.glic", "corrupt or truncated")):
+        r = run("decompress", name, "x.png", "--checkpoint", "model.pth.tar")
+        assert r.returncode == 2 and words in _one_error(r.stderr)
+    r = run("compress", "in.png", "h.glic", "--checkpoint", "model.pth.tar")  # refused before any model is loaded
+    assert r.returncode == 2 and "already exists" in _one_error(r.stderr)
+    r = run("compress", "nothere.png", "z.glic", "--checkpoint", "model.pth.tar")
+    assert r.returncode == 2 and "nothere.png" in _one_error(r.stderr)
+    assert not (work / "x.png").exists() and not (work / "z.glic").exists()
+    r = run("decompress", "h.glic", "y.png", "--checkpoint", "model.pth.tar")  # a real job does import it
+    assert r.returncode == 1 and "torch" in r.stderr
+
+
 # ---------------------------------------------------------------------------- in-process
 
 
