@@ -180,8 +180,8 @@ _BANDS = threading.local()
 
 def in_band() -> bool:
     """Whether this thread is inside :func:`banded_stage`'s chain: layers whose float rounding would depend on
-    how their rows are grouped (:func:`~gnn_lic.nn.winograd43.winograd43`'s matrix products) then compute
-    each row on its own, so that a band's rows come out as the whole map's."""
+    how their rows are grouped (:func:`~gnn_lic.nn.winograd43.winograd43`'s matrix products) then group them
+    on a grid fixed from each image's first row, so that a band's rows come out as the whole map's."""
     return getattr(_BANDS, "depth", 0) > 0
 
 

@@ -33,9 +33,11 @@ output, against 36 / 16 times 4 polyphase channels). The transforms are compiled
 over the channels, contiguous in channels-last memory; the tiles run in chunks of tile rows so that
 the transformed patches and their products stay within :data:`CHUNK_BYTES` each.
 
-Inside :func:`~gnn_lic.nn.banded.banded_stage` each row of tiles is its own matrix product (the same
-shapes and operands wherever the row lies), so a band that starts on the tile grid (:data:`TILE_ROWS`)
-gives the whole map's rows bit for bit; elsewhere one product per chunk of rows, faster.
+Inside :func:`~gnn_lic.nn.banded.banded_stage` each image's rows of tiles are multiplied in groups of
+:data:`TILES_PER_PRODUCT` from its first (the same shapes and operands wherever the group lies), so a band
+that starts on their grid (:data:`TILE_ROWS`) gives the whole map's rows bit for bit; elsewhere one product
+per chunk of rows, faster. (One row of tiles per product made matrices of one tile row's width, on which
+the products run well below their speed on larger ones.)
 
 The values are the convolution's up to float rounding (a few float32 ulps more than the direct
 convolution's, from the transforms' factors up to 8), not bit for bit: for transforms whose
@@ -44,7 +46,7 @@ outputs are floats anyway (the models' analysis and synthesis), never for the en
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,13 +57,15 @@ from gnn_lic import compiled
 from gnn_lic.nn.banded import in_band
 
 __all__ = ["polyphase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43", "winograd43_pays", "CHUNK_BYTES",
-           "MIN_CHANNELS", "TILE_ROWS"]
+           "MIN_CHANNELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
 CHUNK_BYTES = 8 << 20
-#: output rows of the 3x3 convolution per tile: inside :func:`~gnn_lic.nn.banded.banded_stage` a band's rows come
-#: out as the whole map's when the band starts on a multiple of it (in the 3x3 convolution's output rows)
-TILE_ROWS = 4
+#: rows of tiles per matrix product inside :func:`~gnn_lic.nn.banded.banded_stage` (from each image's first row)
+TILES_PER_PRODUCT = 2
+#: output rows of the 3x3 convolution per product inside :func:`~gnn_lic.nn.banded.banded_stage`: a band's rows
+#: come out as the whole map's when the band starts on a multiple of it (in the 3x3 convolution's output rows)
+TILE_ROWS = 4 * TILES_PER_PRODUCT
 #: fewest input and output channels that take the Winograd path: with fewer (an RGB input), the 36 small
 #: matrix products lose to the direct convolution
 MIN_CHANNELS = 32
@@ -217,21 +221,32 @@ def winograd43(x: Tensor, tiles: Tensor, bias: Optional[Tensor], polyphase: bool
     y = torch.empty((B, Ho, Wo, O), dtype=x.dtype)
     b = (bias if bias is not None else x.new_zeros(out)).detach().contiguous().numpy()
     rows = max(1, CHUNK_BYTES // (36 * tw * max(K, out) * x.element_size()))
-    per_row = in_band()
-    for r0 in range(0, B * th, rows):
-        n = min(rows, B * th - r0)
-        if per_row:  # one product per row of tiles: the same shapes and operands wherever the row lies
-            v = torch.empty((n, 36, tw, K), dtype=x.dtype).transpose(0, 1)
-            m = torch.empty((n, 36, tw, out), dtype=x.dtype)
-        else:  # one product for the chunk
-            v = torch.empty((36, n, tw, K), dtype=x.dtype)
+    for r0, n, groups in _chunks(B, th, rows, in_band()):
+        v = torch.empty((36, n, tw, K), dtype=x.dtype)
         compiled.parallel(_input_tiles, xl.numpy(), polyphase, th, tw, r0, v.numpy())
-        if per_row:
-            for r in range(n):
-                torch.bmm(v[:, r], tiles, out=m[r])
-            m = m.transpose(0, 1)
-        else:
-            m = torch.bmm(v.view(36, n * tw, K), tiles).view(36, n, tw, out)
+        m = torch.empty((36, n, tw, out), dtype=x.dtype)
+        for a, c in groups:  # rows [a, c) of the chunk: one product each
+            torch.bmm(v[:, a:c].reshape(36, (c - a) * tw, K), tiles, out=m[:, a:c].view(36, (c - a) * tw, out))
         del v
         compiled.parallel(_output_tiles, m.numpy(), b, shuffle, th, tw, r0, y.numpy())
     return y.permute(0, 3, 1, 2)
+
+
+def _chunks(batch: int, th: int, rows: int, grouped: bool) -> List[Tuple[int, int, List[Tuple[int, int]]]]:
+    """Chunks ``(r0, n, products)`` of the ``batch * th`` rows of tiles (row ``b th + i``: image ``b``, tile row
+    ``i``) of at most ``rows`` rows where a product allows, with their products as row ranges within the chunk:
+    with ``grouped`` one per :data:`TILES_PER_PRODUCT` rows of an image from its first (a chunk holds whole
+    groups), otherwise one per chunk."""
+    total = batch * th
+    if not grouped:
+        return [(r0, min(rows, total - r0), [(0, min(rows, total - r0))]) for r0 in range(0, total, rows)]
+    chunks: List[Tuple[int, int, List[Tuple[int, int]]]] = []
+    for b in range(batch):
+        for i in range(0, th, TILES_PER_PRODUCT):
+            a, c = b * th + i, b * th + min(th, i + TILES_PER_PRODUCT)
+            if chunks and c - chunks[-1][0] <= rows:  # the group joins the open chunk
+                r0, _, products = chunks[-1]
+                chunks[-1] = (r0, c - r0, products + [(a - r0, c - r0)])
+            else:
+                chunks.append((a, c - a, [(0, c - a)]))
+    return chunks

@@ -83,26 +83,46 @@ def test_layers_compute_compressais_function(kind, shape):
 @needs_compiled
 @pytest.mark.parametrize("polyphase, shuffle", [(True, False), (False, True), (False, False)])
 def test_rows_in_bands_are_the_whole_maps_bit_for_bit(polyphase, shuffle, monkeypatch):
-    """Inside :func:`~gnn_lic.nn.banded.banded_stage` every row of tiles is its own product: bands that start
-    on the tile grid (4 rows of the 3x3 convolution's output) and any chunking give the whole map's bits."""
+    """Inside :func:`~gnn_lic.nn.banded.banded_stage` each image's rows of tiles are multiplied in groups from its
+    first: bands that start on their grid (TILE_ROWS rows of the 3x3 convolution's output) and any chunking give
+    the whole map's bits."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 8, 64, 10, generator=g)
     w = torch.randn(16, 32 if polyphase else 8, 3, 3, generator=g)
     tiles, bias = filter_tiles43(w), torch.randn(16, generator=g)
-    geometry = dict(down=2, align=8, halo=8) if polyphase else dict(up=2 if shuffle else 1, align=4, halo=4)
+    T = winograd43.TILE_ROWS
+    geometry = dict(down=2, align=2 * T, halo=2 * T) if polyphase else dict(up=2 if shuffle else 1, align=T, halo=T)
 
     def fn(t):
         return run43(t, tiles, bias, polyphase, shuffle)
 
     whole = banded_stage([x], fn, max_rows=64, **geometry)  # one band: the whole map
     assert (whole - fn(x)).abs().max() <= 1e-5 * whole.abs().max()  # outside a band: a product per chunk
-    for max_rows in (8, 16, 24):
+    for max_rows in (geometry["align"], 2 * geometry["align"], 3 * geometry["align"]):
         assert torch.equal(banded_stage([x], fn, max_rows=max_rows, **geometry), whole), max_rows
-    monkeypatch.setattr(winograd43, "CHUNK_BYTES", 1)  # one row of tiles per chunk
-    assert torch.equal(banded_stage([x], fn, max_rows=16, **geometry), whole)
-    # bands off the tile grid compute their rows from other tiles: other rounding
-    off_grid = dict(geometry, align=geometry["align"] // 2, halo=geometry["align"] // 2)
+    monkeypatch.setattr(winograd43, "CHUNK_BYTES", 1)  # one product per chunk
+    assert torch.equal(banded_stage([x], fn, max_rows=2 * geometry["align"], **geometry), whole)
+    # bands off the tile grid (half a tile) compute their rows from other tiles: other rounding
+    off_grid = dict(geometry, align=4 if polyphase else 2, halo=4 if polyphase else 2)
     assert not torch.equal(banded_stage([x], fn, max_rows=10 if polyphase else 6, **off_grid), whole)
+
+
+@pytest.mark.parametrize("batch, th, rows", [(1, 7, 100), (2, 5, 3), (3, 4, 1), (2, 6, 4)])
+def test_chunks_hold_whole_groups_of_each_images_rows(batch, th, rows):
+    """Inside a band each image's rows of tiles are multiplied in groups of TILES_PER_PRODUCT from its first, chunks
+    hold whole groups (at most ``rows`` rows unless one group is larger), and every row is in one product."""
+    g = winograd43.TILES_PER_PRODUCT
+    seen = []
+    for r0, n, products in winograd43._chunks(batch, th, rows, True):
+        assert n <= max(rows, g) and products[0][0] == 0 and products[-1][1] == n
+        for a, c in products:
+            b, i = divmod(r0 + a, th)
+            assert i % g == 0 and c - a == min(g, th - i)  # a group starts on the image's grid
+            seen += range(r0 + a, r0 + c)
+    assert seen == list(range(batch * th))
+    plain = winograd43._chunks(batch, th, rows, False)
+    assert [(r0, n) for r0, n, _ in plain] == [(r0, min(rows, batch * th - r0)) for r0 in range(0, batch * th, rows)]
+    assert all(products == [(0, n)] for _, n, products in plain)
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
