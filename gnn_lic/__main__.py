@@ -45,6 +45,7 @@ import warnings
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, print_error
+from gnn_lic.errors import CodecError, ModelMismatchError, OutputExistsError  # no imports of its own
 
 PROG = "gnn_lic"
 PLUGINS_ENV = "GNN_LIC_PLUGINS"
@@ -75,8 +76,6 @@ def register_command(
 
 
 def _read_stream_file(path: str) -> bytes:
-    from gnn_lic.errors import CodecError  # noqa: PLC0415
-
     if not os.path.exists(path):
         raise CodecError(f"input file '{path}' does not exist")
     if os.path.isdir(path):
@@ -89,8 +88,6 @@ def _read_stream_file(path: str) -> bytes:
 
 
 def _check_output_free(path: str, force: bool) -> None:
-    from gnn_lic.errors import CodecError, OutputExistsError  # noqa: PLC0415
-
     if os.path.isdir(path):
         raise CodecError(f"output '{path}' is a folder")
     if not force and os.path.exists(path):
@@ -133,7 +130,6 @@ def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[
     when ``name``/``size`` ships several, the one whose identity the stream carries."""
     from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
     from gnn_lic.codec.image_codec import check_model_matches  # noqa: PLC0415
-    from gnn_lic.errors import ModelMismatchError  # noqa: PLC0415
     from gnn_lic.models.zoo import shipped_weights  # noqa: PLC0415
 
     files = {e.file: e.qualities[0] for e in shipped_weights(name, size)}
@@ -381,8 +377,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             print_error("choose a command: " + ", ".join(COMMANDS) + f" (see {PROG} --help)", PROG)
             return EXIT_ERROR
-        from gnn_lic.errors import CodecError  # noqa: PLC0415
-
         try:
             return int(args._run(args) or EXIT_OK)
         except (CodecError, UsageError) as exc:

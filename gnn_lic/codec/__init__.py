@@ -14,6 +14,8 @@ The container layout is documented byte by byte in :mod:`gnn_lic.codec.container
 format 1 in :mod:`gnn_lic.codec.container_v1`, the byte encoding in :mod:`gnn_lic.codec.wire`).
 """
 
+import importlib
+
 from gnn_lic.codec.container import inspect_stream
 from gnn_lic.errors import (
     CheckpointError,
@@ -41,8 +43,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib  # noqa: PLC0415
-
         value = getattr(importlib.import_module(f"gnn_lic.codec.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
