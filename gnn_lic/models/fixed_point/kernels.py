@@ -150,7 +150,7 @@ def _requantized(acc, off, s, b, has_bias, bound):  # pragma: no cover - compile
 @compiled.jit
 def _table_row(row, table):  # pragma: no cover - compiled
     # the table read of a row just written, while it is in the cache (None: a separate compilation, no read);
-    # the table's fields are read once per row: read per element, they kept the loop ~2.5x slower
+    # the table's fields are read once per row: read per element, they slowed the whole loop (README, 2026-12-07)
     if table is not None:
         grid, lim, shift, inv_step, identity_above = table
         for j in range(row.shape[0]):
