@@ -5,6 +5,7 @@ Examples::
     python -m gnn_lic compress kodim01.png kodim01.glic --model glic --size small
     python -m gnn_lic compress kodim01.png kodim01.glic --checkpoint runs/glic.pth.tar [--scheme w8]
     python -m gnn_lic decompress kodim01.glic kodim01_hat.png [--checkpoint CKPT]
+    python -m gnn_lic compress photos/*.jpg out/ -m glic -s small   # several files into a folder, one process
     python -m gnn_lic info kodim01.glic [--json]
     python -m gnn_lic convert-official glic glic_0.013.pth glic_0013.pt   # the authors' weights
 
@@ -16,7 +17,8 @@ Exit codes
     (including files that are not images), corrupt/truncated/foreign streams, model
     mismatch, an existing output without ``--force``, no shipped weights, unusable
     checkpoints, unknown model name or size.  One line ``gnn_lic: error: ...`` on stderr, no
-    traceback, and no output file is left behind (outputs are written atomically).
+    traceback, and no output file is left behind (outputs are written atomically). With several
+    inputs, each file that fails gets its own line and the others go on; a last line counts them.
 ``1``
     an unexpected internal error (a bug): one line on stderr; the traceback is shown
     with ``--debug`` or ``GNN_LIC_DEBUG=1``.
@@ -44,8 +46,10 @@ import time
 import warnings
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
-from gnn_lic.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, print_error
-from gnn_lic.errors import CodecError, ModelMismatchError, OutputExistsError  # no imports of its own
+from gnn_lic.cli import (
+    EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, each_file, print_error,
+)
+from gnn_lic.errors import CodecError  # no imports of its own
 
 PROG = "gnn_lic"
 PLUGINS_ENV = "GNN_LIC_PLUGINS"
@@ -75,28 +79,6 @@ def register_command(
 # ------------------------------------------------------------------------------ helpers
 
 
-def _read_stream_file(path: str) -> bytes:
-    if not os.path.exists(path):
-        raise CodecError(f"input file '{path}' does not exist")
-    if os.path.isdir(path):
-        raise CodecError(f"input '{path}' is a folder, not a file")
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise CodecError(f"cannot read '{path}': {exc.strerror or exc}") from None
-
-
-def _check_output_free(path: str, force: bool) -> None:
-    if os.path.isdir(path):
-        raise CodecError(f"output '{path}' is a folder")
-    if not force and os.path.exists(path):
-        raise OutputExistsError(f"output file '{path}' already exists (use --force to overwrite)")
-    folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise CodecError(f"output folder '{folder}' does not exist")
-
-
 def _device(name: str):
     import torch  # noqa: PLC0415
 
@@ -107,43 +89,6 @@ def _device(name: str):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but CUDA is not available")
     return device
-
-
-def _pretrained_model(name: str, size: str, quality: Optional[float] = None):
-    """``create_model(name, size, pretrained=True, quality=quality)`` with checks done before building."""
-    from gnn_lic.models import SIZES, create_model, list_models  # noqa: PLC0415
-    from gnn_lic.models.zoo import find_weights  # noqa: PLC0415
-
-    if name not in list_models():
-        raise UsageError(f"unknown model '{name}'; choose one of: {', '.join(list_models()) or '(none registered)'}")
-    if size not in SIZES:
-        raise UsageError(f"unknown size '{size}'; choose one of: {', '.join(SIZES)}")
-    try:
-        find_weights(name, size, quality)
-    except ValueError as exc:
-        raise UsageError(f"--quality: {exc}") from None
-    return create_model(name, size=size, pretrained=True, quality=quality)
-
-
-def _pretrained_for_stream(data: bytes, name: str, size: str, quality: Optional[float]):
-    """The shipped model a stream was encoded with: ``--quality``'s, the only one shipped, or,
-    when ``name``/``size`` ships several, the one whose identity the stream carries."""
-    from gnn_lic.codec.container import parse_stream  # noqa: PLC0415
-    from gnn_lic.codec.image_codec import check_model_matches  # noqa: PLC0415
-    from gnn_lic.models.zoo import shipped_weights  # noqa: PLC0415
-
-    files = {e.file: e.qualities[0] for e in shipped_weights(name, size)}
-    if quality is not None or len(files) < 2:
-        return _pretrained_model(name, size, quality if quality is not None else next(iter(files.values()), None))
-    parsed, mismatch = parse_stream(data), None
-    for q in sorted(files.values()):
-        net = _pretrained_model(name, size, q)
-        try:
-            check_model_matches(net, parsed)
-            return net
-        except ModelMismatchError as exc:
-            mismatch = exc
-    raise mismatch
 
 
 def _quality_of(data: bytes) -> float:
@@ -179,8 +124,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="image to compress (PNG, JPEG, ...; converted to 8-bit RGB)")
-    p.add_argument("output", help="compressed file to write")
+    p.add_argument("input", nargs="+", help="images to compress (PNG, JPEG, ...; converted to 8-bit RGB)")
+    p.add_argument("output", help="compressed file to write, or a folder (needed for several inputs) where "
+                   "each input's name gets .glic")
     p.add_argument("--model", "-m", help="model name (required without --checkpoint)")
     p.add_argument("--size", "-s", help=f"model size (default: {DEFAULT_SIZE}, or the checkpoint's)")
     p.add_argument("--scheme", choices=("fx16", "w8"), help="fixed-point entropy scheme (recorded in the file; "
@@ -188,18 +134,17 @@ def _add_compress(p: argparse.ArgumentParser) -> None:
     _add_model_arguments(p)
 
 
-def _run_compress(args: argparse.Namespace) -> int:
-    if not args.checkpoint and not args.model:
-        raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
-    from gnn_lic.codec import read_image  # noqa: PLC0415 - the models' imports only once the image is read
-    image = read_image(args.input)
-    _check_output_free(args.output, args.force)
-    from gnn_lic.codec import encode_image, write_bytes  # noqa: PLC0415
-    from gnn_lic.codec.budget import job_plan, time_encode  # noqa: PLC0415
-    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
-    from gnn_lic.models.entropy import SCHEME_ARITHMETICS, entropy_arithmetic  # noqa: PLC0415
+def _whole_job(load: Callable[[], object]):
+    """``load()``, whose expected errors (a checkpoint that cannot be used) stop every file of the job."""
+    try:
+        return load()
+    except CodecError as exc:
+        raise UsageError(str(exc)) from exc
 
-    device = _device(args.device)
+
+def _compress_model(args: argparse.Namespace):
+    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+
     if args.checkpoint:
         net, _ = load_checkpoint(args.checkpoint)
         if args.model and args.model != net.model_name:
@@ -209,59 +154,89 @@ def _run_compress(args: argparse.Namespace) -> int:
         if args.quality is not None and getattr(net, "qualities", 1) < 2:
             raise UsageError("--quality: the checkpoint's model serves one rate (it is not variable-rate)")
     else:
-        net = _pretrained_model(args.model, args.size or DEFAULT_SIZE, args.quality)
-    net.to(device)
-    quality = args.quality if getattr(net, "qualities", 1) > 1 else None
+        from gnn_lic.codec.shipped import pretrained_model  # noqa: PLC0415
 
-    h, w = image.shape[:2]
-    with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
-        start = time.perf_counter()
-        scheme = SCHEME_ARITHMETICS.get(args.scheme)  # None: the model's own
-        with entropy_arithmetic(net, scheme) if scheme else contextlib.nullcontext():  # no-op without one
-            data = encode_image(net, image, quality=quality)
-        seconds = time.perf_counter() - start
-    write_bytes(args.output, data, force=args.force)
-    nbytes = os.path.getsize(args.output)
-    bpp = nbytes * 8 / (h * w)
-    rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
-    print(f"{args.output}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
-    return EXIT_OK
+        net = pretrained_model(args.model, args.size or DEFAULT_SIZE, args.quality)
+    return net.to(_device(args.device))
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    if not args.checkpoint and not args.model:
+        raise UsageError("pass --model NAME (and --size) for shipped weights, or --checkpoint CKPT")
+    models = []  # the model, built once the first image has been read
+
+    def one(source: str, target: str) -> None:
+        from gnn_lic.codec import read_image  # noqa: PLC0415 - the models' imports only once the image is read
+        from gnn_lic.codec.image_io import check_output_free  # noqa: PLC0415
+
+        image = read_image(source)
+        check_output_free(target, args.force)
+        from gnn_lic.codec import encode_image, write_bytes  # noqa: PLC0415
+        from gnn_lic.codec.budget import job_plan, time_encode  # noqa: PLC0415
+        from gnn_lic.models.entropy import SCHEME_ARITHMETICS, entropy_arithmetic  # noqa: PLC0415
+
+        if not models:
+            models.append(_whole_job(lambda: _compress_model(args)))
+        net = models[0]
+        quality = args.quality if getattr(net, "qualities", 1) > 1 else None
+        h, w = image.shape[:2]
+        with job_plan(net, h, w, args.max_memory, _label(net), time_encode(net, quality)):
+            start = time.perf_counter()
+            scheme = SCHEME_ARITHMETICS.get(args.scheme)  # None: the model's own
+            with entropy_arithmetic(net, scheme) if scheme else contextlib.nullcontext():  # no-op without one
+                data = encode_image(net, image, quality=quality)
+            seconds = time.perf_counter() - start
+        write_bytes(target, data, force=args.force)
+        nbytes = os.path.getsize(target)
+        bpp = nbytes * 8 / (h * w)
+        rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
+        print(f"{target}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
+
+    return each_file(args.input, args.output, ".glic", one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------- decompress
 
 
 def _add_decompress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="compressed file")
-    p.add_argument("output", help="PNG file to write")
+    p.add_argument("input", nargs="+", help="compressed files")
+    p.add_argument("output", help="PNG file to write, or a folder (needed for several inputs) where each "
+                   "input's name gets .png")
     _add_model_arguments(p)
 
 
 def _run_decompress(args: argparse.Namespace) -> int:
     from gnn_lic.codec import inspect_stream  # noqa: PLC0415 - no PyTorch: a bad file is refused at once
+    from gnn_lic.codec.image_io import check_output_free, read_bytes  # noqa: PLC0415
+
     _check_quality(args)
-    data = _read_stream_file(args.input)
-    header = inspect_stream(data)
-    _check_output_free(args.output, args.force)
-    from gnn_lic.codec import decode_image, write_image  # noqa: PLC0415
-    from gnn_lic.codec.budget import job_plan, time_decode  # noqa: PLC0415
-    from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
+    models: dict = {}  # the models built so far, reused by the next files
 
-    device = _device(args.device)
-    if args.checkpoint:
-        net, _ = load_checkpoint(args.checkpoint)
-    else:
-        net = _pretrained_for_stream(data, header["model_name"], header["model_size"], args.quality)
-    net.to(device)
+    def one(source: str, target: str) -> None:
+        data = read_bytes(source)
+        header = inspect_stream(data)
+        check_output_free(target, args.force)
+        from gnn_lic.codec import decode_image, write_image  # noqa: PLC0415
+        from gnn_lic.codec.budget import job_plan, time_decode  # noqa: PLC0415
+        from gnn_lic.codec.shipped import pretrained_for_stream  # noqa: PLC0415
+        from gnn_lic.models.checkpoint import load_checkpoint  # noqa: PLC0415
 
-    with job_plan(net, header["height"], header["width"], args.max_memory, _label(net), time_decode(net)):
-        start = time.perf_counter()
-        image = decode_image(net, data)
-        seconds = time.perf_counter() - start
-    write_image(args.output, image, force=args.force)
-    h, w = image.shape[:2]
-    print(f"{args.output}: {w}x{h} pixels, decode {seconds:.3f} s")
-    return EXIT_OK
+        if args.checkpoint:
+            if not models:
+                models[None] = _whole_job(lambda: load_checkpoint(args.checkpoint)[0])
+            net = models[None]
+        else:
+            net = pretrained_for_stream(data, args.quality, models)
+        net.to(_device(args.device))
+        with job_plan(net, header["height"], header["width"], args.max_memory, _label(net), time_decode(net)):
+            start = time.perf_counter()
+            image = decode_image(net, data)
+            seconds = time.perf_counter() - start
+        write_image(target, image, force=args.force)
+        h, w = image.shape[:2]
+        print(f"{target}: {w}x{h} pixels, decode {seconds:.3f} s")
+
+    return each_file(args.input, args.output, ".png", one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------------- info
@@ -274,8 +249,9 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 def _run_info(args: argparse.Namespace) -> int:
     from gnn_lic.codec import inspect_stream  # noqa: PLC0415
+    from gnn_lic.codec.image_io import read_bytes  # noqa: PLC0415
 
-    info = inspect_stream(_read_stream_file(args.input))
+    info = inspect_stream(read_bytes(args.input))
     info["bpp"] = round(info["total_bytes"] * 8 / (info["height"] * info["width"]), 6)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -300,6 +276,7 @@ def _add_convert_official(p: argparse.ArgumentParser) -> None:
 
 
 def _run_convert_official(args: argparse.Namespace) -> int:
+    from gnn_lic.codec.image_io import check_output_free  # noqa: PLC0415
     from gnn_lic.models.checkpoint import save_checkpoint  # noqa: PLC0415
     from gnn_lic.models.official import OFFICIAL_MODELS, load_official  # noqa: PLC0415
 
@@ -311,7 +288,7 @@ def _run_convert_official(args: argparse.Namespace) -> int:
         raise UsageError(f"--model-kwargs is not valid JSON ({exc.msg})") from None
     if not isinstance(kwargs, dict):
         raise UsageError("--model-kwargs must be a JSON object")
-    _check_output_free(args.output, args.force)
+    check_output_free(args.output, args.force)
     net = load_official(args.name, args.input, **kwargs)
     save_checkpoint(args.output, net, converted_from=os.path.basename(args.input))
     params = sum(p.numel() for p in net.parameters())

@@ -12,8 +12,9 @@ This module imports nothing from gnn_lic, so every layer may use it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Any, Callable, Optional, Tuple, Type
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
 
 __all__ = [
     "EXIT_OK",
@@ -25,6 +26,8 @@ __all__ = [
     "error_line",
     "print_error",
     "run_main",
+    "output_paths",
+    "each_file",
 ]
 
 EXIT_OK = 0
@@ -68,3 +71,48 @@ def run_main(body: Callable[[], Optional[int]], prog: Optional[str] = None,
     except (UsageError, *expected) as exc:
         print_error(exc, prog)
         return EXIT_ERROR
+
+
+def output_paths(inputs: Sequence[str], output: str, suffix: str) -> List[str]:
+    """Where each of ``inputs`` is written: ``output`` itself for one input, unless ``output`` is an
+    existing folder; there, each input's file name with its extension replaced by ``suffix``.
+    Several inputs need a folder, and two inputs that would share an output are refused
+    (:class:`UsageError`), before anything is read."""
+    if not os.path.isdir(output):
+        if len(inputs) > 1:
+            raise UsageError(f"{len(inputs)} inputs need an existing output folder, and '{output}' is not one")
+        return [output]
+    paths, seen = [], {}
+    for source in inputs:
+        name = os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+        target = os.path.join(output, name + suffix)
+        if target in seen:
+            raise UsageError(f"'{seen[target]}' and '{source}' would both be written to '{target}'")
+        seen[target] = source
+        paths.append(target)
+    return paths
+
+
+def each_file(inputs: Sequence[str], output: str, suffix: str, work: Callable[[str, str], None],
+              expected: Tuple[Type[BaseException], ...], prog: Optional[str] = None) -> int:
+    """``work(input, its output)`` for each input (:func:`output_paths`); the exit status.
+
+    One input: its errors propagate. Several: an ``expected`` error of one file is printed as one line
+    naming the file and the others go on; the status is then :data:`EXIT_ERROR` after a last line
+    counting the failures. Anything else (a :class:`UsageError`, a bug, Ctrl-C) stops the whole job.
+    """
+    outputs = output_paths(inputs, output, suffix)
+    if len(inputs) == 1:
+        work(inputs[0], outputs[0])
+        return EXIT_OK
+    failed = 0
+    for source, target in zip(inputs, outputs):
+        try:
+            work(source, target)
+        except expected as exc:
+            print_error(f"{source}: {exc}", prog)
+            failed += 1
+    if failed:
+        print_error(f"{failed} of {len(inputs)} files failed", prog)
+        return EXIT_ERROR
+    return EXIT_OK

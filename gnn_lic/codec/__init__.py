@@ -9,6 +9,7 @@ Public API::
     read_image(path) -> np.ndarray             # any image -> uint8 RGB (notice on stderr)
     write_image(path, array, force=False)      # atomic PNG write
     write_bytes(path, data, force=False)       # atomic binary write
+    pretrained_for_stream(data) -> nn.Module   # the shipped model a stream was encoded with
 
 The container layout is documented byte by byte in :mod:`gnn_lic.codec.container` (format 2;
 format 1 in :mod:`gnn_lic.codec.container_v1`, the byte encoding in :mod:`gnn_lic.codec.wire`).
@@ -38,6 +39,8 @@ _LAZY = {
     "read_image": "image_io",
     "write_bytes": "image_io",
     "write_image": "image_io",
+    "pretrained_model": "shipped",
+    "pretrained_for_stream": "shipped",
 }
 
 
@@ -62,6 +65,8 @@ __all__ = [
     "read_image",
     "write_image",
     "write_bytes",
+    "pretrained_model",
+    "pretrained_for_stream",
     "CodecError",
     "ImageReadError",
     "CorruptStreamError",

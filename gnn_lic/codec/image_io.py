@@ -16,7 +16,7 @@ one-line notice saying what was converted goes to stderr:
 Floating point images (mode ``F``) are refused.  Anything that is not an image raises
 :class:`ImageReadError` with a one-line message.
 
-Writes (:func:`write_image`, :func:`write_bytes`) go through
+Writes (:func:`write_image`, :func:`write_bytes`; :func:`check_output_free` checks before any work) go through
 :func:`gnn_lic.utils.atomic_write`, so a failure never leaves a partial output file.
 Without ``force`` an existing file is never overwritten (:class:`OutputExistsError`);
 where the file system supports hard links the no-overwrite move is itself atomic.
@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from gnn_lic.errors import CodecError, ImageReadError, OutputExistsError
 from gnn_lic.utils import atomic_write
 
-__all__ = ["read_image", "write_image", "write_bytes", "encode_png"]
+__all__ = ["read_image", "read_bytes", "write_image", "write_bytes", "check_output_free", "encode_png"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -156,9 +156,23 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`gnn_lic.utils.atomic_write`); refuse to
-    overwrite unless ``force``."""
+def read_bytes(path: PathLike) -> bytes:
+    """The bytes of the file ``path`` (a compressed stream); :class:`CodecError` (one line) where it
+    is missing, a folder or unreadable."""
+    p = Path(path)
+    if not p.exists():
+        raise CodecError(f"input file '{p}' does not exist")
+    if p.is_dir():
+        raise CodecError(f"input '{p}' is a folder, not a file")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise CodecError(f"cannot read '{p}': {exc.strerror or exc}") from None
+
+
+def check_output_free(path: PathLike, force: bool = False) -> None:
+    """Refuse (:class:`CodecError`, :class:`OutputExistsError` without ``force``) an output ``path`` that
+    :func:`write_bytes` could not write: a folder, an existing file, a missing parent folder."""
     p = Path(path)
     if p.is_dir():
         raise CodecError(f"output '{p}' is a folder")
@@ -167,6 +181,13 @@ def write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise CodecError(f"output folder '{folder}' does not exist")
+
+
+def write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`gnn_lic.utils.atomic_write`); refuse to
+    overwrite unless ``force`` (:func:`check_output_free`)."""
+    check_output_free(path, force)
+    p = Path(path)
     try:
         atomic_write(p, bytes(data), overwrite=force)
     except FileExistsError:
