@@ -224,10 +224,15 @@ class FixedConv2d(W8Layer):
                 torch.addmm(bias, w, x[b], out=out[b])
         return out
 
-    def _unfold(self, x: Tensor, w: Tensor, bias: Optional[Tensor], finish: Callable[[Tensor], Tensor]) -> Tensor:
+    def output_size(self, H: int, W: int) -> Tuple[int, int]:
+        """``(Ho, Wo)`` of the output for an ``H x W`` input: ``(H + 2 p - k) // s + 1`` on each axis."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+    def _unfold(self, x: Tensor, w: Tensor, bias: Optional[Tensor], finish: Callable[[Tensor], Tensor]) -> Tensor:
+        kh, kw = self.kernel_size
         B, C, H, W = x.shape
-        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        Ho, Wo = self.output_size(H, W)
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (B, C*k, L)
         if self.depthwise:
             cols = cols.reshape(B, C, kh * kw, Ho * Wo)

@@ -118,17 +118,15 @@ class W8Layer:
         """
         if seven_bit is not None:
             return self._seven_bit(x, table, seven_bit)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         H, W = x.shape[-2:]
         O = self.out_channels
+        Ho, Wo = self.output_size(H, W)
         lo, hi = torch.aminmax(x)
         p = digit_planes(float(lo), float(hi))
         if self.kind == "unfold":
-            Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
             cols = byte_digits(cols, p).reshape(cols.shape[0], -1)  # (C*k, p L)
             return self._digit_sums(cols, p, table).reshape(1, O, Ho, Wo)
-        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
         out = x.new_empty((O, Ho * Wo))
         per_pixel = p * max(len(self._taps8) * self.in_channels, 4 * O)  # bytes of its columns, or of its sums
         x = x[0].contiguous()
@@ -157,15 +155,14 @@ class W8Layer:
         """Scheme ``w8`` for one image by oneDNN's products of ``p`` seven-bit digits: one row of columns per
         digit and output pixel (:func:`~gnn_lic.models.fixed_point.int8.digit_columns`; at stride 1 in bands of
         output rows where the columns would exceed :data:`MAX_COLUMN_BYTES`, otherwise ``unfold``'s)."""
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        kh, ph, pw = self.kernel_size[0], *self.padding
         H, W = x.shape[-2:]
         O = self.out_channels
+        Ho, Wo = self.output_size(H, W)
         if self.kind == "unfold":
-            Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
             cols = onednn.seven_bit_digits(cols.t(), p).transpose(0, 1).reshape(p * Ho * Wo, -1)  # (p L, C*k)
             return self._seven_bit_outputs(cols, p, table).reshape(1, O, Ho, Wo)
-        Ho, Wo = H + 2 * ph - kh + 1, W + 2 * pw - kw + 1
         rows = max(1, MAX_COLUMN_BYTES // max(1, p * Wo * len(self._taps8) * self.in_channels))
         if rows >= Ho:
             cols = digit_columns(x[0], p, self.kernel_size, self.padding, self._taps8, True)
