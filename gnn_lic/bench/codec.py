@@ -115,9 +115,9 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
 
         def step() -> Tuple[float, int]:
             faults, t = _minor_faults(), time.perf_counter()
+            opt.zero_grad(set_to_none=True)  # as the training loop: no gradients held through the forward
             out = net(xs)
             loss = crit(out, xs)["loss"]
-            opt.zero_grad()
             loss.backward()
             opt.step()
             return time.perf_counter() - t, _minor_faults() - faults
