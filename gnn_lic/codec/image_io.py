@@ -105,6 +105,16 @@ def _to_rgb8(img: Image.Image, rawmode: str) -> "tuple[np.ndarray, Optional[str]
     return rgb, f"{mode} image converted to RGB"
 
 
+def _input_file(path: PathLike, error: type = CodecError, what: str = "a file") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, refused with ``error`` where it is missing or a folder."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"input file '{p}' does not exist")
+    if p.is_dir():
+        raise error(f"input '{p}' is a folder, not {what}")
+    return p
+
+
 def read_image(path: PathLike, notify: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """Read an image file as a ``uint8`` (H, W, 3) RGB array.
 
@@ -112,11 +122,7 @@ def read_image(path: PathLike, notify: Optional[Callable[[str], None]] = None) -
     Raises :class:`ImageReadError` (one-line message) for a missing or non-image file.
     """
     notify = notify or _notice
-    p = Path(path)
-    if not p.exists():
-        raise ImageReadError(f"input file '{p}' does not exist")
-    if p.is_dir():
-        raise ImageReadError(f"input '{p}' is a folder, not an image")
+    p = _input_file(path, ImageReadError, "an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -159,11 +165,7 @@ def encode_png(array: np.ndarray) -> bytes:
 def read_bytes(path: PathLike) -> bytes:
     """The bytes of the file ``path`` (a compressed stream); :class:`CodecError` (one line) where it
     is missing, a folder or unreadable."""
-    p = Path(path)
-    if not p.exists():
-        raise CodecError(f"input file '{p}' does not exist")
-    if p.is_dir():
-        raise CodecError(f"input '{p}' is a folder, not a file")
+    p = _input_file(path)
     try:
         return p.read_bytes()
     except OSError as exc:

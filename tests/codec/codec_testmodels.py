@@ -86,3 +86,12 @@ def make(name=HYPER, size="tiny", **kwargs):
     net.update(force=True)
     net.eval()
     return net
+
+
+def reseeded(seed, name=HYPER, size="tiny"):
+    """:func:`make`'s model with the weights of ``make(seed=seed)``: other weights, the same configuration
+    (as after training), updated."""
+    net = make(name, size)
+    net.load_state_dict(make(name, size, seed=seed).state_dict())
+    net.update(force=True)
+    return net

@@ -21,9 +21,7 @@ from gnn_lic.models.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_
 @pytest.fixture(scope="module")
 def trained():
     """A model whose weights differ from a fresh create_model (as after training)."""
-    net = cm.make()
-    net.load_state_dict(cm.make(seed=5).state_dict())
-    net.update(force=True)
+    net = cm.reseeded(5)
     return net
 
 

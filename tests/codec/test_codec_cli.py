@@ -28,13 +28,9 @@ H, W = 32, 48
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    net = cm.make()
-    net.load_state_dict(cm.make(seed=3).state_dict())
-    net.update(force=True)
+    net = cm.reseeded(3)
     save_checkpoint(d / "model.pth.tar", net, step=1)
-    other = cm.make()
-    other.load_state_dict(cm.make(seed=4).state_dict())
-    other.update(force=True)
+    other = cm.reseeded(4)
     save_checkpoint(d / "other.pt", other)
     img = np.random.RandomState(0).randint(0, 256, (H, W, 3), dtype=np.uint8)
     Image.fromarray(img).save(d / "in.png")
@@ -247,8 +243,7 @@ def test_decompress_finds_the_shipped_quality_of_a_stream(work, capsys, tmp_path
     weights = tmp_path / "weights"
     net, _ = load_checkpoint(work / "model.pth.tar")
     ship(save_checkpoint(weights / "h4.pt", net), cm.HYPER, "tiny", (4,))
-    other = cm.make()
-    other.load_state_dict(cm.make(seed=9).state_dict())  # other weights, the same configuration
+    other = cm.reseeded(9)  # other weights, the same configuration
     ship(save_checkpoint(weights / "h2.pt", other), cm.HYPER, "tiny", (2,))
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
     img, out = str(work / "in.png"), str(tmp_path / "o.glic")

@@ -25,9 +25,7 @@ from gnn_lic.models.zoo import WEIGHTS_DIR_ENV  # noqa: E402
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("batch")
-    net = cm.make()
-    net.load_state_dict(cm.make(seed=3).state_dict())
-    net.update(force=True)
+    net = cm.reseeded(3)
     save_checkpoint(d / "model.pth.tar", net)
     for i, (h, w) in enumerate(((32, 48), (24, 40), (40, 24))):
         img = np.random.RandomState(i).randint(0, 256, (h, w, 3), dtype=np.uint8)
