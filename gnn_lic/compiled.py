@@ -13,9 +13,13 @@ import os
 import numba
 import torch
 
-__all__ = ["enabled", "set_enabled", "jit", "parallel"]
+__all__ = ["enabled", "set_enabled", "jit", "parallel", "FAST_DOTS"]
 
 _enabled = os.environ.get("GNN_LIC_NUMBA", "1") != "0"
+
+#: ``fastmath`` flags of the float loops whose short dot products (over a head's channels) should vectorise:
+#: reassociation changes their rounding, so only loops whose results need not be bit-exact use them
+FAST_DOTS = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
 
 def set_enabled(flag: bool) -> bool:

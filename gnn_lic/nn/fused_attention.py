@@ -50,8 +50,7 @@ UNDERFLOW = 1e-30
 _TINY = np.float32(UNDERFLOW)
 # exp(x) = 2^(x log2 e); below 2^-126 (x < -87) a weight is 0 for float32 sums
 _LOG2E, _EXP2_LIMIT = np.float32(1 / math.log(2)), np.float32(126)
-# reassociation lets the short dot products over a head's channels vectorise
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
+_FAST = set(compiled.FAST_DOTS)
 
 
 @compiled.jit(inline="always", fastmath=_FAST)

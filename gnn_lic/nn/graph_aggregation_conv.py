@@ -22,7 +22,7 @@ __all__ = ["GraphAggregationConv", "UnitHeads", "position_coords"]
 NORM_EPS = 1e-12
 
 
-@compiled.jit(parallel=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+@compiled.jit(parallel=True, fastmath=set(compiled.FAST_DOTS))
 def _unit_heads_grad(u, n, scale, grad_q, grad_k, eps, one, out, dots):  # pragma: no cover - compiled
     # u (N, 2, H, d) unit heads x / max(|x|, eps), n (N, 2, H) the norms |x|; grad_q, grad_k (N, H, d) the gradients
     # of scale_h u (queries, part 0) and u (keys, part 1); out (N, 2, H, d) the gradient of x; dots (N, H) grad . u of
