@@ -296,8 +296,8 @@ def _run_convert_official(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-register_command("compress", "compress an image to a .glic file", _add_compress, _run_compress)
-register_command("decompress", "decompress a .glic file to PNG", _add_decompress, _run_decompress)
+register_command("compress", "compress images to .glic files", _add_compress, _run_compress)
+register_command("decompress", "decompress .glic files to PNG images", _add_decompress, _run_decompress)
 register_command("info", "print the header of a .glic file (no model needed)", _add_info, _run_info)
 register_command("convert-official", "convert the GLIC/GABIC authors' checkpoint to a gnn_lic checkpoint",
                  _add_convert_official, _run_convert_official)
