@@ -23,6 +23,7 @@ Exit codes
     an unexpected internal error (a bug): one line on stderr; the traceback is shown
     with ``--debug`` or ``GNN_LIC_DEBUG=1``.
 ``130``: interrupted (Ctrl-C).
+``141``: the reader of the output went away (``gnn_lic info *.glic | head``), quietly.
 
 Extending
 ---------
@@ -47,7 +48,8 @@ import warnings
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import (
-    EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, each_file, print_error,
+    EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, each_file,
+    output_paths, print_error,
 )
 from gnn_lic.errors import CodecError  # no imports of its own
 
@@ -192,7 +194,7 @@ def _run_compress(args: argparse.Namespace) -> int:
         rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
         print(f"{target}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
 
-    return each_file(args.input, args.output, ".glic", one, (CodecError,), PROG)
+    return each_file(list(zip(args.input, output_paths(args.input, args.output, ".glic"))), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------- decompress
@@ -236,31 +238,42 @@ def _run_decompress(args: argparse.Namespace) -> int:
         h, w = image.shape[:2]
         print(f"{target}: {w}x{h} pixels, decode {seconds:.3f} s")
 
-    return each_file(args.input, args.output, ".png", one, (CodecError,), PROG)
+    return each_file(list(zip(args.input, output_paths(args.input, args.output, ".png"))), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------------- info
 
 
 def _add_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="compressed file")
-    p.add_argument("--json", action="store_true", help="print the fields as JSON")
+    p.add_argument("input", nargs="+", help="compressed files (with several, each one's fields under its name)")
+    p.add_argument("--json", action="store_true", help="print the fields as JSON (a list of them, each with its "
+                   "file, for several files)")
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from gnn_lic.codec import inspect_stream  # noqa: PLC0415
     from gnn_lic.codec.image_io import read_bytes  # noqa: PLC0415
 
-    info = inspect_stream(read_bytes(args.input))
-    info["bpp"] = round(info["total_bytes"] * 8 / (info["height"] * info["width"]), 6)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return EXIT_OK
-    for key, value in info.items():
-        if isinstance(value, (list, dict)):
-            value = json.dumps(value, separators=(",", ":"))
-        print(f"{key}: {value}")
-    return EXIT_OK
+    several, found = len(args.input) > 1, []
+
+    def one(source: str) -> None:
+        info = inspect_stream(read_bytes(source))
+        info["bpp"] = round(info["total_bytes"] * 8 / (info["height"] * info["width"]), 6)
+        found.append({"file": source, **info} if several else info)
+        if args.json:  # printed once all are read: one object, or a list of them
+            return
+        if several:
+            gap = "\n" if len(found) > 1 else ""
+            print(f"{gap}==> {source} <==")
+        for key, value in info.items():
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value, separators=(",", ":"))
+            print(f"{key}: {value}")
+
+    status = each_file([(p,) for p in args.input], one, (CodecError,), PROG)
+    if args.json and found:
+        print(json.dumps(found if several else found[0], indent=2))
+    return status
 
 
 # ---------------------------------------------------------------------- convert-official
@@ -298,7 +311,7 @@ def _run_convert_official(args: argparse.Namespace) -> int:
 
 register_command("compress", "compress images to .glic files", _add_compress, _run_compress)
 register_command("decompress", "decompress .glic files to PNG images", _add_decompress, _run_decompress)
-register_command("info", "print the header of a .glic file (no model needed)", _add_info, _run_info)
+register_command("info", "print the headers of .glic files (no model needed)", _add_info, _run_info)
 register_command("convert-official", "convert the GLIC/GABIC authors' checkpoint to a gnn_lic checkpoint",
                  _add_convert_official, _run_convert_official)
 
@@ -362,6 +375,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:
             print_error("interrupted", PROG)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # stop quietly; what Python would still flush goes nowhere
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug:
                 raise

@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "EXIT_BROKEN_PIPE",
     "UsageError",
     "ArgumentParser",
     "error_line",
@@ -34,6 +35,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: the reader of the standard output went away (``... | head``): 128 + SIGPIPE, as a shell reports it
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -93,26 +96,26 @@ def output_paths(inputs: Sequence[str], output: str, suffix: str) -> List[str]:
     return paths
 
 
-def each_file(inputs: Sequence[str], output: str, suffix: str, work: Callable[[str, str], None],
+def each_file(jobs: Sequence[Tuple[str, ...]], work: Callable[..., None],
               expected: Tuple[Type[BaseException], ...], prog: Optional[str] = None) -> int:
-    """``work(input, its output)`` for each input (:func:`output_paths`); the exit status.
+    """``work(*job)`` for each job, whose first item is the input file it reads (its output, if any, next:
+    :func:`output_paths`); the exit status.
 
-    One input: its errors propagate. Several: an ``expected`` error of one file is printed as one line
+    One job: its errors propagate. Several: an ``expected`` error of one file is printed as one line
     naming the file and the others go on; the status is then :data:`EXIT_ERROR` after a last line
     counting the failures. Anything else (a :class:`UsageError`, a bug, Ctrl-C) stops the whole job.
     """
-    outputs = output_paths(inputs, output, suffix)
-    if len(inputs) == 1:
-        work(inputs[0], outputs[0])
+    if len(jobs) == 1:
+        work(*jobs[0])
         return EXIT_OK
     failed = 0
-    for source, target in zip(inputs, outputs):
+    for job in jobs:
         try:
-            work(source, target)
+            work(*job)
         except expected as exc:
-            print_error(f"{source}: {exc}", prog)
+            print_error(f"{job[0]}: {exc}", prog)
             failed += 1
     if failed:
-        print_error(f"{failed} of {len(inputs)} files failed", prog)
+        print_error(f"{failed} of {len(jobs)} files failed", prog)
         return EXIT_ERROR
     return EXIT_OK

@@ -1,6 +1,9 @@
 """python -m gnn_lic compress / decompress with several files: one process, each model built once,
 a failing file reported on its own line while the others go on."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,14 +64,17 @@ def test_each_file_goes_on_after_an_expected_error_and_stops_on_any_other(capsys
             raise KeyError(source)
         done.append((source, target))
 
-    assert each_file(["a", "bad", "b"], str(tmp_path), ".x", work, (ValueError,), "p") == 2
+    def jobs(inputs):
+        return list(zip(inputs, output_paths(inputs, str(tmp_path), ".x")))
+
+    assert each_file(jobs(["a", "bad", "b"]), work, (ValueError,), "p") == 2
     assert done == [("a", str(tmp_path / "a.x")), ("b", str(tmp_path / "b.x"))]
     assert capsys.readouterr().err.splitlines() == ["p: error: bad: cannot use bad", "p: error: 1 of 3 files failed"]
     with pytest.raises(ValueError):  # one input: its error is the job's
-        each_file(["bad"], "out.x", ".x", work, (ValueError,))
+        each_file([("bad", "out.x")], work, (ValueError,))
     done.clear()
     with pytest.raises(KeyError):
-        each_file(["a", "bug", "b"], str(tmp_path), ".x", work, (ValueError,))
+        each_file(jobs(["a", "bug", "b"]), work, (ValueError,))
     assert done == [("a", str(tmp_path / "a.x"))]
 
 
@@ -138,3 +144,34 @@ def test_decompress_builds_each_shipped_model_once(work, capsys, tmp_path, monke
     assert len(built) == 1
     assert _main(capsys, "decompress", *sorted((tmp_path / "glic").iterdir()), tmp_path / "png")[0] == 0
     assert len(built) == 2 and len(list((tmp_path / "png").iterdir())) == 3
+
+
+def test_info_reads_several_files(work, capsys, tmp_path):
+    ck = work / "model.pth.tar"
+    assert _main(capsys, "compress", work / "im0.png", work / "im1.png", tmp_path, "-c", ck)[0] == 0
+    files = [tmp_path / "im0.glic", tmp_path / "im1.glic"]
+    code, out, err = _main(capsys, "info", files[0])
+    assert code == 0 and out.startswith("format: GLIC") and "==>" not in out
+    code, out, err = _main(capsys, "info", *files, work / "im0.png")  # an image is no stream: one line, the others
+    blocks = out.split("\n\n")
+    assert code == 2 and len(blocks) == 2 and "bad magic" in err and err.endswith("1 of 3 files failed\n")
+    for block, path in zip(blocks, files):
+        assert block.startswith(f"==> {path} <==\nformat: GLIC") and f"total_bytes: {path.stat().st_size}" in block
+    code, out, _ = _main(capsys, "info", *files, "--json")
+    listed = json.loads(out)
+    assert code == 0 and [e["file"] for e in listed] == [str(f) for f in files]
+    assert [e["height"] for e in listed] == [32, 24]
+    alone = json.loads(_main(capsys, "info", files[1], "--json")[1])
+    assert alone == {k: v for k, v in listed[1].items() if k != "file"}
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(work, capsys, tmp_path):
+    assert _main(capsys, "compress", work / "im0.png", tmp_path / "a.glic", "-c", work / "model.pth.tar")[0] == 0
+    env = {k: v for k, v in os.environ.items() if k != "GNN_LIC_PLUGINS"}
+    # some 200 kB of headers: more than a pipe holds, so the writes after the reader has gone fail
+    proc = subprocess.Popen([sys.executable, "-m", "gnn_lic", "info", *[str(tmp_path / "a.glic")] * 400],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().startswith(b"==> ")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b"", err
