@@ -49,7 +49,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import (
     EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, each_file,
-    output_paths, print_error,
+    expand_inputs, output_paths, print_error,
 )
 from gnn_lic.errors import CodecError  # no imports of its own
 
@@ -194,7 +194,8 @@ def _run_compress(args: argparse.Namespace) -> int:
         rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
         print(f"{target}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
 
-    return each_file(list(zip(args.input, output_paths(args.input, args.output, ".glic"))), one, (CodecError,), PROG)
+    inputs = expand_inputs(args.input)
+    return each_file(list(zip(inputs, output_paths(inputs, args.output, ".glic"))), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------- decompress
@@ -238,7 +239,8 @@ def _run_decompress(args: argparse.Namespace) -> int:
         h, w = image.shape[:2]
         print(f"{target}: {w}x{h} pixels, decode {seconds:.3f} s")
 
-    return each_file(list(zip(args.input, output_paths(args.input, args.output, ".png"))), one, (CodecError,), PROG)
+    inputs = expand_inputs(args.input)
+    return each_file(list(zip(inputs, output_paths(inputs, args.output, ".png"))), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------------- info
@@ -254,7 +256,8 @@ def _run_info(args: argparse.Namespace) -> int:
     from gnn_lic.codec import inspect_stream  # noqa: PLC0415
     from gnn_lic.codec.image_io import read_bytes  # noqa: PLC0415
 
-    several, found = len(args.input) > 1, []
+    inputs = expand_inputs(args.input)
+    several, found = len(inputs) > 1, []
 
     def one(source: str) -> None:
         info = inspect_stream(read_bytes(source))
@@ -270,7 +273,7 @@ def _run_info(args: argparse.Namespace) -> int:
                 value = json.dumps(value, separators=(",", ":"))
             print(f"{key}: {value}")
 
-    status = each_file([(p,) for p in args.input], one, (CodecError,), PROG)
+    status = each_file([(p,) for p in inputs], one, (CodecError,), PROG)
     if args.json and found:
         print(json.dumps(found if several else found[0], indent=2))
     return status

@@ -12,6 +12,7 @@ This module imports nothing from gnn_lic, so every layer may use it.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
@@ -27,6 +28,7 @@ __all__ = [
     "error_line",
     "print_error",
     "run_main",
+    "expand_inputs",
     "output_paths",
     "each_file",
 ]
@@ -74,6 +76,17 @@ def run_main(body: Callable[[], Optional[int]], prog: Optional[str] = None,
     except (UsageError, *expected) as exc:
         print_error(exc, prog)
         return EXIT_ERROR
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[str]:
+    """``inputs`` with each pattern that names no file (``photos/*.jpg``: ``*``, ``?`` or ``[``) replaced by the
+    files it matches, in sorted order, as a POSIX shell would have done (Windows' does not); a pattern that
+    matches nothing stays, and reading it reports the missing file."""
+    out: List[str] = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if not os.path.exists(item) and any(c in item for c in "*?[") else []
+        out.extend(matches or [item])
+    return out
 
 
 def output_paths(inputs: Sequence[str], output: str, suffix: str) -> List[str]:

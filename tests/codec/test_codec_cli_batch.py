@@ -19,7 +19,7 @@ import codec_testmodels as cm  # noqa: E402
 
 import gnn_lic.__main__ as cli  # noqa: E402
 import gnn_lic.codec.shipped as shipped  # noqa: E402
-from gnn_lic.cli import UsageError, each_file, output_paths  # noqa: E402
+from gnn_lic.cli import UsageError, each_file, expand_inputs, output_paths  # noqa: E402
 from gnn_lic.codec import decode_image, encode_image  # noqa: E402
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gnn_lic.models.zoo import WEIGHTS_DIR_ENV  # noqa: E402
@@ -175,3 +175,21 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(work, capsys, tmp_path)
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and err == b"", err
+
+
+def test_patterns_the_shell_left_are_expanded(work, capsys, tmp_path):
+    """A pattern that names no file is matched as a POSIX shell would (Windows' shell passes it on as is)."""
+    pattern = str(work / "im*.png")
+    assert expand_inputs([pattern]) == [str(work / f"im{i}.png") for i in range(3)]
+    assert expand_inputs([str(work / "nothing*.png"), "plain.png"]) == [str(work / "nothing*.png"), "plain.png"]
+    odd = tmp_path / "odd[1].png"  # a file whose name looks like a pattern is taken as it is
+    odd.write_bytes(b"x")
+    assert expand_inputs([str(odd)]) == [str(odd)]
+    (tmp_path / "out").mkdir()
+    code, out, err = _main(capsys, "compress", pattern, tmp_path / "out", "-c", work / "model.pth.tar")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.glic", "im1.glic", "im2.glic"]
+    code, out, _ = _main(capsys, "info", str(tmp_path / "out" / "*.glic"), "--json")
+    assert code == 0 and len(json.loads(out)) == 3
+    code, _, err = _main(capsys, "decompress", str(tmp_path / "none*.glic"), tmp_path / "x.png")
+    assert code == 2 and "none*.glic' does not exist" in err
