@@ -48,8 +48,8 @@ import warnings
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 from gnn_lic.cli import (
-    EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, each_file,
-    expand_inputs, output_paths, print_error,
+    EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, ArgumentParser, UsageError, broken_pipe, each_file,
+    expand_inputs, file_pairs, print_error,
 )
 from gnn_lic.errors import CodecError  # no imports of its own
 
@@ -194,8 +194,7 @@ def _run_compress(args: argparse.Namespace) -> int:
         rate = "" if quality is None and getattr(net, "qualities", 1) < 2 else f", quality {_quality_of(data):g}"
         print(f"{target}: {bpp:.4f} bpp, {nbytes} bytes, {w}x{h} pixels{rate}, encode {seconds:.3f} s")
 
-    inputs = expand_inputs(args.input)
-    return each_file(list(zip(inputs, output_paths(inputs, args.output, ".glic"))), one, (CodecError,), PROG)
+    return each_file(file_pairs(args.input, args.output, ".glic"), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------- decompress
@@ -239,8 +238,7 @@ def _run_decompress(args: argparse.Namespace) -> int:
         h, w = image.shape[:2]
         print(f"{target}: {w}x{h} pixels, decode {seconds:.3f} s")
 
-    inputs = expand_inputs(args.input)
-    return each_file(list(zip(inputs, output_paths(inputs, args.output, ".png"))), one, (CodecError,), PROG)
+    return each_file(file_pairs(args.input, args.output, ".png"), one, (CodecError,), PROG)
 
 
 # --------------------------------------------------------------------------------- info
@@ -378,10 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:
             print_error("interrupted", PROG)
             return EXIT_INTERRUPTED
-        except BrokenPipeError:  # stop quietly; what Python would still flush goes nowhere
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_BROKEN_PIPE
+        except BrokenPipeError:
+            return broken_pipe()
         except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
             if debug:
                 raise

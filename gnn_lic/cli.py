@@ -4,7 +4,8 @@
 ``experiments/run.py`` and ``experiments/ship_weights.py`` report an expected failure (a
 usage error, a missing or unreadable input) as **one line** on stderr and exit with status
 :data:`EXIT_ERROR` (2); ``--help`` exits with 0. The line is ``<prog>: error: <message>``,
-its message folded onto one line (``tests/test_entry_points.py`` checks every entry point).
+its message folded onto one line (``tests/test_entry_points.py`` checks every entry point). Output
+cut short by its reader (``... | head``) ends the run quietly with :data:`EXIT_BROKEN_PIPE` (:func:`broken_pipe`).
 
 This module imports nothing from gnn_lic, so every layer may use it.
 """
@@ -12,6 +13,7 @@ This module imports nothing from gnn_lic, so every layer may use it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -28,8 +30,10 @@ __all__ = [
     "error_line",
     "print_error",
     "run_main",
+    "broken_pipe",
     "expand_inputs",
     "output_paths",
+    "file_pairs",
     "each_file",
 ]
 
@@ -67,15 +71,26 @@ def run_main(body: Callable[[], Optional[int]], prog: Optional[str] = None,
     """Run ``body()`` and return its exit status.
 
     :class:`UsageError` and the ``expected`` exceptions become one error line and status 2;
-    ``SystemExit`` (``--help``) returns its code. Anything else propagates (a bug).
+    ``SystemExit`` (``--help``) returns its code; a reader that went away, :func:`broken_pipe`'s status.
+    Anything else propagates (a bug).
     """
     try:
         return int(body() or EXIT_OK)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except BrokenPipeError:  # before ``expected``, which may hold OSError
+        return broken_pipe()
     except (UsageError, *expected) as exc:
         print_error(exc, prog)
         return EXIT_ERROR
+
+
+def broken_pipe() -> int:
+    """:data:`EXIT_BROKEN_PIPE`, after pointing the standard output at ``os.devnull`` so that what Python would
+    still flush on exit goes nowhere instead of failing again; nothing is reported."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def expand_inputs(inputs: Sequence[str]) -> List[str]:
@@ -109,10 +124,17 @@ def output_paths(inputs: Sequence[str], output: str, suffix: str) -> List[str]:
     return paths
 
 
+def file_pairs(inputs: Sequence[str], output: str, suffix: str) -> List[Tuple[str, str]]:
+    """``(input, output)`` for each input once patterns are expanded (:func:`expand_inputs`, :func:`output_paths`):
+    the jobs of a command that writes a file per input."""
+    inputs = expand_inputs(inputs)
+    return list(zip(inputs, output_paths(inputs, output, suffix)))
+
+
 def each_file(jobs: Sequence[Tuple[str, ...]], work: Callable[..., None],
               expected: Tuple[Type[BaseException], ...], prog: Optional[str] = None) -> int:
     """``work(*job)`` for each job, whose first item is the input file it reads (its output, if any, next:
-    :func:`output_paths`); the exit status.
+    :func:`file_pairs`); the exit status.
 
     One job: its errors propagate. Several: an ``expected`` error of one file is printed as one line
     naming the file and the others go on; the status is then :data:`EXIT_ERROR` after a last line

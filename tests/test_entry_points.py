@@ -9,7 +9,7 @@ import pytest
 
 from gnn_lic.__main__ import main as gnn_lic_main
 from gnn_lic.bench.__main__ import main as bench_main
-from gnn_lic.cli import ArgumentParser, UsageError, error_line, run_main
+from gnn_lic.cli import EXIT_BROKEN_PIPE, ArgumentParser, UsageError, error_line, run_main
 from gnn_lic.evaluation.__main__ import main as evaluation_main
 
 
@@ -33,6 +33,15 @@ def test_run_main_maps_expected_errors_to_2(capsys):
     assert capsys.readouterr().err == "p: error: 'k'\n"
     with pytest.raises(ZeroDivisionError):  # a bug is not an expected error
         run_main(lambda: 1 / 0, "p")
+
+
+def test_run_main_ends_quietly_when_the_reader_goes_away(capsys):
+    def cut():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    for expected in ((), (OSError,)):  # an entry point expecting OSError (a BrokenPipeError's base) too
+        assert run_main(cut, "p", expected=expected) == EXIT_BROKEN_PIPE
+        assert capsys.readouterr().err == ""
 
 
 @pytest.fixture

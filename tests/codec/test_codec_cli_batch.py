@@ -19,7 +19,7 @@ import codec_testmodels as cm  # noqa: E402
 
 import gnn_lic.__main__ as cli  # noqa: E402
 import gnn_lic.codec.shipped as shipped  # noqa: E402
-from gnn_lic.cli import UsageError, each_file, expand_inputs, output_paths  # noqa: E402
+from gnn_lic.cli import UsageError, each_file, expand_inputs, file_pairs, output_paths  # noqa: E402
 from gnn_lic.codec import decode_image, encode_image  # noqa: E402
 from gnn_lic.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gnn_lic.models.zoo import WEIGHTS_DIR_ENV  # noqa: E402
@@ -64,17 +64,14 @@ def test_each_file_goes_on_after_an_expected_error_and_stops_on_any_other(capsys
             raise KeyError(source)
         done.append((source, target))
 
-    def jobs(inputs):
-        return list(zip(inputs, output_paths(inputs, str(tmp_path), ".x")))
-
-    assert each_file(jobs(["a", "bad", "b"]), work, (ValueError,), "p") == 2
+    assert each_file(file_pairs(["a", "bad", "b"], str(tmp_path), ".x"), work, (ValueError,), "p") == 2
     assert done == [("a", str(tmp_path / "a.x")), ("b", str(tmp_path / "b.x"))]
     assert capsys.readouterr().err.splitlines() == ["p: error: bad: cannot use bad", "p: error: 1 of 3 files failed"]
     with pytest.raises(ValueError):  # one input: its error is the job's
         each_file([("bad", "out.x")], work, (ValueError,))
     done.clear()
     with pytest.raises(KeyError):
-        each_file(jobs(["a", "bug", "b"]), work, (ValueError,))
+        each_file(file_pairs(["a", "bug", "b"], str(tmp_path), ".x"), work, (ValueError,))
     assert done == [("a", str(tmp_path / "a.x"))]
 
 
