@@ -61,15 +61,14 @@ STAGE_PIXELS = 2 << 20
 
 
 class ChannelsLastSequential(nn.Sequential):
-    """``nn.Sequential`` run without autograd on a channels-last (NHWC) copy of its input, its result
-    made contiguous again: oneDNN's 5x5 stride-2 convolutions and transposed convolutions are faster
-    on NHWC memory, but their backward passes (training batches) are faster on NCHW memory, so under
-    autograd it runs on the input as it is. The values are those of ``nn.Sequential`` up to float
-    rounding (the same products summed in another order); the state dict is the plain ``nn.Sequential``'s."""
+    """``nn.Sequential`` run on a channels-last (NHWC) copy of its input, its result made contiguous again
+    (:func:`~gnn_lic.nn.banded.channels_last_call`, with and without autograd): oneDNN's 5x5 stride-2
+    convolutions and transposed convolutions are faster on NHWC memory, the graph layers read nodes as
+    rows of channels, and one layout for the whole transform spares the conversions that mixed layouts
+    cost in the backward pass. The values are those of ``nn.Sequential`` up to float rounding (the same
+    products summed in another order); the state dict is the plain ``nn.Sequential``'s."""
 
     def forward(self, x):
-        if torch.is_grad_enabled():
-            return self.run(x)
         return channels_last_call(self.run, x)
 
     def run(self, x):
