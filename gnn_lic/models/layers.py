@@ -19,7 +19,8 @@ from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
-from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, shuffle_tiles43, winograd43, winograd43_pays
+from gnn_lic.nn.winograd43 import (filter_tiles43, polyphase_weight, shuffle_tiles43, stride2_conv43,
+                                   stride2_conv_transpose43, winograd43, winograd43_pays, winograd43_trains)
 
 __all__ = [
     "conv1x1",
@@ -106,7 +107,9 @@ class Stride2Conv2d(nn.Conv2d):
     """CompressAI's ``conv(in_channels, out_channels, 5, 2)`` (``nn.Conv2d``'s parameters, state dict and
     function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`, runs
     Winograd's F(4x4, 3x3) over the input's polyphase components (:mod:`gnn_lic.nn.winograd43`; the same
-    values up to float rounding). Elsewhere (training included) it is ``nn.Conv2d``."""
+    values up to float rounding); under autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_trains`
+    (large maps), :func:`~gnn_lic.nn.winograd43.stride2_conv43` (the forward and the input gradient by
+    Winograd). Elsewhere it is ``nn.Conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 5, stride=2, padding=2)
@@ -115,6 +118,8 @@ class Stride2Conv2d(nn.Conv2d):
         if winograd43_pays(x, self.in_channels, self.out_channels):
             return winograd43(x, filter_tiles43(polyphase_weight(self.weight)), self.bias, polyphase=True,
                               shuffle=False)
+        if winograd43_trains(x, self.in_channels, self.out_channels, transposed=False):
+            return stride2_conv43(x, self.weight, self.bias)
         return super().forward(x)
 
 
@@ -122,8 +127,9 @@ class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
     """CompressAI's ``deconv(in_channels, out_channels, 5, 2)`` (``nn.ConvTranspose2d``'s parameters, state
     dict and function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`,
     runs its phase convolution (:meth:`SubpixelConvTranspose2d.phase_weight`) by Winograd's F(4x4, 3x3),
-    the pixel shuffle folded in (the same values up to float rounding). Elsewhere (training included) it
-    is ``nn.ConvTranspose2d``."""
+    the pixel shuffle folded in (the same values up to float rounding); under autograd, where
+    :func:`~gnn_lic.nn.winograd43.winograd43_trains`, :func:`~gnn_lic.nn.winograd43.stride2_conv_transpose43`.
+    Elsewhere it is ``nn.ConvTranspose2d``."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 5, 2)
@@ -133,6 +139,8 @@ class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
             bias = None if self.bias is None else self.bias.repeat_interleave(4)  # per phase channel (o, r, q)
             tiles, bias = shuffle_tiles43(self.phase_weight(), bias)
             return winograd43(x, tiles, bias, polyphase=False, shuffle=True)
+        if output_size is None and winograd43_trains(x, self.in_channels, self.out_channels, transposed=True):
+            return stride2_conv_transpose43(x, self.weight, self.bias)
         return nn.ConvTranspose2d.forward(self, x, output_size)
 
 

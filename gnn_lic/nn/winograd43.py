@@ -39,6 +39,11 @@ that starts on their grid (:data:`TILE_ROWS`) gives the whole map's rows bit for
 per chunk of rows, faster. (One row of tiles per product made matrices of one tile row's width, on which
 the products run well below their speed on larger ones.)
 
+Under autograd (training) the layers of large maps (:func:`winograd43_trains`) take :func:`stride2_conv43` and
+:func:`stride2_conv_transpose43`: a strided convolution's input gradient is the transposed convolution of its
+output gradient by the same weights, and a transposed convolution's is the strided convolution, so both
+passes run here; the weight gradients stay oneDNN's.
+
 The values are the convolution's up to float rounding (a few float32 ulps more than the direct
 convolution's, from the transforms' factors up to 8), not bit for bit: for transforms whose
 outputs are floats anyway (the models' analysis and synthesis), never for the entropy networks.
@@ -56,8 +61,9 @@ from torch import Tensor
 from gnn_lic import compiled
 from gnn_lic.nn.banded import in_band
 
-__all__ = ["polyphase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43", "winograd43_pays", "CHUNK_BYTES",
-           "MIN_CHANNELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
+__all__ = ["polyphase_weight", "transposed_phase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43",
+           "winograd43_pays", "winograd43_trains", "stride2_conv43", "stride2_conv_transpose43", "CHUNK_BYTES",
+           "MIN_CHANNELS", "TRAIN_MIN_PIXELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
 CHUNK_BYTES = 8 << 20
@@ -69,6 +75,10 @@ TILE_ROWS = 4 * TILES_PER_PRODUCT
 #: fewest input and output channels that take the Winograd path: with fewer (an RGB input), the 36 small
 #: matrix products lose to the direct convolution
 MIN_CHANNELS = 32
+#: fewest positions per image of the 3x3 convolution's map (the output of a strided convolution, the input of a
+#: transposed one) for which the training path (:func:`winograd43_trains`) is used: on smaller maps the
+#: transforms and the weights' tiles, made afresh in every step, cost what the products save
+TRAIN_MIN_PIXELS = 64 * 64
 
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                    [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
@@ -176,6 +186,21 @@ def polyphase_weight(weight: Tensor) -> Tensor:
     return w.permute(0, 3, 5, 1, 2, 4).reshape(O, 4 * C, 3, 3)
 
 
+#: tap of the 5x5 kernel that phase ``r`` of a stride-2 transposed convolution (padding 2) applies at input offset
+#: ``e - 1`` (:math:`r + 2 - 2(e - 1)`); 5 (none: a zero appended to the kernel) past its edge
+_PHASE_TAPS = torch.tensor([[4, 2, 0], [5, 3, 1]])
+
+
+def transposed_phase_weight(weight: Tensor) -> Tensor:
+    r"""``(C, O, 5, 5)`` weights of a 5x5 stride-2 transposed convolution (padding 2, output padding 1) ->
+    ``(4O, C, 3, 3)`` of the *same* 3x3 convolution into its output phases, channels ``(o, r, q)``: output
+    pixel :math:`(2a + r, 2b + q)` takes tap :math:`(r + 2 - 2e,\, q + 2 - 2f)` at input offset :math:`(e, f)`
+    (:meth:`~gnn_lic.models.layers.SubpixelConvTranspose2d.phase_weight` for any kernel and stride)."""
+    C, O = weight.shape[:2]
+    w = torch.nn.functional.pad(weight, (0, 1, 0, 1))[:, :, _PHASE_TAPS][..., _PHASE_TAPS]  # (c, o, r, e, q, f)
+    return w.permute(1, 2, 4, 0, 3, 5).reshape(4 * O, C, 3, 3)
+
+
 def filter_tiles43(weight: Tensor) -> Tensor:
     r"""``(O, K, 3, 3)`` -> ``(36, K, O)``: :math:`G w G^\top` per channel pair, position-major (one product
     by :math:`G \otimes G`)."""
@@ -200,6 +225,77 @@ def winograd43_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
     autograd, at least :data:`MIN_CHANNELS` input and output channels."""
     return (compiled.enabled() and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
             and x.dtype == torch.float32 and min(in_channels, out_channels) >= MIN_CHANNELS)
+
+
+def winograd43_trains(x: Tensor, in_channels: int, out_channels: int, transposed: bool) -> bool:
+    """Whether a 5x5 stride-2 layer under autograd takes :func:`stride2_conv43` (``transposed``:
+    :func:`stride2_conv_transpose43`): a float32 CPU map with compiled loops on, at least :data:`MIN_CHANNELS`
+    input and output channels, and a 3x3 map of at least :data:`TRAIN_MIN_PIXELS` positions."""
+    if not (compiled.enabled() and torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype == torch.float32 and min(in_channels, out_channels) >= MIN_CHANNELS):
+        return False
+    h, w = x.shape[-2:]
+    return (h * w if transposed else ((h + 1) // 2) * ((w + 1) // 2)) >= TRAIN_MIN_PIXELS
+
+
+def _weight_grads(ctx, grad: Tensor, x: Tensor, weight: Tensor, transposed: bool):
+    """The weight and bias gradients of the 5x5 stride-2 layer (oneDNN's)."""
+    mask = [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    if not (mask[1] or mask[2]):
+        return None, None
+    bias_sizes = [weight.shape[1 if transposed else 0]] if ctx.has_bias else None
+    _, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, [2, 2], [2, 2], [1, 1], transposed,
+                                                    [1, 1] if transposed else [0, 0], 1, mask)
+    return gw, gb
+
+
+class _Stride2Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return winograd43(x, filter_tiles43(polyphase_weight(weight)), bias, polyphase=True, shuffle=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:  # the adjoint: the transposed convolution of grad, its rows past x's cut off
+            tiles, _ = shuffle_tiles43(transposed_phase_weight(weight), None)
+            gx = winograd43(grad, tiles, None, polyphase=False, shuffle=True)[..., : x.shape[-2], : x.shape[-1]]
+        return (gx, *_weight_grads(ctx, grad, x, weight, transposed=False))
+
+
+class _Stride2ConvTranspose(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        tiles, b = shuffle_tiles43(transposed_phase_weight(weight), None if bias is None else bias.repeat_interleave(4))
+        return winograd43(x, tiles, b, polyphase=False, shuffle=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:  # the adjoint: the strided convolution of grad by the same (C, O) weights
+            gx = winograd43(grad, filter_tiles43(polyphase_weight(weight)), None, polyphase=True, shuffle=False)
+        return (gx, *_weight_grads(ctx, grad, x, weight, transposed=True))
+
+
+def stride2_conv43(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``conv2d(x, weight, bias, stride=2, padding=2)`` (5x5) under autograd: the forward and the input gradient
+    (the transposed convolution) by :func:`winograd43`, the weight and bias gradients by oneDNN; the values
+    are the convolution's and its gradients' up to float rounding. Result channels-last."""
+    return _Stride2Conv.apply(x, weight, bias)
+
+
+def stride2_conv_transpose43(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``conv_transpose2d(x, weight, bias, stride=2, padding=2, output_padding=1)`` (5x5) under autograd, as
+    :func:`stride2_conv43`: the forward and the input gradient (a strided convolution) by :func:`winograd43`."""
+    return _Stride2ConvTranspose.apply(x, weight, bias)
 
 
 def winograd43(x: Tensor, tiles: Tensor, bias: Optional[Tensor], polyphase: bool, shuffle: bool) -> Tensor:

@@ -9,7 +9,7 @@ from compressai.models.utils import conv, deconv
 from torch import nn
 
 from gnn_lic import compiled
-from gnn_lic.models.layers import Stride2Conv2d, Stride2ConvTranspose2d, SubpelConv3x3
+from gnn_lic.models.layers import Stride2Conv2d, Stride2ConvTranspose2d, SubpelConv3x3, SubpixelConvTranspose2d
 from gnn_lic.nn import winograd43
 from gnn_lic.nn.banded import banded_stage
 from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, winograd43 as run43
@@ -127,8 +127,9 @@ def test_chunks_hold_whole_groups_of_each_images_rows(batch, th, rows):
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_direct_layer_wherever_the_path_does_not_apply(kind, monkeypatch):
-    """Same state dict as CompressAI's layer; under autograd, with the compiled loops off, and with too few
-    channels the forward is the direct layer's, bit for bit (training gradients included)."""
+    """Same state dict as CompressAI's layer; under autograd on maps below TRAIN_MIN_PIXELS, with the compiled
+    loops off, and with too few channels the forward is the direct layer's, bit for bit (training gradients
+    included)."""
     make, reference = LAYERS[kind][:2]
     layer, ref = _pair(make, reference, 32, 32, 3)
     assert layer.state_dict().keys() == ref.state_dict().keys()
@@ -144,6 +145,56 @@ def test_direct_layer_wherever_the_path_does_not_apply(kind, monkeypatch):
             compiled.set_enabled(previous)
         monkeypatch.setattr(winograd43, "MIN_CHANNELS", 33)
         assert torch.equal(layer(x), ref(x))
+
+
+def test_transposed_phase_weight_is_the_subpixel_layers():
+    """The 5x5 stride-2 phase weights are :meth:`SubpixelConvTranspose2d.phase_weight`'s (any kernel and stride)."""
+    torch.manual_seed(4)
+    layer = SubpixelConvTranspose2d(6, 5, kernel_size=5, stride=2)
+    assert torch.equal(winograd43.transposed_phase_weight(layer.weight), layer.phase_weight())
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+@pytest.mark.parametrize("shape", [(2, 10, 12), (1, 9, 7)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_training_path_gives_the_layers_gradients(kind, shape, input_grad, monkeypatch):
+    """Under autograd on large enough maps (TRAIN_MIN_PIXELS lowered here) the layers take the Winograd
+    autograd functions: the output and the input, weight and bias gradients are CompressAI's layer's in
+    float64 up to float32 rounding, odd sizes included (the input gradient cut to the input's size)."""
+    monkeypatch.setattr(winograd43, "TRAIN_MIN_PIXELS", 1)
+    make, reference, in_ch, out_ch = LAYERS[kind]
+    layer, ref = _pair(make, reference, in_ch, out_ch, sum(shape))
+    ref = ref.double()
+    x = torch.randn(shape[0], in_ch, *shape[1:])
+    x64 = x.double().requires_grad_(input_grad)
+    x.requires_grad_(input_grad)
+    y, y64 = layer(x), ref(x64)
+    assert type(y.grad_fn).__name__.startswith("_Stride2Conv")
+    g = torch.randn(y64.shape, dtype=torch.float64)
+    y.backward(g.float())
+    y64.backward(g)
+    _close(y.detach(), y64.detach())
+    _close(layer.weight.grad, ref.weight.grad)
+    _close(layer.bias.grad, ref.bias.grad)
+    if input_grad:
+        _close(x.grad, x64.grad)
+    else:
+        assert x.grad is None
+
+
+@needs_compiled
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_training_path_from_train_min_pixels(kind):
+    """The 3x3 map (a strided convolution's output, a transposed one's input) of TRAIN_MIN_PIXELS positions takes
+    the Winograd autograd function; one row fewer, the direct layer."""
+    make, _, in_ch, out_ch = LAYERS[kind]
+    layer = make(in_ch, out_ch)
+    side = int(winograd43.TRAIN_MIN_PIXELS**0.5)
+    rows = 2 * side if kind == "conv" else side
+    for h, path in ((rows, "_Stride2Conv"), (rows - (2 if kind == "conv" else 1), "Convolution")):
+        y = layer(torch.randn(1, in_ch, h, rows, requires_grad=True))
+        assert type(y.grad_fn).__name__.startswith(path), (h, type(y.grad_fn).__name__)
 
 
 @needs_compiled
