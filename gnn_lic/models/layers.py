@@ -19,8 +19,8 @@ from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.winograd import WinogradConv2d
-from gnn_lic.nn.winograd43 import (filter_tiles43, polyphase_weight, shuffle_tiles43, stride2_conv43,
-                                   stride2_conv_transpose43, winograd43, winograd43_pays, winograd43_trains)
+from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, shuffle_tiles43, winograd43, winograd43_pays
+from gnn_lic.nn.winograd43_train import stride2_conv43, stride2_conv_transpose43, winograd43_trains
 
 __all__ = [
     "conv1x1",
@@ -107,9 +107,9 @@ class Stride2Conv2d(nn.Conv2d):
     """CompressAI's ``conv(in_channels, out_channels, 5, 2)`` (``nn.Conv2d``'s parameters, state dict and
     function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`, runs
     Winograd's F(4x4, 3x3) over the input's polyphase components (:mod:`gnn_lic.nn.winograd43`; the same
-    values up to float rounding); under autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_trains`
-    (large maps), :func:`~gnn_lic.nn.winograd43.stride2_conv43` (the forward and the input gradient by
-    Winograd). Elsewhere it is ``nn.Conv2d``."""
+    values up to float rounding); under autograd, where
+    :func:`~gnn_lic.nn.winograd43_train.winograd43_trains` (large maps),
+    :func:`~gnn_lic.nn.winograd43_train.stride2_conv43` (every pass by Winograd). Elsewhere it is ``nn.Conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 5, stride=2, padding=2)
@@ -128,8 +128,8 @@ class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
     dict and function) whose forward without autograd, where :func:`~gnn_lic.nn.winograd43.winograd43_pays`,
     runs its phase convolution (:meth:`SubpixelConvTranspose2d.phase_weight`) by Winograd's F(4x4, 3x3),
     the pixel shuffle folded in (the same values up to float rounding); under autograd, where
-    :func:`~gnn_lic.nn.winograd43.winograd43_trains`, :func:`~gnn_lic.nn.winograd43.stride2_conv_transpose43`.
-    Elsewhere it is ``nn.ConvTranspose2d``."""
+    :func:`~gnn_lic.nn.winograd43_train.winograd43_trains`,
+    :func:`~gnn_lic.nn.winograd43_train.stride2_conv_transpose43`. Elsewhere it is ``nn.ConvTranspose2d``."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 5, 2)

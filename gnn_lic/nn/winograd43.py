@@ -39,10 +39,7 @@ that starts on their grid (:data:`TILE_ROWS`) gives the whole map's rows bit for
 per chunk of rows, faster. (One row of tiles per product made matrices of one tile row's width, on which
 the products run well below their speed on larger ones.)
 
-Under autograd (training) the layers of large maps (:func:`winograd43_trains`) take :func:`stride2_conv43` and
-:func:`stride2_conv_transpose43`: a strided convolution's input gradient is the transposed convolution of its
-output gradient by the same weights, and a transposed convolution's is the strided convolution, so both
-passes run here; the weight gradients stay oneDNN's.
+Under autograd (training) :mod:`gnn_lic.nn.winograd43_train` runs both layers' backward passes the same way.
 
 The values are the convolution's up to float rounding (a few float32 ulps more than the direct
 convolution's, from the transforms' factors up to 8), not bit for bit: for transforms whose
@@ -62,8 +59,7 @@ from gnn_lic import compiled
 from gnn_lic.nn.banded import in_band
 
 __all__ = ["polyphase_weight", "transposed_phase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43",
-           "winograd43_pays", "winograd43_trains", "stride2_conv43", "stride2_conv_transpose43", "CHUNK_BYTES",
-           "MIN_CHANNELS", "TRAIN_MIN_PIXELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
+           "winograd43_pays", "CHUNK_BYTES", "MIN_CHANNELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
 CHUNK_BYTES = 8 << 20
@@ -75,10 +71,6 @@ TILE_ROWS = 4 * TILES_PER_PRODUCT
 #: fewest input and output channels that take the Winograd path: with fewer (an RGB input), the 36 small
 #: matrix products lose to the direct convolution
 MIN_CHANNELS = 32
-#: fewest positions per image of the 3x3 convolution's map (the output of a strided convolution, the input of a
-#: transposed one) for which the training path (:func:`winograd43_trains`) is used: on smaller maps the
-#: transforms and the weights' tiles, made afresh in every step, cost what the products save
-TRAIN_MIN_PIXELS = 64 * 64
 
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                    [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
@@ -212,12 +204,13 @@ def filter_tiles43(weight: Tensor) -> Tensor:
 def shuffle_tiles43(weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
     """``(4O, K, 3, 3)`` weights and ``(4O,)`` bias of a 3x3 convolution followed by ``pixel_shuffle(2)``
     (channels ``(o, p, q)``) -> the filter tiles and bias :func:`winograd43` takes with ``shuffle``, whose
-    channels are ``(p, q, o)``."""
-
-    def phases_first(t: Tensor) -> Tensor:
-        return t.unflatten(0, (-1, 4)).transpose(0, 1).flatten(0, 1)
-
+    channels are ``(p, q, o)`` (:func:`phases_first`)."""
     return filter_tiles43(phases_first(weight)), None if bias is None else phases_first(bias)
+
+
+def phases_first(t: Tensor) -> Tensor:
+    """Channels ``(o, p, q)`` (dimension 0) of a sub-pixel convolution -> ``(p, q, o)``."""
+    return t.unflatten(0, (-1, 4)).transpose(0, 1).flatten(0, 1)
 
 
 def winograd43_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
@@ -225,77 +218,6 @@ def winograd43_pays(x: Tensor, in_channels: int, out_channels: int) -> bool:
     autograd, at least :data:`MIN_CHANNELS` input and output channels."""
     return (compiled.enabled() and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
             and x.dtype == torch.float32 and min(in_channels, out_channels) >= MIN_CHANNELS)
-
-
-def winograd43_trains(x: Tensor, in_channels: int, out_channels: int, transposed: bool) -> bool:
-    """Whether a 5x5 stride-2 layer under autograd takes :func:`stride2_conv43` (``transposed``:
-    :func:`stride2_conv_transpose43`): a float32 CPU map with compiled loops on, at least :data:`MIN_CHANNELS`
-    input and output channels, and a 3x3 map of at least :data:`TRAIN_MIN_PIXELS` positions."""
-    if not (compiled.enabled() and torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype == torch.float32 and min(in_channels, out_channels) >= MIN_CHANNELS):
-        return False
-    h, w = x.shape[-2:]
-    return (h * w if transposed else ((h + 1) // 2) * ((w + 1) // 2)) >= TRAIN_MIN_PIXELS
-
-
-def _weight_grads(ctx, grad: Tensor, x: Tensor, weight: Tensor, transposed: bool):
-    """The weight and bias gradients of the 5x5 stride-2 layer (oneDNN's)."""
-    mask = [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    if not (mask[1] or mask[2]):
-        return None, None
-    bias_sizes = [weight.shape[1 if transposed else 0]] if ctx.has_bias else None
-    _, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, [2, 2], [2, 2], [1, 1], transposed,
-                                                    [1, 1] if transposed else [0, 0], 1, mask)
-    return gw, gb
-
-
-class _Stride2Conv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return winograd43(x, filter_tiles43(polyphase_weight(weight)), bias, polyphase=True, shuffle=False)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:  # the adjoint: the transposed convolution of grad, its rows past x's cut off
-            tiles, _ = shuffle_tiles43(transposed_phase_weight(weight), None)
-            gx = winograd43(grad, tiles, None, polyphase=False, shuffle=True)[..., : x.shape[-2], : x.shape[-1]]
-        return (gx, *_weight_grads(ctx, grad, x, weight, transposed=False))
-
-
-class _Stride2ConvTranspose(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        tiles, b = shuffle_tiles43(transposed_phase_weight(weight), None if bias is None else bias.repeat_interleave(4))
-        return winograd43(x, tiles, b, polyphase=False, shuffle=True)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        gx = None
-        if ctx.needs_input_grad[0]:  # the adjoint: the strided convolution of grad by the same (C, O) weights
-            gx = winograd43(grad, filter_tiles43(polyphase_weight(weight)), None, polyphase=True, shuffle=False)
-        return (gx, *_weight_grads(ctx, grad, x, weight, transposed=True))
-
-
-def stride2_conv43(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``conv2d(x, weight, bias, stride=2, padding=2)`` (5x5) under autograd: the forward and the input gradient
-    (the transposed convolution) by :func:`winograd43`, the weight and bias gradients by oneDNN; the values
-    are the convolution's and its gradients' up to float rounding. Result channels-last."""
-    return _Stride2Conv.apply(x, weight, bias)
-
-
-def stride2_conv_transpose43(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``conv_transpose2d(x, weight, bias, stride=2, padding=2, output_padding=1)`` (5x5) under autograd, as
-    :func:`stride2_conv43`: the forward and the input gradient (a strided convolution) by :func:`winograd43`."""
-    return _Stride2ConvTranspose.apply(x, weight, bias)
 
 
 def winograd43(x: Tensor, tiles: Tensor, bias: Optional[Tensor], polyphase: bool, shuffle: bool) -> Tensor:

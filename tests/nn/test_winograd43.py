@@ -10,7 +10,7 @@ from torch import nn
 
 from gnn_lic import compiled
 from gnn_lic.models.layers import Stride2Conv2d, Stride2ConvTranspose2d, SubpelConv3x3, SubpixelConvTranspose2d
-from gnn_lic.nn import winograd43
+from gnn_lic.nn import winograd43, winograd43_train
 from gnn_lic.nn.banded import banded_stage
 from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, winograd43 as run43
 
@@ -162,7 +162,7 @@ def test_training_path_gives_the_layers_gradients(kind, shape, input_grad, monke
     """Under autograd on large enough maps (TRAIN_MIN_PIXELS lowered here) the layers take the Winograd
     autograd functions: the output and the input, weight and bias gradients are CompressAI's layer's in
     float64 up to float32 rounding, odd sizes included (the input gradient cut to the input's size)."""
-    monkeypatch.setattr(winograd43, "TRAIN_MIN_PIXELS", 1)
+    monkeypatch.setattr(winograd43_train, "TRAIN_MIN_PIXELS", 1)
     make, reference, in_ch, out_ch = LAYERS[kind]
     layer, ref = _pair(make, reference, in_ch, out_ch, sum(shape))
     ref = ref.double()
@@ -184,13 +184,39 @@ def test_training_path_gives_the_layers_gradients(kind, shape, input_grad, monke
 
 
 @needs_compiled
+@pytest.mark.parametrize("polyphase", [True, False])
+def test_weight_grad43_is_the_direct_weight_gradient_in_any_chunks(polyphase, monkeypatch):
+    """The 3x3 weights' gradient from the transformed tiles is the direct convolution's (float64), odd map sizes
+    and a batch of 2 included, whether the tiles are summed in one product or one row of tiles at a time."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 13, 10, generator=g)
+    w = torch.randn(7, 6, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    if polyphase:  # the valid 3x3 convolution over the polyphase components is the 5x5 stride-2 one
+        w5 = torch.randn(7, 6, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+        y = F.conv2d(x.double(), w5, stride=2, padding=2)
+    else:
+        y = F.conv2d(x.double(), w, padding=1)
+    grad = torch.randn(y.shape, dtype=torch.float64, generator=g)
+    if polyphase:
+        ref5 = torch.autograd.grad(y, w5, grad)[0]
+        got5 = winograd43_train._kernel_grad(polyphase_weight, w5.detach().float(),
+                                             winograd43_train.weight_grad43(x, grad.float(), polyphase=True))
+        _close(got5, ref5)
+        return
+    ref = torch.autograd.grad(y, w, grad)[0]
+    _close(winograd43_train.weight_grad43(x, grad.float(), polyphase=False), ref)
+    monkeypatch.setattr(winograd43, "CHUNK_BYTES", 1)
+    _close(winograd43_train.weight_grad43(x, grad.float(), polyphase=False), ref)
+
+
+@needs_compiled
 @pytest.mark.parametrize("kind", ["conv", "deconv"])
 def test_training_path_from_train_min_pixels(kind):
     """The 3x3 map (a strided convolution's output, a transposed one's input) of TRAIN_MIN_PIXELS positions takes
     the Winograd autograd function; one row fewer, the direct layer."""
     make, _, in_ch, out_ch = LAYERS[kind]
     layer = make(in_ch, out_ch)
-    side = int(winograd43.TRAIN_MIN_PIXELS**0.5)
+    side = int(winograd43_train.TRAIN_MIN_PIXELS**0.5)
     rows = 2 * side if kind == "conv" else side
     for h, path in ((rows, "_Stride2Conv"), (rows - (2 if kind == "conv" else 1), "Convolution")):
         y = layer(torch.randn(1, in_ch, h, rows, requires_grad=True))
