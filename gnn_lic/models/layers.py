@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
+from gnn_lic.nn.gdn import gdn, gdn_trains
 from gnn_lic.nn.winograd import WinogradConv2d
 from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, shuffle_tiles43, winograd43, winograd43_pays
 from gnn_lic.nn.winograd43_train import stride2_conv43, stride2_conv_transpose43, winograd43_trains
@@ -177,10 +178,16 @@ class GDN(compressai_layers.GDN):
     the temporaries (:math:`x^2`, the norm and its root) are a band's instead of three maps. The bits are
     CompressAI's because oneDNN's 1x1 convolution gives a pixel the same sum whatever the rows of the call
     on channels-last maps (the tests check 1, 2 and 3 threads; a map that fits one band is one call
-    anyway). On contiguous (NCHW) maps it does not, so those, and autograd, take CompressAI's forward.
+    anyway). On contiguous (NCHW) maps it does not, so those take CompressAI's forward. Under autograd a
+    channels-last float32 CPU map takes :func:`gnn_lic.nn.gdn.gdn` (the backward's elementwise steps in two
+    compiled passes), others CompressAI's forward.
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if gdn_trains(x) and x.dtype == self.gamma.dtype:
+            C = x.shape[1]
+            return gdn(x, self.gamma_reparam(self.gamma).reshape(C, C, 1, 1), self.beta_reparam(self.beta),
+                       self.inverse)
         if torch.is_grad_enabled() or memory_layout(x) != torch.channels_last:
             return super().forward(x)
         C = x.shape[1]
