@@ -20,7 +20,7 @@ from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.gdn import gdn, gdn_trains
 from gnn_lic.nn.winograd import WinogradConv2d
-from gnn_lic.nn.winograd43 import filter_tiles43, polyphase_weight, shuffle_tiles43, winograd43, winograd43_pays
+from gnn_lic.nn.winograd43 import conv_tiles43, deconv_tiles43, shuffle_tiles43, winograd43, winograd43_pays
 from gnn_lic.nn.winograd43_train import stride2_conv43, stride2_conv_transpose43, winograd43_trains
 
 __all__ = [
@@ -117,8 +117,7 @@ class Stride2Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if winograd43_pays(x, self.in_channels, self.out_channels):
-            return winograd43(x, filter_tiles43(polyphase_weight(self.weight)), self.bias, polyphase=True,
-                              shuffle=False)
+            return winograd43(x, conv_tiles43(self.weight), self.bias, polyphase=True, shuffle=False)
         if winograd43_trains(x, self.in_channels, self.out_channels, transposed=False):
             return stride2_conv43(x, self.weight, self.bias)
         return super().forward(x)
@@ -137,8 +136,7 @@ class Stride2ConvTranspose2d(SubpixelConvTranspose2d):
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
         if output_size is None and winograd43_pays(x, self.in_channels, self.out_channels):
-            bias = None if self.bias is None else self.bias.repeat_interleave(4)  # per phase channel (o, r, q)
-            tiles, bias = shuffle_tiles43(self.phase_weight(), bias)
+            tiles, bias = deconv_tiles43(self.weight, self.bias)
             return winograd43(x, tiles, bias, polyphase=False, shuffle=True)
         if output_size is None and winograd43_trains(x, self.in_channels, self.out_channels, transposed=True):
             return stride2_conv_transpose43(x, self.weight, self.bias)
@@ -184,15 +182,14 @@ class GDN(compressai_layers.GDN):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if gdn_trains(x) and x.dtype == self.gamma.dtype:
-            C = x.shape[1]
-            return gdn(x, self.gamma_reparam(self.gamma).reshape(C, C, 1, 1), self.beta_reparam(self.beta),
-                       self.inverse)
-        if torch.is_grad_enabled() or memory_layout(x) != torch.channels_last:
+        trains = gdn_trains(x) and x.dtype == self.gamma.dtype
+        if not trains and (torch.is_grad_enabled() or memory_layout(x) != torch.channels_last):
             return super().forward(x)
         C = x.shape[1]
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma).reshape(C, C, 1, 1)
+        if trains:
+            return gdn(x, gamma, beta, self.inverse)
         out = torch.empty_like(x)  # channels-last, as x
         for r0, r1 in row_bands(x.shape[-2], x.shape[-1], pixels=max(1, GDN_BAND_BYTES // (C * x.element_size()))):
             xb = x[:, :, r0:r1]

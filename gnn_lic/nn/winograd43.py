@@ -58,8 +58,9 @@ from torch import Tensor
 from gnn_lic import compiled
 from gnn_lic.nn.banded import in_band
 
-__all__ = ["polyphase_weight", "transposed_phase_weight", "filter_tiles43", "shuffle_tiles43", "winograd43",
-           "winograd43_pays", "CHUNK_BYTES", "MIN_CHANNELS", "TILES_PER_PRODUCT", "TILE_ROWS"]
+__all__ = ["polyphase_weight", "transposed_phase_weight", "filter_tiles43", "shuffle_tiles43", "conv_tiles43",
+           "deconv_tiles43", "winograd43", "winograd43_pays", "CHUNK_BYTES", "MIN_CHANNELS", "TILES_PER_PRODUCT",
+           "TILE_ROWS"]
 
 #: most bytes of the transformed input patches, or of their products, of one chunk of tile rows
 CHUNK_BYTES = 8 << 20
@@ -206,6 +207,18 @@ def shuffle_tiles43(weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Opt
     (channels ``(o, p, q)``) -> the filter tiles and bias :func:`winograd43` takes with ``shuffle``, whose
     channels are ``(p, q, o)`` (:func:`phases_first`)."""
     return filter_tiles43(phases_first(weight)), None if bias is None else phases_first(bias)
+
+
+def conv_tiles43(weight: Tensor) -> Tensor:
+    """``(O, C, 5, 5)`` weights of a 5x5 stride-2 convolution -> the filter tiles :func:`winograd43` takes with
+    ``polyphase``."""
+    return filter_tiles43(polyphase_weight(weight))
+
+
+def deconv_tiles43(weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(C, O, 5, 5)`` weights and ``(O,)`` bias of a 5x5 stride-2 transposed convolution (padding 2, output
+    padding 1) -> the filter tiles and bias :func:`winograd43` takes with ``shuffle``."""
+    return shuffle_tiles43(transposed_phase_weight(weight), None if bias is None else bias.repeat_interleave(4))
 
 
 def phases_first(t: Tensor) -> Tensor:

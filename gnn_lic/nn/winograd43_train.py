@@ -28,8 +28,8 @@ from torch import Tensor
 
 from gnn_lic import compiled
 from gnn_lic.nn import winograd43 as w43
-from gnn_lic.nn.winograd43 import (_G, _F2, _F4, _F8, _chunks, _gather, _input_tiles, filter_tiles43, phases_first,
-                                   polyphase_weight, transposed_phase_weight, winograd43)
+from gnn_lic.nn.winograd43 import (_G, _F2, _F4, _F8, _chunks, _gather, _input_tiles, conv_tiles43, deconv_tiles43,
+                                   phases_first, polyphase_weight, transposed_phase_weight, winograd43)
 
 __all__ = ["winograd43_trains", "stride2_conv43", "stride2_conv_transpose43", "weight_grad43", "TRAIN_MIN_PIXELS"]
 
@@ -118,7 +118,7 @@ class _Stride2Conv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(x, weight)
-        return winograd43(x, filter_tiles43(polyphase_weight(weight)), bias, polyphase=True, shuffle=False)
+        return winograd43(x, conv_tiles43(weight), bias, polyphase=True, shuffle=False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -126,7 +126,7 @@ class _Stride2Conv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # the transposed convolution of grad, its rows past x's cut off
-            tiles, _ = w43.shuffle_tiles43(transposed_phase_weight(weight), None)
+            tiles, _ = deconv_tiles43(weight, None)
             gx = winograd43(grad, tiles, None, polyphase=False, shuffle=True)[..., : x.shape[-2], : x.shape[-1]]
         if ctx.needs_input_grad[1]:
             gw = _kernel_grad(polyphase_weight, weight, weight_grad43(x, grad, polyphase=True))
@@ -139,8 +139,7 @@ class _Stride2ConvTranspose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(x, weight)
-        tiles, b = w43.shuffle_tiles43(transposed_phase_weight(weight),
-                                       None if bias is None else bias.repeat_interleave(4))
+        tiles, b = deconv_tiles43(weight, bias)
         return winograd43(x, tiles, b, polyphase=False, shuffle=True)
 
     @staticmethod
@@ -149,7 +148,7 @@ class _Stride2ConvTranspose(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # the strided convolution of grad by the same (C, O) weights
-            gx = winograd43(grad, filter_tiles43(polyphase_weight(weight)), None, polyphase=True, shuffle=False)
+            gx = winograd43(grad, conv_tiles43(weight), None, polyphase=True, shuffle=False)
         if ctx.needs_input_grad[1]:  # the gradient of the phase map, channels (p, q, o), as the tiles' weights
             B, O, H2, W2 = grad.shape  # rows of 2 O values (q, o) stay together: a fast copy of channels-last memory
             phases = grad.permute(0, 2, 3, 1).reshape(B, H2 // 2, 2, W2 // 2, 2, O).transpose(2, 3)
