@@ -457,8 +457,9 @@ def test_w8_products_are_chosen_once_per_process_and_by_the_environment(monkeypa
 
 
 def test_a_slow_byte_product_is_timed_once_and_a_fast_one_three_times(monkeypatch):
-    """``auto``'s timing stops at the first call of a kernel far slower than float64 (``torch._int_mm``
-    without byte dot products), and picks the byte digits when they are the fastest."""
+    """``auto``'s timing stops at the first timed call of a kernel far slower than float64 (``torch._int_mm``
+    without byte dot products), and picks the byte digits when they are the fastest; each kernel's first
+    call (its one-time set-up) is not timed."""
     import time
 
     from gnn_lic.models.fixed_point import int8
@@ -475,10 +476,32 @@ def test_a_slow_byte_product_is_timed_once_and_a_fast_one_three_times(monkeypatc
     monkeypatch.setattr(int8, "GIVE_UP", 20.0)
     monkeypatch.setattr(torch, "mm", float64_product)
     monkeypatch.setattr(torch, "_int_mm", slow)
-    assert int8._time_products() in ("onednn", "float64") and len(calls) == 1
+    assert int8._time_products() in ("onednn", "float64") and len(calls) == 2  # the untimed call and one timed
     calls.clear()
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(1))
-    assert int8._time_products() == "digits" and len(calls) == 3
+    assert int8._time_products() == "digits" and len(calls) == 4
+
+
+def test_a_byte_product_slow_only_on_its_first_call_is_chosen(monkeypatch):
+    """A kernel whose first call sets itself up (past ``GIVE_UP`` times float64's product, as oneDNN's AMX
+    kernels on their first call) and then multiplies faster than float64 is chosen."""
+    import time
+
+    from gnn_lic.models.fixed_point import int8
+
+    calls = []
+
+    def float64_product(a, b):
+        time.sleep(0.01)
+
+    def set_up_then_fast(a, b):
+        calls.append(1)
+        time.sleep(0.5 if len(calls) == 1 else 0.001)
+
+    monkeypatch.setattr(int8, "GIVE_UP", 20.0)
+    monkeypatch.setattr(torch, "mm", float64_product)
+    monkeypatch.setattr(torch, "_int_mm", set_up_then_fast)
+    assert int8._time_products() == "digits" and len(calls) == 4
 
 
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "5x5-depthwise"])

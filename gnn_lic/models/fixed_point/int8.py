@@ -268,14 +268,20 @@ PRODUCT_KINDS = ("digits", "onednn", "float64")
 _fastest: Optional[str] = None
 
 
-#: a kernel whose first call is this many times slower than float64's best product is not timed further:
-#: ``torch._int_mm`` without byte dot products is many times slower, and timing it again would take most
-#: of the choice's time
+#: a kernel whose first timed call is this many times slower than float64's best product is not timed
+#: further: ``torch._int_mm`` without byte dot products is many times slower, and timing it again would take
+#: most of the choice's time
 GIVE_UP = 20.0
 
 
 def _best_time(fn: Callable, args: Tuple, give_up: float = math.inf) -> float:
-    """The best of three timed calls of ``fn(*args)`` (the first one warms up), fewer once one is past ``give_up``."""
+    """The best of three timed calls of ``fn(*args)`` after one untimed call, fewer once one is past ``give_up``.
+
+    The untimed call carries what a kernel does once per process or shape (oneDNN generates its AMX
+    and VNNI kernels on the first call, many times the product's own time), so that it does not
+    decide the choice.
+    """
+    fn(*args)
     best = math.inf
     for _ in range(3):
         start = time.perf_counter()
