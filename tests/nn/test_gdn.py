@@ -47,6 +47,25 @@ def test_training_gdn_is_compressais_with_its_gradients(inverse, shape):
     assert _rel(layer.beta.grad, ref.beta.grad) < 1e-5
 
 
+@needs_compiled
+@pytest.mark.parametrize("inverse", [False, True])
+def test_training_gdn_keeps_two_maps_for_its_backward(inverse):
+    """The forward keeps the input and the normaliser for the backward, not ``x^2`` as well (made again there):
+    two map-sized tensors between forward and backward, and the gradients of the path above."""
+    layer, _ = _pair(inverse)
+    x = torch.randn(2, 12, 6, 5).to(memory_format=torch.channels_last).requires_grad_()
+    kept = []
+
+    def pack(t):
+        if t.shape == x.shape:
+            kept.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    assert type(y.grad_fn).__name__ == "_GDNBackward" and len(set(kept)) == 2
+
+
 def test_other_maps_take_compressais_forward():
     """NCHW maps, float64 maps and compiled loops off: CompressAI's forward under autograd, bit for bit."""
     layer, _ = _pair(False)
