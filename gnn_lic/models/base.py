@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from gnn_lic.models.variable_rate import GainUnits, QualityLike
 from gnn_lic.models.wavelet import OLP
+from gnn_lic.nn import recompute
 from gnn_lic.utils import module_bytes
 
 __all__ = ["pad_to_multiple", "crop_to", "to_jsonable", "from_jsonable", "upgrade_state_dict", "earlier_state_dict",
@@ -241,6 +242,12 @@ class PaddedCompressionModel(SimpleVAECompressionModel):
 
     def forward(self, x: Tensor, quality: Optional[QualityLike] = None) -> Dict[str, Any]:
         """Reconstruction and likelihoods; ``quality`` (scalar or one per image) for a variable-rate model."""
+        if torch.is_grad_enabled() and recompute.enabled():  # maps made again by cheap steps are not kept
+            with recompute.recomputed_saves():
+                return self._padded_forward(x, quality)
+        return self._padded_forward(x, quality)
+
+    def _padded_forward(self, x: Tensor, quality: Optional[QualityLike]) -> Dict[str, Any]:
         q = self._quality(quality)
         x_pad, hw = pad_to_multiple(x, self.pad_multiple)
         if q is None:

@@ -19,6 +19,7 @@ from gnn_lic.nn.banded import memory_layout, row_bands
 from gnn_lic.nn.blocks import GatedFFN, LayerNorm2d, ffn_residual
 from gnn_lic.nn.convs import DepthwiseConv2d, PointwiseConv2d
 from gnn_lic.nn.gdn import gdn, gdn_trains
+from gnn_lic.nn.recompute import active, mark
 from gnn_lic.nn.winograd import WinogradConv2d
 from gnn_lic.nn.winograd43 import conv_tiles43, deconv_tiles43, shuffle_tiles43, winograd43, winograd43_pays
 from gnn_lic.nn.winograd43_train import stride2_conv43, stride2_conv_transpose43, winograd43_trains
@@ -39,6 +40,7 @@ __all__ = [
     "channel_ramp",
     "ramp_widths",
     "conv_stack",
+    "ConvStack",
 ]
 
 
@@ -289,7 +291,22 @@ def channel_ramp(in_ch: int, out_ch: int, *, min_ch: int, make_layer: Callable[[
     return nn.Sequential(*(make_layer(a, b) for a, b in zip(widths[:-1], widths[1:])))
 
 
-def conv_stack(widths: Sequence[int]) -> nn.Sequential:
+class ConvStack(nn.Sequential):
+    """Convolutions with ``nn.GELU`` s between them (:func:`conv_stack`): ``nn.Sequential``'s state dict and
+    numbers; inside :class:`~gnn_lic.nn.recompute.recomputed_saves` the GELUs' outputs are marked as made
+    again from their inputs (:func:`~gnn_lic.nn.recompute.mark`), so each convolution after a GELU keeps
+    the GELU's input for its weight gradient instead of a second map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if active() is None or not torch.is_grad_enabled():
+            return super().forward(x)
+        for layer in self:
+            y = layer(x)
+            x = mark(y, layer, x) if isinstance(layer, nn.GELU) else y
+        return x
+
+
+def conv_stack(widths: Sequence[int]) -> ConvStack:
     """Stride-1 3x3 convolutions through ``widths`` with GELUs between them (none after the last); the
     convolutions are :class:`~gnn_lic.nn.winograd.WinogradConv2d` (``nn.Conv2d``'s parameters and state dict)."""
     layers: List[nn.Module] = []
@@ -297,4 +314,4 @@ def conv_stack(widths: Sequence[int]) -> nn.Sequential:
         layers.append(WinogradConv2d(a, b))
         if i < len(widths) - 2:
             layers.append(nn.GELU())
-    return nn.Sequential(*layers)
+    return ConvStack(*layers)

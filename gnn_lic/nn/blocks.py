@@ -23,6 +23,7 @@ from gnn_lic.graph import (
     WindowPartition,
     build_graphs,
 )
+from gnn_lic.nn.activations import GELU, gelu
 from gnn_lic.nn.banded import banded_residual, band_pixels, memory_layout, use_bands
 from gnn_lic.nn.convs import PointwiseConv2d
 from gnn_lic.nn.gate import DepthwiseGeluGate, GeluGate, depthwise_gelu_gate, gate_fits, gelu_gate
@@ -30,25 +31,8 @@ from gnn_lic.nn.graph_aggregation_conv import GraphAggregationConv
 from gnn_lic.nn.graph_attention_conv import GraphAttentionConv
 from gnn_lic.nn.winograd import WinogradConv2d
 
-__all__ = ["gelu", "GELU", "LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
+__all__ = ["LayerNorm2d", "GatedFFN", "ffn_residual", "GFALayer", "GFABlock", "GraphWindowBlock", "ResidualUnit", "GFA_ORDERS",
            "window_offset_attr"]
-
-
-def gelu(x: Tensor, inplace: bool = False) -> Tensor:
-    """``F.gelu`` (exact erf form). A channels-last map goes through its NHWC view, which is contiguous:
-    PyTorch's CPU GELU takes a slow scalar path on channels-last memory (several times slower on inputs
-    of magnitude a few units). The same function; the last bit may differ from ``F.gelu`` on that layout.
-    ``inplace`` (no autograd) overwrites ``x``."""
-    if memory_layout(x) == torch.channels_last:
-        return gelu(x.permute(0, 2, 3, 1), inplace).permute(0, 3, 1, 2)
-    return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
-
-
-class GELU(nn.GELU):
-    """``nn.GELU`` computed by :func:`gelu` (fast on channels-last maps); no parameters, the same state dict."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return gelu(x)
 
 
 class LayerNorm2d(nn.Module):

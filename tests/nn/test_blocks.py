@@ -7,8 +7,8 @@ from torch import nn
 
 from gnn_lic.graph import GlobalGrid, LocalWindow, TopK
 from gnn_lic.nn import blocks, functional
-from gnn_lic.nn.blocks import (GELU, GFA_ORDERS, GatedFFN, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d,
-                               ResidualUnit, gelu)
+from gnn_lic.nn.activations import GELU, gelu
+from gnn_lic.nn.blocks import GFA_ORDERS, GatedFFN, GFABlock, GFALayer, GraphWindowBlock, LayerNorm2d, ResidualUnit
 
 
 class Const(nn.Module):
