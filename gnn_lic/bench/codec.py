@@ -5,8 +5,8 @@
 :mod:`gnn_lic.codec`), the share of the forward spent building graphs, peak memory
 (process high-water mark), and one training step (2 crops of 256x256 for the paper
 models; the best of ``--runs`` steps after warm-up steps that end once a step touches no fresh
-memory, :data:`TRAIN_WARMUP`). Given a checkout of the authors' code (``--authors-glic DIR``,
-``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
+memory, :data:`TRAIN_WARMUP`) with its peak memory, in a process that only trains. Given a
+checkout of the authors' code (``--authors-glic DIR``, ``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
 processes (``--rounds``), and the ratios of the best figures are printed: a host's speed
 drifts, so only figures measured side by side compare. Our encode and decode are also timed
 with the float entropy networks (``encode_float_s``, ``decode_float_s``): that is the
@@ -73,14 +73,9 @@ def loglog_slope(pixels: Sequence[float], seconds: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: int, train_patch: int,
-                graph_time: Optional[List[float]] = None, optimizer=None) -> Dict:
-    """Forward, encode and decode (each the best of ``runs`` after a warm-up), peak RSS and a training step of ``net``.
-
-    ``optimizer(net)`` builds the training step's optimizer, as the code under test trains with it
-    (default: ``torch.optim.Adam`` over every parameter, as the authors' scripts build it)."""
+def _time_codec(net, img, runs: int, encode, decode, graph_time: Optional[List[float]] = None) -> Dict:
+    """Forward, encode and decode (each the best of ``runs`` after a warm-up) and peak RSS of ``net``."""
     from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
-    from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
 
     x = image_to_tensor(img)
     base = process_memory("VmRSS")
@@ -106,33 +101,42 @@ def _time_codec(net, img, runs: int, encode, decode, train: bool, train_batch: i
          "encode_s": min(enc[1:]), "decode_s": min(dec[1:]),
          "first_encode_s": enc[0], "first_decode_s": dec[0], "bpp": 8 * nbytes / (img.shape[0] * img.shape[1]),
          "peak_gb": process_memory("VmHWM") / 1e9, "baseline_gb": base / 1e9}
-    if train:
-        net.train()
-        crit = RateDistortionLoss(lmbda=0.013)
-        opt = torch.optim.Adam(net.parameters(), 1e-5) if optimizer is None else optimizer(net)
-        xs = torch.rand(train_batch, 3, train_patch, train_patch)
-        reset_peak_memory()
-
-        def step() -> Tuple[float, int]:
-            faults, t = _minor_faults(), time.perf_counter()
-            opt.zero_grad(set_to_none=True)  # as the training loop: no gradients held through the forward
-            out = net(xs)
-            loss = crit(out, xs)["loss"]
-            loss.backward()
-            opt.step()
-            return time.perf_counter() - t, _minor_faults() - faults
-
-        # warm-up (memory, backward primitives, optimiser state): until a step touches no fresh memory
-        warmup = 0
-        while warmup < TRAIN_WARMUP[1]:
-            warmup += 1
-            if step()[1] < STEADY_FAULTS and warmup >= TRAIN_WARMUP[0]:
-                break
-        timed = [step() for _ in range(runs)]
-        r.update(train_step_s=min(t for t, _ in timed), train_batch=f"{train_batch}x{train_patch}x{train_patch}",
-                 train_peak_gb=process_memory("VmHWM") / 1e9, train_warmup_steps=warmup,
-                 train_faults=max(f for _, f in timed))
     return r
+
+
+def _time_train(net, runs: int, train_batch: int, train_patch: int, optimizer=None) -> Dict:
+    """The best of ``runs`` training steps of ``net`` on noise crops after warm-up steps, and the peak RSS of the
+    process, which does nothing else (a training job's memory, not what an evaluation left in the heap).
+
+    ``optimizer(net)`` builds the training step's optimizer, as the code under test trains with it
+    (default: ``torch.optim.Adam`` over every parameter, as the authors' scripts build it)."""
+    from gnn_lic.training import RateDistortionLoss  # noqa: PLC0415
+
+    net.train()
+    crit = RateDistortionLoss(lmbda=0.013)
+    opt = torch.optim.Adam(net.parameters(), 1e-5) if optimizer is None else optimizer(net)
+    xs = torch.rand(train_batch, 3, train_patch, train_patch)
+    reset_peak_memory()
+
+    def step() -> Tuple[float, int]:
+        faults, t = _minor_faults(), time.perf_counter()
+        opt.zero_grad(set_to_none=True)  # as the training loop: no gradients held through the forward
+        out = net(xs)
+        loss = crit(out, xs)["loss"]
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t, _minor_faults() - faults
+
+    # warm-up (memory, backward primitives, optimiser state): until a step touches no fresh memory
+    warmup = 0
+    while warmup < TRAIN_WARMUP[1]:
+        warmup += 1
+        if step()[1] < STEADY_FAULTS and warmup >= TRAIN_WARMUP[0]:
+            break
+    timed = [step() for _ in range(runs)]
+    return {"train_step_s": min(t for t, _ in timed), "train_batch": f"{train_batch}x{train_patch}x{train_patch}",
+            "train_peak_gb": process_memory("VmHWM") / 1e9, "train_warmup_steps": warmup,
+            "train_faults": max(f for _, f in timed)}
 
 
 def _minor_faults() -> int:
@@ -144,12 +148,11 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
-               train: bool, image_size: Optional[str] = None) -> Dict:
+def _codec_one(name: str, size: str, image: Optional[str], runs: int, image_size: Optional[str] = None) -> Dict:
+    """Our model's forward, encode and decode (:func:`_time_codec`), with the float entropy path's too."""
     from gnn_lic.codec import decode_image, encode_image  # noqa: PLC0415
     from gnn_lic.models import create_model  # noqa: PLC0415
     from gnn_lic.nn import blocks  # noqa: PLC0415
-    from gnn_lic.training.optim import configure_optimizers  # noqa: PLC0415
 
     torch.manual_seed(0)
     img = _bench_image(image, image_size)
@@ -170,9 +173,7 @@ def _codec_one(name: str, size: str, image: Optional[str], runs: int, train_batc
 
     blocks.build_graphs = timed_build  # every graph of GFABlock and GraphWindowBlock goes through it
     try:
-        # the main optimizer of our training loop (fused Adam; the aux one, which the step does not use, left out)
-        r = _time_codec(net, img, runs, encode, lambda blob: decode_image(net, blob), train, train_batch,
-                        train_patch, graph_time, optimizer=lambda m: configure_optimizers(m, lr=1e-5)[0])
+        r = _time_codec(net, img, runs, encode, lambda blob: decode_image(net, blob), graph_time)
     finally:
         blocks.build_graphs = real_build
     r.update(_time_float_entropy(net, img, runs))
@@ -217,8 +218,24 @@ def _authors_model(name: str, code: str):
         return WinGraph_WA(knn=9, graph_conv="transf_custom", heads=8, use_edge_attr=True, dissimilarity=False)
 
 
-def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_batch: int, train_patch: int,
-                   train: bool, image_size: Optional[str] = None) -> Dict:
+def _train_one(name: str, size: str, runs: int, train_batch: int, train_patch: int) -> Dict:
+    """Our model's training step in a process of its own (:func:`_time_train`), with the main optimizer of our
+    training loop (fused Adam; the aux one, which the step does not use, left out)."""
+    from gnn_lic.models import create_model  # noqa: PLC0415
+    from gnn_lic.training.optim import configure_optimizers  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    net = create_model(name, size=size)
+    return _time_train(net, runs, train_batch, train_patch, optimizer=lambda m: configure_optimizers(m, lr=1e-5)[0])
+
+
+def _train_authors(name: str, code: str, runs: int, train_batch: int, train_patch: int) -> Dict:
+    """The authors' paper model's training step in a process of its own (their scripts' Adam)."""
+    torch.manual_seed(0)
+    return _time_train(_authors_model(name, code), runs, train_batch, train_patch)
+
+
+def _codec_authors(name: str, code: str, image: Optional[str], runs: int, image_size: Optional[str] = None) -> Dict:
     """:func:`_codec_one` for the authors' model (their forward, compress and decompress)."""
     from gnn_lic.evaluation.images import image_to_tensor  # noqa: PLC0415
 
@@ -236,7 +253,7 @@ def _codec_authors(name: str, code: str, image: Optional[str], runs: int, train_
         with torch.no_grad():
             return net.decompress(out["strings"], out["shape"])
 
-    r = _time_codec(net, img, runs, encode, decode, train, train_batch, train_patch)
+    r = _time_codec(net, img, runs, encode, decode)
     return {"model": name, "size": "authors", **r}
 
 
@@ -289,14 +306,16 @@ def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs:
                 step = train and i == 0
                 ours, theirs = [], []
                 for _ in range(rounds if side_by_side else 1):
-                    args = [image, runs, train_batch[size], train_patch[size], step, image_size]
-                    r = run_child("codec", [name, size, *args])
-                    ours.append(r)
-                    print(_codec_row(r), flush=True)
+                    args, train_args = [image, runs, image_size], [runs, train_batch[size], train_patch[size]]
+                    sides = [(ours, "codec", "train", [name, size])]
                     if side_by_side:
-                        a = run_child("authors", [name, authors[name], *args])
-                        theirs.append(a)
-                        print(_codec_row(a), flush=True)
+                        sides.append((theirs, "authors", "authors-train", [name, authors[name]]))
+                    for rows_of_side, codec_task, train_task, who in sides:
+                        r = run_child(codec_task, [*who, *args])
+                        if step:  # the training step in a process of its own: a training job's memory
+                            r.update(run_child(train_task, [*who, *train_args]))
+                        rows_of_side.append(r)
+                        print(_codec_row(r), flush=True)
                 rows += ours + theirs
                 all_ours += ours
                 all_theirs += theirs
@@ -317,4 +336,4 @@ def bench_codec(models: List[str], sizes: List[str], image: Optional[str], runs:
 
 
 #: the tasks a child process of this benchmark runs
-CHILD_TASKS = {"codec": _codec_one, "authors": _codec_authors}
+CHILD_TASKS = {"codec": _codec_one, "authors": _codec_authors, "train": _train_one, "authors-train": _train_authors}

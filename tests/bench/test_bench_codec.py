@@ -2,24 +2,27 @@
 
 import numpy as np
 
-from gnn_lic.bench.codec import _codec_authors, _codec_one
+from gnn_lic.bench.codec import _codec_authors, _codec_one, _train_authors, _train_one
 from gnn_lic.codec import write_image
 
-KEYS = {"forward_s", "encode_s", "decode_s", "peak_gb", "bpp", "train_step_s", "train_peak_gb", "params_M"}
+KEYS = {"forward_s", "encode_s", "decode_s", "peak_gb", "bpp", "params_M"}
+TRAIN_KEYS = {"train_step_s", "train_peak_gb", "train_warmup_steps"}
 
 
 def test_codec_rows_for_ours_and_an_authors_checkout(tmp_path):
     image = tmp_path / "img.png"
     write_image(image, (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8))
-    ours = _codec_one("glic", "tiny", str(image), 1, 1, 64, True)
+    ours = _codec_one("glic", "tiny", str(image), 1)
     assert KEYS <= ours.keys() and ours["image"] == "96x64" and 0 <= ours["graph_share"] < 1
+    assert TRAIN_KEYS <= _train_one("glic", "tiny", 1, 1, 64).keys()
     # a stand-in checkout: the authors' package name, exposing the same model interface
     pkg = tmp_path / "checkout" / "glic_model"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(
         "from gnn_lic.models import create_model\n\ndef GLICModel():\n    return create_model('glic', size='tiny')\n")
-    theirs = _codec_authors("glic", str(tmp_path / "checkout"), str(image), 1, 1, 64, True)
+    theirs = _codec_authors("glic", str(tmp_path / "checkout"), str(image), 1)
     assert KEYS <= theirs.keys() and theirs["size"] == "authors"
+    assert TRAIN_KEYS <= _train_authors("glic", str(tmp_path / "checkout"), 1, 1, 64).keys()
     assert theirs["bpp"] > 0 and theirs["params_M"] == ours["params_M"]
 
 
@@ -55,7 +58,6 @@ def test_training_steps_are_timed_once_memory_is_reused(monkeypatch):
     from gnn_lic.models import create_model
 
     net = create_model("glic", size="tiny")
-    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
 
     real_step = torch.optim.Adam.step
 
@@ -70,7 +72,7 @@ def test_training_steps_are_timed_once_memory_is_reused(monkeypatch):
 
         monkeypatch.setattr(codec, "_minor_faults", lambda: counter["faults"])
         monkeypatch.setattr(torch.optim.Adam, "step", counted)
-        r = codec._time_codec(net, img, 2, lambda im: (b"", 1), lambda blob: None, True, 1, 32)
+        r = codec._time_train(net, 2, 1, 32)
         return r, counter["steps"]
 
     lo, hi = codec.TRAIN_WARMUP
