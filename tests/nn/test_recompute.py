@@ -57,14 +57,20 @@ def test_a_marked_map_is_kept_as_its_recipe_and_gives_the_same_gradients(monkeyp
     _same_grads(got, want, g, [c, conv.weight, conv.bias])
 
 
-def test_recipes_rebuild_the_view_that_was_kept():
-    """A channels-last GELU output is a permuted view of an NHWC tensor; a layer keeps a narrowed view of it:
-    the recipe gives that same view back (the gradients say so)."""
+def test_recipes_rebuild_the_view_that_was_kept(monkeypatch):
+    """A channels-last GELU output is a permuted view of an NHWC tensor; a layer keeps a narrowed view of it
+    (another shape, strides and offset): the recipe gives that same view back (the gradients say so)."""
     torch.manual_seed(1)
     c = torch.randn(1, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(1, 2, 4, 3, requires_grad=True)
+    recipes = []
+    pack = recomputed_saves._pack
+    monkeypatch.setattr(recomputed_saves, "_pack", lambda self, t: recipes.append(pack(self, t)) or recipes[-1])
     with recomputed_saves():
-        a = (gelu(c)[:, 1:, :, 2:] * w).sum()
+        h = gelu(c)  # alive while the product keeps its narrowed view
+        a = (h[:, 1:, :, 2:] * w).sum()
+    del h
+    assert any(type(r).__name__ == "_Recipe" and r.offset > 0 for r in recipes)
     b = (gelu(c)[:, 1:, :, 2:] * w).sum()
     _same_grads(a, b, torch.tensor(1.0), [c, w])
 
