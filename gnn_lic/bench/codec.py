@@ -6,11 +6,11 @@
 (process high-water mark), and one training step (2 crops of 256x256 for the paper
 models; the best of ``--runs`` steps after warm-up steps that end once a step touches no fresh
 memory, :data:`TRAIN_WARMUP`) with its peak memory, in a process that only trains. Given a
-checkout of the authors' code (``--authors-glic DIR``, ``--authors-gabic DIR``), their paper models run the same steps in alternating fresh
-processes (``--rounds``), and the ratios of the best figures are printed: a host's speed
-drifts, so only figures measured side by side compare. Our encode and decode are also timed
-with the float entropy networks (``encode_float_s``, ``decode_float_s``): that is the
-authors' work, while the default fixed-point path adds the cost of portable streams.
+checkout of the authors' code (``--authors-glic DIR``, ``--authors-gabic DIR``), their paper models
+run the same steps in alternating fresh processes (``--rounds``), and the ratios of the best figures
+are printed: a host's speed drifts, so only figures measured side by side compare. Our encode and
+decode are also timed with the float entropy networks (``encode_float_s``, ``decode_float_s``): that
+is the authors' work, while the default fixed-point path adds the cost of portable streams.
 """
 
 from __future__ import annotations

@@ -20,16 +20,19 @@ def gelu(x: Tensor, inplace: bool = False) -> Tensor:
     of magnitude a few units). The same function; the last bit may differ from ``F.gelu`` on that layout.
     ``inplace`` (no autograd) overwrites ``x``."""
     if inplace:
-        if memory_layout(x) == torch.channels_last:
-            return torch.ops.aten.gelu_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return torch.ops.aten.gelu_(x)
+        return _through_nhwc(torch.ops.aten.gelu_, x)
     return mark(_gelu(x), _gelu, x)
 
 
-def _gelu(x: Tensor) -> Tensor:
+def _through_nhwc(fn, x: Tensor) -> Tensor:
+    """``fn`` (elementwise) of ``x``, on its NHWC view where ``x`` is a channels-last map."""
     if memory_layout(x) == torch.channels_last:
-        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    return F.gelu(x)
+        return fn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return fn(x)
+
+
+def _gelu(x: Tensor) -> Tensor:
+    return _through_nhwc(F.gelu, x)
 
 
 class GELU(nn.GELU):

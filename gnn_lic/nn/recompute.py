@@ -85,7 +85,8 @@ class recomputed_saves:
         storage = t.untyped_storage()
         entry = self._recipes.get((storage.data_ptr(), storage.nbytes()))
         # a recipe holds while the marked tensor lives: after it dies its memory may hold another tensor
-        if entry is None or entry[0]() is None or t.dtype != entry[0]().dtype:
+        marked = None if entry is None else entry[0]()
+        if marked is None or t.dtype != marked.dtype:
             return t
         return _Recipe(entry[1], entry[2], t)
 
